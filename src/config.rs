@@ -1,0 +1,330 @@
+//! Configuration: TOML text → a validated `Config` (pure; the CLI layers flags on top).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// toml's message already names the line and column and shows the offending text.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key} = {value:?}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Where the tmux client connects: `-L name` or `-S path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TmuxSocketSetting {
+    Name(String),
+    Path(PathBuf),
+}
+
+/// Every setting, with its default; see `config/agent-reaper.toml` for what each does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub workspace_bases: Vec<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub archive_dir: Option<PathBuf>,
+    pub compress: bool,
+    pub settle: Duration,
+    pub terminal_grace: Duration,
+    pub zombie_grace: Duration,
+    pub max_inactivity: Duration,
+    pub reconcile_interval: Duration,
+    pub session_poll_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub kill_orphan_sessions: bool,
+    pub delete_prompt_files: bool,
+    pub health_file: bool,
+    pub log_file: Option<PathBuf>,
+    pub tmux_binary: PathBuf,
+    pub tmux_socket: Option<TmuxSocketSetting>,
+    pub tmux_timeout: Duration,
+    /// Waits after SIGTERM before SIGKILL, one after the other.
+    pub term_grace: Vec<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workspace_bases: Vec::new(),
+            state_dir: None,
+            archive_dir: None,
+            compress: false,
+            settle: Duration::from_secs(2),
+            terminal_grace: Duration::from_secs(60),
+            zombie_grace: Duration::from_secs(10),
+            max_inactivity: Duration::from_secs(110 * 60),
+            reconcile_interval: Duration::from_secs(60),
+            session_poll_interval: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(10),
+            kill_orphan_sessions: false,
+            delete_prompt_files: true,
+            health_file: true,
+            log_file: None,
+            tmux_binary: PathBuf::from("tmux"),
+            tmux_socket: None,
+            tmux_timeout: Duration::from_secs(5),
+            term_grace: vec![
+                Duration::from_millis(500),
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+            ],
+        }
+    }
+}
+
+/// The file as written: every key optional, unknown keys refused (a typo must not pass silently).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    workspace_bases: Option<Vec<PathBuf>>,
+    state_dir: Option<PathBuf>,
+    archive_dir: Option<PathBuf>,
+    compress: Option<bool>,
+    settle: Option<String>,
+    terminal_grace: Option<String>,
+    zombie_grace: Option<String>,
+    max_inactivity: Option<String>,
+    reconcile_interval: Option<String>,
+    session_poll_interval: Option<String>,
+    shutdown_timeout: Option<String>,
+    lock_timeout: Option<String>,
+    kill_orphan_sessions: Option<bool>,
+    delete_prompt_files: Option<bool>,
+    health_file: Option<bool>,
+    log_file: Option<PathBuf>,
+    tmux_binary: Option<PathBuf>,
+    tmux_socket: Option<String>,
+    tmux_timeout: Option<String>,
+    term_grace: Option<TermGrace>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TermGrace {
+    One(String),
+    Steps(Vec<String>),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates `text`; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let d = Config::default();
+        let dur = |key: &'static str, value: Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(v) => parse_duration(&v).map_err(|reason| ConfigError::Invalid {
+                path: origin.to_path_buf(),
+                key,
+                value: v,
+                reason,
+            }),
+        };
+        let invalid = |key: &'static str, value: String, reason: &str| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            key,
+            value,
+            reason: reason.to_string(),
+        };
+        let term_grace = match raw.term_grace {
+            None => d.term_grace.clone(),
+            Some(TermGrace::One(v)) => vec![dur("term_grace", Some(v), Duration::ZERO)?],
+            Some(TermGrace::Steps(vs)) => vs
+                .into_iter()
+                .map(|v| dur("term_grace", Some(v), Duration::ZERO))
+                .collect::<Result<_, _>>()?,
+        };
+        if term_grace.is_empty() {
+            return Err(invalid(
+                "term_grace",
+                "[]".into(),
+                "give at least one wait before SIGKILL, e.g. [\"500ms\", \"1s\", \"2s\"]",
+            ));
+        }
+        let tmux_socket = match raw.tmux_socket {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) if s.contains('/') => Some(TmuxSocketSetting::Path(PathBuf::from(s))),
+            Some(s) => Some(TmuxSocketSetting::Name(s)),
+        };
+        let config = Config {
+            workspace_bases: raw.workspace_bases.unwrap_or_default(),
+            state_dir: raw.state_dir,
+            archive_dir: raw.archive_dir,
+            compress: raw.compress.unwrap_or(d.compress),
+            settle: dur("settle", raw.settle, d.settle)?,
+            terminal_grace: dur("terminal_grace", raw.terminal_grace, d.terminal_grace)?,
+            zombie_grace: dur("zombie_grace", raw.zombie_grace, d.zombie_grace)?,
+            max_inactivity: dur("max_inactivity", raw.max_inactivity, d.max_inactivity)?,
+            reconcile_interval: dur(
+                "reconcile_interval",
+                raw.reconcile_interval,
+                d.reconcile_interval,
+            )?,
+            session_poll_interval: dur(
+                "session_poll_interval",
+                raw.session_poll_interval,
+                d.session_poll_interval,
+            )?,
+            shutdown_timeout: dur("shutdown_timeout", raw.shutdown_timeout, d.shutdown_timeout)?,
+            lock_timeout: dur("lock_timeout", raw.lock_timeout, d.lock_timeout)?,
+            kill_orphan_sessions: raw.kill_orphan_sessions.unwrap_or(d.kill_orphan_sessions),
+            delete_prompt_files: raw.delete_prompt_files.unwrap_or(d.delete_prompt_files),
+            health_file: raw.health_file.unwrap_or(d.health_file),
+            log_file: raw.log_file,
+            tmux_binary: raw.tmux_binary.unwrap_or(d.tmux_binary),
+            tmux_socket,
+            tmux_timeout: dur("tmux_timeout", raw.tmux_timeout, d.tmux_timeout)?,
+            term_grace,
+        };
+        if config.compress {
+            return Err(invalid(
+                "compress",
+                "true".into(),
+                "compressed archives are not supported yet; set compress = false",
+            ));
+        }
+        for (key, value) in [
+            ("reconcile_interval", config.reconcile_interval),
+            ("session_poll_interval", config.session_poll_interval),
+            ("tmux_timeout", config.tmux_timeout),
+            ("max_inactivity", config.max_inactivity),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "0s".into(), "must be longer than zero"));
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// `"200ms"`, `"2s"`, `"110m"`, `"1h"`, `"1d"`; also combined like `"1h30m"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration; write e.g. \"2s\", \"200ms\", \"110m\"".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!(
+                "expected a number at {rest:?}; write e.g. \"2s\", \"200ms\", \"110m\""
+            ));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("number too large in {text:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_alphabetic())
+            .count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let piece = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" | "min" => Duration::from_secs(number.saturating_mul(60)),
+            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            "d" => Duration::from_secs(number.saturating_mul(86_400)),
+            "" => return Err(format!("{text:?} has no unit; add ms, s, m, h or d")),
+            other => return Err(format!("unknown unit {other:?}; use ms, s, m, h or d")),
+        };
+        total = total.saturating_add(piece);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn documented_example_parses_and_matches_defaults() {
+        let text = include_str!("../config/agent-reaper.toml");
+        let config = parse(text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.settle, defaults.settle);
+        assert_eq!(config.max_inactivity, defaults.max_inactivity);
+        assert_eq!(config.term_grace, defaults.term_grace);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("110m"), Ok(Duration::from_secs(6600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("2").unwrap_err().contains("no unit"));
+        assert!(parse_duration("2x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn errors_name_file_key_and_line() {
+        let err = parse("settle = \"2 seconds\"\n").unwrap_err().to_string();
+        assert!(err.contains("test.toml") && err.contains("settle"), "{err}");
+        let err = parse("settle = \"2s\"\nsetle = \"1s\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("setle"), "{err}");
+        let err = parse("kill_orphan_sessions = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn tmux_socket_is_a_name_or_a_path() {
+        let c = parse("tmux_socket = \"agents\"").unwrap();
+        assert_eq!(c.tmux_socket, Some(TmuxSocketSetting::Name("agents".into())));
+        let c = parse("tmux_socket = \"/run/tmux/agents\"").unwrap();
+        assert_eq!(
+            c.tmux_socket,
+            Some(TmuxSocketSetting::Path("/run/tmux/agents".into()))
+        );
+    }
+
+    #[test]
+    fn term_grace_takes_one_or_many_steps() {
+        let c = parse("term_grace = \"3s\"").unwrap();
+        assert_eq!(c.term_grace, vec![Duration::from_secs(3)]);
+        let c = parse("term_grace = [\"100ms\", \"200ms\"]").unwrap();
+        assert_eq!(c.term_grace.len(), 2);
+        assert!(parse("term_grace = []").is_err());
+    }
+}

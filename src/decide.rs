@@ -1,0 +1,345 @@
+//! The rules (DESIGN.md §2): from one agent's facts and `now`, the actions to take. Pure.
+
+use crate::model::{StatusClass, age};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// The timings and switches the rules read.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub settle: Duration,
+    pub terminal_grace: Duration,
+    pub zombie_grace: Duration,
+    pub max_inactivity: Duration,
+    pub delete_prompt_files: bool,
+    pub kill_orphan_sessions: bool,
+}
+
+/// What tmux said about the agent's session this round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionFact {
+    Alive {
+        /// Every pane's process has exited (pane dead, or its pid gone/defunct).
+        panes_exited: bool,
+        window_activity: Option<SystemTime>,
+    },
+    /// A definite "gone"; `since` is when it was first seen gone.
+    Gone { since: SystemTime },
+    /// tmux failed or timed out: nothing destructive on this.
+    Unknown,
+}
+
+/// How the stream log ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    Result { is_error: bool },
+    NoResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "why")]
+pub enum FileState {
+    Settled,
+    /// Written within `settle`, or held open for writing, or not yet seen twice.
+    Settling(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileFact {
+    pub path: PathBuf,
+    pub state: FileState,
+    pub mtime: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentFacts {
+    pub status: String,
+    pub class: StatusClass,
+    pub last_update: Option<SystemTime>,
+    /// `completed_at`, else `terminated_at`: when it became terminal.
+    pub finished_at: Option<SystemTime>,
+    /// `auto_cleanup_result.success` is true.
+    pub cleanup_recorded: bool,
+    pub session: SessionFact,
+    /// Live (not defunct) processes of the agent's process set.
+    pub live_processes: usize,
+    pub stream_end: StreamEnd,
+    /// The agent's logs that exist now.
+    pub logs: Vec<FileFact>,
+    pub prompt: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// Terminal in the registry, session or processes still alive.
+    Finished,
+    InactivityTimeout,
+    ProcessExited,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// Stop the agent's process tree, then kill its session.
+    Stop { reason: StopReason },
+    /// Move the agent from an active status to a terminal one.
+    SetStatus {
+        status: &'static str,
+        termination_reason: Option<&'static str>,
+    },
+    Archive { path: PathBuf },
+    DeletePrompt { path: PathBuf },
+    /// Write `auto_cleanup_result` and `auto_cleanup_timestamp`.
+    RecordCleanup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentClass {
+    Active,
+    /// Terminal or zombie, waiting: logs settling, `terminal_grace`, `zombie_grace`.
+    Settling,
+    Zombie,
+    Stale,
+    /// Terminal, cleanup to do now.
+    Finished,
+    Cleaned,
+    /// Status we do not know, or tmux did not answer: left alone.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub class: AgentClass,
+    pub actions: Vec<Action>,
+    /// Why nothing (more) happens now.
+    pub waiting: Option<String>,
+}
+
+impl Decision {
+    fn wait(class: AgentClass, why: impl Into<String>) -> Self {
+        Decision {
+            class,
+            actions: Vec::new(),
+            waiting: Some(why.into()),
+        }
+    }
+}
+
+fn newest(times: impl IntoIterator<Item = Option<SystemTime>>) -> Option<SystemTime> {
+    times.into_iter().flatten().max()
+}
+
+/// Last sign of life: newest of log mtimes, `last_update` and tmux `window_activity`.
+pub fn last_activity(facts: &AgentFacts) -> Option<SystemTime> {
+    let window = match facts.session {
+        SessionFact::Alive {
+            window_activity, ..
+        } => window_activity,
+        _ => None,
+    };
+    newest(
+        facts
+            .logs
+            .iter()
+            .map(|f| f.mtime)
+            .chain([facts.last_update, window]),
+    )
+}
+
+/// The terminal status a dead agent gets from how its stream log ends.
+fn zombie_status(end: StreamEnd) -> (&'static str, Option<&'static str>) {
+    match end {
+        StreamEnd::Result { is_error: false } => ("completed", None),
+        StreamEnd::Result { is_error: true } => ("failed", None),
+        StreamEnd::NoResult => ("terminated", Some("session_not_found")),
+    }
+}
+
+pub fn decide(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decision {
+    match facts.class {
+        StatusClass::Unknown => Decision::wait(
+            AgentClass::Unknown,
+            format!("unknown status {:?}: left alone", facts.status),
+        ),
+        StatusClass::Terminal => decide_terminal(facts, policy, now),
+        StatusClass::Active => decide_active(facts, policy, now),
+    }
+}
+
+fn decide_terminal(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decision {
+    match facts.session {
+        SessionFact::Unknown => Decision::wait(
+            AgentClass::Unknown,
+            "tmux did not answer: nothing destructive this round",
+        ),
+        SessionFact::Alive { .. } => {
+            let ended = matches!(facts.stream_end, StreamEnd::Result { .. });
+            let since = facts.finished_at.or(facts.last_update);
+            let grace_over = since.is_none_or(|t| age(now, t) >= policy.terminal_grace);
+            if ended || grace_over {
+                Decision {
+                    class: AgentClass::Finished,
+                    actions: vec![Action::Stop {
+                        reason: StopReason::Finished,
+                    }],
+                    waiting: None,
+                }
+            } else {
+                Decision::wait(
+                    AgentClass::Settling,
+                    "terminal with a live session: waiting for the result line or terminal_grace",
+                )
+            }
+        }
+        SessionFact::Gone { .. } if facts.live_processes > 0 => Decision {
+            class: AgentClass::Finished,
+            actions: vec![Action::Stop {
+                reason: StopReason::Finished,
+            }],
+            waiting: None,
+        },
+        SessionFact::Gone { .. } => cleanup(facts, policy, AgentClass::Finished, Vec::new()),
+    }
+}
+
+fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decision {
+    let activity = last_activity(facts);
+    let idle_for = |limit: Duration| activity.is_none_or(|t| age(now, t) >= limit);
+    match facts.session {
+        SessionFact::Unknown => Decision::wait(
+            AgentClass::Unknown,
+            "tmux did not answer: nothing destructive this round",
+        ),
+        SessionFact::Alive { panes_exited, .. } => {
+            let (class, reason, termination) = if panes_exited && facts.live_processes == 0 {
+                (
+                    AgentClass::Zombie,
+                    StopReason::ProcessExited,
+                    "process_exited",
+                )
+            } else if idle_for(policy.max_inactivity) {
+                (
+                    AgentClass::Stale,
+                    StopReason::InactivityTimeout,
+                    "inactivity_timeout",
+                )
+            } else {
+                return Decision {
+                    class: AgentClass::Active,
+                    actions: Vec::new(),
+                    waiting: None,
+                };
+            };
+            Decision {
+                class,
+                actions: vec![
+                    Action::Stop { reason },
+                    Action::SetStatus {
+                        status: "terminated",
+                        termination_reason: Some(termination),
+                    },
+                ],
+                waiting: None,
+            }
+        }
+        SessionFact::Gone { .. } if facts.live_processes > 0 => {
+            // Processes that left the session still work for the agent.
+            if idle_for(policy.max_inactivity) {
+                Decision {
+                    class: AgentClass::Stale,
+                    actions: vec![
+                        Action::Stop {
+                            reason: StopReason::InactivityTimeout,
+                        },
+                        Action::SetStatus {
+                            status: "terminated",
+                            termination_reason: Some("inactivity_timeout"),
+                        },
+                    ],
+                    waiting: None,
+                }
+            } else {
+                Decision {
+                    class: AgentClass::Active,
+                    actions: Vec::new(),
+                    waiting: None,
+                }
+            }
+        }
+        SessionFact::Gone { since } => {
+            let seen_long_enough = age(now, since) >= policy.zombie_grace;
+            if !seen_long_enough && !idle_for(policy.zombie_grace) {
+                return Decision::wait(
+                    AgentClass::Settling,
+                    "session gone: confirming after zombie_grace",
+                );
+            }
+            let (status, termination_reason) = zombie_status(facts.stream_end);
+            cleanup(
+                facts,
+                policy,
+                AgentClass::Zombie,
+                vec![Action::SetStatus {
+                    status,
+                    termination_reason,
+                }],
+            )
+        }
+    }
+}
+
+/// Nothing of the agent runs any more: archive settled logs, drop the prompt, record.
+fn cleanup(
+    facts: &AgentFacts,
+    policy: &Policy,
+    class: AgentClass,
+    mut actions: Vec<Action>,
+) -> Decision {
+    let mut settling = Vec::new();
+    for log in &facts.logs {
+        match &log.state {
+            FileState::Settled => actions.push(Action::Archive {
+                path: log.path.clone(),
+            }),
+            FileState::Settling(why) => settling.push(format!("{}: {why}", log.path.display())),
+        }
+    }
+    if policy.delete_prompt_files
+        && let Some(prompt) = &facts.prompt
+    {
+        actions.push(Action::DeletePrompt {
+            path: prompt.clone(),
+        });
+    }
+    let file_work = actions
+        .iter()
+        .any(|a| matches!(a, Action::Archive { .. } | Action::DeletePrompt { .. }));
+    // The record is written once everything is done, so it tells the whole story.
+    if settling.is_empty() && (file_work || !facts.cleanup_recorded) {
+        actions.push(Action::RecordCleanup);
+    }
+    let class = if actions.is_empty() && settling.is_empty() {
+        AgentClass::Cleaned
+    } else if actions.is_empty() && class == AgentClass::Finished {
+        AgentClass::Settling
+    } else {
+        class
+    };
+    Decision {
+        class,
+        actions,
+        waiting: (!settling.is_empty()).then(|| format!("settling: {}", settling.join(", "))),
+    }
+}
+
+/// An `agent_*` session that no registry lists.
+pub fn decide_orphan(activity: Option<SystemTime>, policy: &Policy, now: SystemTime) -> bool {
+    policy.kill_orphan_sessions && activity.is_none_or(|t| age(now, t) >= policy.max_inactivity)
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,242 @@
+//! Unit tests of the rules on hand-built facts.
+
+use super::*;
+use crate::model::classify_status;
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn policy() -> Policy {
+    Policy {
+        settle: Duration::from_secs(2),
+        terminal_grace: Duration::from_secs(60),
+        zombie_grace: Duration::from_secs(10),
+        max_inactivity: 110 * MIN,
+        delete_prompt_files: true,
+        kill_orphan_sessions: false,
+    }
+}
+
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+fn facts(status: &str, session: SessionFact) -> AgentFacts {
+    AgentFacts {
+        status: status.to_string(),
+        class: classify_status(status),
+        last_update: Some(now() - 5 * MIN),
+        finished_at: None,
+        cleanup_recorded: false,
+        session,
+        live_processes: 0,
+        stream_end: StreamEnd::NoResult,
+        logs: vec![FileFact {
+            path: "/w/TASK-1/progress/a_progress.jsonl".into(),
+            state: FileState::Settled,
+            mtime: Some(now() - 5 * MIN),
+        }],
+        prompt: Some("/w/TASK-1/agent_prompt_a.txt".into()),
+    }
+}
+
+fn gone_since(ago: Duration) -> SessionFact {
+    SessionFact::Gone { since: now() - ago }
+}
+
+fn alive() -> SessionFact {
+    SessionFact::Alive {
+        panes_exited: false,
+        window_activity: Some(now() - MIN),
+    }
+}
+
+#[test]
+fn working_agent_without_session_is_a_terminated_zombie() {
+    let d = decide(&facts("working", gone_since(Duration::ZERO)), &policy(), now());
+    assert_eq!(d.class, AgentClass::Zombie);
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::SetStatus {
+                status: "terminated",
+                termination_reason: Some("session_not_found")
+            },
+            Action::Archive {
+                path: "/w/TASK-1/progress/a_progress.jsonl".into()
+            },
+            Action::DeletePrompt {
+                path: "/w/TASK-1/agent_prompt_a.txt".into()
+            },
+            Action::RecordCleanup,
+        ]
+    );
+}
+
+#[test]
+fn zombie_status_follows_the_stream_result() {
+    let mut f = facts("working", gone_since(Duration::ZERO));
+    f.stream_end = StreamEnd::Result { is_error: false };
+    assert!(decide(&f, &policy(), now()).actions.contains(&Action::SetStatus {
+        status: "completed",
+        termination_reason: None
+    }));
+    f.stream_end = StreamEnd::Result { is_error: true };
+    assert!(decide(&f, &policy(), now()).actions.contains(&Action::SetStatus {
+        status: "failed",
+        termination_reason: None
+    }));
+}
+
+#[test]
+fn recently_active_agent_needs_its_session_seen_gone_twice() {
+    let mut f = facts("running", gone_since(Duration::ZERO));
+    f.last_update = Some(now() - Duration::from_secs(3));
+    f.logs[0].mtime = Some(now() - Duration::from_secs(1));
+    let first = decide(&f, &policy(), now());
+    assert_eq!(first.class, AgentClass::Settling);
+    assert!(first.actions.is_empty());
+    f.session = gone_since(Duration::from_secs(10));
+    assert_eq!(decide(&f, &policy(), now()).class, AgentClass::Zombie);
+}
+
+#[test]
+fn unknown_tmux_answer_destroys_nothing() {
+    for status in ["working", "completed"] {
+        let d = decide(&facts(status, SessionFact::Unknown), &policy(), now());
+        assert!(d.actions.is_empty(), "{status}: {d:?}");
+        assert_eq!(d.class, AgentClass::Unknown);
+    }
+}
+
+#[test]
+fn unknown_status_is_left_alone() {
+    let d = decide(&facts("paused", gone_since(MIN)), &policy(), now());
+    assert_eq!(d.class, AgentClass::Unknown);
+    assert!(d.actions.is_empty());
+}
+
+#[test]
+fn terminal_with_live_session_waits_for_result_or_grace() {
+    let mut f = facts("completed", alive());
+    f.finished_at = Some(now() - Duration::from_secs(5));
+    assert!(decide(&f, &policy(), now()).actions.is_empty());
+    f.stream_end = StreamEnd::Result { is_error: false };
+    assert_eq!(
+        decide(&f, &policy(), now()).actions,
+        vec![Action::Stop {
+            reason: StopReason::Finished
+        }]
+    );
+    f.stream_end = StreamEnd::NoResult;
+    f.finished_at = Some(now() - 2 * MIN);
+    assert_eq!(decide(&f, &policy(), now()).actions.len(), 1);
+}
+
+#[test]
+fn terminal_with_leftover_processes_stops_them_first() {
+    let mut f = facts("completed", gone_since(MIN));
+    f.live_processes = 2;
+    assert_eq!(
+        decide(&f, &policy(), now()).actions,
+        vec![Action::Stop {
+            reason: StopReason::Finished
+        }]
+    );
+}
+
+#[test]
+fn stale_agent_is_stopped_and_terminated() {
+    let mut f = facts("working", alive());
+    f.last_update = Some(now() - 200 * MIN);
+    f.logs[0].mtime = Some(now() - 120 * MIN);
+    f.session = SessionFact::Alive {
+        panes_exited: false,
+        window_activity: Some(now() - 111 * MIN),
+    };
+    f.live_processes = 3;
+    let d = decide(&f, &policy(), now());
+    assert_eq!(d.class, AgentClass::Stale);
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::Stop {
+                reason: StopReason::InactivityTimeout
+            },
+            Action::SetStatus {
+                status: "terminated",
+                termination_reason: Some("inactivity_timeout")
+            }
+        ]
+    );
+    // Any recent sign of life keeps it.
+    f.logs[0].mtime = Some(now() - MIN);
+    assert_eq!(decide(&f, &policy(), now()).class, AgentClass::Active);
+}
+
+#[test]
+fn session_whose_panes_exited_is_a_zombie() {
+    let f = facts(
+        "working",
+        SessionFact::Alive {
+            panes_exited: true,
+            window_activity: Some(now()),
+        },
+    );
+    let d = decide(&f, &policy(), now());
+    assert_eq!(d.class, AgentClass::Zombie);
+    assert!(d.actions.contains(&Action::SetStatus {
+        status: "terminated",
+        termination_reason: Some("process_exited")
+    }));
+}
+
+#[test]
+fn settling_logs_hold_back_the_record() {
+    let mut f = facts("completed", gone_since(MIN));
+    f.logs.push(FileFact {
+        path: "/w/TASK-1/logs/a_stream.jsonl".into(),
+        state: FileState::Settling("written 1s ago".into()),
+        mtime: Some(now()),
+    });
+    let d = decide(&f, &policy(), now());
+    assert!(!d.actions.contains(&Action::RecordCleanup));
+    assert!(d.waiting.unwrap().contains("a_stream.jsonl"));
+}
+
+#[test]
+fn cleaned_agent_needs_nothing() {
+    let mut f = facts("completed", gone_since(MIN));
+    f.cleanup_recorded = true;
+    f.logs.clear();
+    f.prompt = None;
+    let d = decide(&f, &policy(), now());
+    assert_eq!(d.class, AgentClass::Cleaned);
+    assert!(d.actions.is_empty());
+    // Not yet recorded: record once.
+    f.cleanup_recorded = false;
+    assert_eq!(
+        decide(&f, &policy(), now()).actions,
+        vec![Action::RecordCleanup]
+    );
+}
+
+#[test]
+fn prompt_kept_when_configured() {
+    let mut p = policy();
+    p.delete_prompt_files = false;
+    let d = decide(&facts("completed", gone_since(MIN)), &p, now());
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::DeletePrompt { .. }))
+    );
+}
+
+#[test]
+fn orphans_are_killed_only_when_configured_and_idle() {
+    let mut p = policy();
+    assert!(!decide_orphan(Some(now() - 200 * MIN), &p, now()));
+    p.kill_orphan_sessions = true;
+    assert!(decide_orphan(Some(now() - 200 * MIN), &p, now()));
+    assert!(!decide_orphan(Some(now() - MIN), &p, now()));
+}
