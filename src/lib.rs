@@ -1,9 +1,15 @@
 //! agent-reaper: cleans up after Claude Orchestrator agents (library behind the binary).
 
+pub mod act;
 pub mod archive;
+pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod model;
+pub mod observe;
+pub mod pass;
 pub mod procs;
+pub mod record;
 pub mod registry;
+pub mod report;
 pub mod workspace;

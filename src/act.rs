@@ -1,0 +1,327 @@
+//! Carrying out decisions: stopping agents, archiving logs, deleting prompts, writing registries.
+
+use crate::archive::archive_file;
+use crate::config::Config;
+use crate::decide::{Action, Decision, SessionFact};
+use crate::model::format_timestamp;
+use crate::observe::TaskView;
+use crate::pass::OrphanReport;
+use crate::procs::{KillSession, ProcTable, StopPolicy, StopRequest, Tmux, stop_all};
+use crate::record::{
+    AgentChange, Applied, CleanupRecord, GlobalChange, edit_global_registry, edit_task_registry,
+};
+use crate::registry::{UpdateOptions, UpdateOutcome, update_registry};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Concurrent `tmux kill-session` calls at most.
+const KILL_THREADS: usize = 8;
+
+/// What happened to one agent this pass.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub stopped: bool,
+    pub session_killed: bool,
+    pub escalated: Option<bool>,
+    pub survivors: usize,
+    pub defunct: Vec<String>,
+    pub archived: Vec<PathBuf>,
+    pub prompt_deleted: bool,
+    pub recorded: bool,
+    pub status_applied: Option<String>,
+    pub done: Vec<String>,
+    pub errors: Vec<String>,
+    pub final_actions: Vec<Action>,
+    pub final_waiting: Option<String>,
+}
+
+/// Runs `kill-session` for each name on a few threads: many sessions must not queue behind each other.
+pub fn kill_sessions(tmux: &dyn Tmux, names: &[String]) -> Vec<Result<KillSession, String>> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let chunk = names.len().div_ceil(KILL_THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|n| tmux.kill_session(n).map_err(|e| e.to_string()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("kill-session thread panicked"))
+            .collect()
+    })
+}
+
+/// Stops every agent whose decision says so; returns their (task, agent) indexes.
+pub fn stop_agents(
+    views: &[TaskView],
+    decisions: &[Vec<Decision>],
+    table: &ProcTable,
+    tmux: &dyn Tmux,
+    config: &Config,
+    outcomes: &mut [Vec<Outcome>],
+) -> Vec<(usize, usize)> {
+    let mut which = Vec::new();
+    let mut requests = Vec::new();
+    for (t, view) in views.iter().enumerate() {
+        for (a, agent) in view.agents.iter().enumerate() {
+            if decisions[t][a]
+                .actions
+                .iter()
+                .any(|x| matches!(x, Action::Stop { .. }))
+            {
+                which.push((t, a));
+                requests.push(StopRequest {
+                    agent: agent.id.clone(),
+                    processes: agent.processes.clone(),
+                });
+            }
+        }
+    }
+    if which.is_empty() {
+        return which;
+    }
+    let policy = StopPolicy {
+        term_steps: config.term_grace.clone(),
+    };
+    let reports = stop_all(&requests, table, &policy);
+    // Sessions go after their processes, so nothing gets a SIGHUP mid-shutdown.
+    let sessions: Vec<(usize, String)> = which
+        .iter()
+        .enumerate()
+        .filter(|(_, (t, a))| {
+            matches!(
+                views[*t].agents[*a].facts.session,
+                SessionFact::Alive { .. }
+            )
+        })
+        .map(|(i, (t, a))| (i, views[*t].agents[*a].session_name()))
+        .collect();
+    let names: Vec<String> = sessions.iter().map(|(_, n)| n.clone()).collect();
+    let kills = kill_sessions(tmux, &names);
+    for (&(t, a), report) in which.iter().zip(&reports) {
+        let out = &mut outcomes[t][a];
+        out.stopped = true;
+        out.escalated = Some(report.escalated_to_sigkill);
+        out.survivors = report.survivors.len();
+        out.defunct = report
+            .defunct
+            .iter()
+            .map(|(pid, ppid)| format!("{pid} (parent {ppid})"))
+            .collect();
+        out.done.push(format!(
+            "stopped {} process(es){}",
+            report.signalled.len(),
+            if report.escalated_to_sigkill {
+                ", escalated to SIGKILL"
+            } else {
+                ""
+            }
+        ));
+        for (key, why) in &report.refused {
+            out.done
+                .push(format!("left pid {} alone: {why}", key.pid));
+        }
+        if !report.survivors.is_empty() {
+            out.errors.push(format!(
+                "{} process(es) survived SIGKILL",
+                report.survivors.len()
+            ));
+        }
+    }
+    for ((i, name), kill) in sessions.iter().zip(kills) {
+        let (t, a) = which[*i];
+        let out = &mut outcomes[t][a];
+        match kill {
+            Ok(KillSession::Killed) => {
+                out.session_killed = true;
+                out.done.push(format!("killed tmux session {name}"));
+            }
+            Ok(KillSession::AlreadyGone) => out.done.push(format!("session {name} already gone")),
+            Err(e) => out.errors.push(format!("kill-session {name}: {e}")),
+        }
+    }
+    which
+}
+
+/// Kills the orphan sessions marked `stop`.
+pub fn stop_orphans(orphans: &mut [OrphanReport], tmux: &dyn Tmux) {
+    let names: Vec<String> = orphans
+        .iter()
+        .filter(|o| o.stop)
+        .map(|o| o.session.clone())
+        .collect();
+    let results = kill_sessions(tmux, &names);
+    for (orphan, result) in orphans.iter_mut().filter(|o| o.stop).zip(results) {
+        orphan.outcome = Some(match result {
+            Ok(KillSession::Killed) => "killed".into(),
+            Ok(KillSession::AlreadyGone) => "already gone".into(),
+            Err(e) => format!("error: {e}"),
+        });
+    }
+}
+
+fn archive_dir(config: &Config, view: &TaskView) -> PathBuf {
+    match &config.archive_dir {
+        Some(dir) => dir.join(&view.task.task_id),
+        None => view.task.dir.join("archive"),
+    }
+}
+
+/// Archives and deletes files, then records everything in the task registry under its lock.
+/// Returns whether the registry was written.
+pub fn apply_task(
+    view: &TaskView,
+    decisions: &[Decision],
+    outcomes: &mut [Outcome],
+    config: &Config,
+    opts: &UpdateOptions,
+    now: SystemTime,
+) -> Result<bool, String> {
+    let archive_to = archive_dir(config, view);
+    let stamp = format_timestamp(now);
+    let mut changes = Vec::new();
+    let mut change_of = Vec::new();
+    for (a, (agent, decision)) in view.agents.iter().zip(decisions).enumerate() {
+        let out = &mut outcomes[a];
+        let mut set_status = None;
+        let mut record = false;
+        for action in &decision.actions {
+            match action {
+                Action::Archive { path } => match archive_file(path, &archive_to) {
+                    Ok(done) => {
+                        out.done.push(format!(
+                            "archived {} -> {}",
+                            path.display(),
+                            done.path().display()
+                        ));
+                        out.archived.push(done.path().to_path_buf());
+                    }
+                    Err(e) => out.errors.push(e.to_string()),
+                },
+                Action::DeletePrompt { path } => match std::fs::remove_file(path) {
+                    Ok(()) => {
+                        out.prompt_deleted = true;
+                        out.done.push(format!("deleted {}", path.display()));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => out.errors.push(format!("{}: {e}", path.display())),
+                },
+                Action::SetStatus {
+                    status,
+                    termination_reason,
+                } => set_status = Some((*status, *termination_reason)),
+                Action::RecordCleanup => record = true,
+                Action::Stop { .. } => {}
+            }
+        }
+        if set_status.is_none() && !record {
+            continue;
+        }
+        // Stopped agents had their facts refreshed after the stop, so this holds for both.
+        let no_zombies =
+            agent.facts.live_processes == 0 && out.survivors == 0 && out.defunct.is_empty();
+        let cleanup = record.then(|| CleanupRecord {
+            success: out.errors.is_empty() && no_zombies,
+            tmux_session_killed: out.session_killed,
+            prompt_file_deleted: out.prompt_deleted,
+            log_files_archived: !out.archived.is_empty(),
+            verified_no_zombies: no_zombies,
+            errors: out.errors.clone(),
+            archived_files: out.archived.iter().map(|p| path_string(p)).collect(),
+            escalated_to_sigkill: out.escalated,
+            defunct_processes: out.defunct.clone(),
+        });
+        changes.push(AgentChange {
+            id: agent.id.to_string(),
+            expect_status: agent.registry_status.clone(),
+            set_status,
+            cleanup,
+            now: stamp.clone(),
+        });
+        change_of.push(a);
+    }
+    let drift = view.active_count.is_some() && view.active_count != view.expected_active;
+    if changes.is_empty() && !drift {
+        return Ok(false);
+    }
+    let path = view.task.registry();
+    match update_registry(&path, opts, |root| edit_task_registry(root, &changes)) {
+        Ok((written, applied)) => {
+            for ((a, change), applied) in change_of.iter().zip(&changes).zip(applied) {
+                let out = &mut outcomes[*a];
+                match applied {
+                    Applied::Done => {
+                        out.status_applied = change.set_status.map(|(s, _)| s.to_string());
+                        out.recorded = change.cleanup.is_some();
+                        if let Some((s, reason)) = change.set_status {
+                            out.done.push(match reason {
+                                Some(r) => format!("marked {s} ({r})"),
+                                None => format!("marked {s}"),
+                            });
+                        }
+                    }
+                    Applied::StatusMoved => out.done.push(
+                        "registry status changed meanwhile: left as the orchestrator set it".into(),
+                    ),
+                    Applied::Missing => out
+                        .errors
+                        .push("agent entry vanished from the registry meanwhile".into()),
+                }
+            }
+            Ok(written == UpdateOutcome::Written)
+        }
+        Err(e) => {
+            for a in change_of {
+                outcomes[a].errors.push(format!("registry not updated: {e}"));
+            }
+            Err(e.to_string())
+        }
+    }
+}
+
+fn path_string(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Mirrors this pass's transitions into `<base>/registry/GLOBAL_REGISTRY.json`.
+pub fn update_global(
+    path: &Path,
+    views: &[TaskView],
+    outcomes: &[Vec<Outcome>],
+    base: &Path,
+    opts: &UpdateOptions,
+    now: SystemTime,
+) -> Result<bool, String> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(false);
+    }
+    let stamp = format_timestamp(now);
+    let changes: Vec<GlobalChange> = views
+        .iter()
+        .zip(outcomes)
+        .filter(|(v, _)| v.task.base == base)
+        .flat_map(|(v, outs)| v.agents.iter().zip(outs))
+        .filter_map(|(agent, out)| {
+            let status = out.status_applied.as_deref()?;
+            let status = crate::model::TERMINAL_STATUSES
+                .iter()
+                .find(|s| **s == status)?;
+            Some(GlobalChange {
+                id: agent.id.to_string(),
+                status,
+                now: stamp.clone(),
+            })
+        })
+        .collect();
+    update_registry(path, opts, |root| edit_global_registry(root, &changes))
+        .map(|(written, ())| written == UpdateOutcome::Written)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,190 @@
+//! Command line: flags and subcommands, configuration layering, and what each command prints.
+
+use crate::config::{Config, TmuxSocketSetting};
+use crate::pass::{Mode, PassReport, Reaper};
+use crate::procs::{TmuxClient, TmuxSocket};
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+const ABOUT: &str = "Cleans up after Claude Orchestrator agents: stops finished, zombie and stale \
+agents' processes, archives their logs once settled, and records it all in the registries.";
+
+const AFTER_HELP: &str = "\
+Workspace bases: --workspace-base (repeatable), else workspace_bases in the config file, \
+else $CLAUDE_ORCHESTRATOR_WORKSPACE, else ./.agent-workspace.
+
+Examples:
+  agent-reaper plan                      what a pass would do, changing nothing
+  agent-reaper once                      one cleanup pass, then exit
+  agent-reaper status --json             agents per task by class, as JSON
+  agent-reaper validate --config /etc/agent-reaper/agent-reaper.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "agent-reaper", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Configuration file (TOML; every key documented in config/agent-reaper.toml).
+    #[arg(long, global = true, env = "AGENT_REAPER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A workspace base holding TASK-*/ folders; repeat for several. Overrides the config file.
+    #[arg(long = "workspace-base", global = true, value_name = "DIR")]
+    pub workspace_bases: Vec<PathBuf>,
+    /// The daemon's state directory (lock file, journal). Overrides the config file.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run as a daemon: watch the workspaces and clean up as agents finish.
+    Run {
+        /// Decide and log, but change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// One cleanup pass over every task, then exit (non-zero only on a fatal error).
+    Once {
+        /// Print the pass report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every action a pass would take, per task and agent; change nothing.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show agents per task by class: active, settling, zombie, stale, finished, cleaned.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the configuration (file and flags) and print the settings in force.
+    Validate,
+}
+
+/// The settings in force: file (if any), then flags, then the environment's defaults.
+pub fn resolve_config(cli: &Cli) -> Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !cli.workspace_bases.is_empty() {
+        config.workspace_bases = cli.workspace_bases.clone();
+    }
+    if config.workspace_bases.is_empty() {
+        config.workspace_bases = vec![match std::env::var_os("CLAUDE_ORCHESTRATOR_WORKSPACE") {
+            Some(v) if !v.is_empty() => PathBuf::from(v),
+            _ => PathBuf::from("./.agent-workspace"),
+        }];
+    }
+    if cli.state_dir.is_some() {
+        config.state_dir = cli.state_dir.clone();
+    }
+    Ok(config)
+}
+
+pub fn tmux_client(config: &Config) -> TmuxClient {
+    TmuxClient {
+        binary: config.tmux_binary.clone(),
+        socket: config.tmux_socket.as_ref().map(|s| match s {
+            TmuxSocketSetting::Name(n) => TmuxSocket::Name(n.clone()),
+            TmuxSocketSetting::Path(p) => TmuxSocket::Path(p.clone()),
+        }),
+        timeout: config.tmux_timeout,
+    }
+}
+
+fn check_bases(config: &Config) -> Result<()> {
+    let missing: Vec<_> = config
+        .workspace_bases
+        .iter()
+        .filter(|b| !b.is_dir())
+        .collect();
+    if missing.len() == config.workspace_bases.len() {
+        bail!(
+            "no workspace base found ({}); pass --workspace-base DIR, set workspace_bases in \
+             the config file, or set CLAUDE_ORCHESTRATOR_WORKSPACE",
+            missing
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for m in missing {
+        tracing::warn!("workspace base {} does not exist; skipped", m.display());
+    }
+    Ok(())
+}
+
+/// Progress on stderr only for a person at a terminal (not in pipes, not under systemd).
+fn progress_printer() -> Option<Box<dyn FnMut(usize, usize) + Send>> {
+    let interactive = std::io::stderr().is_terminal()
+        && std::env::var_os("JOURNAL_STREAM").is_none()
+        && std::env::var_os("INVOCATION_ID").is_none();
+    if !interactive {
+        return None;
+    }
+    Some(Box::new(|done, total| {
+        if total >= 20 {
+            eprint!("\rtasks {done}/{total}");
+            if done == total {
+                eprintln!();
+            }
+        }
+    }))
+}
+
+fn print(report: &PassReport, json: bool, text: fn(&PassReport) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", text(report));
+    }
+    Ok(())
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let config = resolve_config(&cli)?;
+    match cli.command {
+        Command::Validate => {
+            println!("configuration OK");
+            match &cli.config {
+                Some(p) => println!("  file: {}", p.display()),
+                None => println!("  file: none (defaults)"),
+            }
+            println!("{config:#?}");
+            Ok(())
+        }
+        Command::Run { .. } => {
+            bail!(
+                "the daemon (`agent-reaper run`) is not built yet; run `agent-reaper once` \
+                 from a timer meanwhile"
+            )
+        }
+        Command::Once { json } => {
+            check_bases(&config)?;
+            let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
+            reaper.progress = progress_printer();
+            let report = reaper.run(Mode::Execute {
+                wait_for_settle: true,
+            });
+            print(&report, json, crate::report::once)
+        }
+        Command::Plan { json } => {
+            check_bases(&config)?;
+            let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
+            let report = reaper.run(Mode::Plan);
+            print(&report, json, crate::report::plan)
+        }
+        Command::Status { json } => {
+            check_bases(&config)?;
+            let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
+            let report = reaper.run(Mode::Plan);
+            print(&report, json, crate::report::status)
+        }
+    }
+}

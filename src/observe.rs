@@ -1,0 +1,428 @@
+//! One round's snapshot of the world: registries, files, tmux and /proc, turned into `AgentFacts`.
+
+use crate::decide::{AgentFacts, FileFact, FileState, SessionFact, StreamEnd};
+use crate::model::{AgentId, StatusClass, age, classify_status, parse_timestamp};
+use crate::procs::openfiles::{FileId, writers_of};
+use crate::procs::{ProcKey, ProcTable, TmuxError, TmuxSnapshot, agent_processes};
+use crate::registry::{ReadOptions, read_registry};
+use crate::workspace::{AgentFiles, LogKind, TaskDir, agent_files, resolve_inside};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// How far back from the end of a stream log we look for its last line.
+const STREAM_TAIL_BYTES: u64 = 1 << 20;
+const SHORT_TAIL_BYTES: u64 = 64 << 10;
+
+/// One agent as seen this round.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub id: AgentId,
+    /// The status as read from the registry (facts may move on within a pass).
+    pub registry_status: String,
+    pub facts: AgentFacts,
+    pub files: AgentFiles,
+    pub pane_pids: Vec<i32>,
+    pub processes: Vec<ProcKey>,
+    /// Identities of the logs in `facts.logs`, same order.
+    pub log_ids: Vec<FileId>,
+    pub warnings: Vec<String>,
+}
+
+impl AgentView {
+    pub fn session_name(&self) -> String {
+        self.id.session_name()
+    }
+}
+
+/// One task as seen this round.
+#[derive(Debug, Clone)]
+pub struct TaskView {
+    pub task: TaskDir,
+    pub agents: Vec<AgentView>,
+    /// `active_count` as read, to tell whether the counter drifted.
+    pub active_count: Option<i64>,
+    /// `active_count` recomputed from the statuses read.
+    pub expected_active: Option<i64>,
+    /// Entries we could not use (bad id, duplicate, not an object).
+    pub warnings: Vec<String>,
+    /// The registry could not be read: the task is skipped this round.
+    pub error: Option<String>,
+}
+
+/// tmux's answer this round.
+pub type TmuxView = Result<TmuxSnapshot, String>;
+
+pub fn tmux_view(result: Result<TmuxSnapshot, TmuxError>) -> TmuxView {
+    result.map_err(|e| e.to_string())
+}
+
+/// Reads a task registry (lock-free, tolerant) into agent entries.
+pub fn read_task(task: &TaskDir, read: &ReadOptions) -> Result<Value, String> {
+    read_registry(&task.registry(), read).map_err(|e| e.to_string())
+}
+
+fn str_field<'a>(entry: &'a Value, key: &str) -> Option<&'a str> {
+    entry.get(key).and_then(Value::as_str)
+}
+
+fn time_field(entry: &Value, key: &str) -> Option<SystemTime> {
+    str_field(entry, key).and_then(parse_timestamp)
+}
+
+/// How a stream log ends: with `{"type":"result", ...}` or not (missing counts as not).
+pub fn stream_end(path: &Path) -> StreamEnd {
+    let Ok(mut file) = fs::File::open(path) else {
+        return StreamEnd::NoResult;
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // Most result lines fit in a small tail; a long one gets a second, larger read.
+    for tail_bytes in [SHORT_TAIL_BYTES, STREAM_TAIL_BYTES] {
+        let start = len.saturating_sub(tail_bytes);
+        let mut tail = Vec::new();
+        if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut tail).is_err() {
+            return StreamEnd::NoResult;
+        }
+        let trimmed = tail.trim_ascii_end();
+        let line_start = trimmed.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
+        let line = match line_start {
+            Some(i) => &trimmed[i..],
+            None if start == 0 => trimmed,
+            None => continue,
+        };
+        return result_line(line);
+    }
+    StreamEnd::NoResult
+}
+
+fn result_line(line: &[u8]) -> StreamEnd {
+    match serde_json::from_slice::<Value>(line) {
+        Ok(v) if v.get("type").and_then(Value::as_str) == Some("result") => StreamEnd::Result {
+            is_error: v.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+        },
+        _ => StreamEnd::NoResult,
+    }
+}
+
+/// The agent's log files: the conventional ones plus `tracked_files` that stay inside the task.
+fn log_candidates(
+    task: &TaskDir,
+    entry: &Value,
+    files: &AgentFiles,
+    warnings: &mut Vec<String>,
+) -> Vec<(LogKind, PathBuf)> {
+    let mut logs = files.logs.clone();
+    if let Some(tracked) = entry.get("tracked_files").and_then(Value::as_object) {
+        for (key, kind) in [
+            ("log_file", LogKind::Stream),
+            ("progress_file", LogKind::Progress),
+            ("findings_file", LogKind::Findings),
+            ("deploy_log", LogKind::Deploy),
+        ] {
+            let Some(raw) = tracked.get(key).and_then(Value::as_str) else {
+                continue;
+            };
+            match resolve_inside(&task.dir, raw) {
+                Ok(path) if !logs.iter().any(|(_, p)| p == &path) => logs.push((kind, path)),
+                Ok(_) => {}
+                // Paths from another machine are common; only say so when it is local and outside.
+                Err(e) if Path::new(raw).exists() => {
+                    warnings.push(format!("tracked_files.{key}: {e}"));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    logs
+}
+
+/// Stats the logs that exist (regular files below no symlink), without judging them yet.
+fn existing_logs(
+    task: &TaskDir,
+    candidates: &[(LogKind, PathBuf)],
+    warnings: &mut Vec<String>,
+) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut out = Vec::new();
+    for (_, path) in candidates {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            continue;
+        };
+        let inside = path
+            .to_str()
+            .map(|p| resolve_inside(&task.dir, p).is_ok())
+            .unwrap_or(false);
+        if !meta.file_type().is_file() || !inside {
+            warnings.push(format!(
+                "{}: not a regular file inside the task (symlink?); left alone",
+                path.display()
+            ));
+            continue;
+        }
+        out.push((path.clone(), meta));
+    }
+    out
+}
+
+/// Judges a log: settled when nobody writes it and it has been quiet for `settle`.
+pub fn file_state(
+    mtime: Option<SystemTime>,
+    writers: Option<&Vec<i32>>,
+    settle: Duration,
+    now: SystemTime,
+) -> FileState {
+    if let Some(pids) = writers.filter(|p| !p.is_empty()) {
+        return FileState::Settling(format!("open for writing by pid {pids:?}"));
+    }
+    match mtime {
+        Some(t) if age(now, t) < settle => FileState::Settling(format!(
+            "written {:.1}s ago (settle {:?})",
+            age(now, t).as_secs_f64(),
+            settle
+        )),
+        _ => FileState::Settled,
+    }
+}
+
+/// Everything needed to build facts, gathered once per round.
+pub struct World<'a> {
+    pub tmux: &'a TmuxView,
+    pub table: &'a ProcTable,
+    /// When each session was first seen gone (kept across rounds by the daemon).
+    pub gone_since: &'a HashMap<String, SystemTime>,
+    pub settle: Duration,
+    pub now: SystemTime,
+}
+
+/// Per-agent raw material before the writers scan.
+struct Pending {
+    id: AgentId,
+    entry: Value,
+    files: AgentFiles,
+    logs: Vec<(PathBuf, fs::Metadata)>,
+    warnings: Vec<String>,
+}
+
+/// Builds the agents of one task registry. Call `finish_task_views` afterwards with the
+/// writers of all logs so /proc is scanned once for every task together.
+pub fn task_view(task: &TaskDir, registry: Result<Value, String>) -> (TaskView, Vec<PendingAgent>) {
+    let mut view = TaskView {
+        task: task.clone(),
+        agents: Vec::new(),
+        active_count: None,
+        expected_active: None,
+        warnings: Vec::new(),
+        error: None,
+    };
+    let root = match registry {
+        Ok(root) => root,
+        Err(e) => {
+            view.error = Some(e);
+            return (view, Vec::new());
+        }
+    };
+    view.active_count = root.get("active_count").and_then(Value::as_i64);
+    view.expected_active = crate::record::expected_active_count(&root);
+    let entries = root
+        .get("agents")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for entry in &entries {
+        if let Some(id) = str_field(entry, "id") {
+            *seen.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    let mut pending = Vec::new();
+    for entry in entries {
+        let Some(raw_id) = str_field(&entry, "id") else {
+            view.warnings.push("an agent entry has no string \"id\"; skipped".into());
+            continue;
+        };
+        let id = match AgentId::parse(raw_id) {
+            Ok(id) => id,
+            Err(e) => {
+                view.warnings.push(format!("{e}; skipped"));
+                continue;
+            }
+        };
+        if seen.get(raw_id).copied().unwrap_or(0) > 1 {
+            view.warnings
+                .push(format!("agent id {id} is listed twice; skipped"));
+            continue;
+        }
+        let files = agent_files(task, &id);
+        let mut warnings = Vec::new();
+        let candidates = log_candidates(task, &entry, &files, &mut warnings);
+        let logs = existing_logs(task, &candidates, &mut warnings);
+        pending.push(PendingAgent(Pending {
+            id,
+            entry,
+            files,
+            logs,
+            warnings,
+        }));
+    }
+    (view, pending)
+}
+
+/// An agent read from its registry, waiting for the round's writers scan.
+pub struct PendingAgent(Pending);
+
+impl PendingAgent {
+    pub fn file_ids(&self) -> impl Iterator<Item = FileId> + '_ {
+        self.0.logs.iter().map(|(_, m)| (m.dev(), m.ino()))
+    }
+}
+
+/// One scan of `/proc/*/fd` for all logs of all pending agents.
+pub fn scan_writers<'p>(
+    pending: impl IntoIterator<Item = &'p PendingAgent>,
+) -> HashMap<FileId, Vec<i32>> {
+    let ids: HashSet<FileId> = pending.into_iter().flat_map(|p| p.file_ids()).collect();
+    if ids.is_empty() {
+        return HashMap::new();
+    }
+    writers_of(&ids)
+}
+
+/// Turns a pending agent into its facts for this round.
+pub fn agent_view(
+    pending: PendingAgent,
+    world: &World<'_>,
+    writers: &HashMap<FileId, Vec<i32>>,
+) -> AgentView {
+    let Pending {
+        id,
+        entry,
+        files,
+        logs,
+        warnings,
+    } = pending.0;
+    let status = str_field(&entry, "status").unwrap_or("").to_string();
+    let session_name = id.session_name();
+    let stream_log = files.stream_log().map(Path::to_path_buf);
+    let (session, pane_pids) = match world.tmux {
+        Err(_) => (SessionFact::Unknown, Vec::new()),
+        Ok(snapshot) => match snapshot.sessions.get(&session_name) {
+            Some(info) => {
+                let pane_pids: Vec<i32> = info.panes.iter().filter_map(|p| p.pid).collect();
+                let panes_exited = info.panes.iter().all(|p| {
+                    p.dead
+                        || p.pid
+                            .and_then(|pid| world.table.get(pid))
+                            .is_none_or(|proc| proc.state == 'Z')
+                });
+                let window_activity = info.panes.iter().filter_map(|p| p.window_activity).max();
+                (
+                    SessionFact::Alive {
+                        panes_exited,
+                        window_activity,
+                    },
+                    pane_pids,
+                )
+            }
+            None => (
+                SessionFact::Gone {
+                    since: world
+                        .gone_since
+                        .get(&session_name)
+                        .copied()
+                        .unwrap_or(world.now),
+                },
+                Vec::new(),
+            ),
+        },
+    };
+    let processes = agent_processes(world.table, &pane_pids, stream_log.as_deref(), &id);
+    let live_processes = processes
+        .iter()
+        .filter(|k| world.table.get(k.pid).is_some_and(|p| p.state != 'Z'))
+        .count();
+    let mut log_facts = Vec::new();
+    let mut log_ids = Vec::new();
+    for (path, meta) in logs {
+        let file_id = (meta.dev(), meta.ino());
+        let mtime = meta.modified().ok();
+        log_facts.push(FileFact {
+            state: file_state(mtime, writers.get(&file_id), world.settle, world.now),
+            path,
+            mtime,
+        });
+        log_ids.push(file_id);
+    }
+    let prompt = fs::symlink_metadata(&files.prompt)
+        .ok()
+        .filter(|m| m.file_type().is_file())
+        .map(|_| files.prompt.clone());
+    let class = classify_status(&status);
+    // The end of the stream log only matters to a vanished active agent or a finished one
+    // whose session still runs: the other agents' logs are not read.
+    let end = match (&stream_log, class, &session) {
+        (Some(p), StatusClass::Active, SessionFact::Gone { .. })
+        | (Some(p), StatusClass::Terminal, SessionFact::Alive { .. }) => stream_end(p),
+        _ => StreamEnd::NoResult,
+    };
+    let facts = AgentFacts {
+        class,
+        last_update: time_field(&entry, "last_update"),
+        finished_at: time_field(&entry, "completed_at").or(time_field(&entry, "terminated_at")),
+        cleanup_recorded: entry
+            .get("auto_cleanup_result")
+            .and_then(|r| r.get("success"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        session,
+        live_processes,
+        stream_end: end,
+        logs: log_facts,
+        prompt,
+        status,
+    };
+    AgentView {
+        id,
+        registry_status: facts.status.clone(),
+        facts,
+        files,
+        pane_pids,
+        processes,
+        log_ids,
+        warnings,
+    }
+}
+
+/// Re-stats an agent's logs and re-judges them (after a stop or a settle wait).
+pub fn refresh_logs(
+    view: &mut AgentView,
+    writers: &HashMap<FileId, Vec<i32>>,
+    settle: Duration,
+    now: SystemTime,
+) {
+    let mut facts = Vec::new();
+    let mut ids = Vec::new();
+    for (old, old_id) in view.facts.logs.iter().zip(&view.log_ids) {
+        let Ok(meta) = fs::symlink_metadata(&old.path) else {
+            continue;
+        };
+        let id = (meta.dev(), meta.ino());
+        let mtime = meta.modified().ok();
+        // A file replaced under the same name since the first look starts over.
+        let state = if id != *old_id {
+            FileState::Settling("replaced since the first look".into())
+        } else {
+            file_state(mtime, writers.get(&id), settle, now)
+        };
+        facts.push(FileFact {
+            path: old.path.clone(),
+            state,
+            mtime,
+        });
+        ids.push(id);
+    }
+    view.facts.logs = facts;
+    view.log_ids = ids;
+}

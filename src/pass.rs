@@ -1,0 +1,484 @@
+//! One reconcile pass over every workspace base: observe once, decide per agent, then act and record.
+
+use crate::act::{self, Outcome};
+use crate::config::Config;
+use crate::decide::{Action, AgentClass, Decision, Policy, SessionFact, decide, decide_orphan};
+use crate::model::StatusClass;
+use crate::observe::{
+    self, AgentView, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
+    scan_writers, task_view,
+};
+use crate::procs::{ProcTable, Tmux};
+use crate::registry::{ReadOptions, UpdateOptions, recover_sidecar};
+use crate::workspace::{discover_tasks, global_registry};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Decide and report; change nothing.
+    Plan,
+    /// Act. With `wait_for_settle`, logs written moments ago are waited for (up to `settle`)
+    /// within the pass; without it they are left for a later pass.
+    Execute { wait_for_settle: bool },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentReport {
+    pub id: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_status: Option<String>,
+    pub class: AgentClass,
+    pub actions: Vec<Action>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    pub task_id: String,
+    pub dir: PathBuf,
+    pub backend: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    pub registry_written: bool,
+    pub agents: Vec<AgentReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OrphanReport {
+    pub session: String,
+    pub idle_seconds: Option<u64>,
+    pub stop: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub tasks: usize,
+    pub agents_seen: usize,
+    pub cleaned: usize,
+    pub zombies: usize,
+    pub stale: usize,
+    pub stopped: usize,
+    pub files_archived: usize,
+    pub prompts_deleted: usize,
+    pub settling: usize,
+    pub errors: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PassReport {
+    pub mode: &'static str,
+    pub bases: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tmux_error: Option<String>,
+    pub tasks: Vec<TaskReport>,
+    pub orphans: Vec<OrphanReport>,
+    pub errors: Vec<String>,
+    pub totals: Totals,
+    /// Per task, in order: whether its registry was written (filled while acting).
+    #[serde(skip)]
+    pub written_tasks: Vec<bool>,
+}
+
+/// Long-lived pass state: configuration, seams, and what earlier rounds saw.
+pub struct Reaper {
+    pub config: Config,
+    pub tmux: Box<dyn Tmux>,
+    pub clock: fn() -> SystemTime,
+    /// When each `agent_*` session was first seen gone (for `zombie_grace`).
+    pub gone_since: HashMap<String, SystemTime>,
+    /// Called with (tasks done, total) while acting.
+    pub progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
+}
+
+impl Reaper {
+    pub fn new(config: Config, tmux: Box<dyn Tmux>) -> Self {
+        Reaper {
+            config,
+            tmux,
+            clock: SystemTime::now,
+            gone_since: HashMap::new(),
+            progress: None,
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        let c = &self.config;
+        Policy {
+            settle: c.settle,
+            terminal_grace: c.terminal_grace,
+            zombie_grace: c.zombie_grace,
+            max_inactivity: c.max_inactivity,
+            delete_prompt_files: c.delete_prompt_files,
+            kill_orphan_sessions: c.kill_orphan_sessions,
+        }
+    }
+
+    fn update_options(&self) -> UpdateOptions {
+        UpdateOptions {
+            read: ReadOptions::default(),
+            lock_timeout: self.config.lock_timeout,
+        }
+    }
+
+    pub fn run(&mut self, mode: Mode) -> PassReport {
+        let now = (self.clock)();
+        let policy = self.policy();
+        let mut errors = Vec::new();
+        let mut tmux: TmuxView = observe::tmux_view(self.tmux.snapshot());
+        let table = match ProcTable::scan() {
+            Ok(t) => t,
+            Err(e) => {
+                // Without /proc nobody can tell what runs: nothing destructive this round.
+                tmux = Err(format!("/proc unreadable: {e}"));
+                ProcTable::default()
+            }
+        };
+        // Observe every task of every base.
+        let mut views: Vec<TaskView> = Vec::new();
+        let mut pending: Vec<Vec<PendingAgent>> = Vec::new();
+        for base in &self.config.workspace_bases {
+            let tasks = match discover_tasks(base) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            for task in tasks {
+                if let Mode::Execute { .. } = mode
+                    && let Err(e) = recover_sidecar(&task.registry(), &self.update_options())
+                {
+                    errors.push(e.to_string());
+                }
+                let (view, agents) =
+                    task_view(&task, observe::read_task(&task, &ReadOptions::default()));
+                views.push(view);
+                pending.push(agents);
+            }
+        }
+        let writers = scan_writers(pending.iter().flatten());
+        let world = World {
+            tmux: &tmux,
+            table: &table,
+            gone_since: &self.gone_since,
+            settle: self.config.settle,
+            now,
+        };
+        for (view, agents) in views.iter_mut().zip(pending) {
+            view.agents = agents
+                .into_iter()
+                .map(|p| agent_view(p, &world, &writers))
+                .collect();
+        }
+        self.remember_sessions(&views, &tmux, now);
+        let decisions: Vec<Vec<Decision>> = views
+            .iter()
+            .map(|v| {
+                v.agents
+                    .iter()
+                    .map(|a| decide(&a.facts, &policy, now))
+                    .collect()
+            })
+            .collect();
+        let orphans = self.orphans(&views, &tmux, &policy, now);
+        let mut report = PassReport {
+            mode: if mode == Mode::Plan { "plan" } else { "once" },
+            bases: self.config.workspace_bases.clone(),
+            tmux_error: tmux.as_ref().err().cloned(),
+            tasks: Vec::new(),
+            orphans,
+            errors,
+            totals: Totals::default(),
+            written_tasks: Vec::new(),
+        };
+        let outcomes = match mode {
+            Mode::Plan => None,
+            Mode::Execute { wait_for_settle } => Some(self.act(
+                &mut views,
+                decisions.clone(),
+                &table,
+                &mut report,
+                wait_for_settle,
+            )),
+        };
+        fill_report(&mut report, &views, &decisions, outcomes);
+        report
+    }
+
+    /// Keeps `gone_since` for the sessions of agents still active in some registry.
+    fn remember_sessions(&mut self, views: &[TaskView], tmux: &TmuxView, now: SystemTime) {
+        let Ok(snapshot) = tmux else {
+            return;
+        };
+        let mut keep = HashMap::new();
+        for agent in views.iter().flat_map(|v| &v.agents) {
+            let name = agent.session_name();
+            if agent.facts.class == StatusClass::Active && !snapshot.sessions.contains_key(&name)
+            {
+                let since = self.gone_since.get(&name).copied().unwrap_or(now);
+                keep.insert(name, since);
+            }
+        }
+        self.gone_since = keep;
+    }
+
+    fn orphans(
+        &self,
+        views: &[TaskView],
+        tmux: &TmuxView,
+        policy: &Policy,
+        now: SystemTime,
+    ) -> Vec<OrphanReport> {
+        let Ok(snapshot) = tmux else {
+            return Vec::new();
+        };
+        let known: HashSet<String> = views
+            .iter()
+            .flat_map(|v| &v.agents)
+            .map(AgentView::session_name)
+            .collect();
+        // An unreadable registry may list any session: then nothing counts as an orphan.
+        let all_read = views.iter().all(|v| v.error.is_none());
+        snapshot
+            .sessions
+            .values()
+            .filter(|s| s.name.starts_with("agent_") && !known.contains(&s.name))
+            .map(|s| {
+                let activity = s
+                    .panes
+                    .iter()
+                    .filter_map(|p| p.window_activity)
+                    .chain(s.activity)
+                    .max();
+                OrphanReport {
+                    session: s.name.clone(),
+                    idle_seconds: activity.map(|t| crate::model::age(now, t).as_secs()),
+                    stop: all_read && decide_orphan(activity, policy, now),
+                    outcome: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Carries out the decisions; returns per task, per agent what happened.
+    fn act(
+        &mut self,
+        views: &mut [TaskView],
+        mut decisions: Vec<Vec<Decision>>,
+        table: &ProcTable,
+        report: &mut PassReport,
+        wait_for_settle: bool,
+    ) -> Vec<Vec<Outcome>> {
+        let now = (self.clock)();
+        let policy = self.policy();
+        let mut outcomes: Vec<Vec<Outcome>> = views
+            .iter()
+            .map(|v| vec![Outcome::default(); v.agents.len()])
+            .collect();
+        // 1. Stop every agent that needs it, all at once.
+        let stopped = act::stop_agents(
+            views,
+            &decisions,
+            table,
+            self.tmux.as_ref(),
+            &self.config,
+            &mut outcomes,
+        );
+        act::stop_orphans(&mut report.orphans, self.tmux.as_ref());
+        // 2. Stopped agents and logs written moments ago get a second look.
+        let mut again: Vec<(usize, usize)> = stopped.clone();
+        if wait_for_settle {
+            let wait = youngest_settle_wait(views, &decisions, self.config.settle, now);
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+                for (t, view) in views.iter().enumerate() {
+                    for (a, d) in decisions[t].iter().enumerate() {
+                        if d.waiting.is_some() && !view.agents[a].facts.logs.is_empty() {
+                            again.push((t, a));
+                        }
+                    }
+                }
+            }
+        }
+        if !again.is_empty() {
+            let now = (self.clock)();
+            let ids = again
+                .iter()
+                .flat_map(|&(t, a)| views[t].agents[a].log_ids.iter().copied())
+                .collect();
+            let writers = crate::procs::openfiles::writers_of(&ids);
+            for &(t, a) in &again {
+                let agent = &mut views[t].agents[a];
+                if stopped.contains(&(t, a)) {
+                    let out = &outcomes[t][a];
+                    agent.facts.session = SessionFact::Gone {
+                        since: now - policy.zombie_grace,
+                    };
+                    agent.facts.live_processes = out.survivors;
+                    if let Some(status) = first_status(&decisions[t][a]) {
+                        agent.facts.status = status.to_string();
+                        agent.facts.class = StatusClass::Terminal;
+                    }
+                }
+                refresh_logs(agent, &writers, self.config.settle, now);
+                let second = decide(&agent.facts, &policy, now);
+                let first = &mut decisions[t][a];
+                first.actions.retain(|a| matches!(a, Action::SetStatus { .. }));
+                first.actions.extend(
+                    second
+                        .actions
+                        .into_iter()
+                        .filter(|a| !matches!(a, Action::Stop { .. } | Action::SetStatus { .. })),
+                );
+                first.waiting = second.waiting;
+            }
+        }
+        // 3. Files, then the registries.
+        let total = views.len();
+        for (t, view) in views.iter().enumerate() {
+            if view.error.is_none() {
+                match act::apply_task(
+                    view,
+                    &decisions[t],
+                    &mut outcomes[t],
+                    &self.config,
+                    &self.update_options(),
+                    now,
+                ) {
+                    Ok(written) => report.written_tasks.push(written),
+                    Err(e) => {
+                        report.errors.push(e);
+                        report.written_tasks.push(false);
+                    }
+                }
+            } else {
+                report.written_tasks.push(false);
+            }
+            if let Some(progress) = self.progress.as_mut() {
+                progress(t + 1, total);
+            }
+        }
+        for base in &self.config.workspace_bases {
+            let path = global_registry(base);
+            if let Err(e) =
+                act::update_global(&path, views, &outcomes, base, &self.update_options(), now)
+            {
+                report.errors.push(e);
+            }
+        }
+        for (t, d) in decisions.into_iter().enumerate() {
+            for (a, decision) in d.into_iter().enumerate() {
+                outcomes[t][a].final_actions = decision.actions;
+                outcomes[t][a].final_waiting = decision.waiting;
+            }
+        }
+        outcomes
+    }
+}
+
+fn first_status(d: &Decision) -> Option<&'static str> {
+    d.actions.iter().find_map(|a| match a {
+        Action::SetStatus { status, .. } => Some(*status),
+        _ => None,
+    })
+}
+
+/// How long until the youngest log that only waits for `settle` has settled.
+fn youngest_settle_wait(
+    views: &[TaskView],
+    decisions: &[Vec<Decision>],
+    settle: Duration,
+    now: SystemTime,
+) -> Duration {
+    let mut wait = Duration::ZERO;
+    for (view, ds) in views.iter().zip(decisions) {
+        for (agent, d) in view.agents.iter().zip(ds) {
+            if d.waiting.is_none() {
+                continue;
+            }
+            for log in &agent.facts.logs {
+                if let (crate::decide::FileState::Settling(why), Some(m)) = (&log.state, log.mtime)
+                    && why.starts_with("written")
+                {
+                    let left = settle.saturating_sub(crate::model::age(now, m));
+                    wait = wait.max(left + Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    wait.min(settle + Duration::from_millis(20))
+}
+
+fn fill_report(
+    report: &mut PassReport,
+    views: &[TaskView],
+    decisions: &[Vec<Decision>],
+    outcomes: Option<Vec<Vec<Outcome>>>,
+) {
+    let totals = &mut report.totals;
+    for (t, view) in views.iter().enumerate() {
+        let mut task = TaskReport {
+            task_id: view.task.task_id.clone(),
+            dir: view.task.dir.clone(),
+            backend: "json",
+            error: view.error.clone(),
+            warnings: view.warnings.clone(),
+            registry_written: report.written_tasks.get(t).copied().unwrap_or(false),
+            agents: Vec::new(),
+        };
+        totals.tasks += 1;
+        if view.error.is_some() {
+            totals.errors += 1;
+        }
+        for (a, agent) in view.agents.iter().enumerate() {
+            let d = &decisions[t][a];
+            let mut r = AgentReport {
+                id: agent.id.to_string(),
+                status: agent.facts.status.clone(),
+                new_status: first_status(d).map(String::from),
+                class: d.class,
+                actions: d.actions.clone(),
+                waiting: d.waiting.clone(),
+                done: Vec::new(),
+                errors: Vec::new(),
+                warnings: agent.warnings.clone(),
+            };
+            if let Some(out) = outcomes.as_ref().map(|o| &o[t][a]) {
+                r.actions = out.final_actions.clone();
+                r.waiting = out.final_waiting.clone();
+                r.done = out.done.clone();
+                r.errors = out.errors.clone();
+                if out.status_applied.is_none() {
+                    r.new_status = None;
+                }
+                totals.files_archived += out.archived.len();
+                totals.prompts_deleted += usize::from(out.prompt_deleted);
+                totals.stopped += usize::from(out.stopped);
+                totals.cleaned += usize::from(out.recorded);
+                totals.errors += out.errors.len();
+            }
+            totals.agents_seen += 1;
+            totals.zombies += usize::from(d.class == AgentClass::Zombie);
+            totals.stale += usize::from(d.class == AgentClass::Stale);
+            totals.settling += usize::from(r.waiting.is_some());
+            task.agents.push(r);
+        }
+        report.tasks.push(task);
+    }
+    report.totals.errors += report.errors.len();
+}

@@ -1,0 +1,314 @@
+//! What we write into registries: status transitions, `auto_cleanup_result`, counters. Pure edits on JSON.
+
+use crate::model::{StatusClass, classify_status};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+/// The orchestrator's `auto_cleanup_result` keys, plus what only we can tell.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CleanupRecord {
+    pub success: bool,
+    pub tmux_session_killed: bool,
+    pub prompt_file_deleted: bool,
+    pub log_files_archived: bool,
+    pub verified_no_zombies: bool,
+    pub errors: Vec<String>,
+    pub archived_files: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalated_to_sigkill: Option<bool>,
+    /// Defunct processes left behind, as `"<pid> (parent <ppid>)"`: the parent must reap them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub defunct_processes: Vec<String>,
+}
+
+/// One agent's changes, applied under the registry lock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentChange {
+    pub id: String,
+    /// The status we decided on; if the registry now says otherwise, nothing is applied.
+    pub expect_status: String,
+    pub set_status: Option<(&'static str, Option<&'static str>)>,
+    pub cleanup: Option<CleanupRecord>,
+    /// Naive local ISO-8601, as the orchestrator writes.
+    pub now: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Done,
+    /// The entry's status changed since we looked (or the entry went away): left as is.
+    StatusMoved,
+    Missing,
+}
+
+fn set(obj: &mut Map<String, Value>, key: &str, value: Value) {
+    // Map::insert keeps the position of an existing key (indexmap), so key order holds.
+    obj.insert(key.to_string(), value);
+}
+
+/// Merges our record into an existing one: the archive list grows, flags only turn true.
+fn merge_record(existing: Option<&Value>, new: &CleanupRecord) -> Value {
+    let mut merged = new.clone();
+    if let Some(old) = existing {
+        let mut files: Vec<String> = old
+            .get("archived_files")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for f in &new.archived_files {
+            if !files.contains(f) {
+                files.push(f.clone());
+            }
+        }
+        merged.archived_files = files;
+        let flag = |key: &str| old.get(key).and_then(Value::as_bool).unwrap_or(false);
+        merged.tmux_session_killed |= flag("tmux_session_killed");
+        merged.prompt_file_deleted |= flag("prompt_file_deleted");
+        merged.log_files_archived |= flag("log_files_archived");
+        if merged.escalated_to_sigkill.is_none() && flag("escalated_to_sigkill") {
+            merged.escalated_to_sigkill = Some(true);
+        }
+    }
+    merged.log_files_archived |= !merged.archived_files.is_empty();
+    serde_json::to_value(merged).expect("record serialises")
+}
+
+/// Applies one change to the agent entry with the same id in `agents`.
+pub fn apply_change(agents: &mut [Value], change: &AgentChange) -> Applied {
+    let Some(entry) = agents
+        .iter_mut()
+        .find(|a| a.get("id").and_then(Value::as_str) == Some(change.id.as_str()))
+    else {
+        return Applied::Missing;
+    };
+    let Some(obj) = entry.as_object_mut() else {
+        return Applied::Missing;
+    };
+    if obj.get("status").and_then(Value::as_str) != Some(change.expect_status.as_str()) {
+        return Applied::StatusMoved;
+    }
+    if let Some((status, reason)) = change.set_status {
+        set(obj, "status", json!(status));
+        set(obj, "last_update", json!(change.now));
+        if status == "terminated" {
+            set(obj, "terminated_at", json!(change.now));
+        } else if !obj.contains_key("completed_at") {
+            set(obj, "completed_at", json!(change.now));
+        }
+        if let Some(reason) = reason {
+            set(obj, "termination_reason", json!(reason));
+        }
+    }
+    if let Some(record) = &change.cleanup {
+        let merged = merge_record(obj.get("auto_cleanup_result"), record);
+        // The same outcome again (say a persisting error) is not news: no rewrite.
+        if obj.get("auto_cleanup_result") != Some(&merged) {
+            set(obj, "auto_cleanup_result", merged);
+            set(obj, "auto_cleanup_timestamp", json!(change.now));
+        }
+    }
+    Applied::Done
+}
+
+fn count_active<'a>(statuses: impl Iterator<Item = Option<&'a str>>) -> i64 {
+    statuses
+        .filter(|s| s.is_some_and(|s| classify_status(s) == StatusClass::Active))
+        .count() as i64
+}
+
+/// Applies changes to a task registry and recomputes `active_count` from statuses.
+pub fn edit_task_registry(root: &mut Value, changes: &[AgentChange]) -> Vec<Applied> {
+    let Some(obj) = root.as_object_mut() else {
+        return vec![Applied::Missing; changes.len()];
+    };
+    let mut applied = Vec::with_capacity(changes.len());
+    if let Some(agents) = obj.get_mut("agents").and_then(Value::as_array_mut) {
+        for change in changes {
+            applied.push(apply_change(agents, change));
+        }
+    } else {
+        applied.resize(changes.len(), Applied::Missing);
+    }
+    let active = obj.get("agents").and_then(Value::as_array).map(|agents| {
+        count_active(
+            agents
+                .iter()
+                .map(|a| a.get("status").and_then(Value::as_str)),
+        )
+    });
+    if let Some(active) = active
+        && obj.contains_key("active_count")
+    {
+        set(obj, "active_count", json!(active));
+    }
+    applied
+}
+
+/// A status transition to mirror into the global registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalChange {
+    pub id: String,
+    pub status: &'static str,
+    pub now: String,
+}
+
+/// Mirrors transitions into `agents{id: {...}}` and recomputes `active_agents`.
+pub fn edit_global_registry(root: &mut Value, changes: &[GlobalChange]) {
+    let Some(obj) = root.as_object_mut() else {
+        return;
+    };
+    let Some(agents) = obj.get_mut("agents").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for change in changes {
+        let Some(entry) = agents.get_mut(&change.id).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let current = entry.get("status").and_then(Value::as_str);
+        // Only an entry still active (or without status) follows our transition.
+        if current.is_some_and(|s| classify_status(s) != StatusClass::Active) {
+            continue;
+        }
+        set(entry, "status", json!(change.status));
+        if entry.contains_key("last_update") {
+            set(entry, "last_update", json!(change.now));
+        }
+        let at = if change.status == "terminated" {
+            "terminated_at"
+        } else {
+            "completed_at"
+        };
+        if !entry.contains_key(at) {
+            set(entry, at, json!(change.now));
+        }
+    }
+    let active = count_active(
+        agents
+            .values()
+            .map(|a| a.get("status").and_then(Value::as_str)),
+    );
+    if obj.contains_key("active_agents") {
+        set(obj, "active_agents", json!(active));
+    }
+}
+
+/// `active_count` that a registry should hold, from the statuses it lists.
+pub fn expected_active_count(root: &Value) -> Option<i64> {
+    root.get("agents").and_then(Value::as_array).map(|agents| {
+        count_active(
+            agents
+                .iter()
+                .map(|a| a.get("status").and_then(Value::as_str)),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Value {
+        serde_json::from_str(
+            r#"{"task_id":"TASK-1","agents":[
+              {"id":"a","status":"working","zz_unknown":{"k":[1,2.50]},"last_update":"2025-10-29T23:02:51"},
+              {"id":"b","status":"completed","completed_at":"2025-10-29T23:00:00"}
+            ],"total_spawned":2,"active_count":7,"completed_count":1}"#,
+        )
+        .unwrap()
+    }
+
+    fn zombie_change() -> AgentChange {
+        AgentChange {
+            id: "a".into(),
+            expect_status: "working".into(),
+            set_status: Some(("terminated", Some("session_not_found"))),
+            cleanup: Some(CleanupRecord {
+                success: true,
+                archived_files: vec!["/w/archive/a_progress.jsonl".into()],
+                ..Default::default()
+            }),
+            now: "2026-11-27T10:00:00.000000".into(),
+        }
+    }
+
+    #[test]
+    fn zombie_transition_keeps_other_fields_and_order() {
+        let mut root = registry();
+        let applied = edit_task_registry(&mut root, &[zombie_change()]);
+        assert_eq!(applied, vec![Applied::Done]);
+        let a = &root["agents"][0];
+        assert_eq!(a["status"], "terminated");
+        assert_eq!(a["termination_reason"], "session_not_found");
+        assert_eq!(a["terminated_at"], "2026-11-27T10:00:00.000000");
+        assert_eq!(a["zz_unknown"], json!({"k":[1,2.50]}));
+        let keys: Vec<_> = a.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(&keys[..4], ["id", "status", "zz_unknown", "last_update"]);
+        assert_eq!(a["auto_cleanup_result"]["log_files_archived"], true);
+        assert_eq!(root["active_count"], 0);
+        assert_eq!(root["completed_count"], 1);
+        let top: Vec<_> = root.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(top.last().unwrap(), "completed_count");
+    }
+
+    #[test]
+    fn a_status_that_moved_is_not_overwritten() {
+        let mut root = registry();
+        let mut change = zombie_change();
+        change.expect_status = "running".into();
+        assert_eq!(
+            edit_task_registry(&mut root, &[change]),
+            vec![Applied::StatusMoved]
+        );
+        assert_eq!(root["agents"][0]["status"], "working");
+    }
+
+    #[test]
+    fn the_same_record_twice_changes_nothing() {
+        let mut root = registry();
+        edit_task_registry(&mut root, &[zombie_change()]);
+        let once = root.clone();
+        let mut again = zombie_change();
+        again.expect_status = "terminated".into();
+        again.set_status = None;
+        again.now = "2026-11-27T11:00:00.000000".into();
+        edit_task_registry(&mut root, &[again]);
+        assert_eq!(root, once);
+    }
+
+    #[test]
+    fn records_merge_archive_lists() {
+        let mut root = registry();
+        edit_task_registry(&mut root, &[zombie_change()]);
+        let mut later = zombie_change();
+        later.expect_status = "terminated".into();
+        later.set_status = None;
+        later.cleanup.as_mut().unwrap().archived_files = vec!["/w/archive/late.jsonl".into()];
+        edit_task_registry(&mut root, &[later]);
+        assert_eq!(
+            root["agents"][0]["auto_cleanup_result"]["archived_files"],
+            json!(["/w/archive/a_progress.jsonl", "/w/archive/late.jsonl"])
+        );
+    }
+
+    #[test]
+    fn global_registry_follows_and_recounts() {
+        let mut root: Value = serde_json::from_str(
+            r#"{"active_agents":1,"agents":{"a":{"task_id":"T","status":"working"},"b":{"task_id":"T","status":"completed"}}}"#,
+        )
+        .unwrap();
+        edit_global_registry(
+            &mut root,
+            &[GlobalChange {
+                id: "a".into(),
+                status: "terminated",
+                now: "2026-11-27T10:00:00.000000".into(),
+            }],
+        );
+        assert_eq!(root["agents"]["a"]["status"], "terminated");
+        assert_eq!(root["active_agents"], 0);
+    }
+}

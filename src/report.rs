@@ -1,0 +1,279 @@
+//! Human-readable renderings of a pass for `plan`, `once` and `status` (JSON is the report itself).
+
+use crate::decide::{Action, AgentClass};
+use crate::pass::{AgentReport, PassReport, TaskReport};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+fn rel<'a>(dir: &Path, path: &'a Path) -> std::borrow::Cow<'a, str> {
+    path.strip_prefix(dir).unwrap_or(path).to_string_lossy()
+}
+
+fn class_name(class: AgentClass) -> &'static str {
+    match class {
+        AgentClass::Active => "active",
+        AgentClass::Settling => "settling",
+        AgentClass::Zombie => "zombie",
+        AgentClass::Stale => "stale",
+        AgentClass::Finished => "finished",
+        AgentClass::Cleaned => "cleaned",
+        AgentClass::Unknown => "unknown",
+    }
+}
+
+fn action_line(dir: &Path, action: &Action) -> String {
+    match action {
+        Action::Stop { reason } => format!("stop processes and tmux session ({reason:?})")
+            .replace("Finished", "finished")
+            .replace("InactivityTimeout", "inactivity_timeout")
+            .replace("ProcessExited", "process_exited"),
+        Action::SetStatus {
+            status,
+            termination_reason,
+        } => match termination_reason {
+            Some(r) => format!("mark {status} ({r})"),
+            None => format!("mark {status}"),
+        },
+        Action::Archive { path } => format!("archive {}", rel(dir, path)),
+        Action::DeletePrompt { path } => format!("delete {}", rel(dir, path)),
+        Action::RecordCleanup => "record auto_cleanup_result".into(),
+    }
+}
+
+fn header(report: &PassReport, out: &mut String) {
+    let bases: Vec<_> = report
+        .bases
+        .iter()
+        .map(|b| b.display().to_string())
+        .collect();
+    let _ = writeln!(
+        out,
+        "{} task(s), {} agent(s) in {}",
+        report.totals.tasks,
+        report.totals.agents_seen,
+        bases.join(", ")
+    );
+    if let Some(e) = &report.tmux_error {
+        let _ = writeln!(out, "tmux: {e} (nothing destructive this round)");
+    }
+}
+
+fn agent_block(task: &TaskReport, agent: &AgentReport, out: &mut String, show_done: bool) {
+    let status = match &agent.new_status {
+        Some(new) => format!("{} -> {new}", agent.status),
+        None => agent.status.clone(),
+    };
+    let _ = writeln!(
+        out,
+        "  {:<44} {:<22} {}",
+        agent.id,
+        status,
+        class_name(agent.class)
+    );
+    let lines: Vec<String> = if show_done {
+        agent.done.clone()
+    } else {
+        agent
+            .actions
+            .iter()
+            .map(|a| action_line(&task.dir, a))
+            .collect()
+    };
+    for line in lines {
+        let _ = writeln!(out, "      {line}");
+    }
+    if let Some(w) = &agent.waiting {
+        let _ = writeln!(out, "      waiting: {w}");
+    }
+    for e in &agent.errors {
+        let _ = writeln!(out, "      error: {e}");
+    }
+    for w in &agent.warnings {
+        let _ = writeln!(out, "      warning: {w}");
+    }
+}
+
+fn task_head(task: &TaskReport, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\n{}  ({}, {} agent(s))",
+        task.task_id,
+        task.backend,
+        task.agents.len()
+    );
+    if let Some(e) = &task.error {
+        let _ = writeln!(out, "  skipped: {e}");
+    }
+    for w in &task.warnings {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+}
+
+fn orphans(report: &PassReport, out: &mut String) {
+    if report.orphans.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nOrphan sessions (in no registry):");
+    for o in &report.orphans {
+        let idle = o
+            .idle_seconds
+            .map(|s| format!("idle {}m", s / 60))
+            .unwrap_or_else(|| "idle unknown".into());
+        let what = match (&o.outcome, o.stop) {
+            (Some(outcome), _) => outcome.clone(),
+            (None, true) => "will be killed".into(),
+            (None, false) => "reported only (kill_orphan_sessions = false or not idle)".into(),
+        };
+        let _ = writeln!(out, "  {}  {idle}  {what}", o.session);
+    }
+}
+
+/// `plan`: every action per task and agent. Agents with nothing to do are listed by class only.
+pub fn plan(report: &PassReport) -> String {
+    let mut out = String::new();
+    header(report, &mut out);
+    let mut quiet: BTreeMap<&str, usize> = BTreeMap::new();
+    for task in &report.tasks {
+        task_head(task, &mut out);
+        for agent in &task.agents {
+            if agent.actions.is_empty() && agent.waiting.is_none() && agent.warnings.is_empty() {
+                *quiet.entry(class_name(agent.class)).or_default() += 1;
+                continue;
+            }
+            agent_block(task, agent, &mut out, false);
+        }
+    }
+    orphans(report, &mut out);
+    let actions: usize = report
+        .tasks
+        .iter()
+        .flat_map(|t| &t.agents)
+        .map(|a| a.actions.len())
+        .sum();
+    let quiet: Vec<String> = quiet.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let _ = writeln!(
+        out,
+        "\nPlan: {actions} action(s); nothing to do for {}. Nothing was changed.",
+        if quiet.is_empty() {
+            "no agent".to_string()
+        } else {
+            quiet.join(", ")
+        }
+    );
+    out
+}
+
+/// `once`: what was done, then the summary line.
+pub fn once(report: &PassReport) -> String {
+    let mut out = String::new();
+    header(report, &mut out);
+    for task in &report.tasks {
+        let busy: Vec<&AgentReport> = task
+            .agents
+            .iter()
+            .filter(|a| {
+                !a.done.is_empty()
+                    || !a.errors.is_empty()
+                    || a.waiting.is_some()
+                    || !a.warnings.is_empty()
+            })
+            .collect();
+        if busy.is_empty() && task.error.is_none() && task.warnings.is_empty() {
+            continue;
+        }
+        task_head(task, &mut out);
+        for agent in busy {
+            agent_block(task, agent, &mut out, true);
+        }
+    }
+    orphans(report, &mut out);
+    for e in &report.errors {
+        let _ = writeln!(out, "error: {e}");
+    }
+    let t = &report.totals;
+    let _ = writeln!(
+        out,
+        "\nSummary: {} agent(s) seen in {} task(s); {} cleaned, {} zombie(s), {} stale, {} stopped; \
+         {} file(s) archived, {} prompt(s) deleted; {} settling; {} error(s)",
+        t.agents_seen,
+        t.tasks,
+        t.cleaned,
+        t.zombies,
+        t.stale,
+        t.stopped,
+        t.files_archived,
+        t.prompts_deleted,
+        t.settling,
+        t.errors
+    );
+    out
+}
+
+const CLASSES: [AgentClass; 7] = [
+    AgentClass::Active,
+    AgentClass::Settling,
+    AgentClass::Zombie,
+    AgentClass::Stale,
+    AgentClass::Finished,
+    AgentClass::Cleaned,
+    AgentClass::Unknown,
+];
+
+/// `status`: agents per task by class, then the agents that are not plain active/cleaned.
+pub fn status(report: &PassReport) -> String {
+    let mut out = String::new();
+    header(report, &mut out);
+    let _ = write!(out, "\n{:<32} {:<8}", "TASK", "BACKEND");
+    for c in CLASSES {
+        let _ = write!(out, " {:>8}", class_name(c));
+    }
+    out.push('\n');
+    let mut totals = [0usize; CLASSES.len()];
+    for task in &report.tasks {
+        let _ = write!(out, "{:<32} {:<8}", task.task_id, task.backend);
+        for (i, c) in CLASSES.iter().enumerate() {
+            let n = task.agents.iter().filter(|a| a.class == *c).count();
+            totals[i] += n;
+            let _ = write!(out, " {n:>8}");
+        }
+        if let Some(e) = &task.error {
+            let _ = write!(out, "  skipped: {e}");
+        }
+        out.push('\n');
+    }
+    let _ = write!(out, "{:<32} {:<8}", "TOTAL", "");
+    for n in totals {
+        let _ = write!(out, " {n:>8}");
+    }
+    out.push('\n');
+    let notable: Vec<(&TaskReport, &AgentReport)> = report
+        .tasks
+        .iter()
+        .flat_map(|t| t.agents.iter().map(move |a| (t, a)))
+        .filter(|(_, a)| !matches!(a.class, AgentClass::Active | AgentClass::Cleaned))
+        .collect();
+    if !notable.is_empty() {
+        let _ = writeln!(out, "\nNeeding attention:");
+        for (task, agent) in notable {
+            let why = agent.waiting.clone().unwrap_or_else(|| {
+                agent
+                    .actions
+                    .iter()
+                    .map(|a| action_line(&task.dir, a))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+            let _ = writeln!(
+                out,
+                "  {:<9} {}/{}  {}",
+                class_name(agent.class),
+                task.task_id,
+                agent.id,
+                why
+            );
+        }
+    }
+    orphans(report, &mut out);
+    out
+}
