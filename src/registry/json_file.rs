@@ -458,14 +458,6 @@ mod tests {
     }
 
     #[test]
-    fn reads_an_object() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, SAMPLE);
-        let value = read_registry(&path, &fast().read).unwrap();
-        assert_eq!(value["agents"][0]["status"], "working");
-    }
-
-    #[test]
     fn empty_and_half_written_are_unparsable_and_untouched() {
         let dir = tempfile::tempdir().unwrap();
         for content in ["", "  \n", &SAMPLE[..SAMPLE.len() / 2]] {
@@ -483,8 +475,16 @@ mod tests {
     }
 
     #[test]
-    fn not_object_and_too_large() {
+    fn read_outcomes() {
         let dir = tempfile::tempdir().unwrap();
+        let path = registry(&dir, SAMPLE);
+        let value = read_registry(&path, &fast().read).unwrap();
+        assert_eq!(value["agents"][0]["status"], "working");
+        assert_eq!(
+            recover_sidecar(&path, &fast()).unwrap(),
+            SidecarRecovery::NoSidecar
+        );
+
         let path = registry(&dir, "[1, 2]");
         let err = read_registry(&path, &fast().read).unwrap_err();
         assert!(matches!(err, RegistryError::NotObject { .. }), "{err}");
@@ -599,25 +599,6 @@ mod tests {
     }
 
     #[test]
-    fn stale_sidecar_is_overwritten_by_update() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, SAMPLE);
-        std::fs::write(sidecar_path(&path), "junk").unwrap();
-        update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap();
-        assert!(!sidecar_path(&path).exists());
-    }
-
-    #[test]
-    fn recover_without_sidecar() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, SAMPLE);
-        assert_eq!(
-            recover_sidecar(&path, &fast()).unwrap(),
-            SidecarRecovery::NoSidecar
-        );
-    }
-
-    #[test]
     fn recover_restores_an_unparsable_registry() {
         let dir = tempfile::tempdir().unwrap();
         let path = registry(&dir, &SAMPLE[..40]);
@@ -680,6 +661,11 @@ mod tests {
         assert!(matches!(err, RegistryError::Write { .. }), "{err}");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), SAMPLE);
+
+        // The failed write cleared the planted link; a stale regular sidecar is overwritten.
+        std::fs::write(sidecar_path(&path), "junk").unwrap();
+        update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap();
+        assert!(!sidecar_path(&path).exists());
     }
 
     #[test]
