@@ -1,8 +1,14 @@
 //! One JSON registry file: flock on the file itself, tolerant reads, in-place writes with a crash sidecar.
 
+use super::pyjson::to_python_json;
+use rustix::fs::{FlockOperation, OFlags, fcntl_getfl, fcntl_setfl, flock};
+use rustix::io::Errno;
 use serde_json::Value;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write as _};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -15,8 +21,14 @@ pub enum RegistryError {
     #[error("{path}: not a regular file (symlink, FIFO or device); skipped")]
     NotRegular { path: PathBuf },
     #[error("{path}: {size} bytes is over the {limit}-byte limit; skipped")]
-    TooLarge { path: PathBuf, size: u64, limit: u64 },
-    #[error("{path}: lock not granted within {waited:?} (another writer holds it); skipped this round")]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error(
+        "{path}: lock not granted within {waited:?} (another writer holds it); skipped this round"
+    )]
     LockTimeout { path: PathBuf, waited: Duration },
     #[error("{path}: unparsable after {attempts} reads ({reason}); left untouched")]
     Unparsable {
@@ -89,8 +101,8 @@ pub enum SidecarRecovery {
 /// Reads and parses without the lock, retrying empty/half-written content.
 /// Refuses symlinks (`O_NOFOLLOW`), FIFOs and devices, and files over `max_bytes`.
 pub fn read_registry(path: &Path, opts: &ReadOptions) -> Result<Value, RegistryError> {
-    let _ = (path, opts);
-    todo!("registry helper")
+    let file = open_regular(path, false)?;
+    read_parsed(&file, path, opts).map(|(_, value)| value)
 }
 
 /// Locks the file, reads it under the lock, lets `edit` change it, and writes it back in
@@ -100,14 +112,113 @@ pub fn update_registry<T>(
     opts: &UpdateOptions,
     edit: impl FnOnce(&mut Value) -> T,
 ) -> Result<(UpdateOutcome, T), RegistryError> {
-    let _ = (path, opts, edit);
-    todo!("registry helper")
+    let file = lock_registry(path, opts)?;
+    let (original, mut value) = read_parsed(&file, path, &opts.read)?;
+    let before = value.clone();
+    let result = edit(&mut value);
+    if value == before {
+        return Ok((UpdateOutcome::Unchanged, result));
+    }
+    let mut text = to_python_json(&value);
+    if original.ends_with(b"\n") {
+        text.push('\n');
+    }
+    // Values can differ only in number spelling (`1E5` vs `100000.0`) and print the same.
+    if text.as_bytes() == original.as_slice() {
+        return Ok((UpdateOutcome::Unchanged, result));
+    }
+
+    let sidecar = sidecar_path(path);
+    let mode = file
+        .metadata()
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0o644);
+    if let Err(source) = write_sidecar(&sidecar, text.as_bytes(), mode) {
+        // The registry is untouched, so a partial sidecar is only litter.
+        let _ = std::fs::remove_file(&sidecar);
+        return Err(RegistryError::Write {
+            path: sidecar,
+            source,
+        });
+    }
+    // On failure the sidecar stays: it is what recover_sidecar restores from.
+    write_in_place(&file, text.as_bytes()).map_err(|source| RegistryError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    discard_sidecar(&sidecar);
+    drop(file);
+    Ok((UpdateOutcome::Written, result))
 }
 
 /// Finishes or discards what a crash left in `<registry>.reaper`.
-pub fn recover_sidecar(path: &Path, opts: &UpdateOptions) -> Result<SidecarRecovery, RegistryError> {
-    let _ = (path, opts);
-    todo!("registry helper")
+pub fn recover_sidecar(
+    path: &Path,
+    opts: &UpdateOptions,
+) -> Result<SidecarRecovery, RegistryError> {
+    let sidecar = sidecar_path(path);
+    match std::fs::symlink_metadata(&sidecar) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(SidecarRecovery::NoSidecar),
+        Err(source) => {
+            return Err(RegistryError::Open {
+                path: sidecar,
+                source,
+            });
+        }
+        Ok(meta) if !meta.file_type().is_file() => {
+            warn_left_alone(
+                &sidecar,
+                "sidecar is not a regular file (symlink, FIFO or device); not followed",
+            );
+            return Ok(SidecarRecovery::LeftAlone);
+        }
+        Ok(_) => {}
+    }
+
+    let file = lock_registry(path, opts)?;
+    match read_parsed(&file, path, &opts.read) {
+        Ok(_) => {
+            discard_sidecar(&sidecar);
+            return Ok(SidecarRecovery::StaleSidecarRemoved);
+        }
+        Err(RegistryError::Unparsable { .. }) => {}
+        Err(RegistryError::NotObject { .. }) => {
+            // Valid JSON we never wrote: neither side is clearly right, so a human decides.
+            warn_left_alone(&sidecar, "registry parses but is not an object");
+            return Ok(SidecarRecovery::LeftAlone);
+        }
+        Err(e) => return Err(e),
+    }
+
+    // O_NOFOLLOW again: the sidecar may have been swapped for a symlink since the lstat.
+    let sidecar_file = match open_regular(&sidecar, false) {
+        Ok(f) => f,
+        Err(RegistryError::NotRegular { .. }) => {
+            warn_left_alone(
+                &sidecar,
+                "sidecar is not a regular file (symlink, FIFO or device); not followed",
+            );
+            return Ok(SidecarRecovery::LeftAlone);
+        }
+        Err(RegistryError::Open { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return Ok(SidecarRecovery::LeftAlone);
+        }
+        Err(e) => return Err(e),
+    };
+    let bytes = read_all(&sidecar_file, &sidecar, opts.read.max_bytes)?;
+    if !matches!(
+        serde_json::from_slice::<Value>(&bytes),
+        Ok(Value::Object(_))
+    ) {
+        warn_left_alone(&sidecar, "neither the registry nor the sidecar parses");
+        return Ok(SidecarRecovery::LeftAlone);
+    }
+    write_in_place(&file, &bytes).map_err(|source| RegistryError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    discard_sidecar(&sidecar);
+    Ok(SidecarRecovery::Restored)
 }
 
 /// `<registry>.reaper`: the full new content, written and fsynced before the in-place write.
@@ -115,4 +226,461 @@ pub fn sidecar_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".reaper");
     PathBuf::from(name)
+}
+
+const LOCK_POLL: Duration = Duration::from_millis(100);
+
+fn open_error(path: &Path, source: std::io::Error) -> RegistryError {
+    RegistryError::Open {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Opens without following a final symlink and without blocking on a FIFO, then insists on
+/// a regular file. `O_NOCTTY` keeps a tty planted at the path from becoming our terminal.
+fn open_regular(path: &Path, write: bool) -> Result<File, RegistryError> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(RegistryError::NotRegular {
+                path: path.to_owned(),
+            });
+        }
+        Err(e) => return Err(open_error(path, e)),
+    };
+    let meta = file.metadata().map_err(|e| open_error(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(RegistryError::NotRegular {
+            path: path.to_owned(),
+        });
+    }
+    // O_NONBLOCK was only for the open itself; regular-file I/O should behave normally.
+    let flags = fcntl_getfl(&file).map_err(|e| open_error(path, e.into()))?;
+    fcntl_setfl(&file, flags - OFlags::NONBLOCK).map_err(|e| open_error(path, e.into()))?;
+    Ok(file)
+}
+
+/// Opens read-write and takes `flock(LOCK_EX)` on the registry itself, polling `LOCK_NB` like
+/// the orchestrator's Python writers so a stuck holder costs us one round, not a thread.
+fn lock_registry(path: &Path, opts: &UpdateOptions) -> Result<File, RegistryError> {
+    let start = Instant::now();
+    let timed_out = |start: Instant| {
+        let waited = start.elapsed();
+        (waited >= opts.lock_timeout).then(|| RegistryError::LockTimeout {
+            path: path.to_owned(),
+            waited,
+        })
+    };
+    loop {
+        let file = open_regular(path, true)?;
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(e) if e == Errno::WOULDBLOCK || e == Errno::INTR => {
+                    if let Some(err) = timed_out(start) {
+                        return Err(err);
+                    }
+                    let remaining = opts.lock_timeout.saturating_sub(start.elapsed());
+                    std::thread::sleep(LOCK_POLL.min(remaining));
+                }
+                Err(e) => return Err(open_error(path, e.into())),
+            }
+        }
+        // A writer that renamed a new file over the path while we waited left our lock on
+        // an inode nobody reads any more: writing there would lose the update.
+        let ours = file.metadata().map_err(|e| open_error(path, e))?;
+        match std::fs::symlink_metadata(path) {
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => return Ok(file),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(open_error(path, e)),
+        }
+        if let Some(err) = timed_out(start) {
+            return Err(err);
+        }
+    }
+}
+
+/// Reads from offset 0 with pread, so re-reads after a retry need no seek.
+fn read_all(file: &File, path: &Path, max_bytes: u64) -> Result<Vec<u8>, RegistryError> {
+    let too_large = |size: u64| RegistryError::TooLarge {
+        path: path.to_owned(),
+        size,
+        limit: max_bytes,
+    };
+    let size = file.metadata().map_err(|e| open_error(path, e))?.len();
+    if size > max_bytes {
+        return Err(too_large(size));
+    }
+    let mut buf = vec![0u8; size as usize + 1];
+    let mut len = 0usize;
+    loop {
+        if len == buf.len() {
+            // Grew since fstat (an unlocked writer); keep reading, within the limit.
+            if len as u64 > max_bytes {
+                return Err(too_large(len as u64));
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(open_error(path, e)),
+        }
+    }
+    if len as u64 > max_bytes {
+        return Err(too_large(len as u64));
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// Reads and parses, retrying while the content is empty or half written: the orchestrator's
+/// unlocked writers truncate first and write after. Returns the bytes it parsed too.
+fn read_parsed(
+    file: &File,
+    path: &Path,
+    opts: &ReadOptions,
+) -> Result<(Vec<u8>, Value), RegistryError> {
+    let attempts = opts.attempts.max(1);
+    let mut reason = String::new();
+    for attempt in 1..=attempts {
+        let bytes = read_all(file, path, opts.max_bytes)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            reason = "empty file".to_owned();
+        } else {
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(value @ Value::Object(_)) => return Ok((bytes, value)),
+                Ok(_) => {
+                    return Err(RegistryError::NotObject {
+                        path: path.to_owned(),
+                    });
+                }
+                Err(e) => reason = e.to_string(),
+            }
+        }
+        if attempt < attempts {
+            std::thread::sleep(opts.retry_delay);
+        }
+    }
+    Err(RegistryError::Unparsable {
+        path: path.to_owned(),
+        attempts,
+        reason,
+    })
+}
+
+/// Same sequence as the Python writers (write from 0, truncate), plus the fsync they skip.
+fn write_in_place(file: &File, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all_at(bytes, 0)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_all()
+}
+
+/// Durable before the registry is touched: content fsynced and its directory entry too,
+/// or a power cut mid-write could leave a torn registry and no sidecar.
+fn write_sidecar(sidecar: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(sidecar)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other("sidecar path is not a regular file"));
+    }
+    // A stale sidecar keeps its old mode through O_CREAT; the umask may have cut ours.
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    sync_parent_dir(sidecar)
+}
+
+fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// Called once the registry is consistent, so failures only leave a stale sidecar, which
+/// the next recover_sidecar removes: worth a warning, not an error.
+fn discard_sidecar(sidecar: &Path) {
+    let removed = match std::fs::remove_file(sidecar) {
+        Ok(()) => sync_parent_dir(sidecar),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        tracing::warn!(path = %sidecar.display(), error = %e, "could not remove registry sidecar");
+    }
+}
+
+fn warn_left_alone(sidecar: &Path, why: &str) {
+    tracing::warn!(path = %sidecar.display(), "{why}; registry and sidecar left alone");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    const SAMPLE: &str = "{\n  \"task_id\": \"TASK-1\",\n  \"agents\": [\n    {\n      \"id\": \"a-1\",\n      \"status\": \"working\",\n      \"progress\": 32.690331,\n      \"note\": \"\\u26a0 caf\\u00e9\"\n    }\n  ],\n  \"active_count\": 1,\n  \"zeta\": {}\n}";
+
+    fn fast() -> UpdateOptions {
+        UpdateOptions {
+            read: ReadOptions {
+                attempts: 3,
+                retry_delay: Duration::from_millis(5),
+                max_bytes: 1 << 20,
+            },
+            lock_timeout: Duration::from_millis(300),
+        }
+    }
+
+    fn registry(dir: &tempfile::TempDir, content: &str) -> PathBuf {
+        let path = dir.path().join("AGENT_REGISTRY.json");
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn mtime(path: &Path) -> SystemTime {
+        std::fs::metadata(path).unwrap().modified().unwrap()
+    }
+
+    #[test]
+    fn empty_and_half_written_are_unparsable_and_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        for content in ["", "  \n", &SAMPLE[..SAMPLE.len() / 2]] {
+            let path = registry(&dir, content);
+            let err = read_registry(&path, &fast().read).unwrap_err();
+            assert!(
+                matches!(err, RegistryError::Unparsable { attempts: 3, .. }),
+                "{err}"
+            );
+            let err = update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap_err();
+            assert!(matches!(err, RegistryError::Unparsable { .. }), "{err}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+            assert!(!sidecar_path(&path).exists());
+        }
+    }
+
+    #[test]
+    fn read_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = registry(&dir, SAMPLE);
+        let value = read_registry(&path, &fast().read).unwrap();
+        assert_eq!(value["agents"][0]["status"], "working");
+        assert_eq!(
+            recover_sidecar(&path, &fast()).unwrap(),
+            SidecarRecovery::NoSidecar
+        );
+
+        let path = registry(&dir, "[1, 2]");
+        let err = read_registry(&path, &fast().read).unwrap_err();
+        assert!(matches!(err, RegistryError::NotObject { .. }), "{err}");
+
+        let path = registry(&dir, SAMPLE);
+        let opts = ReadOptions {
+            max_bytes: 10,
+            ..fast().read
+        };
+        let err = read_registry(&path, &opts).unwrap_err();
+        assert!(
+            matches!(err, RegistryError::TooLarge { limit: 10, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("AGENT_REGISTRY.json"));
+    }
+
+    #[test]
+    fn symlink_and_fifo_are_not_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = registry(&dir, SAMPLE);
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let dev_null = Path::new("/dev/null");
+
+        for path in [
+            &link,
+            &fifo,
+            &dir.path().to_path_buf(),
+            &dev_null.to_path_buf(),
+        ] {
+            let err = read_registry(path, &fast().read).unwrap_err();
+            assert!(matches!(err, RegistryError::NotRegular { .. }), "{err}");
+        }
+        for path in [&link, &fifo] {
+            let err = update_registry(path, &fast(), |v| v["x"] = 1.into()).unwrap_err();
+            assert!(matches!(err, RegistryError::NotRegular { .. }), "{err}");
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), SAMPLE);
+    }
+
+    #[test]
+    fn update_changes_one_field_and_keeps_the_rest_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = registry(&dir, SAMPLE);
+        let (outcome, ret) = update_registry(&path, &fast(), |v| {
+            v["agents"][0]["status"] = "completed".into();
+            v["active_count"] = 0.into();
+            7
+        })
+        .unwrap();
+        assert_eq!((outcome, ret), (UpdateOutcome::Written, 7));
+        let expected = SAMPLE
+            .replace("\"working\"", "\"completed\"")
+            .replace("\"active_count\": 1", "\"active_count\": 0");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
+        assert!(!sidecar_path(&path).exists());
+    }
+
+    #[test]
+    fn update_keeps_a_trailing_newline_only_if_there_was_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for ending in ["", "\n"] {
+            let path = registry(&dir, &format!("{SAMPLE}{ending}"));
+            update_registry(&path, &fast(), |v| v["new"] = true.into()).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.ends_with(&format!("\"new\": true\n}}{ending}")),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unchanged_edit_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Compact, non-Python formatting: a rewrite would show.
+        let content = r#"{"b":1,"a":[1.50,"x"]}"#;
+        let path = registry(&dir, content);
+        let before = mtime(&path);
+        std::thread::sleep(Duration::from_millis(20));
+        let (outcome, ()) = update_registry(&path, &fast(), |v| {
+            v["a"][1] = "x".into();
+        })
+        .unwrap();
+        assert_eq!(outcome, UpdateOutcome::Unchanged);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+        assert_eq!(mtime(&path), before);
+        assert!(!sidecar_path(&path).exists());
+    }
+
+    #[test]
+    fn lock_held_elsewhere_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = registry(&dir, SAMPLE);
+        // flock belongs to the open file description, so a second open conflicts even here.
+        let holder = File::open(&path).unwrap();
+        flock(&holder, FlockOperation::LockExclusive).unwrap();
+        let err = update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap_err();
+        match &err {
+            RegistryError::LockTimeout { waited, .. } => {
+                assert!(*waited >= fast().lock_timeout)
+            }
+            other => panic!("expected LockTimeout, got {other}"),
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), SAMPLE);
+        drop(holder);
+        let (outcome, ()) = update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap();
+        assert_eq!(outcome, UpdateOutcome::Written);
+    }
+
+    #[test]
+    fn recover_restores_an_unparsable_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = registry(&dir, &SAMPLE[..40]);
+        let restored = SAMPLE.replace("working", "completed");
+        std::fs::write(sidecar_path(&path), &restored).unwrap();
+        assert_eq!(
+            recover_sidecar(&path, &fast()).unwrap(),
+            SidecarRecovery::Restored
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), restored);
+        assert!(!sidecar_path(&path).exists());
+    }
+
+    #[test]
+    fn recover_removes_a_stale_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = registry(&dir, SAMPLE);
+        std::fs::write(sidecar_path(&path), "{\"other\": 1}").unwrap();
+        let before = mtime(&path);
+        assert_eq!(
+            recover_sidecar(&path, &fast()).unwrap(),
+            SidecarRecovery::StaleSidecarRemoved
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), SAMPLE);
+        assert_eq!(mtime(&path), before);
+        assert!(!sidecar_path(&path).exists());
+    }
+
+    #[test]
+    fn recover_leaves_alone_when_nothing_parses_or_sidecar_is_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = registry(&dir, "{\"half");
+        std::fs::write(sidecar_path(&path), "{\"also half").unwrap();
+        assert_eq!(
+            recover_sidecar(&path, &fast()).unwrap(),
+            SidecarRecovery::LeftAlone
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"half");
+        assert!(sidecar_path(&path).exists());
+
+        std::fs::remove_file(sidecar_path(&path)).unwrap();
+        let elsewhere = dir.path().join("elsewhere.json");
+        std::fs::write(&elsewhere, SAMPLE).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, sidecar_path(&path)).unwrap();
+        assert_eq!(
+            recover_sidecar(&path, &fast()).unwrap(),
+            SidecarRecovery::LeftAlone
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"half");
+    }
+
+    #[test]
+    fn update_refuses_a_symlinked_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = registry(&dir, SAMPLE);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, sidecar_path(&path)).unwrap();
+        let err = update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap_err();
+        assert!(matches!(err, RegistryError::Write { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), SAMPLE);
+
+        // The failed write cleared the planted link; a stale regular sidecar is overwritten.
+        std::fs::write(sidecar_path(&path), "junk").unwrap();
+        update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap();
+        assert!(!sidecar_path(&path).exists());
+    }
+
+    #[test]
+    fn fixture_registries_survive_an_update_round_trip() {
+        let base = Path::new("/work/shared/fixtures/orchestrator-2025-10/.agent-workspace");
+        let src = base.join("TASK-20251017-215604-df6a3cbd/AGENT_REGISTRY.json");
+        let original = std::fs::read_to_string(src).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = registry(&dir, &original);
+        update_registry(&path, &fast(), |v| v["active_count"] = 12345.into()).unwrap();
+        update_registry(&path, &fast(), |v| {
+            v["active_count"] =
+                serde_json::from_str::<Value>(&original).unwrap()["active_count"].clone()
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    }
 }
