@@ -64,7 +64,7 @@ pub const MAX_NAME_TRIES: u32 = 10_000;
 /// On `ChangedDuringCopy` the original is untouched and no archive file is left: the
 /// caller should wait for the file to settle again and retry.
 pub fn archive_file(src: &Path, archive_dir: &Path) -> Result<Archived, ArchiveError> {
-    archive_file_with(src, archive_dir, Strategy::Rename, |_| {})
+    archive_file_with(src, archive_dir, Strategy::Rename, MAX_NAME_TRIES, |_| {})
 }
 
 /// Points in the cross-filesystem path where tests inject writers.
@@ -96,6 +96,7 @@ fn archive_file_with(
     src: &Path,
     archive_dir: &Path,
     strategy: Strategy,
+    max_tries: u32,
     hook: impl FnMut(Stage),
 ) -> Result<Archived, ArchiveError> {
     // lstat: a symlink is refused, never followed (it could point anywhere).
@@ -111,7 +112,7 @@ fn archive_file_with(
             io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
         )
     })?;
-    let names = Names::new(name);
+    let names = Names::new(name, max_tries);
     let dir = ArchiveDir::open(archive_dir)?;
 
     // Archiving a file that already sits in the archive would only give it a new
@@ -128,7 +129,7 @@ fn archive_file_with(
 
     let mut strategy = strategy;
     let mut n = 0;
-    while n < MAX_NAME_TRIES {
+    while n < names.max {
         let cand = names.get(n);
         let res = match strategy {
             Strategy::Rename => {
@@ -159,21 +160,24 @@ fn archive_file_with(
             Err(e) => return Err(io_err(src, e)),
         }
     }
-    Err(no_free_name(&dir, name))
+    Err(no_free_name(&dir, &names))
 }
 
 /// `link` then `unlink`: not atomic, but a writer that opens the source in between
 /// opens the same inode, so nothing is lost.
 fn link_then_unlink(src: &Path, dir: &ArchiveDir, cand: &OsStr) -> rustix::io::Result<()> {
     rustix::fs::linkat(CWD, src, &dir.fd, cand, AtFlags::empty())?;
-    rustix::fs::unlinkat(CWD, src, AtFlags::empty())
+    rustix::fs::unlinkat(CWD, src, AtFlags::empty()).inspect_err(|_| {
+        // Two names for one log would be archived twice later; undo the link.
+        dir.remove_best_effort(cand);
+    })
 }
 
-fn no_free_name(dir: &ArchiveDir, name: &OsStr) -> ArchiveError {
+fn no_free_name(dir: &ArchiveDir, names: &Names) -> ArchiveError {
     ArchiveError::NoFreeName {
         dir: dir.path.clone(),
-        name: name.to_string_lossy().into_owned(),
-        tries: MAX_NAME_TRIES,
+        name: names.name.to_string_lossy().into_owned(),
+        tries: names.max,
     }
 }
 
@@ -197,10 +201,12 @@ struct Names {
     name: OsString,
     stem: OsString,
     ext: Option<OsString>,
+    /// How many candidates to try (the plain name counts as one).
+    max: u32,
 }
 
 impl Names {
-    fn new(name: &OsStr) -> Self {
+    fn new(name: &OsStr, max: u32) -> Self {
         let p = Path::new(name);
         // file_stem keeps dotfiles whole (".bashrc" has no extension), as wanted.
         let stem = p.file_stem().unwrap_or(name).to_os_string();
@@ -208,6 +214,7 @@ impl Names {
             name: name.to_os_string(),
             stem,
             ext: p.extension().map(OsStr::to_os_string),
+            max,
         }
     }
 
@@ -351,8 +358,8 @@ fn copy_into(
 
     let mut n = first;
     let mut cand = loop {
-        if n >= MAX_NAME_TRIES {
-            return Err(no_free_name(dir, &names.name));
+        if n >= names.max {
+            return Err(no_free_name(dir, names));
         }
         let c = names.get(n);
         if !dir.exists(&c)? {
@@ -407,21 +414,23 @@ fn copy_into(
             rustix::fs::renameat_with(&dir.fd, &partial, &dir.fd, &cand, RenameFlags::NOREPLACE)
                 .or_else(|e| match e {
                     Errno::INVAL | Errno::NOSYS => {
+                        // Once linked, the copy is in place; a `.partial` name left
+                        // behind is only clutter, removed when next chosen.
                         rustix::fs::linkat(&dir.fd, &partial, &dir.fd, &cand, AtFlags::empty())
-                            .and_then(|()| dir.unlink(&partial))
+                            .map(|()| dir.remove_best_effort(&partial))
                     }
                     e => Err(e),
                 });
         match res {
             Ok(()) => break,
-            Err(Errno::EXIST) if n + 1 < MAX_NAME_TRIES => {
+            Err(Errno::EXIST) if n + 1 < names.max => {
                 n += 1;
                 cand = names.get(n);
             }
             Err(e) => {
                 dir.remove_best_effort(&partial);
                 return Err(match e {
-                    Errno::EXIST => no_free_name(dir, &names.name),
+                    Errno::EXIST => no_free_name(dir, names),
                     e => io_err(&partial_path, e),
                 });
             }
@@ -436,7 +445,15 @@ fn copy_into(
 
     hook(Stage::BeforeUnlink);
 
-    let now = src_file.metadata().map_err(|e| io_err(src, e))?;
+    // From here on, every way out that keeps the source removes the copy, so a
+    // retry cannot archive the same bytes twice.
+    let now = match src_file.metadata() {
+        Ok(m) => m,
+        Err(e) => {
+            dir.remove_best_effort(&cand);
+            return Err(io_err(src, e));
+        }
+    };
     if FileState::of(&now) != start {
         // A writer appended (or rewrote) meanwhile: the copy is stale. Keep the
         // original whole and let the caller retry once it settles again.
@@ -460,14 +477,26 @@ fn copy_into(
             return Ok(Archived::Copied(dest));
         }
     }
-    rustix::fs::unlinkat(CWD, src, AtFlags::empty()).map_err(|e| io_err(src, e))?;
+    match rustix::fs::unlinkat(CWD, src, AtFlags::empty()) {
+        // Gone since the check: same case as above, the copy is all that is left.
+        Ok(()) | Err(Errno::NOENT) => {}
+        Err(e) => {
+            dir.remove_best_effort(&cand);
+            dir.sync_best_effort();
+            return Err(io_err(src, e));
+        }
+    }
     sync_dir_best_effort(parent_of(src));
 
     hook(Stage::AfterUnlink);
 
     // A per-line `open('a')` writer that opened just before the unlink writes into
-    // the now-nameless inode; we still hold it, so carry those bytes over.
-    rescue_tail(&src_file, copied, dir, &cand)?;
+    // the now-nameless inode; we still hold it, so carry those bytes over. The source
+    // name is gone already, so a failure here is logged, not returned: the archive
+    // still holds every byte that was verified.
+    if let Err(e) = rescue_tail(&src_file, copied, dir, &cand) {
+        tracing::error!(error = %e, "could not carry over bytes written during unlink");
+    }
     Ok(Archived::Copied(dest))
 }
 
@@ -544,313 +573,4 @@ fn rescue_tail(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs;
-    use std::os::unix::fs::symlink;
-
-    fn write(p: &Path, bytes: &[u8]) {
-        fs::write(p, bytes).unwrap();
-    }
-
-    /// Some binary-ish content with every byte value, so a lossy copy would show.
-    fn payload(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 7 % 256) as u8).collect()
-    }
-
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn names_number_before_last_extension() {
-        let n = Names::new(OsStr::new("a_progress.jsonl"));
-        assert_eq!(n.get(0), "a_progress.jsonl");
-        assert_eq!(n.get(1), "a_progress.1.jsonl");
-        assert_eq!(n.get(12), "a_progress.12.jsonl");
-        assert_eq!(Names::new(OsStr::new("name")).get(1), "name.1");
-        assert_eq!(Names::new(OsStr::new("x.tar.gz")).get(2), "x.tar.2.gz");
-        assert_eq!(Names::new(OsStr::new(".hidden")).get(1), ".hidden.1");
-    }
-
-    #[test]
-    fn same_fs_renames() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("logs/a_stream.jsonl");
-        fs::create_dir(t.path().join("logs")).unwrap();
-        let data = payload(200_000);
-        write(&src, &data);
-        let adir = t.path().join("archive");
-        let got = archive_file(&src, &adir).unwrap();
-        assert_eq!(got, Archived::Renamed(adir.join("a_stream.jsonl")));
-        assert_eq!(fs::read(got.path()).unwrap(), data);
-        assert!(!src.exists());
-        let mode = fs::metadata(&adir).unwrap().mode() & 0o777;
-        assert_eq!(mode & 0o700, 0o700);
-    }
-
-    #[test]
-    fn name_clash_gets_numbered_sibling() {
-        let t = tempfile::tempdir().unwrap();
-        let adir = t.path().join("archive");
-        fs::create_dir(&adir).unwrap();
-        write(&adir.join("x_progress.jsonl"), b"old archive\n");
-        let src = t.path().join("x_progress.jsonl");
-
-        write(&src, b"first\n");
-        let got = archive_file(&src, &adir).unwrap();
-        assert_eq!(got.path(), adir.join("x_progress.1.jsonl"));
-        assert_eq!(fs::read(got.path()).unwrap(), b"first\n");
-
-        write(&src, b"second\n");
-        let got = archive_file(&src, &adir).unwrap();
-        assert_eq!(got.path(), adir.join("x_progress.2.jsonl"));
-        assert_eq!(fs::read(got.path()).unwrap(), b"second\n");
-
-        assert_eq!(
-            fs::read(adir.join("x_progress.jsonl")).unwrap(),
-            b"old archive\n"
-        );
-        assert_eq!(
-            fs::read(adir.join("x_progress.1.jsonl")).unwrap(),
-            b"first\n"
-        );
-        assert!(!src.exists());
-    }
-
-    #[test]
-    fn link_fallback_never_replaces() {
-        let t = tempfile::tempdir().unwrap();
-        let adir = t.path().join("archive");
-        fs::create_dir(&adir).unwrap();
-        write(&adir.join("f.jsonl"), b"kept\n");
-        let src = t.path().join("f.jsonl");
-        write(&src, b"new\n");
-        let got = archive_file_with(&src, &adir, Strategy::Link, |_| {}).unwrap();
-        assert_eq!(got, Archived::Renamed(adir.join("f.1.jsonl")));
-        assert_eq!(fs::read(adir.join("f.jsonl")).unwrap(), b"kept\n");
-        assert_eq!(fs::read(got.path()).unwrap(), b"new\n");
-        assert!(!src.exists());
-    }
-
-    #[test]
-    fn symlink_src_is_refused_and_target_untouched() {
-        let t = tempfile::tempdir().unwrap();
-        let target = t.path().join("real.jsonl");
-        write(&target, b"precious\n");
-        let link = t.path().join("link.jsonl");
-        symlink(&target, &link).unwrap();
-        let adir = t.path().join("archive");
-        let err = archive_file(&link, &adir).unwrap_err();
-        assert!(matches!(err, ArchiveError::NotRegular { ref path } if *path == link));
-        assert_eq!(fs::read(&target).unwrap(), b"precious\n");
-        assert!(
-            fs::symlink_metadata(&link)
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
-        // The copy path refuses it too, even if handed a link.
-        let meta = fs::symlink_metadata(&target).unwrap();
-        fs::create_dir(&adir).unwrap();
-        let dir = ArchiveDir::open(&adir).unwrap();
-        let names = Names::new(OsStr::new("link.jsonl"));
-        let err = copy_into(&link, &meta, &dir, &names, 0, |_| {}).unwrap_err();
-        assert!(matches!(err, ArchiveError::NotRegular { .. }), "{err}");
-        assert_eq!(entries(&adir), Vec::<String>::new());
-    }
-
-    #[test]
-    fn directory_src_is_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let err = archive_file(t.path(), &t.path().join("archive")).unwrap_err();
-        assert!(matches!(err, ArchiveError::NotRegular { .. }), "{err}");
-    }
-
-    #[test]
-    fn symlinked_archive_dir_is_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let elsewhere = t.path().join("elsewhere");
-        fs::create_dir(&elsewhere).unwrap();
-        let adir = t.path().join("archive");
-        symlink(&elsewhere, &adir).unwrap();
-        let src = t.path().join("a.jsonl");
-        write(&src, b"line\n");
-        let err = archive_file(&src, &adir).unwrap_err();
-        assert!(
-            matches!(err, ArchiveError::NotRegular { ref path } if *path == adir),
-            "{err}"
-        );
-        assert_eq!(fs::read(&src).unwrap(), b"line\n");
-        assert!(entries(&elsewhere).is_empty());
-    }
-
-    #[test]
-    fn file_in_place_of_archive_dir_is_an_error() {
-        let t = tempfile::tempdir().unwrap();
-        let adir = t.path().join("archive");
-        write(&adir, b"");
-        let src = t.path().join("a.jsonl");
-        write(&src, b"line\n");
-        let err = archive_file(&src, &adir).unwrap_err();
-        assert!(err.to_string().contains("archive"), "{err}");
-        assert!(src.exists());
-    }
-
-    #[test]
-    fn file_already_in_archive_is_left_alone() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("a.jsonl");
-        write(&src, b"line\n");
-        assert!(archive_file(&src, t.path()).is_err());
-        assert_eq!(entries(t.path()), vec!["a.jsonl"]);
-    }
-
-    #[test]
-    fn copy_path_same_fs() {
-        let t = tempfile::tempdir().unwrap();
-        let adir = t.path().join("archive");
-        fs::create_dir(&adir).unwrap();
-        write(&adir.join("c.jsonl"), b"old\n");
-        // A stale .partial from a crash at the chosen name goes first.
-        write(&adir.join("c.1.jsonl.partial"), b"half");
-        let src = t.path().join("c.jsonl");
-        let data = payload(300_001);
-        write(&src, &data);
-        let got = archive_file_with(&src, &adir, Strategy::Copy, |_| {}).unwrap();
-        assert_eq!(got, Archived::Copied(adir.join("c.1.jsonl")));
-        assert_eq!(fs::read(got.path()).unwrap(), data);
-        assert_eq!(fs::read(adir.join("c.jsonl")).unwrap(), b"old\n");
-        assert_eq!(entries(&adir), vec!["c.1.jsonl", "c.jsonl"]);
-        assert!(!src.exists());
-    }
-
-    #[test]
-    fn cross_fs_copies() {
-        let shm = Path::new("/dev/shm");
-        let tmp = tempfile::tempdir().unwrap();
-        let f_type = |p: &Path| rustix::fs::statfs(p).map(|s| s.f_type);
-        match (f_type(tmp.path()), f_type(shm)) {
-            (Ok(a), Ok(b)) if a != b => {}
-            other => {
-                eprintln!("skipping cross_fs_copies: no second filesystem ({other:?})");
-                return;
-            }
-        }
-        let arch = tempfile::Builder::new().tempdir_in(shm).unwrap();
-        let adir = arch.path().join("archive");
-        let src = tmp.path().join("b_findings.jsonl");
-        let data = payload(1_000_003);
-        write(&src, &data);
-        let got = archive_file(&src, &adir).unwrap();
-        assert_eq!(got, Archived::Copied(adir.join("b_findings.jsonl")));
-        assert_eq!(fs::read(got.path()).unwrap(), data);
-        assert_eq!(entries(&adir), vec!["b_findings.jsonl"]);
-        assert!(!src.exists());
-
-        // And a clash across filesystems gets a number, leaving the first untouched.
-        write(&src, b"again\n");
-        let got = archive_file(&src, &adir).unwrap();
-        assert_eq!(got, Archived::Copied(adir.join("b_findings.1.jsonl")));
-        assert_eq!(fs::read(adir.join("b_findings.jsonl")).unwrap(), data);
-        assert_eq!(fs::read(got.path()).unwrap(), b"again\n");
-    }
-
-    fn append(p: &Path, bytes: &[u8]) {
-        let mut f = OpenOptions::new().append(true).open(p).unwrap();
-        f.write_all(bytes).unwrap();
-    }
-
-    #[test]
-    fn append_during_copy_keeps_original() {
-        let t = tempfile::tempdir().unwrap();
-        let adir = t.path().join("archive");
-        let src = t.path().join("p_progress.jsonl");
-        write(&src, b"{\"n\":1}\n");
-        let err = archive_file_with(&src, &adir, Strategy::Copy, |stage| {
-            if stage == Stage::BeforeUnlink {
-                append(&src, b"{\"n\":2}\n");
-            }
-        })
-        .unwrap_err();
-        assert!(
-            matches!(err, ArchiveError::ChangedDuringCopy { ref dest, .. }
-                if *dest == adir.join("p_progress.jsonl")),
-            "{err}"
-        );
-        assert_eq!(fs::read(&src).unwrap(), b"{\"n\":1}\n{\"n\":2}\n");
-        assert!(entries(&adir).is_empty(), "{:?}", entries(&adir));
-
-        // Once it settles, a retry archives everything.
-        let got = archive_file_with(&src, &adir, Strategy::Copy, |_| {}).unwrap();
-        assert_eq!(fs::read(got.path()).unwrap(), b"{\"n\":1}\n{\"n\":2}\n");
-        assert!(!src.exists());
-    }
-
-    #[test]
-    fn write_through_old_fd_after_unlink_is_carried_over() {
-        let t = tempfile::tempdir().unwrap();
-        let adir = t.path().join("archive");
-        let src = t.path().join("s_stream.jsonl");
-        write(&src, b"a\n");
-        // A writer that opened the file before the unlink and writes after it.
-        let mut late = OpenOptions::new().append(true).open(&src).unwrap();
-        let got = archive_file_with(&src, &adir, Strategy::Copy, |stage| {
-            if stage == Stage::AfterUnlink {
-                late.write_all(b"b\n").unwrap();
-            }
-        })
-        .unwrap();
-        assert_eq!(fs::read(got.path()).unwrap(), b"a\nb\n");
-        assert!(!src.exists());
-        assert_eq!(entries(&adir), vec!["s_stream.jsonl"]);
-    }
-
-    #[test]
-    fn source_removed_during_copy_keeps_the_copy() {
-        let t = tempfile::tempdir().unwrap();
-        let adir = t.path().join("archive");
-        let src = t.path().join("r.jsonl");
-        write(&src, b"only copy\n");
-        let got = archive_file_with(&src, &adir, Strategy::Copy, |stage| {
-            if stage == Stage::BeforeUnlink {
-                fs::remove_file(&src).unwrap();
-            }
-        })
-        .unwrap();
-        assert_eq!(fs::read(got.path()).unwrap(), b"only copy\n");
-    }
-
-    #[test]
-    fn no_free_name_after_all_tries() {
-        let t = tempfile::tempdir().unwrap();
-        let adir = t.path().join("archive");
-        fs::create_dir(&adir).unwrap();
-        let names = Names::new(OsStr::new("z"));
-        for n in 0..MAX_NAME_TRIES {
-            write(&adir.join(names.get(n)), b"");
-        }
-        let src = t.path().join("z");
-        write(&src, b"data\n");
-        let err = archive_file(&src, &adir).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ArchiveError::NoFreeName {
-                    tries: MAX_NAME_TRIES,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        let err = archive_file_with(&src, &adir, Strategy::Copy, |_| {}).unwrap_err();
-        assert!(matches!(err, ArchiveError::NoFreeName { .. }), "{err}");
-        assert_eq!(fs::read(&src).unwrap(), b"data\n");
-        assert_eq!(entries(&adir).len(), MAX_NAME_TRIES as usize);
-    }
-}
+mod tests;
