@@ -1,0 +1,358 @@
+//! Unit tests for `archive`: real files in temp dirs, hooks for the racy moments.
+
+use super::*;
+use std::fs;
+use std::os::unix::fs::symlink;
+
+fn write(p: &Path, bytes: &[u8]) {
+    fs::write(p, bytes).unwrap();
+}
+
+/// Some binary-ish content with every byte value, so a lossy copy would show.
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn names_number_before_last_extension() {
+    let n = Names::new(OsStr::new("a_progress.jsonl"), MAX_NAME_TRIES);
+    assert_eq!(n.get(0), "a_progress.jsonl");
+    assert_eq!(n.get(1), "a_progress.1.jsonl");
+    assert_eq!(n.get(12), "a_progress.12.jsonl");
+    assert_eq!(
+        Names::new(OsStr::new("name"), MAX_NAME_TRIES).get(1),
+        "name.1"
+    );
+    assert_eq!(
+        Names::new(OsStr::new("x.tar.gz"), MAX_NAME_TRIES).get(2),
+        "x.tar.2.gz"
+    );
+    assert_eq!(
+        Names::new(OsStr::new(".hidden"), MAX_NAME_TRIES).get(1),
+        ".hidden.1"
+    );
+}
+
+#[test]
+fn same_fs_renames() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("logs/a_stream.jsonl");
+    fs::create_dir(t.path().join("logs")).unwrap();
+    let data = payload(200_000);
+    write(&src, &data);
+    let adir = t.path().join("archive");
+    let got = archive_file(&src, &adir).unwrap();
+    assert_eq!(got, Archived::Renamed(adir.join("a_stream.jsonl")));
+    assert_eq!(fs::read(got.path()).unwrap(), data);
+    assert!(!src.exists());
+    let mode = fs::metadata(&adir).unwrap().mode() & 0o777;
+    assert_eq!(mode & 0o700, 0o700);
+}
+
+#[test]
+fn name_clash_gets_numbered_sibling() {
+    let t = tempfile::tempdir().unwrap();
+    let adir = t.path().join("archive");
+    fs::create_dir(&adir).unwrap();
+    write(&adir.join("x_progress.jsonl"), b"old archive\n");
+    let src = t.path().join("x_progress.jsonl");
+
+    write(&src, b"first\n");
+    let got = archive_file(&src, &adir).unwrap();
+    assert_eq!(got.path(), adir.join("x_progress.1.jsonl"));
+    assert_eq!(fs::read(got.path()).unwrap(), b"first\n");
+
+    write(&src, b"second\n");
+    let got = archive_file(&src, &adir).unwrap();
+    assert_eq!(got.path(), adir.join("x_progress.2.jsonl"));
+    assert_eq!(fs::read(got.path()).unwrap(), b"second\n");
+
+    assert_eq!(
+        fs::read(adir.join("x_progress.jsonl")).unwrap(),
+        b"old archive\n"
+    );
+    assert_eq!(
+        fs::read(adir.join("x_progress.1.jsonl")).unwrap(),
+        b"first\n"
+    );
+    assert!(!src.exists());
+}
+
+#[test]
+fn link_fallback_never_replaces() {
+    let t = tempfile::tempdir().unwrap();
+    let adir = t.path().join("archive");
+    fs::create_dir(&adir).unwrap();
+    write(&adir.join("f.jsonl"), b"kept\n");
+    let src = t.path().join("f.jsonl");
+    write(&src, b"new\n");
+    let got = archive_file_with(&src, &adir, Strategy::Link, MAX_NAME_TRIES, |_| {}).unwrap();
+    assert_eq!(got, Archived::Renamed(adir.join("f.1.jsonl")));
+    assert_eq!(fs::read(adir.join("f.jsonl")).unwrap(), b"kept\n");
+    assert_eq!(fs::read(got.path()).unwrap(), b"new\n");
+    assert!(!src.exists());
+}
+
+#[test]
+fn symlink_src_is_refused_and_target_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    let target = t.path().join("real.jsonl");
+    write(&target, b"precious\n");
+    let link = t.path().join("link.jsonl");
+    symlink(&target, &link).unwrap();
+    let adir = t.path().join("archive");
+    let err = archive_file(&link, &adir).unwrap_err();
+    assert!(matches!(err, ArchiveError::NotRegular { ref path } if *path == link));
+    assert_eq!(fs::read(&target).unwrap(), b"precious\n");
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // The copy path refuses it too, even if handed a link.
+    let meta = fs::symlink_metadata(&target).unwrap();
+    fs::create_dir(&adir).unwrap();
+    let dir = ArchiveDir::open(&adir).unwrap();
+    let names = Names::new(OsStr::new("link.jsonl"), MAX_NAME_TRIES);
+    let err = copy_into(&link, &meta, &dir, &names, 0, |_| {}).unwrap_err();
+    assert!(matches!(err, ArchiveError::NotRegular { .. }), "{err}");
+    assert_eq!(entries(&adir), Vec::<String>::new());
+}
+
+#[test]
+fn directory_src_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let err = archive_file(t.path(), &t.path().join("archive")).unwrap_err();
+    assert!(matches!(err, ArchiveError::NotRegular { .. }), "{err}");
+}
+
+#[test]
+fn symlinked_archive_dir_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let elsewhere = t.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let adir = t.path().join("archive");
+    symlink(&elsewhere, &adir).unwrap();
+    let src = t.path().join("a.jsonl");
+    write(&src, b"line\n");
+    let err = archive_file(&src, &adir).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::NotRegular { ref path } if *path == adir),
+        "{err}"
+    );
+    assert_eq!(fs::read(&src).unwrap(), b"line\n");
+    assert!(entries(&elsewhere).is_empty());
+}
+
+#[test]
+fn file_in_place_of_archive_dir_is_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let adir = t.path().join("archive");
+    write(&adir, b"");
+    let src = t.path().join("a.jsonl");
+    write(&src, b"line\n");
+    let err = archive_file(&src, &adir).unwrap_err();
+    assert!(err.to_string().contains("archive"), "{err}");
+    assert!(src.exists());
+}
+
+#[test]
+fn file_already_in_archive_is_left_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("a.jsonl");
+    write(&src, b"line\n");
+    assert!(archive_file(&src, t.path()).is_err());
+    assert_eq!(entries(t.path()), vec!["a.jsonl"]);
+}
+
+#[test]
+fn copy_path_same_fs() {
+    let t = tempfile::tempdir().unwrap();
+    let adir = t.path().join("archive");
+    fs::create_dir(&adir).unwrap();
+    write(&adir.join("c.jsonl"), b"old\n");
+    // A stale .partial from a crash at the chosen name goes first.
+    write(&adir.join("c.1.jsonl.partial"), b"half");
+    let src = t.path().join("c.jsonl");
+    let data = payload(300_001);
+    write(&src, &data);
+    let got = archive_file_with(&src, &adir, Strategy::Copy, MAX_NAME_TRIES, |_| {}).unwrap();
+    assert_eq!(got, Archived::Copied(adir.join("c.1.jsonl")));
+    assert_eq!(fs::read(got.path()).unwrap(), data);
+    assert_eq!(fs::read(adir.join("c.jsonl")).unwrap(), b"old\n");
+    assert_eq!(entries(&adir), vec!["c.1.jsonl", "c.jsonl"]);
+    assert!(!src.exists());
+}
+
+/// A temp dir on /tmp and one on /dev/shm, when those are different filesystems.
+fn two_filesystems(test: &str) -> Option<(tempfile::TempDir, tempfile::TempDir)> {
+    let shm = Path::new("/dev/shm");
+    let tmp = tempfile::tempdir().unwrap();
+    let f_type = |p: &Path| rustix::fs::statfs(p).map(|s| s.f_type);
+    match (f_type(tmp.path()), f_type(shm)) {
+        (Ok(a), Ok(b)) if a != b => {}
+        other => {
+            eprintln!("skipping {test}: /tmp and /dev/shm are one filesystem ({other:?})");
+            return None;
+        }
+    }
+    let arch = tempfile::Builder::new().tempdir_in(shm).ok()?;
+    Some((tmp, arch))
+}
+
+#[test]
+fn cross_fs_append_during_copy_keeps_original() {
+    let Some((tmp, arch)) = two_filesystems("cross_fs_append_during_copy") else {
+        return;
+    };
+    let adir = arch.path().join("archive");
+    let src = tmp.path().join("q_progress.jsonl");
+    write(&src, b"1\n");
+    // Plain rename first: EXDEV must lead to the copy path, which runs the hook.
+    let err = archive_file_with(&src, &adir, Strategy::Rename, MAX_NAME_TRIES, |stage| {
+        if stage == Stage::BeforeUnlink {
+            append(&src, b"2\n");
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::ChangedDuringCopy { .. }),
+        "{err}"
+    );
+    assert_eq!(fs::read(&src).unwrap(), b"1\n2\n");
+    assert!(entries(&adir).is_empty(), "{:?}", entries(&adir));
+}
+
+#[test]
+fn cross_fs_copies() {
+    let Some((tmp, arch)) = two_filesystems("cross_fs_copies") else {
+        return;
+    };
+    let adir = arch.path().join("archive");
+    let src = tmp.path().join("b_findings.jsonl");
+    let data = payload(1_000_003);
+    write(&src, &data);
+    let got = archive_file(&src, &adir).unwrap();
+    assert_eq!(got, Archived::Copied(adir.join("b_findings.jsonl")));
+    assert_eq!(fs::read(got.path()).unwrap(), data);
+    assert_eq!(entries(&adir), vec!["b_findings.jsonl"]);
+    assert!(!src.exists());
+
+    // And a clash across filesystems gets a number, leaving the first untouched.
+    write(&src, b"again\n");
+    let got = archive_file(&src, &adir).unwrap();
+    assert_eq!(got, Archived::Copied(adir.join("b_findings.1.jsonl")));
+    assert_eq!(fs::read(adir.join("b_findings.jsonl")).unwrap(), data);
+    assert_eq!(fs::read(got.path()).unwrap(), b"again\n");
+}
+
+fn append(p: &Path, bytes: &[u8]) {
+    let mut f = OpenOptions::new().append(true).open(p).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn append_during_copy_keeps_original() {
+    let t = tempfile::tempdir().unwrap();
+    let adir = t.path().join("archive");
+    let src = t.path().join("p_progress.jsonl");
+    write(&src, b"{\"n\":1}\n");
+    let err = archive_file_with(&src, &adir, Strategy::Copy, MAX_NAME_TRIES, |stage| {
+        if stage == Stage::BeforeUnlink {
+            append(&src, b"{\"n\":2}\n");
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::ChangedDuringCopy { ref dest, .. }
+            if *dest == adir.join("p_progress.jsonl")),
+        "{err}"
+    );
+    assert_eq!(fs::read(&src).unwrap(), b"{\"n\":1}\n{\"n\":2}\n");
+    assert!(entries(&adir).is_empty(), "{:?}", entries(&adir));
+
+    // Once it settles, a retry archives everything.
+    let got = archive_file_with(&src, &adir, Strategy::Copy, MAX_NAME_TRIES, |_| {}).unwrap();
+    assert_eq!(fs::read(got.path()).unwrap(), b"{\"n\":1}\n{\"n\":2}\n");
+    assert!(!src.exists());
+}
+
+#[test]
+fn write_through_old_fd_after_unlink_is_carried_over() {
+    let t = tempfile::tempdir().unwrap();
+    let adir = t.path().join("archive");
+    let src = t.path().join("s_stream.jsonl");
+    write(&src, b"a\n");
+    // A writer that opened the file before the unlink and writes after it.
+    let mut late = OpenOptions::new().append(true).open(&src).unwrap();
+    let got = archive_file_with(&src, &adir, Strategy::Copy, MAX_NAME_TRIES, |stage| {
+        if stage == Stage::AfterUnlink {
+            late.write_all(b"b\n").unwrap();
+        }
+    })
+    .unwrap();
+    assert_eq!(fs::read(got.path()).unwrap(), b"a\nb\n");
+    assert!(!src.exists());
+    assert_eq!(entries(&adir), vec!["s_stream.jsonl"]);
+}
+
+#[test]
+fn source_removed_during_copy_keeps_the_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let adir = t.path().join("archive");
+    let src = t.path().join("r.jsonl");
+    write(&src, b"only copy\n");
+    let got = archive_file_with(&src, &adir, Strategy::Copy, MAX_NAME_TRIES, |stage| {
+        if stage == Stage::BeforeUnlink {
+            fs::remove_file(&src).unwrap();
+        }
+    })
+    .unwrap();
+    assert_eq!(fs::read(got.path()).unwrap(), b"only copy\n");
+}
+
+#[test]
+fn no_free_name_after_all_tries() {
+    // A small limit keeps the test fast; the counting is the same as with 10,000.
+    const TRIES: u32 = 5;
+    let t = tempfile::tempdir().unwrap();
+    let adir = t.path().join("archive");
+    fs::create_dir(&adir).unwrap();
+    let names = Names::new(OsStr::new("z"), TRIES);
+    for n in 0..TRIES {
+        write(&adir.join(names.get(n)), b"");
+    }
+    let src = t.path().join("z");
+    write(&src, b"data\n");
+    for strategy in [Strategy::Rename, Strategy::Link, Strategy::Copy] {
+        let err = archive_file_with(&src, &adir, strategy, TRIES, |_| {}).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::NoFreeName { tries: TRIES, .. }),
+            "{strategy:?}: {err}"
+        );
+        assert_eq!(fs::read(&src).unwrap(), b"data\n");
+        assert_eq!(entries(&adir).len(), TRIES as usize);
+    }
+    // One more free slot and it lands there.
+    let got = archive_file_with(&src, &adir, Strategy::Rename, TRIES + 1, |_| {}).unwrap();
+    assert_eq!(got.path(), adir.join("z.5"));
+}
+
+#[test]
+fn default_limit_is_ten_thousand() {
+    assert_eq!(MAX_NAME_TRIES, 10_000);
+    assert_eq!(
+        Names::new(OsStr::new("a.jsonl"), MAX_NAME_TRIES).get(9_999),
+        "a.9999.jsonl"
+    );
+}
