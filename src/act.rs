@@ -126,8 +126,7 @@ pub fn stop_agents(
             }
         ));
         for (key, why) in &report.refused {
-            out.done
-                .push(format!("left pid {} alone: {why}", key.pid));
+            out.done.push(format!("left pid {} alone: {why}", key.pid));
         }
         if !report.survivors.is_empty() {
             out.errors.push(format!(
@@ -280,7 +279,9 @@ pub fn apply_task(
         }
         Err(e) => {
             for a in change_of {
-                outcomes[a].errors.push(format!("registry not updated: {e}"));
+                outcomes[a]
+                    .errors
+                    .push(format!("registry not updated: {e}"));
             }
             Err(e.to_string())
         }

@@ -243,10 +243,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("number too large in {text:?}"))?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .bytes()
-            .take_while(|b| b.is_ascii_alphabetic())
-            .count();
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let piece = match unit {
@@ -300,7 +297,9 @@ mod tests {
     fn errors_name_file_key_and_line() {
         let err = parse("settle = \"2 seconds\"\n").unwrap_err().to_string();
         assert!(err.contains("test.toml") && err.contains("settle"), "{err}");
-        let err = parse("settle = \"2s\"\nsetle = \"1s\"\n").unwrap_err().to_string();
+        let err = parse("settle = \"2s\"\nsetle = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2") && err.contains("setle"), "{err}");
         let err = parse("kill_orphan_sessions = \"yes\"\n")
             .unwrap_err()
@@ -311,7 +310,10 @@ mod tests {
     #[test]
     fn tmux_socket_is_a_name_or_a_path() {
         let c = parse("tmux_socket = \"agents\"").unwrap();
-        assert_eq!(c.tmux_socket, Some(TmuxSocketSetting::Name("agents".into())));
+        assert_eq!(
+            c.tmux_socket,
+            Some(TmuxSocketSetting::Name("agents".into()))
+        );
         let c = parse("tmux_socket = \"/run/tmux/agents\"").unwrap();
         assert_eq!(
             c.tmux_socket,

@@ -83,14 +83,20 @@ pub enum StopReason {
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum Action {
     /// Stop the agent's process tree, then kill its session.
-    Stop { reason: StopReason },
+    Stop {
+        reason: StopReason,
+    },
     /// Move the agent from an active status to a terminal one.
     SetStatus {
         status: &'static str,
         termination_reason: Option<&'static str>,
     },
-    Archive { path: PathBuf },
-    DeletePrompt { path: PathBuf },
+    Archive {
+        path: PathBuf,
+    },
+    DeletePrompt {
+        path: PathBuf,
+    },
     /// Write `auto_cleanup_result` and `auto_cleanup_timestamp`.
     RecordCleanup,
 }

@@ -52,7 +52,11 @@ fn alive() -> SessionFact {
 
 #[test]
 fn working_agent_without_session_is_a_terminated_zombie() {
-    let d = decide(&facts("working", gone_since(Duration::ZERO)), &policy(), now());
+    let d = decide(
+        &facts("working", gone_since(Duration::ZERO)),
+        &policy(),
+        now(),
+    );
     assert_eq!(d.class, AgentClass::Zombie);
     assert_eq!(
         d.actions,
@@ -76,15 +80,23 @@ fn working_agent_without_session_is_a_terminated_zombie() {
 fn zombie_status_follows_the_stream_result() {
     let mut f = facts("working", gone_since(Duration::ZERO));
     f.stream_end = StreamEnd::Result { is_error: false };
-    assert!(decide(&f, &policy(), now()).actions.contains(&Action::SetStatus {
-        status: "completed",
-        termination_reason: None
-    }));
+    assert!(
+        decide(&f, &policy(), now())
+            .actions
+            .contains(&Action::SetStatus {
+                status: "completed",
+                termination_reason: None
+            })
+    );
     f.stream_end = StreamEnd::Result { is_error: true };
-    assert!(decide(&f, &policy(), now()).actions.contains(&Action::SetStatus {
-        status: "failed",
-        termination_reason: None
-    }));
+    assert!(
+        decide(&f, &policy(), now())
+            .actions
+            .contains(&Action::SetStatus {
+                status: "failed",
+                termination_reason: None
+            })
+    );
 }
 
 #[test]

@@ -240,7 +240,8 @@ pub fn task_view(task: &TaskDir, registry: Result<Value, String>) -> (TaskView, 
     let mut pending = Vec::new();
     for entry in entries {
         let Some(raw_id) = str_field(&entry, "id") else {
-            view.warnings.push("an agent entry has no string \"id\"; skipped".into());
+            view.warnings
+                .push("an agent entry has no string \"id\"; skipped".into());
             continue;
         };
         let id = match AgentId::parse(raw_id) {

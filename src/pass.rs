@@ -228,8 +228,7 @@ impl Reaper {
         let mut keep = HashMap::new();
         for agent in views.iter().flat_map(|v| &v.agents) {
             let name = agent.session_name();
-            if agent.facts.class == StatusClass::Active && !snapshot.sessions.contains_key(&name)
-            {
+            if agent.facts.class == StatusClass::Active && !snapshot.sessions.contains_key(&name) {
                 let since = self.gone_since.get(&name).copied().unwrap_or(now);
                 keep.insert(name, since);
             }
@@ -338,7 +337,9 @@ impl Reaper {
                 refresh_logs(agent, &writers, self.config.settle, now);
                 let second = decide(&agent.facts, &policy, now);
                 let first = &mut decisions[t][a];
-                first.actions.retain(|a| matches!(a, Action::SetStatus { .. }));
+                first
+                    .actions
+                    .retain(|a| matches!(a, Action::SetStatus { .. }));
                 first.actions.extend(
                     second
                         .actions

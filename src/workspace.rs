@@ -108,8 +108,14 @@ pub fn agent_files(task: &TaskDir, id: &AgentId) -> AgentFiles {
     AgentFiles {
         prompt: d.join(format!("agent_prompt_{id}.txt")),
         logs: vec![
-            (LogKind::Stream, d.join("logs").join(format!("{id}_stream.jsonl"))),
-            (LogKind::Deploy, d.join("logs").join(format!("deploy_{id}.json"))),
+            (
+                LogKind::Stream,
+                d.join("logs").join(format!("{id}_stream.jsonl")),
+            ),
+            (
+                LogKind::Deploy,
+                d.join("logs").join(format!("deploy_{id}.json")),
+            ),
             (
                 LogKind::Progress,
                 d.join("progress").join(format!("{id}_progress.jsonl")),

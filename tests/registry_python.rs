@@ -36,9 +36,11 @@ for _ in range(rounds):
 fn python_and_rust_writers_interleave_without_losing_updates() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("AGENT_REGISTRY.json");
-    let fixture = "/work/shared/fixtures/orchestrator-2025-10/.agent-workspace/\
-                   TASK-20251018-213115-d9cfa244/AGENT_REGISTRY.json";
-    let mut initial: Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../shared/fixtures/orchestrator-2025-10/.agent-workspace/\
+         TASK-20251018-213115-d9cfa244/AGENT_REGISTRY.json",
+    );
+    let mut initial: Value = serde_json::from_slice(&std::fs::read(&fixture).unwrap()).unwrap();
     initial["py_count"] = 0.into();
     initial["rs_count"] = 0.into();
     std::fs::write(

@@ -35,7 +35,11 @@ impl StopReport {
 }
 
 /// Stops every request's processes at once (never one agent after another), one report each.
-pub fn stop_all(requests: &[StopRequest], table: &ProcTable, policy: &StopPolicy) -> Vec<StopReport> {
+pub fn stop_all(
+    requests: &[StopRequest],
+    table: &ProcTable,
+    policy: &StopPolicy,
+) -> Vec<StopReport> {
     let _ = (requests, table, policy);
     todo!("procs helper")
 }

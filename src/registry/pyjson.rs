@@ -197,8 +197,8 @@ mod tests {
                 }
             }
         }
-        let base =
-            std::path::Path::new("/work/shared/fixtures/orchestrator-2025-10/.agent-workspace");
+        let base = &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/orchestrator-2025-10/.agent-workspace");
         let mut found = Vec::new();
         walk(base, &mut found);
         found.sort();
