@@ -1,0 +1,218 @@
+//! `once` against broken, hostile and busy workspaces: nothing lost, nothing outside touched.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::fs;
+use std::process::{Command, Stdio};
+
+const ID: &str = "worker-120000-abcdef";
+const TASK: &str = "TASK-20261127-120000-0000aaaa";
+
+/// A finished agent with a progress log and a prompt, its files settled long ago.
+fn finished_agent(s: &Sandbox) -> std::path::PathBuf {
+    let reg = write_task(&s.base(), TASK, json!([agent_entry(ID, "completed")]));
+    let task = s.task(TASK);
+    fs::write(task.join(format!("progress/{ID}_progress.jsonl")), "{\"n\":1}\n").unwrap();
+    fs::write(task.join(format!("agent_prompt_{ID}.txt")), "prompt").unwrap();
+    age_files(&task);
+    reg
+}
+
+#[test]
+fn empty_and_half_written_registries_are_skipped_and_never_rewritten() {
+    let s = Sandbox::new();
+    let empty = write_task(&s.base(), "TASK-1", json!([agent_entry(ID, "working")]));
+    fs::write(&empty, "").unwrap();
+    let half = write_task(&s.base(), "TASK-2", json!([agent_entry(ID, "working")]));
+    let text = fs::read_to_string(&half).unwrap();
+    fs::write(&half, &text[..text.len() / 2]).unwrap();
+    let out = s.run_ok(&["once"]);
+    assert!(out.contains("TASK-1") && out.contains("skipped"), "{out}");
+    assert!(out.contains("TASK-2"), "{out}");
+    assert_eq!(fs::read(&empty).unwrap(), b"");
+    assert_eq!(fs::read_to_string(&half).unwrap(), text[..text.len() / 2]);
+}
+
+#[test]
+fn a_sidecar_left_by_a_crash_restores_the_registry() {
+    let s = Sandbox::new();
+    let reg = finished_agent(&s);
+    let good = fs::read(&reg).unwrap();
+    let mut sidecar = reg.clone().into_os_string();
+    sidecar.push(".reaper");
+    fs::write(&sidecar, &good).unwrap();
+    fs::write(&reg, &good[..good.len() / 3]).unwrap();
+    s.run_ok(&["once"]);
+    let restored = read_json(&reg);
+    assert_eq!(restored["agents"][0]["id"], ID);
+    assert_eq!(restored["agents"][0]["auto_cleanup_result"]["success"], true);
+    assert!(!std::path::Path::new(&sidecar).exists());
+}
+
+#[test]
+fn unknown_status_is_left_alone() {
+    let s = Sandbox::new();
+    let reg = write_task(&s.base(), TASK, json!([agent_entry(ID, "paused")]));
+    let task = s.task(TASK);
+    let log = task.join(format!("progress/{ID}_progress.jsonl"));
+    fs::write(&log, "{}\n").unwrap();
+    fs::write(task.join(format!("agent_prompt_{ID}.txt")), "p").unwrap();
+    age_files(&task);
+    let before = snapshot_tree(&s.base());
+    let out = s.run_ok(&["once"]);
+    assert!(out.contains("unknown status"), "{out}");
+    assert_eq!(snapshot_tree(&s.base()), before);
+    assert_eq!(read_json(&reg)["agents"][0]["status"], "paused");
+}
+
+#[test]
+fn hostile_ids_and_tracked_files_touch_nothing_outside() {
+    let s = Sandbox::new();
+    // A file outside the task that a hostile entry points at.
+    let outside = s.dir.path().join("outside.jsonl");
+    fs::write(&outside, "precious\n").unwrap();
+    let victim_dir = s.dir.path().join("x");
+    fs::create_dir_all(&victim_dir).unwrap();
+    fs::write(victim_dir.join("y_progress.jsonl"), "also precious\n").unwrap();
+    let mut tracked = agent_entry(ID, "completed");
+    tracked["tracked_files"] = json!({
+        "log_file": outside.to_string_lossy(),
+        "progress_file": "/etc/passwd",
+        "prompt_file": outside.to_string_lossy(),
+    });
+    let reg = write_task(
+        &s.base(),
+        TASK,
+        json!([agent_entry("../../x", "completed"), agent_entry("../x/y", "working"), tracked]),
+    );
+    let task = s.task(TASK);
+    // A symlinked log pointing outside must not be archived through.
+    std::os::unix::fs::symlink(&outside, task.join(format!("logs/{ID}_stream.jsonl"))).unwrap();
+    age_files(&task);
+    let out = s.run_ok(&["once"]);
+    assert!(out.contains("skipped"), "{out}");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "precious\n");
+    assert_eq!(
+        fs::read_to_string(victim_dir.join("y_progress.jsonl")).unwrap(),
+        "also precious\n"
+    );
+    assert!(fs::symlink_metadata(task.join(format!("logs/{ID}_stream.jsonl"))).is_ok());
+    let reg = read_json(&reg);
+    // Entries with unsafe ids are not rewritten.
+    assert_eq!(reg["agents"][0]["id"], "../../x");
+    assert!(reg["agents"][0].get("auto_cleanup_result").is_none());
+    assert_eq!(reg["agents"][1]["status"], "working");
+}
+
+#[test]
+fn an_existing_archive_name_is_never_overwritten() {
+    let s = Sandbox::new();
+    finished_agent(&s);
+    let archive = s.task(TASK).join("archive");
+    fs::create_dir_all(&archive).unwrap();
+    let name = format!("{ID}_progress.jsonl");
+    fs::write(archive.join(&name), "older archive\n").unwrap();
+    s.run_ok(&["once"]);
+    assert_eq!(fs::read_to_string(archive.join(&name)).unwrap(), "older archive\n");
+    assert_eq!(
+        fs::read_to_string(archive.join(format!("{ID}_progress.1.jsonl"))).unwrap(),
+        "{\"n\":1}\n"
+    );
+}
+
+#[test]
+fn a_log_held_open_for_writing_is_not_archived() {
+    let s = Sandbox::new();
+    finished_agent(&s);
+    let log = s.task(TASK).join(format!("progress/{ID}_progress.jsonl"));
+    // A writer that holds the log open (like tee) but writes nothing more.
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3>>\"$1\"; echo ready; exec sleep 60")
+        .arg("sh")
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    age_files(&s.task(TASK));
+    let out = s.run_ok(&["once"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(log.exists(), "archived while open for writing");
+    assert!(out.contains("open for writing"), "{out}");
+    let reg = read_json(&s.task(TASK).join("AGENT_REGISTRY.json"));
+    assert!(reg["agents"][0].get("auto_cleanup_result").is_none());
+    // Once the writer is gone, the next pass archives it.
+    s.run_ok(&["once"]);
+    assert!(!log.exists());
+}
+
+const PY_WRITER: &str = r#"
+import fcntl, json, os, sys, time
+path, stop = sys.argv[1], sys.argv[2]
+print("ready", flush=True)
+n = 0
+while not os.path.exists(stop) or n < 50:
+    with open(path, "r+") as f:
+        deadline = time.time() + 10
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.01)
+        data = json.load(f)
+        n += 1
+        data["py_updates"] = data.get("py_updates", 0) + 1
+        data["agents"][1]["progress"] = n
+        f.seek(0)
+        json.dump(data, f, indent=2)
+        f.truncate()
+print(n, flush=True)
+"#;
+
+#[test]
+fn locked_python_updates_interleave_with_once_without_loss() {
+    let s = Sandbox::new();
+    let mut agents = vec![agent_entry(ID, "completed")];
+    agents.push(agent_entry("other-120001-abcdef", "working"));
+    // Its session is gone too: it becomes a zombie, a second owned write.
+    let reg = write_task(&s.base(), TASK, Value::Array(agents));
+    let task = s.task(TASK);
+    fs::write(task.join(format!("progress/{ID}_progress.jsonl")), "{}\n").unwrap();
+    age_files(&task);
+    let stop = s.dir.path().join("stop");
+    let mut py = Command::new("python3")
+        .arg("-c")
+        .arg(PY_WRITER)
+        .arg(&reg)
+        .arg(&stop)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(py.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // Several passes while Python writes, so the lock changes hands both ways.
+    for _ in 0..3 {
+        s.run_ok(&["once"]);
+    }
+    fs::write(&stop, "").unwrap();
+    let written: u64 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    assert!(py.wait().unwrap().success());
+    let data = read_json(&reg);
+    assert_eq!(data["py_updates"], written);
+    assert_eq!(data["agents"][1]["progress"], written);
+    assert_eq!(data["agents"][0]["auto_cleanup_result"]["success"], true);
+    assert_eq!(data["agents"][1]["status"], "terminated");
+    assert_eq!(data["active_count"], 0);
+}
