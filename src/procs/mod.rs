@@ -7,4 +7,6 @@ pub mod tmux;
 
 pub use stop::{StopPolicy, StopReport, StopRequest, stop_all};
 pub use table::{ProcInfo, ProcKey, ProcTable, agent_processes};
-pub use tmux::{KillSession, PaneInfo, SessionInfo, Tmux, TmuxClient, TmuxError, TmuxSnapshot, TmuxSocket};
+pub use tmux::{
+    KillSession, PaneInfo, SessionInfo, Tmux, TmuxClient, TmuxError, TmuxSnapshot, TmuxSocket,
+};
