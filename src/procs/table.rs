@@ -1,7 +1,8 @@
 //! The /proc process table, read once per round, and an agent's process set within it.
 
 use crate::model::AgentId;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// A process identity that survives pid reuse: the same pid with another start time is another process.
@@ -25,6 +26,101 @@ pub struct ProcInfo {
     pub cmdline: Vec<String>,
 }
 
+impl ProcInfo {
+    pub fn key(&self) -> ProcKey {
+        ProcKey {
+            pid: self.pid,
+            start_time: self.start_time,
+        }
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` the reaper needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFields {
+    pub pid: i32,
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub start_time: u64,
+}
+
+/// Parses one `/proc/<pid>/stat` line. `comm` (field 2) is free text in parentheses that may
+/// itself hold `) ` and spaces, so the numeric fields are read after the LAST `)`.
+pub fn parse_stat(line: &str) -> Option<StatFields> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    if close < open {
+        return None;
+    }
+    let pid = line[..open].trim().parse().ok()?;
+    // Fields from 3 (state) on; field N is rest[N - 3].
+    let rest: Vec<&str> = line[close + 1..].split_ascii_whitespace().collect();
+    let mut state = rest.first()?.chars();
+    let st = state.next()?;
+    if state.next().is_some() {
+        return None;
+    }
+    Some(StatFields {
+        pid,
+        state: st,
+        ppid: rest.get(1)?.parse().ok()?,
+        pgid: rest.get(2)?.parse().ok()?,
+        sid: rest.get(3)?.parse().ok()?,
+        start_time: rest.get(22 - 3)?.parse().ok()?,
+    })
+}
+
+/// Reads `/proc/<pid>/stat`; `None` when the process is gone or the file is unreadable.
+pub fn read_stat(pid: i32) -> Option<StatFields> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&s)
+}
+
+/// Real uid from the `Uid:` line of `/proc/<pid>/status`.
+fn parse_status_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_ascii_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn read_proc(dir: &Path, pid: i32) -> Option<ProcInfo> {
+    let stat = parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+    let uid = match std::fs::read_to_string(dir.join("status")) {
+        Ok(s) => parse_status_uid(&s),
+        Err(_) => None,
+    }
+    .or_else(|| std::fs::metadata(dir).ok().map(|m| m.uid()))?;
+    // Empty for kernel threads and zombies; unreadable means the process just went away,
+    // but an empty cmdline is still a usable entry.
+    let cmdline = std::fs::read(dir.join("cmdline"))
+        .map(|raw| split_cmdline(&raw))
+        .unwrap_or_default();
+    Some(ProcInfo {
+        pid,
+        ppid: stat.ppid,
+        pgid: stat.pgid,
+        sid: stat.sid,
+        state: stat.state,
+        start_time: stat.start_time,
+        uid,
+        cmdline,
+    })
+}
+
+fn split_cmdline(raw: &[u8]) -> Vec<String> {
+    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ProcTable {
     procs: HashMap<i32, ProcInfo>,
@@ -32,13 +128,36 @@ pub struct ProcTable {
 }
 
 impl ProcTable {
+    /// Reads every process under /proc once. Processes that exit during the scan are skipped.
     pub fn scan() -> std::io::Result<Self> {
-        todo!("procs helper")
+        let mut procs = Vec::with_capacity(512);
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Some(p) = read_proc(&entry.path(), pid) {
+                procs.push(p);
+            }
+        }
+        Ok(Self::from_procs(procs))
     }
 
     pub fn from_procs(procs: Vec<ProcInfo>) -> Self {
-        let _ = procs;
-        todo!("procs helper")
+        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+        for p in &procs {
+            if p.pid != p.ppid {
+                children.entry(p.ppid).or_default().push(p.pid);
+            }
+        }
+        for c in children.values_mut() {
+            c.sort_unstable();
+        }
+        ProcTable {
+            procs: procs.into_iter().map(|p| (p.pid, p)).collect(),
+            children,
+        }
     }
 
     pub fn get(&self, pid: i32) -> Option<&ProcInfo> {
@@ -56,16 +175,259 @@ impl ProcTable {
     pub fn children_of(&self, pid: i32) -> &[i32] {
         self.children.get(&pid).map(Vec::as_slice).unwrap_or(&[])
     }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ProcInfo> {
+        self.procs.values()
+    }
+
+    /// `pid` and its ancestors up to (and including) pid 1, as far as the table knows them.
+    /// Cycle-safe: stops at a pid seen before.
+    pub fn ancestors_and_self(&self, pid: i32) -> Vec<i32> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut cur = pid;
+        while cur > 0 && seen.insert(cur) {
+            out.push(cur);
+            match self.procs.get(&cur) {
+                Some(p) => cur = p.ppid,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// `roots` (those present in the table) and all their descendants; cycle-safe.
+    pub fn descendants_and_self(&self, roots: impl IntoIterator<Item = i32>) -> HashSet<i32> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<i32> = roots
+            .into_iter()
+            .filter(|p| self.procs.contains_key(p))
+            .collect();
+        while let Some(pid) = stack.pop() {
+            if seen.insert(pid) {
+                stack.extend(
+                    self.children_of(pid)
+                        .iter()
+                        .copied()
+                        .filter(|c| !seen.contains(c)),
+                );
+            }
+        }
+        seen
+    }
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+}
+
+/// True when `arg` holds `Agent ID: <id>` with the id not continued by another id character
+/// (so `Agent ID: abc` does not match `Agent ID: abcx`, and `Parent Agent: abc` never matches).
+pub fn names_agent_id(arg: &str, id: &str) -> bool {
+    let needle = format!("Agent ID: {id}");
+    let bytes = arg.as_bytes();
+    let mut from = 0;
+    while let Some(off) = arg[from..].find(&needle) {
+        let at = from + off;
+        let end = at + needle.len();
+        // `Parent Agent ID: <id>` names the parent, not this agent.
+        let parent = arg[..at].ends_with("Parent ") || arg[..at].ends_with("parent ");
+        if !parent && bytes.get(end).is_none_or(|&b| !is_id_byte(b)) {
+            return true;
+        }
+        from += off + 1;
+    }
+    false
 }
 
 /// The agent's processes: the pane pids and all their descendants, plus processes whose
-/// cmdline names `stream_log` or holds the exact token `Agent ID: <id>`.
+/// cmdline names `stream_log` or holds the exact token `Agent ID: <id>` (and theirs).
+/// Pane pids missing from the table are ignored (already exited).
 pub fn agent_processes(
     table: &ProcTable,
     pane_pids: &[i32],
     stream_log: Option<&Path>,
     id: &AgentId,
 ) -> Vec<ProcKey> {
-    let _ = (table, pane_pids, stream_log, id);
-    todo!("procs helper")
+    let log = stream_log
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty());
+    let mut roots: Vec<i32> = pane_pids.to_vec();
+    for p in table.iter() {
+        let hit = p.cmdline.iter().any(|arg| {
+            log.as_deref().is_some_and(|l| arg.contains(l)) || names_agent_id(arg, id.as_str())
+        });
+        if hit {
+            roots.push(p.pid);
+        }
+    }
+    let set: BTreeSet<ProcKey> = table
+        .descendants_and_self(roots)
+        .into_iter()
+        .filter_map(|pid| table.get(pid).map(ProcInfo::key))
+        .collect();
+    set.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat_line(pid: i32, comm: &str, state: char, ppid: i32, start: u64) -> String {
+        // 52 fields as on a current kernel; field 22 is start time.
+        let mut f: Vec<String> = vec![pid.to_string(), format!("({comm})"), state.to_string()];
+        f.extend([ppid, 7, 8].map(|n| n.to_string()));
+        while f.len() < 21 {
+            f.push("0".into());
+        }
+        f.push(start.to_string());
+        while f.len() < 52 {
+            f.push("0".into());
+        }
+        f.join(" ")
+    }
+
+    #[test]
+    fn parse_stat_survives_hostile_comm() {
+        for comm in [
+            "sleep",
+            "a) S 1 (b",
+            "x) Z 99 99 99 99",
+            ") ) )",
+            "(",
+            "sp ace",
+        ] {
+            let s = parse_stat(&stat_line(1234, comm, 'S', 42, 987654)).unwrap();
+            assert_eq!(
+                s,
+                StatFields {
+                    pid: 1234,
+                    state: 'S',
+                    ppid: 42,
+                    pgid: 7,
+                    sid: 8,
+                    start_time: 987654
+                },
+                "{comm}"
+            );
+        }
+        assert_eq!(parse_stat(""), None);
+        assert_eq!(parse_stat("12 (x) S 1 2"), None);
+        assert_eq!(parse_stat("12 x) S"), None);
+    }
+
+    #[test]
+    fn parse_stat_reads_real_self() {
+        let me = read_stat(std::process::id() as i32).unwrap();
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert!(me.start_time > 0);
+    }
+
+    #[test]
+    fn status_uid_and_cmdline() {
+        assert_eq!(
+            parse_status_uid("Name:\tx\nUid:\t1000\t0\t0\t0\n"),
+            Some(1000)
+        );
+        assert_eq!(parse_status_uid("Name:\tx\n"), None);
+        assert_eq!(split_cmdline(b"a\0b c\0\0d\0"), vec!["a", "b c", "", "d"]);
+        assert!(split_cmdline(b"").is_empty());
+    }
+
+    #[test]
+    fn scan_finds_self_and_parent() {
+        let t = ProcTable::scan().unwrap();
+        let me = t.get(std::process::id() as i32).unwrap();
+        assert_eq!(me.uid, nix::unistd::getuid().as_raw());
+        assert!(!me.cmdline.is_empty());
+        assert!(t.children_of(me.ppid).contains(&me.pid));
+    }
+
+    fn p(pid: i32, ppid: i32, cmd: &[&str]) -> ProcInfo {
+        ProcInfo {
+            pid,
+            ppid,
+            pgid: pid,
+            sid: pid,
+            state: 'S',
+            start_time: 1000 + pid as u64,
+            uid: 1000,
+            cmdline: cmd.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn pids(keys: &[ProcKey]) -> Vec<i32> {
+        keys.iter().map(|k| k.pid).collect()
+    }
+
+    #[test]
+    fn agent_set_walks_descendants_and_matches_tokens() {
+        let id = AgentId::parse("impl-120000-abcdef").unwrap();
+        let log = Path::new("/w/TASK-1/logs/impl-120000-abcdef_stream.jsonl");
+        let t = ProcTable::from_procs(vec![
+            p(1, 0, &["init"]),
+            p(10, 1, &["tmux"]),
+            p(20, 10, &["bash", "-c", "claude | tee x"]),
+            p(21, 20, &["claude"]),
+            p(22, 21, &["node"]),
+            p(
+                23,
+                20,
+                &["tee", "/w/TASK-1/logs/impl-120000-abcdef_stream.jsonl"],
+            ),
+            // Double-forked out of the tree, names the log inside a longer argument.
+            p(
+                30,
+                1,
+                &[
+                    "python3",
+                    "-c",
+                    "open('/w/TASK-1/logs/impl-120000-abcdef_stream.jsonl')",
+                ],
+            ),
+            p(31, 30, &["sleep"]),
+            // Prompt in argv holding the exact token.
+            p(
+                40,
+                1,
+                &[
+                    "claude",
+                    "-p",
+                    "You are... Agent ID: impl-120000-abcdef\nGo",
+                ],
+            ),
+            // Child agent naming its parent: must not match.
+            p(50, 1, &["claude", "-p", "Parent Agent: impl-120000-abcdef"]),
+            // Longer id with our id as prefix: must not match.
+            p(60, 1, &["claude", "-p", "Agent ID: impl-120000-abcdefx"]),
+            p(61, 1, &["claude", "-p", "Agent ID: impl-120000-abcdef.2"]),
+            p(70, 1, &["unrelated"]),
+        ]);
+        let got = agent_processes(&t, &[20, 999], Some(log), &id);
+        assert_eq!(pids(&got), vec![20, 21, 22, 23, 30, 31, 40]);
+        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        // Without panes or log, only the token match.
+        assert_eq!(pids(&agent_processes(&t, &[], None, &id)), vec![40]);
+    }
+
+    #[test]
+    fn descendant_walk_is_cycle_safe() {
+        // A corrupt snapshot (pid reuse mid-scan) can make a ppid loop.
+        let t = ProcTable::from_procs(vec![p(5, 6, &[]), p(6, 5, &[]), p(7, 7, &[])]);
+        assert_eq!(t.descendants_and_self([5]).len(), 2);
+        assert_eq!(t.descendants_and_self([7]).len(), 1);
+        assert_eq!(t.ancestors_and_self(5), vec![5, 6]);
+    }
+
+    #[test]
+    fn agent_id_token_boundaries() {
+        assert!(names_agent_id("Agent ID: a-1", "a-1"));
+        assert!(names_agent_id("x Agent ID: a-1, y", "a-1"));
+        assert!(names_agent_id("Agent ID: a-1x Agent ID: a-1\n", "a-1"));
+        assert!(!names_agent_id("Agent ID: a-1x", "a-1"));
+        assert!(!names_agent_id("Agent ID: a-1_", "a-1"));
+        assert!(!names_agent_id("Parent Agent: a-1", "a-1"));
+        assert!(!names_agent_id("agent id: a-1", "a-1"));
+        assert!(!names_agent_id("Parent Agent ID: a-1", "a-1"));
+    }
 }
