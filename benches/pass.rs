@@ -34,8 +34,14 @@ fn write_task(base: &Path, task: &str, ids: &[String], status: &str) {
     let old = SystemTime::now() - Duration::from_secs(3600);
     for id in ids {
         for (path, body) in [
-            (dir.join(format!("progress/{id}_progress.jsonl")), "{\"progress\":100}\n"),
-            (dir.join(format!("findings/{id}_findings.jsonl")), "{\"finding\":1}\n"),
+            (
+                dir.join(format!("progress/{id}_progress.jsonl")),
+                "{\"progress\":100}\n",
+            ),
+            (
+                dir.join(format!("findings/{id}_findings.jsonl")),
+                "{\"finding\":1}\n",
+            ),
             (
                 dir.join(format!("logs/{id}_stream.jsonl")),
                 "{\"type\":\"result\",\"is_error\":false}\n",
@@ -98,12 +104,25 @@ fn main() {
         let ids: Vec<String> = (0..agents / tasks)
             .map(|a| format!("bench-{t:03}{a:03}-{:06x}", t * 1000 + a))
             .collect();
-        write_task(&base, &format!("TASK-20261127-1000{t:02}-bench{t:03}"), &ids, "completed");
+        write_task(
+            &base,
+            &format!("TASK-20261127-1000{t:02}-bench{t:03}"),
+            &ids,
+            "completed",
+        );
     }
     let (took, summary) = timed(reaper(root.path(), &base));
-    rows.push((format!("{agents} finished agents, 100 tasks, sessions gone"), took, summary));
+    rows.push((
+        format!("{agents} finished agents, 100 tasks, sessions gone"),
+        took,
+        summary,
+    ));
     let (took, summary) = timed(reaper(root.path(), &base));
-    rows.push(("same workspace again (nothing to do)".to_string(), took, summary));
+    rows.push((
+        "same workspace again (nothing to do)".to_string(),
+        took,
+        summary,
+    ));
 
     // 2. 40 finished agents whose tmux sessions still run.
     let root = tempfile::tempdir().unwrap();
@@ -114,12 +133,23 @@ fn main() {
         let ids: Vec<String> = (0..10)
             .map(|a| format!("live-{t:03}{a:03}-{:06x}", t * 100 + a))
             .collect();
-        write_task(&base, &format!("TASK-20261127-2000{t:02}-live{t:04}"), &ids, "completed");
+        write_task(
+            &base,
+            &format!("TASK-20261127-2000{t:02}-live{t:04}"),
+            &ids,
+            "completed",
+        );
         for id in &ids {
             let ok = Command::new("tmux")
                 .env("TMUX_TMPDIR", &tmux_dir)
                 .env_remove("TMUX")
-                .args(["new-session", "-d", "-s", &format!("agent_{id}"), "sleep 600"])
+                .args([
+                    "new-session",
+                    "-d",
+                    "-s",
+                    &format!("agent_{id}"),
+                    "sleep 600",
+                ])
                 .status()
                 .unwrap()
                 .success();
@@ -127,7 +157,11 @@ fn main() {
         }
     }
     let (took, summary) = timed(reaper(root.path(), &base));
-    rows.push(("40 finished agents, 4 tasks, sessions alive".to_string(), took, summary));
+    rows.push((
+        "40 finished agents, 4 tasks, sessions alive".to_string(),
+        took,
+        summary,
+    ));
     let _ = Command::new("tmux")
         .env("TMUX_TMPDIR", &tmux_dir)
         .arg("kill-server")

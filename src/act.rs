@@ -198,8 +198,8 @@ pub fn apply_task(
                     Ok(done) => {
                         out.done.push(format!(
                             "archived {} -> {}",
-                            path.display(),
-                            done.path().display()
+                            in_task(view, path),
+                            in_task(view, done.path())
                         ));
                         out.archived.push(done.path().to_path_buf());
                     }
@@ -208,7 +208,7 @@ pub fn apply_task(
                 Action::DeletePrompt { path } => match std::fs::remove_file(path) {
                     Ok(()) => {
                         out.prompt_deleted = true;
-                        out.done.push(format!("deleted {}", path.display()));
+                        out.done.push(format!("deleted {}", in_task(view, path)));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => out.errors.push(format!("{}: {e}", path.display())),
@@ -286,6 +286,14 @@ pub fn apply_task(
             Err(e.to_string())
         }
     }
+}
+
+/// A path as the user reads it: relative to the task folder when inside it.
+fn in_task(view: &TaskView, path: &Path) -> String {
+    path.strip_prefix(&view.task.dir)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 fn path_string(p: &Path) -> String {

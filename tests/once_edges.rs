@@ -14,7 +14,11 @@ const TASK: &str = "TASK-20261127-120000-0000aaaa";
 fn finished_agent(s: &Sandbox) -> std::path::PathBuf {
     let reg = write_task(&s.base(), TASK, json!([agent_entry(ID, "completed")]));
     let task = s.task(TASK);
-    fs::write(task.join(format!("progress/{ID}_progress.jsonl")), "{\"n\":1}\n").unwrap();
+    fs::write(
+        task.join(format!("progress/{ID}_progress.jsonl")),
+        "{\"n\":1}\n",
+    )
+    .unwrap();
     fs::write(task.join(format!("agent_prompt_{ID}.txt")), "prompt").unwrap();
     age_files(&task);
     reg
@@ -47,7 +51,10 @@ fn a_sidecar_left_by_a_crash_restores_the_registry() {
     s.run_ok(&["once"]);
     let restored = read_json(&reg);
     assert_eq!(restored["agents"][0]["id"], ID);
-    assert_eq!(restored["agents"][0]["auto_cleanup_result"]["success"], true);
+    assert_eq!(
+        restored["agents"][0]["auto_cleanup_result"]["success"],
+        true
+    );
     assert!(!std::path::Path::new(&sidecar).exists());
 }
 
@@ -85,7 +92,11 @@ fn hostile_ids_and_tracked_files_touch_nothing_outside() {
     let reg = write_task(
         &s.base(),
         TASK,
-        json!([agent_entry("../../x", "completed"), agent_entry("../x/y", "working"), tracked]),
+        json!([
+            agent_entry("../../x", "completed"),
+            agent_entry("../x/y", "working"),
+            tracked
+        ]),
     );
     let task = s.task(TASK);
     // A symlinked log pointing outside must not be archived through.
@@ -115,7 +126,10 @@ fn an_existing_archive_name_is_never_overwritten() {
     let name = format!("{ID}_progress.jsonl");
     fs::write(archive.join(&name), "older archive\n").unwrap();
     s.run_ok(&["once"]);
-    assert_eq!(fs::read_to_string(archive.join(&name)).unwrap(), "older archive\n");
+    assert_eq!(
+        fs::read_to_string(archive.join(&name)).unwrap(),
+        "older archive\n"
+    );
     assert_eq!(
         fs::read_to_string(archive.join(format!("{ID}_progress.1.jsonl"))).unwrap(),
         "{\"n\":1}\n"

@@ -123,7 +123,10 @@ fn plan_and_status_change_nothing_and_name_every_action() {
     let before = snapshot_tree(&s.base());
     let plan = s.run_ok(&["plan"]);
     assert!(plan.contains(FIXTURE_ZOMBIE_ID), "{plan}");
-    assert!(plan.contains("mark terminated (session_not_found)"), "{plan}");
+    assert!(
+        plan.contains("mark terminated (session_not_found)"),
+        "{plan}"
+    );
     assert!(plan.contains("archive progress/"), "{plan}");
     assert!(plan.contains("delete agent_prompt_"), "{plan}");
     assert!(plan.contains("Nothing was changed"), "{plan}");
@@ -164,5 +167,8 @@ fn bad_config_names_file_and_line() {
     let out = s.run(&["validate"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("agent-reaper.toml") && err.contains("max_inactivity"), "{err}");
+    assert!(
+        err.contains("agent-reaper.toml") && err.contains("max_inactivity"),
+        "{err}"
+    );
 }

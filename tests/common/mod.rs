@@ -32,6 +32,14 @@ pub fn copy_tree(from: &Path, to: &Path) {
         } else {
             fs::copy(entry.path(), &dest).unwrap();
             fs::set_permissions(&dest, fs::Permissions::from_mode(0o644)).unwrap();
+            // Keep the times: a real workspace's files are as old as their last write.
+            let mtime = entry.metadata().unwrap().modified().unwrap();
+            fs::File::options()
+                .append(true)
+                .open(&dest)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
         }
     }
 }
