@@ -310,7 +310,10 @@ fn cleanup(
             FileState::Settled => actions.push(Action::Archive {
                 path: log.path.clone(),
             }),
-            FileState::Settling(why) => settling.push(format!("{}: {why}", log.path.display())),
+            FileState::Settling(why) => settling.push(format!(
+                "{} ({why})",
+                log.path.file_name().unwrap_or_default().to_string_lossy()
+            )),
         }
     }
     if policy.delete_prompt_files

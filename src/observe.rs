@@ -179,7 +179,7 @@ pub fn file_state(
     }
     match mtime {
         Some(t) if age(now, t) < settle => FileState::Settling(format!(
-            "written {:.1}s ago (settle {:?})",
+            "written {:.1}s ago, settle {:?}",
             age(now, t).as_secs_f64(),
             settle
         )),
