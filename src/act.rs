@@ -1,6 +1,6 @@
 //! Carrying out decisions: stopping agents, archiving logs, deleting prompts, writing registries.
 
-use crate::archive::archive_file;
+use crate::archive::{Archiver, sync_dirs};
 use crate::config::Config;
 use crate::decide::{Action, Decision, SessionFact};
 use crate::model::format_timestamp;
@@ -185,17 +185,22 @@ pub fn apply_task(
     now: SystemTime,
 ) -> Result<bool, String> {
     let archive_to = archive_dir(config, view);
+    let mut archiver = Archiver::new(&archive_to);
     let stamp = format_timestamp(now);
     let mut changes = Vec::new();
     let mut change_of = Vec::new();
+    let mut touched: Vec<PathBuf> = Vec::new();
     for (a, (agent, decision)) in view.agents.iter().zip(decisions).enumerate() {
         let out = &mut outcomes[a];
         let mut set_status = None;
         let mut record = false;
         for action in &decision.actions {
             match action {
-                Action::Archive { path } => match archive_file(path, &archive_to) {
+                Action::Archive { path } => match archiver.archive(path) {
                     Ok(done) => {
+                        if let Some(parent) = path.parent() {
+                            touched.push(parent.to_path_buf());
+                        }
                         out.done.push(format!(
                             "archived {} -> {}",
                             in_task(view, path),
@@ -246,6 +251,11 @@ pub fn apply_task(
             now: stamp.clone(),
         });
         change_of.push(a);
+    }
+    // The moves are made durable before the registry says they happened.
+    if !touched.is_empty() {
+        touched.push(archive_to.clone());
+        sync_dirs(touched.iter().map(PathBuf::as_path));
     }
     let drift = view.active_count.is_some() && view.active_count != view.expected_active;
     if changes.is_empty() && !drift {

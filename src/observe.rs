@@ -144,6 +144,7 @@ fn log_candidates(
 fn existing_logs(
     task: &TaskDir,
     candidates: &[(LogKind, PathBuf)],
+    dir_ok: &mut HashMap<PathBuf, bool>,
     warnings: &mut Vec<String>,
 ) -> Vec<(PathBuf, fs::Metadata)> {
     let mut out = Vec::new();
@@ -151,10 +152,15 @@ fn existing_logs(
         let Ok(meta) = fs::symlink_metadata(path) else {
             continue;
         };
-        let inside = path
-            .to_str()
-            .map(|p| resolve_inside(&task.dir, p).is_ok())
-            .unwrap_or(false);
+        // Every candidate lies inside the task by construction; what remains to rule out is
+        // a folder on the way that is a symlink. Agents share folders, so ask once per folder.
+        let parent = path.parent().unwrap_or(&task.dir);
+        let inside = *dir_ok.entry(parent.to_path_buf()).or_insert_with(|| {
+            parent == task.dir
+                || parent
+                    .to_str()
+                    .is_some_and(|p| resolve_inside(&task.dir, p).is_ok())
+        });
         if !meta.file_type().is_file() || !inside {
             warnings.push(format!(
                 "{}: not a regular file inside the task (symlink?); left alone",
@@ -238,6 +244,7 @@ pub fn task_view(task: &TaskDir, registry: Result<Value, String>) -> (TaskView, 
         }
     }
     let mut pending = Vec::new();
+    let mut dir_ok = HashMap::new();
     for entry in entries {
         let Some(raw_id) = str_field(&entry, "id") else {
             view.warnings
@@ -259,7 +266,7 @@ pub fn task_view(task: &TaskDir, registry: Result<Value, String>) -> (TaskView, 
         let files = agent_files(task, &id);
         let mut warnings = Vec::new();
         let candidates = log_candidates(task, &entry, &files, &mut warnings);
-        let logs = existing_logs(task, &candidates, &mut warnings);
+        let logs = existing_logs(task, &candidates, &mut dir_ok, &mut warnings);
         pending.push(PendingAgent(Pending {
             id,
             entry,

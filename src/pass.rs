@@ -349,29 +349,15 @@ impl Reaper {
                 first.waiting = second.waiting;
             }
         }
-        // 3. Files, then the registries.
-        let total = views.len();
-        for (t, view) in views.iter().enumerate() {
-            if view.error.is_none() {
-                match act::apply_task(
-                    view,
-                    &decisions[t],
-                    &mut outcomes[t],
-                    &self.config,
-                    &self.update_options(),
-                    now,
-                ) {
-                    Ok(written) => report.written_tasks.push(written),
-                    Err(e) => {
-                        report.errors.push(e);
-                        report.written_tasks.push(false);
-                    }
+        // 3. Files, then the registries: tasks are independent, so a few at a time.
+        let written = self.apply_tasks(views, &decisions, &mut outcomes, now);
+        for result in written {
+            match result {
+                Ok(written) => report.written_tasks.push(written),
+                Err(e) => {
+                    report.errors.extend(e);
+                    report.written_tasks.push(false);
                 }
-            } else {
-                report.written_tasks.push(false);
-            }
-            if let Some(progress) = self.progress.as_mut() {
-                progress(t + 1, total);
             }
         }
         for base in &self.config.workspace_bases {
@@ -389,6 +375,65 @@ impl Reaper {
             }
         }
         outcomes
+    }
+}
+
+impl Reaper {
+    /// Runs `act::apply_task` for every readable task on a few threads; per task, whether
+    /// its registry was written or the error.
+    fn apply_tasks(
+        &mut self,
+        views: &[TaskView],
+        decisions: &[Vec<Decision>],
+        outcomes: &mut [Vec<Outcome>],
+        now: SystemTime,
+    ) -> Vec<Result<bool, Option<String>>> {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 8)
+            * 2;
+        let total = views.len();
+        let config = &self.config;
+        let opts = self.update_options();
+        let progress = std::sync::Mutex::new((0usize, self.progress.take()));
+        let mut jobs: Vec<(usize, &mut Vec<Outcome>)> = outcomes.iter_mut().enumerate().collect();
+        let chunk = jobs.len().div_ceil(threads).max(1);
+        let mut results: Vec<(usize, Result<bool, Option<String>>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .chunks_mut(chunk)
+                .map(|part| {
+                    let (progress, opts) = (&progress, &opts);
+                    scope.spawn(move || {
+                        let mut done = Vec::new();
+                        for (t, outs) in part.iter_mut() {
+                            let view = &views[*t];
+                            let result = if view.error.is_some() {
+                                Err(None)
+                            } else {
+                                act::apply_task(view, &decisions[*t], outs, config, opts, now)
+                                    .map_err(Some)
+                            };
+                            done.push((*t, result));
+                            let mut p = progress.lock().expect("progress lock");
+                            p.0 += 1;
+                            let n = p.0;
+                            if let Some(f) = p.1.as_mut() {
+                                f(n, total);
+                            }
+                        }
+                        done
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("task thread panicked"))
+                .collect()
+        });
+        self.progress = progress.into_inner().expect("progress lock").1;
+        results.sort_by_key(|(t, _)| *t);
+        results.into_iter().map(|(_, r)| r).collect()
     }
 }
 
