@@ -152,14 +152,14 @@ pub fn plan(report: &PassReport) -> String {
         .map(|a| a.actions.len())
         .sum();
     let quiet: Vec<String> = quiet.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let idle = if quiet.is_empty() {
+        String::new()
+    } else {
+        format!("; nothing to do for {}", quiet.join(", "))
+    };
     let _ = writeln!(
         out,
-        "\nPlan: {actions} action(s); nothing to do for {}. Nothing was changed.",
-        if quiet.is_empty() {
-            "no agent".to_string()
-        } else {
-            quiet.join(", ")
-        }
+        "\nPlan: {actions} action(s){idle}. Nothing was changed."
     );
     out
 }
@@ -251,18 +251,31 @@ pub fn status(report: &PassReport) -> String {
         .tasks
         .iter()
         .flat_map(|t| t.agents.iter().map(move |a| (t, a)))
-        .filter(|(_, a)| !matches!(a.class, AgentClass::Active | AgentClass::Cleaned))
+        .filter(|(_, a)| {
+            !matches!(
+                a.class,
+                AgentClass::Active | AgentClass::Cleaned | AgentClass::Finished
+            ) || a.waiting.is_some()
+        })
         .collect();
+    let finished = totals[4];
+    if finished > 0 {
+        let _ = writeln!(
+            out,
+            "\n{finished} finished agent(s) await cleanup; `agent-reaper plan` lists the actions."
+        );
+    }
     if !notable.is_empty() {
         let _ = writeln!(out, "\nNeeding attention:");
         for (task, agent) in notable {
+            // The first action says what kind of trouble it is; the rest is in `plan`.
             let why = agent.waiting.clone().unwrap_or_else(|| {
                 agent
                     .actions
                     .iter()
+                    .find(|a| matches!(a, Action::Stop { .. } | Action::SetStatus { .. }))
                     .map(|a| action_line(&task.dir, a))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                    .unwrap_or_default()
             });
             let _ = writeln!(
                 out,
