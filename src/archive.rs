@@ -208,8 +208,8 @@ fn move_into(
             Strategy::Rename => {
                 rustix::fs::renameat_with(CWD, src, &dir.fd, &cand, RenameFlags::NOREPLACE)
             }
-            Strategy::Link => link_then_unlink(src, &dir, &cand),
-            Strategy::Copy => return copy_into(src, &meta, &dir, &names, n, hook),
+            Strategy::Link => link_then_unlink(src, dir, &cand),
+            Strategy::Copy => return copy_into(src, &meta, dir, &names, n, hook),
         };
         match res {
             Ok(()) => {
@@ -235,7 +235,7 @@ fn move_into(
             Err(e) => return Err(io_err(src, e)),
         }
     }
-    Err(no_free_name(&dir, &names))
+    Err(no_free_name(dir, &names))
 }
 
 /// `link` then `unlink`: not atomic, but a writer that opens the source in between
