@@ -133,8 +133,20 @@ impl TmuxClient {
         }
     }
 
-    /// Runs tmux with `args` (never through a shell), bounded by `self.timeout`.
+    /// Runs tmux once more when the server was exiting while we talked to it (its last
+    /// session just ended): "server exited unexpectedly" is not a definite answer, but the
+    /// retry gets one ("no server running" or the new server's state).
     fn run(&self, args: &[&str]) -> Result<Output, TmuxError> {
+        let out = self.run_once(args)?;
+        if !out.status.success() && out.stderr.contains("server exited unexpectedly") {
+            std::thread::sleep(Duration::from_millis(50));
+            return self.run_once(args);
+        }
+        Ok(out)
+    }
+
+    /// Runs tmux with `args` (never through a shell), bounded by `self.timeout`.
+    fn run_once(&self, args: &[&str]) -> Result<Output, TmuxError> {
         let mut cmd = Command::new(&self.binary);
         // Inside a tmux pane, TMUX would point the client at the daemon's own server.
         cmd.env_remove("TMUX");
@@ -392,6 +404,22 @@ mod tests {
         assert!(matches!(c.snapshot(), Err(TmuxError::BadOutput(_))));
         let c = fake(&dir, "printf '1\\t2\\tx\\t0\\t3\\tagent_a\\n'");
         assert!(matches!(c.snapshot(), Err(TmuxError::BadOutput(_))));
+    }
+
+    #[test]
+    fn exiting_server_is_asked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("once");
+        let c = fake(
+            &dir,
+            &format!(
+                "if [ -e '{0}' ]; then echo 'no server running on /x' >&2; else : > '{0}'; echo 'server exited unexpectedly' >&2; fi; exit 1",
+                flag.display()
+            ),
+        );
+        assert_eq!(c.kill_session("agent_a").unwrap(), KillSession::AlreadyGone);
+        let c = fake(&dir, "echo 'server exited unexpectedly' >&2; exit 1");
+        assert!(matches!(c.snapshot(), Err(TmuxError::Failed { .. })));
     }
 
     #[test]
