@@ -21,7 +21,7 @@ Examples:
   agent-reaper status --json             agents per task by class, as JSON
   agent-reaper validate --config /etc/agent-reaper/agent-reaper.toml";
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "agent-reaper", version, about = ABOUT, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Configuration file (TOML; every key documented in config/agent-reaper.toml).
@@ -37,7 +37,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run as a daemon: watch the workspaces and clean up as agents finish.
     Run {
@@ -53,11 +53,13 @@ pub enum Command {
     },
     /// Print every action a pass would take, per task and agent; change nothing.
     Plan {
+        /// Print the plan as JSON (the same report `once --json` gives).
         #[arg(long)]
         json: bool,
     },
     /// Show agents per task by class: active, settling, zombie, stale, finished, cleaned.
     Status {
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -149,6 +151,11 @@ fn print(report: &PassReport, json: bool, text: fn(&PassReport) -> String) -> Re
 
 pub fn run(cli: Cli) -> Result<()> {
     let config = resolve_config(&cli)?;
+    let log_file = match cli.command {
+        Command::Run { .. } => config.log_file.clone(),
+        _ => None,
+    };
+    let _guard = crate::logging::init(log_file.as_deref())?;
     match cli.command {
         Command::Validate => {
             println!("configuration OK");
@@ -159,11 +166,10 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{config:#?}");
             Ok(())
         }
-        Command::Run { .. } => {
-            bail!(
-                "the daemon (`agent-reaper run`) is not built yet; run `agent-reaper once` \
-                 from a timer meanwhile"
-            )
+        Command::Run { dry_run } => {
+            check_bases(&config)?;
+            let _ = dry_run;
+            bail!("the daemon is being wired in; run `agent-reaper once` meanwhile")
         }
         Command::Once { json } => {
             check_bases(&config)?;

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod logging;
 pub mod model;
 pub mod observe;
 pub mod pass;

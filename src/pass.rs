@@ -43,6 +43,14 @@ pub struct AgentReport {
     pub warnings: Vec<String>,
 }
 
+impl AgentReport {
+    /// The registry lists it as active after this pass.
+    pub fn still_active(&self) -> bool {
+        let status = self.new_status.as_deref().unwrap_or(&self.status);
+        crate::model::classify_status(status) == StatusClass::Active
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskReport {
     pub task_id: String,
@@ -136,6 +144,12 @@ impl Reaper {
     }
 
     pub fn run(&mut self, mode: Mode) -> PassReport {
+        self.run_scoped(mode, None)
+    }
+
+    /// A pass over the task folders in `scope` only (all when `None`). Orphan sessions are
+    /// judged only in full passes: a partial view cannot tell who owns a session.
+    pub fn run_scoped(&mut self, mode: Mode, scope: Option<&HashSet<PathBuf>>) -> PassReport {
         let now = (self.clock)();
         let policy = self.policy();
         let mut errors = Vec::new();
@@ -160,6 +174,9 @@ impl Reaper {
                 }
             };
             for task in tasks {
+                if scope.is_some_and(|s| !s.contains(&task.dir)) {
+                    continue;
+                }
                 if let Mode::Execute { .. } = mode
                     && let Err(e) = recover_sidecar(&task.registry(), &self.update_options())
                 {
@@ -185,7 +202,7 @@ impl Reaper {
                 .map(|p| agent_view(p, &world, &writers))
                 .collect();
         }
-        self.remember_sessions(&views, &tmux, now);
+        self.remember_sessions(&views, &tmux, now, scope.is_some());
         let decisions: Vec<Vec<Decision>> = views
             .iter()
             .map(|v| {
@@ -195,7 +212,10 @@ impl Reaper {
                     .collect()
             })
             .collect();
-        let orphans = self.orphans(&views, &tmux, &policy, now);
+        let orphans = match scope {
+            None => self.orphans(&views, &tmux, &policy, now),
+            Some(_) => Vec::new(),
+        };
         let mut report = PassReport {
             mode: if mode == Mode::Plan { "plan" } else { "once" },
             bases: self.config.workspace_bases.clone(),
@@ -221,11 +241,28 @@ impl Reaper {
     }
 
     /// Keeps `gone_since` for the sessions of agents still active in some registry.
-    fn remember_sessions(&mut self, views: &[TaskView], tmux: &TmuxView, now: SystemTime) {
+    fn remember_sessions(
+        &mut self,
+        views: &[TaskView],
+        tmux: &TmuxView,
+        now: SystemTime,
+        scoped: bool,
+    ) {
         let Ok(snapshot) = tmux else {
             return;
         };
-        let mut keep = HashMap::new();
+        // Sessions of tasks outside this pass keep what earlier passes saw.
+        let seen: HashSet<String> = views
+            .iter()
+            .flat_map(|v| &v.agents)
+            .map(AgentView::session_name)
+            .collect();
+        let mut keep: HashMap<String, SystemTime> = self
+            .gone_since
+            .iter()
+            .filter(|(name, _)| scoped && !seen.contains(*name))
+            .map(|(n, t)| (n.clone(), *t))
+            .collect();
         for agent in views.iter().flat_map(|v| &v.agents) {
             let name = agent.session_name();
             if agent.facts.class == StatusClass::Active && !snapshot.sessions.contains_key(&name) {

@@ -121,7 +121,7 @@ fn symlink_src_is_refused_and_target_untouched() {
     );
     // The copy path refuses it too, even if handed a link.
     let meta = fs::symlink_metadata(&target).unwrap();
-    fs::create_dir(&adir).unwrap();
+    fs::create_dir_all(&adir).unwrap();
     let dir = ArchiveDir::open(&adir).unwrap();
     let names = Names::new(OsStr::new("link.jsonl"), MAX_NAME_TRIES);
     let err = copy_into(&link, &meta, &dir, &names, 0, |_| {}).unwrap_err();
