@@ -18,13 +18,15 @@ use std::time::SystemTime;
 const KILL_THREADS: usize = 8;
 
 /// What happened to one agent this pass.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub stopped: bool,
     pub session_killed: bool,
     pub escalated: Option<bool>,
     pub survivors: usize,
     pub defunct: Vec<String>,
+    /// No defunct process waits on a living parent (see `StopReport::verified_no_zombies`).
+    pub reaped: bool,
     pub archived: Vec<PathBuf>,
     pub prompt_deleted: bool,
     pub recorded: bool,
@@ -33,6 +35,27 @@ pub struct Outcome {
     pub errors: Vec<String>,
     pub final_actions: Vec<Action>,
     pub final_waiting: Option<String>,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            stopped: false,
+            session_killed: false,
+            escalated: None,
+            survivors: 0,
+            defunct: Vec::new(),
+            reaped: true,
+            archived: Vec::new(),
+            prompt_deleted: false,
+            recorded: false,
+            status_applied: None,
+            done: Vec::new(),
+            errors: Vec::new(),
+            final_actions: Vec::new(),
+            final_waiting: None,
+        }
+    }
 }
 
 /// Runs `kill-session` for each name on a few threads: many sessions must not queue behind each other.
@@ -111,6 +134,7 @@ pub fn stop_agents(
         out.stopped = true;
         out.escalated = Some(report.escalated_to_sigkill);
         out.survivors = report.survivors.len();
+        out.reaped = report.verified_no_zombies();
         out.defunct = report
             .defunct
             .iter()
@@ -230,8 +254,7 @@ pub fn apply_task(
             continue;
         }
         // Stopped agents had their facts refreshed after the stop, so this holds for both.
-        let no_zombies =
-            agent.facts.live_processes == 0 && out.survivors == 0 && out.defunct.is_empty();
+        let no_zombies = agent.facts.live_processes == 0 && out.survivors == 0 && out.reaped;
         let cleanup = record.then(|| CleanupRecord {
             success: out.errors.is_empty() && no_zombies,
             tmux_session_killed: out.session_killed,

@@ -22,6 +22,8 @@ impl Default for StopPolicy {
 
 /// How long to wait for SIGKILLed processes to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(2);
+/// How long a defunct process may take to be reaped by its (new) parent before it is reported.
+const REAP_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct StopRequest {
@@ -42,8 +44,11 @@ pub struct StopReport {
 }
 
 impl StopReport {
+    /// Nothing of the agent still runs. A defunct process left to init (ppid 1) does not
+    /// count: init reaps it (and where it does not, nobody else can); one whose living parent
+    /// must reap it does.
     pub fn verified_no_zombies(&self) -> bool {
-        self.survivors.is_empty() && self.defunct.is_empty()
+        self.survivors.is_empty() && self.defunct.iter().all(|(_, ppid)| *ppid <= 1)
     }
 }
 
@@ -235,15 +240,26 @@ pub fn stop_all_with<O: ProcessOps>(
         wait_until(ops, &mut targets, Instant::now() + KILL_WAIT);
     }
 
-    // Exited ones that are still in the table as zombies: nobody can kill them, their parent must reap.
-    let mut defunct: BTreeMap<usize, (i32, i32)> = BTreeMap::new();
-    for (ti, t) in targets.iter().enumerate() {
-        if let Some(s) = ops.stat(t.key.pid)
-            && s.start_time == t.key.start_time
-            && s.state == 'Z'
-        {
-            defunct.insert(ti, (t.key.pid, s.ppid));
+    // Exited ones that are still zombies: nobody can kill them, their parent must reap.
+    // A zombie whose parent we just stopped is reparented and reaped moments later, so
+    // only what is still defunct after a short while is reported.
+    let zombies = |targets: &[Target<O::Handle>]| {
+        let mut found: BTreeMap<usize, (i32, i32)> = BTreeMap::new();
+        for (ti, t) in targets.iter().enumerate() {
+            if let Some(s) = ops.stat(t.key.pid)
+                && s.start_time == t.key.start_time
+                && s.state == 'Z'
+            {
+                found.insert(ti, (t.key.pid, s.ppid));
+            }
         }
+        found
+    };
+    let reap_deadline = Instant::now() + REAP_WAIT;
+    let mut defunct = zombies(&targets);
+    while !defunct.is_empty() && Instant::now() < reap_deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        defunct = zombies(&targets);
     }
 
     for (ri, report) in reports.iter_mut().enumerate() {
