@@ -224,10 +224,14 @@ fn is_id_byte(b: u8) -> bool {
 /// True when `arg` holds `Agent ID: <id>` with the id not continued by another id character
 /// (so `Agent ID: abc` does not match `Agent ID: abcx`, and `Parent Agent: abc` never matches).
 pub fn names_agent_id(arg: &str, id: &str) -> bool {
-    let needle = format!("Agent ID: {id}");
+    holds_token(arg, &format!("Agent ID: {id}"))
+}
+
+/// `names_agent_id` with the `Agent ID: <id>` needle built once by the caller.
+fn holds_token(arg: &str, needle: &str) -> bool {
     let bytes = arg.as_bytes();
     let mut from = 0;
-    while let Some(off) = arg[from..].find(&needle) {
+    while let Some(off) = arg[from..].find(needle) {
         let at = from + off;
         let end = at + needle.len();
         // `Parent Agent ID: <id>` names the parent, not this agent.
@@ -242,7 +246,7 @@ pub fn names_agent_id(arg: &str, id: &str) -> bool {
 
 /// The agent's processes: the pane pids and all their descendants, plus processes whose
 /// cmdline names `stream_log` or holds the exact token `Agent ID: <id>` (and theirs).
-/// Pane pids missing from the table are ignored (already exited).
+/// Pane pids missing from the table are ignored (already exited), and so is pid 1.
 pub fn agent_processes(
     table: &ProcTable,
     pane_pids: &[i32],
@@ -252,15 +256,18 @@ pub fn agent_processes(
     let log = stream_log
         .map(|p| p.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty());
+    let needle = format!("Agent ID: {id}");
     let mut roots: Vec<i32> = pane_pids.to_vec();
     for p in table.iter() {
         let hit = p.cmdline.iter().any(|arg| {
-            log.as_deref().is_some_and(|l| arg.contains(l)) || names_agent_id(arg, id.as_str())
+            log.as_deref().is_some_and(|l| arg.contains(l)) || holds_token(arg, &needle)
         });
         if hit {
             roots.push(p.pid);
         }
     }
+    // pid 1 (or a bogus 0/negative pane pid) as a root would pull in every process on the box.
+    roots.retain(|&p| p > 1);
     let set: BTreeSet<ProcKey> = table
         .descendants_and_self(roots)
         .into_iter()
@@ -403,7 +410,7 @@ mod tests {
             p(61, 1, &["claude", "-p", "Agent ID: impl-120000-abcdef.2"]),
             p(70, 1, &["unrelated"]),
         ]);
-        let got = agent_processes(&t, &[20, 999], Some(log), &id);
+        let got = agent_processes(&t, &[20, 999, 1, 0], Some(log), &id);
         assert_eq!(pids(&got), vec![20, 21, 22, 23, 30, 31, 40]);
         assert!(got.windows(2).all(|w| w[0] < w[1]));
         // Without panes or log, only the token match.

@@ -1,0 +1,197 @@
+//! Costs of one round's process truth: /proc scan, tmux snapshot, open-file scan, stopping
+//! many agents at once. `cargo bench --bench snapshot` (prints a table).
+
+use agent_reaper::model::AgentId;
+use agent_reaper::procs::openfiles::{file_id, writers_of};
+use agent_reaper::procs::{
+    ProcTable, StopPolicy, StopRequest, Tmux, TmuxClient, TmuxSocket, agent_processes, stop_all,
+};
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EXTRA_PROCS: usize = 1000;
+const SESSIONS: usize = 200;
+const AGENTS: usize = 50;
+
+/// Kills and reaps the spawned sleeps and the private tmux servers, even on panic.
+struct Cleanup {
+    children: Vec<Child>,
+    sockets: Vec<std::path::PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+        for s in &self.sockets {
+            let _ = tmux(s).arg("kill-server").stderr(Stdio::null()).status();
+        }
+    }
+}
+
+fn tmux(sock: &std::path::Path) -> Command {
+    let mut c = Command::new("tmux");
+    c.env_remove("TMUX")
+        .arg("-S")
+        .arg(sock)
+        .stdin(Stdio::null());
+    c
+}
+
+/// Creates sessions `prefix0..prefixN` running `cmd`, in batches of chained tmux commands.
+fn new_sessions(sock: &std::path::Path, prefix: &str, n: usize, cmd: &str) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+        let mut c = tmux(sock);
+        for (k, i) in chunk.iter().enumerate() {
+            if k > 0 {
+                c.arg(";");
+            }
+            c.args(["new-session", "-d", "-s", &format!("{prefix}{i}"), cmd]);
+        }
+        assert!(c.status().unwrap().success(), "tmux new-session batch");
+    }
+}
+
+/// min / median / max of `runs` timed calls.
+fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, Duration, Duration) {
+    let mut v: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed()
+        })
+        .collect();
+    v.sort();
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn row(what: &str, (min, med, max): (Duration, Duration, Duration)) {
+    println!(
+        "{what:<52} {:>9.2} {:>9.2} {:>9.2}",
+        min.as_secs_f64() * 1e3,
+        med.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cleanup = Cleanup {
+        children: Vec::new(),
+        sockets: Vec::new(),
+    };
+    let base = ProcTable::scan().unwrap().len();
+    for _ in 0..EXTRA_PROCS {
+        cleanup.children.push(
+            Command::new("sleep")
+                .arg("600")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let big = dir.path().join("big.sock");
+    cleanup.sockets.push(big.clone());
+    new_sessions(&big, "agent_bench-", SESSIONS, "sleep 600");
+    let client = TmuxClient::new("tmux", Some(TmuxSocket::Path(big)), Duration::from_secs(5));
+    let table = ProcTable::scan().unwrap();
+    println!(
+        "processes in /proc: {} (base {base} + {EXTRA_PROCS} sleeps + {SESSIONS} panes); tmux sessions: {}",
+        table.len(),
+        client.snapshot().unwrap().sessions.len()
+    );
+    println!(
+        "{:<52} {:>9} {:>9} {:>9}",
+        "operation (ms)", "min", "median", "max"
+    );
+    row("ProcTable::scan()", time(20, || ProcTable::scan().unwrap()));
+    row(
+        &format!("TmuxClient::snapshot() ({SESSIONS} sessions)"),
+        time(20, || client.snapshot().unwrap()),
+    );
+    let log = dir.path().join("x_stream.jsonl");
+    let _held = std::fs::File::create(&log).unwrap();
+    let cand = HashSet::from([file_id(&log).unwrap()]);
+    row(
+        "writers_of(1 candidate), all /proc/*/fd",
+        time(10, || writers_of(&cand)),
+    );
+    let snap = client.snapshot().unwrap();
+    let agents: Vec<(AgentId, Vec<i32>)> = snap
+        .sessions
+        .values()
+        .take(AGENTS)
+        .map(|s| {
+            let id = AgentId::parse(s.name.trim_start_matches("agent_")).unwrap();
+            (id, s.live_pane_pids())
+        })
+        .collect();
+    row(
+        "agent_processes() x 50 agents on one table",
+        time(10, || {
+            agents
+                .iter()
+                .map(|(id, panes)| agent_processes(&table, panes, Some(&log), id).len())
+                .sum::<usize>()
+        }),
+    );
+
+    // Stopping: agents whose panes run `sh -c 'sleep 600; :'` (sh and sleep both exit on TERM).
+    for (n, label) in [
+        (1usize, "stop_all(1 agent)"),
+        (AGENTS, "stop_all(50 agents at once)"),
+    ] {
+        let sock = dir.path().join(format!("stop{n}.sock"));
+        cleanup.sockets.push(sock.clone());
+        new_sessions(&sock, "agent_stop-", n, "sh -c 'sleep 600; :'");
+        let c = TmuxClient::new("tmux", Some(TmuxSocket::Path(sock)), Duration::from_secs(5));
+        let snap = c.snapshot().unwrap();
+        let mut table = ProcTable::scan().unwrap();
+        wait_for("every pane to have its sleep", || {
+            table = ProcTable::scan().unwrap();
+            snap.sessions.values().all(|s| {
+                s.live_pane_pids()
+                    .iter()
+                    .all(|&p| table.descendants_and_self([p]).len() >= 2)
+            })
+        });
+        let requests: Vec<StopRequest> = snap
+            .sessions
+            .values()
+            .map(|s| {
+                let agent = AgentId::parse(s.name.trim_start_matches("agent_")).unwrap();
+                let processes = agent_processes(&table, &s.live_pane_pids(), None, &agent);
+                StopRequest { agent, processes }
+            })
+            .collect();
+        let procs: usize = requests.iter().map(|r| r.processes.len()).sum();
+        let t = Instant::now();
+        let reports = stop_all(&requests, &table, &StopPolicy::default());
+        let took = t.elapsed();
+        assert!(
+            reports
+                .iter()
+                .all(|r| r.survivors.is_empty() && !r.escalated_to_sigkill)
+        );
+        row(&format!("{label}, {procs} processes"), (took, took, took));
+        let _ = tmux(cleanup.sockets.last().unwrap())
+            .arg("kill-server")
+            .stderr(Stdio::null())
+            .status();
+    }
+}
