@@ -167,7 +167,12 @@ pub fn stop_agents(
                 out.session_killed = true;
                 out.done.push(format!("killed tmux session {name}"));
             }
-            Ok(KillSession::AlreadyGone) => out.done.push(format!("session {name} already gone")),
+            Ok(KillSession::AlreadyGone) => {
+                // The session ended with its last pane process, which we just stopped.
+                out.session_killed = true;
+                out.done
+                    .push(format!("tmux session {name} ended with its processes"));
+            }
             Err(e) => out.errors.push(format!("kill-session {name}: {e}")),
         }
     }

@@ -490,7 +490,13 @@ mod tests {
         assert!(!reports[0].escalated_to_sigkill);
         assert!(reports[1].escalated_to_sigkill);
         assert_eq!(reports[1].defunct, vec![(1002, 1)]);
-        assert!(!reports[1].verified_no_zombies());
+        // Reported, but left to init: nothing of the agent runs.
+        assert!(reports[1].verified_no_zombies());
+        let waiting_on_parent = StopReport {
+            defunct: vec![(1002, 999)],
+            ..Default::default()
+        };
+        assert!(!waiting_on_parent.verified_no_zombies());
         assert!(reports[0].verified_no_zombies());
         let sent = fake.sent.borrow();
         // All TERMs before any KILL.

@@ -125,7 +125,13 @@ fn split_cmdline(raw: &[u8]) -> Vec<String> {
 pub struct ProcTable {
     procs: HashMap<i32, ProcInfo>,
     children: HashMap<i32, Vec<i32>>,
+    /// Processes whose cmdline could tie them to some agent by name: computed once per
+    /// table, so finding thousands of agents' sets does not read every cmdline each time.
+    named: Vec<i32>,
 }
+
+/// What a cmdline must contain to name an agent: its id token or a stream log.
+const NAME_MARKERS: [&str; 2] = ["Agent ID: ", "_stream.jsonl"];
 
 impl ProcTable {
     /// Reads every process under /proc once. Processes that exit during the scan are skipped.
@@ -154,9 +160,19 @@ impl ProcTable {
         for c in children.values_mut() {
             c.sort_unstable();
         }
+        let named = procs
+            .iter()
+            .filter(|p| {
+                p.cmdline
+                    .iter()
+                    .any(|arg| NAME_MARKERS.iter().any(|m| arg.contains(m)))
+            })
+            .map(|p| p.pid)
+            .collect();
         ProcTable {
             procs: procs.into_iter().map(|p| (p.pid, p)).collect(),
             children,
+            named,
         }
     }
 
@@ -258,7 +274,14 @@ pub fn agent_processes(
         .filter(|s| !s.is_empty());
     let needle = format!("Agent ID: {id}");
     let mut roots: Vec<i32> = pane_pids.to_vec();
-    for p in table.iter() {
+    // A stream log not named `*_stream.jsonl` (from tracked_files) needs the full scan.
+    let all_named = log.as_deref().is_some_and(|l| !l.contains(NAME_MARKERS[1]));
+    let candidates: Box<dyn Iterator<Item = &ProcInfo>> = if all_named {
+        Box::new(table.iter())
+    } else {
+        Box::new(table.named.iter().filter_map(|pid| table.get(*pid)))
+    };
+    for p in candidates {
         let hit = p.cmdline.iter().any(|arg| {
             log.as_deref().is_some_and(|l| arg.contains(l)) || holds_token(arg, &needle)
         });
