@@ -1,0 +1,470 @@
+//! Late writes: a log recreated after archiving is appended to its archive exactly once, even across a SIGKILL.
+//!
+//! The orchestrator appends with `open('a')`/write/close and no lock, so after
+//! `progress/x.jsonl` went to `archive/x.jsonl` a late writer may recreate it. Once the
+//! new file has settled (the caller decides), [`append_late_write`] moves its bytes to
+//! the archive's end. Bytes, not lines: an archive whose last line lacks its newline
+//! gets the new bytes right after it, nothing dropped, nothing added.
+//!
+//! State machine of one append (J = journal record, fsynced before the next state):
+//!
+//! ```text
+//! S0 ──J begin{archive_len, src dev/ino/len}──▶ S1 ──copy, fsync, verify──▶ S2
+//! S2 ──J appended──▶ S3 ──unlink src, fsync its folder, rescue tail──▶ S4 ──J done──▶ end
+//! S1/S2/S3 with src changed or verify failed ──truncate archive to archive_len, fsync──▶ J undone
+//! ```
+//!
+//! Recovery of a pending append, decided from the records and the files alone:
+//! * no `appended` (S1, S2, or an undo cut short): the archive's bytes past `archive_len`
+//!   can only be (a prefix of) our copy, and the source was not unlinked (that needs
+//!   `appended`). Truncate back to `archive_len`, record `undone`, and redo the append at
+//!   once if the same source inode is still there.
+//! * `appended` (S3, S4): the archive durably held `src[..src_len]` at `archive_len`.
+//!   - source name gone: we unlinked it → `done`.
+//!   - same inode, same length, bytes equal the archive's tail: the unlink did not
+//!     happen → unlink, fsync the folder, `done`.
+//!   - same inode grown, prefix equal: a writer appended before the unlink → truncate
+//!     back, `undone`; the whole file is retried once it settles.
+//!   - same inode, archive already cut back to `archive_len` (an undo cut short) → `undone`.
+//!   - another inode at the name: a new late write made after our unlink → `done`; it
+//!     is the caller's next job.
+//!
+//! Either way a byte is in the archive xor in the source, never both, never neither.
+//!
+//! Limits: one append per archive at a time (the caller serialises them). A writer that
+//! opened the source before our unlink and writes after our rescue read loses those
+//! bytes into the nameless inode; without a lock this window cannot be closed.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::journal::{Action, Journal, JournalError, Pending, Step};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: not a regular file; left alone")]
+    NotRegular { path: PathBuf },
+    #[error("{src}: is the archive {archive} itself; left alone")]
+    SameFile { src: PathBuf, archive: PathBuf },
+    #[error("{src}: bytes appended to {archive} do not match; archive restored, source kept")]
+    VerifyFailed { src: PathBuf, archive: PathBuf },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// `bytes` appended and the source unlinked; `rescued` more were written into the
+    /// source between the check and the unlink and were appended after it.
+    Appended { bytes: u64, rescued: u64 },
+    /// The source changed during the append: the archive is as before, the source kept.
+    /// Retry once it settles again.
+    Changed,
+}
+
+/// Appends the settled late write `src` to the end of `archive` and unlinks `src`,
+/// journaled so that a crash at any point is finished or undone by [`recover_append`].
+pub fn append_late_write(
+    src: &Path,
+    archive: &Path,
+    journal: &mut Journal,
+) -> Result<AppendOutcome, LateError> {
+    let out = append_with(src, archive, journal, CHUNK, |_| false)?;
+    Ok(out.expect("only a test hook stops an append half-way"))
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Points where tests stop an append (simulating SIGKILL) or inject a writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// `begin` is durable; the archive is untouched.
+    Begun,
+    /// One chunk of the source was written to the archive, not fsynced.
+    Chunk,
+    /// Every byte is appended, fsynced and verified; no `appended` record yet.
+    Copied,
+    /// The `appended` record is durable; the source is not unlinked yet.
+    Marked,
+    /// The source is unlinked and its folder fsynced; no `done` yet.
+    Unlinked,
+}
+
+/// The append, in chunks of `chunk` bytes; `hook` returning true stops it dead
+/// (`Ok(None)`), leaving files and journal as a SIGKILL at that point would.
+fn append_with(
+    src: &Path,
+    archive: &Path,
+    journal: &mut Journal,
+    chunk: usize,
+    mut hook: impl FnMut(Stage) -> bool,
+) -> Result<Option<AppendOutcome>, LateError> {
+    let lstat = std::fs::symlink_metadata(src).map_err(|e| io_err(src, e))?;
+    if !lstat.is_file() {
+        return Err(LateError::NotRegular {
+            path: src.to_path_buf(),
+        });
+    }
+    let sf = open_nofollow(src, false)?;
+    let start = FileState::of(&meta(&sf, src)?);
+    // The name could have been swapped for another file since the lstat.
+    if !sf.metadata().is_ok_and(|m| m.is_file()) || start.id() != (lstat.dev(), lstat.ino()) {
+        return Err(LateError::NotRegular {
+            path: src.to_path_buf(),
+        });
+    }
+    let mut af = open_nofollow(archive, true)?;
+    let am = meta(&af, archive)?;
+    if !am.is_file() {
+        return Err(LateError::NotRegular {
+            path: archive.to_path_buf(),
+        });
+    }
+    if (am.dev(), am.ino()) == start.id() {
+        return Err(LateError::SameFile {
+            src: src.to_path_buf(),
+            archive: archive.to_path_buf(),
+        });
+    }
+    let archive_len = am.len();
+    let src_len = start.size;
+    let step = Step::Append {
+        src: src.to_path_buf(),
+        archive: archive.to_path_buf(),
+        archive_len,
+        src_dev: start.dev,
+        src_ino: start.ino,
+        src_len,
+    };
+    let seq = journal.begin(&[step])?[0];
+    if hook(Stage::Begun) {
+        return Ok(None);
+    }
+    let undo = |af: &File, journal: &mut Journal| -> Result<(), LateError> {
+        af.set_len(archive_len).map_err(|e| io_err(archive, e))?;
+        af.sync_all().map_err(|e| io_err(archive, e))?;
+        journal.undo(&[seq])?;
+        Ok(())
+    };
+
+    // Copy exactly src[..src_len]; a writer's later bytes wait for the next round.
+    let mut buf = vec![0u8; chunk.min(src_len as usize)];
+    let mut off = 0u64;
+    while off < src_len {
+        let want = buf.len().min((src_len - off) as usize);
+        let got = match sf.read_at(&mut buf[..want], off) {
+            Ok(0) => break, // shrunk under us: caught by the check below
+            Ok(n) => n,
+            Err(e) => return Err(undo_after(undo(&af, journal), io_err(src, e))),
+        };
+        if let Err(e) = af.write_all(&buf[..got]) {
+            return Err(undo_after(undo(&af, journal), io_err(archive, e)));
+        }
+        off += got as u64;
+        if hook(Stage::Chunk) {
+            return Ok(None);
+        }
+    }
+    if let Err(e) = af.sync_all() {
+        return Err(undo_after(undo(&af, journal), io_err(archive, e)));
+    }
+    let now = FileState::of(&meta(&sf, src)?);
+    let verified = off == src_len
+        && meta(&af, archive)?.len() == archive_len + src_len
+        && same_bytes(&sf, 0, &af, archive_len, src_len).map_err(|e| io_err(archive, e))?;
+    if !verified || now != start {
+        undo(&af, journal)?;
+        if now != start {
+            return Ok(Some(AppendOutcome::Changed));
+        }
+        return Err(LateError::VerifyFailed {
+            src: src.to_path_buf(),
+            archive: archive.to_path_buf(),
+        });
+    }
+    if hook(Stage::Copied) {
+        return Ok(None);
+    }
+
+    journal.mark_appended(&[seq])?;
+    if hook(Stage::Marked) {
+        return Ok(None);
+    }
+    let now = FileState::of(&meta(&sf, src)?);
+    if now != start {
+        // Grew since the copy: undo rather than keep a prefix, so the retry appends the
+        // whole file once.
+        undo(&af, journal)?;
+        return Ok(Some(AppendOutcome::Changed));
+    }
+    match std::fs::symlink_metadata(src) {
+        Ok(m) if (m.dev(), m.ino()) == start.id() => {
+            std::fs::remove_file(src).map_err(|e| io_err(src, e))?;
+        }
+        // Someone else moved or replaced the name: the archive holds every byte of the
+        // inode we read, and the name is not ours to unlink any more.
+        Ok(_) => {
+            tracing::warn!(path = %src.display(), "late write replaced during append; new file left alone")
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(src, e)),
+    }
+    // `done` must not become durable before the unlink does, or a crash could bring the
+    // name back with no pending step and the bytes would be appended twice.
+    sync_dir(parent_of(src))?;
+    if hook(Stage::Unlinked) {
+        return Ok(None);
+    }
+
+    // An `open('a')` writer that opened before the unlink wrote into the inode we still
+    // hold: carry those bytes over. Logged, not returned: the name is gone already.
+    let rescued = match rescue_tail(&sf, src_len, &mut af) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(path = %archive.display(), error = %e, "could not carry over bytes written during unlink");
+            0
+        }
+    };
+    journal.finish(&[seq])?;
+    Ok(Some(AppendOutcome::Appended {
+        bytes: src_len,
+        rescued,
+    }))
+}
+
+/// Settles one pending [`Step::Append`] after a crash (see the module doc) and records
+/// the result in the journal.
+pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, LateError> {
+    let Step::Append {
+        src,
+        archive,
+        archive_len,
+        src_dev,
+        src_ino,
+        src_len,
+    } = &p.step
+    else {
+        unreachable!("recover_append called with {:?}", p.step);
+    };
+    let (archive_len, src_len) = (*archive_len, *src_len);
+    let left_alone = |journal: &mut Journal, reason: String| -> Result<Action, LateError> {
+        tracing::warn!(seq = p.seq, %reason, "append left alone");
+        journal.undo(&[p.seq])?;
+        Ok(Action::LeftAlone { reason })
+    };
+    let af = match open_nofollow(archive, true) {
+        Ok(f) => f,
+        Err(LateError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return left_alone(journal, format!("{} missing", archive.display()));
+        }
+        Err(e) => return Err(e),
+    };
+    let alen = meta(&af, archive)?.len();
+    // The source, if the same inode is still at its name.
+    let sf = match std::fs::symlink_metadata(src) {
+        Ok(m) if m.is_file() && (m.dev(), m.ino()) == (*src_dev, *src_ino) => {
+            let f = open_nofollow(src, false)?;
+            let fm = meta(&f, src)?;
+            ((fm.dev(), fm.ino()) == (*src_dev, *src_ino)).then_some((f, fm.len()))
+        }
+        Ok(_) => None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(src, e)),
+    };
+    let truncate = |len: u64| -> Result<(), LateError> {
+        af.set_len(len).map_err(|e| io_err(archive, e))?;
+        af.sync_all().map_err(|e| io_err(archive, e))
+    };
+
+    if p.appended {
+        let Some((sf, len)) = sf else {
+            journal.finish(&[p.seq])?;
+            return Ok(Action::AlreadyDone);
+        };
+        let holds = alen >= archive_len + src_len
+            && len >= src_len
+            && same_bytes(&sf, 0, &af, archive_len, src_len).map_err(|e| io_err(archive, e))?;
+        if holds && len == src_len {
+            std::fs::remove_file(src).map_err(|e| io_err(src, e))?;
+            sync_dir(parent_of(src))?;
+            journal.finish(&[p.seq])?;
+            return Ok(Action::Completed);
+        }
+        if holds {
+            truncate(archive_len)?;
+        } else if alen != archive_len {
+            let reason = format!(
+                "{} does not end with {}; both kept",
+                archive.display(),
+                src.display()
+            );
+            return left_alone(journal, reason);
+        }
+        // Cut back now or by an undo that crashed before its record: src holds it all.
+        journal.undo(&[p.seq])?;
+        return Ok(Action::Undone);
+    }
+
+    if alen > archive_len {
+        let extra = alen - archive_len;
+        // Only our copy can be there, so it is at most src_len bytes and a prefix of src.
+        let ours = extra <= src_len
+            && match &sf {
+                Some((f, len)) => {
+                    *len >= extra
+                        && same_bytes(f, 0, &af, archive_len, extra)
+                            .map_err(|e| io_err(archive, e))?
+                }
+                None => true,
+            };
+        if !ours {
+            return left_alone(
+                journal,
+                format!("{} grew past the recorded append", archive.display()),
+            );
+        }
+        truncate(archive_len)?;
+    } else if alen < archive_len {
+        return left_alone(
+            journal,
+            format!("{} is shorter than recorded", archive.display()),
+        );
+    }
+    journal.undo(&[p.seq])?;
+    drop(sf);
+    if exists_same(src, (*src_dev, *src_ino))? {
+        // It had settled when the step began; if it has changed since, the append says so.
+        return Ok(Action::Redone(append_late_write(src, archive, journal)?));
+    }
+    Ok(Action::Undone)
+}
+
+/// True when `a[a_off..a_off+len]` equals `b[b_off..b_off+len]`; false when either is short.
+pub(crate) fn same_bytes(a: &File, a_off: u64, b: &File, b_off: u64, len: u64) -> io::Result<bool> {
+    let mut x = vec![0u8; 64 * 1024];
+    let mut y = vec![0u8; 64 * 1024];
+    let mut off = 0u64;
+    while off < len {
+        let want = x.len().min((len - off) as usize);
+        for (f, buf, base) in [(a, &mut x, a_off), (b, &mut y, b_off)] {
+            match f.read_exact_at(&mut buf[..want], base + off) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+                r => r?,
+            }
+        }
+        if x[..want] != y[..want] {
+            return Ok(false);
+        }
+        off += want as u64;
+    }
+    Ok(true)
+}
+
+pub(crate) fn parent_of(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// What must not change between the start of an append and the unlink of the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileState {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl FileState {
+    fn of(m: &Metadata) -> Self {
+        FileState {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+
+    fn id(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+}
+
+/// Appends what the (now nameless) source gained past `copied`; returns the byte count.
+fn rescue_tail(src: &File, copied: u64, out: &mut File) -> io::Result<u64> {
+    let len = src.metadata()?.len();
+    if len <= copied {
+        return Ok(0);
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut off = copied;
+    while off < len {
+        let want = buf.len().min((len - off) as usize);
+        let got = src.read_at(&mut buf[..want], off)?;
+        if got == 0 {
+            break;
+        }
+        out.write_all(&buf[..got])?;
+        off += got as u64;
+    }
+    out.sync_all()?;
+    tracing::warn!(bytes = off - copied, "appended bytes written during unlink");
+    Ok(off - copied)
+}
+
+fn exists_same(path: &Path, id: (u64, u64)) -> Result<bool, LateError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(m.is_file() && (m.dev(), m.ino()) == id),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
+/// Opens read-only, or read-write for appending (reads verify the appended bytes).
+fn open_nofollow(path: &Path, append: bool) -> Result<File, LateError> {
+    OpenOptions::new()
+        .read(true)
+        .append(append)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => LateError::NotRegular {
+                path: path.to_path_buf(),
+            },
+            _ => io_err(path, e),
+        })
+}
+
+fn meta(f: &File, path: &Path) -> Result<Metadata, LateError> {
+    f.metadata().map_err(|e| io_err(path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LateError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
+
+/// The original error wins; a failed undo leaves the step pending for recovery.
+fn undo_after(undo: Result<(), LateError>, err: LateError) -> LateError {
+    if let Err(e) = undo {
+        tracing::error!(error = %e, "undo of a failed append failed; left to recovery");
+    }
+    err
+}
+
+fn io_err(path: &Path, source: io::Error) -> LateError {
+    LateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
