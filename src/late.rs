@@ -468,3 +468,291 @@ fn io_err(path: &Path, source: io::Error) -> LateError {
         source,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{self, Recovered};
+    use std::fs;
+
+    const OLD: &[u8] = b"{\"a\":1}\n{\"torn";
+    const NEW: &[u8] = b"\"}\n{\"b\":2}\n{\"c\":3}\n";
+
+    struct T {
+        _dir: tempfile::TempDir,
+        state: PathBuf,
+        src: PathBuf,
+        archive: PathBuf,
+    }
+
+    /// An archive whose last line has no newline, and a late write to append to it.
+    fn setup() -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, progress, arch) = (
+            dir.path().join("state"),
+            dir.path().join("progress"),
+            dir.path().join("archive"),
+        );
+        fs::create_dir(&progress).unwrap();
+        fs::create_dir(&arch).unwrap();
+        let (src, archive) = (
+            progress.join("x_progress.jsonl"),
+            arch.join("x_progress.jsonl"),
+        );
+        fs::write(&src, NEW).unwrap();
+        fs::write(&archive, OLD).unwrap();
+        T {
+            _dir: dir,
+            state,
+            src,
+            archive,
+        }
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    fn append_to(path: &Path, bytes: &[u8]) {
+        OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    /// Reopens the journal as a restarted daemon would and recovers everything pending.
+    fn restart(t: &T) -> Vec<Recovered> {
+        let (mut j, pending) = Journal::open(&t.state).unwrap();
+        let rec = journal::recover(&mut j, pending);
+        assert_eq!(j.pending().count(), 0, "{rec:?}");
+        drop(j);
+        assert!(Journal::open(&t.state).unwrap().1.is_empty());
+        rec
+    }
+
+    fn action(rec: &[Recovered]) -> &Action {
+        assert_eq!(rec.len(), 1, "{rec:?}");
+        rec[0].outcome.as_ref().unwrap()
+    }
+
+    #[test]
+    fn happy_path_appends_bytes_once_and_unlinks() {
+        let t = setup();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        let out = append_late_write(&t.src, &t.archive, &mut j).unwrap();
+        assert_eq!(
+            out,
+            AppendOutcome::Appended {
+                bytes: NEW.len() as u64,
+                rescued: 0
+            }
+        );
+        assert_eq!(fs::read(&t.archive).unwrap(), cat(&[OLD, NEW]));
+        assert!(!t.src.exists());
+        assert_eq!(j.pending().count(), 0);
+        // begin, appended, done: three journal fsyncs.
+        assert_eq!(j.syncs(), 3);
+    }
+
+    #[test]
+    fn empty_late_write_is_removed() {
+        let t = setup();
+        fs::write(&t.src, b"").unwrap();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        let out = append_late_write(&t.src, &t.archive, &mut j).unwrap();
+        assert_eq!(
+            out,
+            AppendOutcome::Appended {
+                bytes: 0,
+                rescued: 0
+            }
+        );
+        assert_eq!(fs::read(&t.archive).unwrap(), OLD);
+        assert!(!t.src.exists());
+    }
+
+    #[test]
+    fn crash_at_every_stage_recovers_each_byte_once() {
+        for stage in [
+            Stage::Begun,
+            Stage::Chunk,
+            Stage::Copied,
+            Stage::Marked,
+            Stage::Unlinked,
+        ] {
+            let t = setup();
+            let (mut j, _) = Journal::open(&t.state).unwrap();
+            let out = append_with(&t.src, &t.archive, &mut j, 3, |s| s == stage).unwrap();
+            assert!(out.is_none(), "{stage:?}");
+            drop(j);
+            let rec = restart(&t);
+            let want = match stage {
+                Stage::Begun | Stage::Chunk | Stage::Copied => {
+                    Action::Redone(AppendOutcome::Appended {
+                        bytes: NEW.len() as u64,
+                        rescued: 0,
+                    })
+                }
+                Stage::Marked => Action::Completed,
+                Stage::Unlinked => Action::AlreadyDone,
+            };
+            assert_eq!(action(&rec), &want, "{stage:?}");
+            assert_eq!(fs::read(&t.archive).unwrap(), cat(&[OLD, NEW]), "{stage:?}");
+            assert!(!t.src.exists(), "{stage:?}");
+        }
+    }
+
+    #[test]
+    fn crash_mid_append_leaves_partial_bytes_that_recovery_removes() {
+        let t = setup();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        append_with(&t.src, &t.archive, &mut j, 3, |s| s == Stage::Chunk).unwrap();
+        assert_eq!(fs::read(&t.archive).unwrap(), cat(&[OLD, &NEW[..3]]));
+        drop(j);
+        restart(&t);
+        assert_eq!(fs::read(&t.archive).unwrap(), cat(&[OLD, NEW]));
+    }
+
+    #[test]
+    fn src_gone_before_appended_record_is_undone() {
+        // Someone else removed the late write after a crash mid-append.
+        let t = setup();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        append_with(&t.src, &t.archive, &mut j, 3, |s| s == Stage::Copied).unwrap();
+        drop(j);
+        fs::remove_file(&t.src).unwrap();
+        assert_eq!(action(&restart(&t)), &Action::Undone);
+        assert_eq!(fs::read(&t.archive).unwrap(), OLD);
+    }
+
+    #[test]
+    fn writer_during_copy_gives_changed_and_no_change() {
+        let t = setup();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        let mut once = true;
+        let out = append_with(&t.src, &t.archive, &mut j, 3, |s| {
+            if s == Stage::Chunk && std::mem::take(&mut once) {
+                append_to(&t.src, b"{\"d\":4}\n");
+            }
+            false
+        });
+        assert_eq!(out.unwrap(), Some(AppendOutcome::Changed));
+        assert_eq!(fs::read(&t.archive).unwrap(), OLD);
+        assert_eq!(fs::read(&t.src).unwrap(), cat(&[NEW, b"{\"d\":4}\n"]));
+        assert_eq!(j.pending().count(), 0);
+    }
+
+    #[test]
+    fn writer_after_appended_record_gives_changed_and_no_change() {
+        let t = setup();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        let out = append_with(&t.src, &t.archive, &mut j, CHUNK, |s| {
+            if s == Stage::Marked {
+                append_to(&t.src, b"more\n");
+            }
+            false
+        });
+        assert_eq!(out.unwrap(), Some(AppendOutcome::Changed));
+        assert_eq!(fs::read(&t.archive).unwrap(), OLD);
+        assert_eq!(fs::read(&t.src).unwrap(), cat(&[NEW, b"more\n"]));
+    }
+
+    #[test]
+    fn crash_after_appended_then_writer_is_undone() {
+        let t = setup();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        append_with(&t.src, &t.archive, &mut j, CHUNK, |s| s == Stage::Marked).unwrap();
+        drop(j);
+        append_to(&t.src, b"more\n");
+        assert_eq!(action(&restart(&t)), &Action::Undone);
+        assert_eq!(fs::read(&t.archive).unwrap(), OLD);
+        assert_eq!(fs::read(&t.src).unwrap(), cat(&[NEW, b"more\n"]));
+    }
+
+    #[test]
+    fn crash_during_undo_after_appended_is_undone() {
+        // The undo truncated the archive, then the daemon died before `undone`.
+        let t = setup();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        append_with(&t.src, &t.archive, &mut j, CHUNK, |s| s == Stage::Marked).unwrap();
+        drop(j);
+        append_to(&t.src, b"more\n");
+        OpenOptions::new()
+            .write(true)
+            .open(&t.archive)
+            .unwrap()
+            .set_len(OLD.len() as u64)
+            .unwrap();
+        assert_eq!(action(&restart(&t)), &Action::Undone);
+        assert_eq!(fs::read(&t.archive).unwrap(), OLD);
+        assert_eq!(fs::read(&t.src).unwrap(), cat(&[NEW, b"more\n"]));
+    }
+
+    #[test]
+    fn crash_before_appended_then_writer_redoes_whole_file() {
+        let t = setup();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        append_with(&t.src, &t.archive, &mut j, CHUNK, |s| s == Stage::Copied).unwrap();
+        drop(j);
+        append_to(&t.src, b"more\n");
+        let bytes = (NEW.len() + 5) as u64;
+        assert_eq!(
+            action(&restart(&t)),
+            &Action::Redone(AppendOutcome::Appended { bytes, rescued: 0 })
+        );
+        assert_eq!(fs::read(&t.archive).unwrap(), cat(&[OLD, NEW, b"more\n"]));
+        assert!(!t.src.exists());
+    }
+
+    #[test]
+    fn recreated_after_unlink_is_left_for_the_next_round() {
+        let t = setup();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        append_with(&t.src, &t.archive, &mut j, CHUNK, |s| s == Stage::Unlinked).unwrap();
+        drop(j);
+        fs::write(&t.src, b"later\n").unwrap();
+        assert_eq!(action(&restart(&t)), &Action::AlreadyDone);
+        assert_eq!(fs::read(&t.archive).unwrap(), cat(&[OLD, NEW]));
+        assert_eq!(fs::read(&t.src).unwrap(), b"later\n");
+    }
+
+    #[test]
+    fn bytes_written_through_an_earlier_open_are_rescued() {
+        let t = setup();
+        let mut writer = OpenOptions::new().append(true).open(&t.src).unwrap();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        let out = append_with(&t.src, &t.archive, &mut j, CHUNK, |s| {
+            if s == Stage::Unlinked {
+                writer.write_all(b"late\n").unwrap();
+            }
+            false
+        });
+        assert_eq!(
+            out.unwrap(),
+            Some(AppendOutcome::Appended {
+                bytes: NEW.len() as u64,
+                rescued: 5
+            })
+        );
+        assert_eq!(fs::read(&t.archive).unwrap(), cat(&[OLD, NEW, b"late\n"]));
+    }
+
+    #[test]
+    fn symlink_and_same_file_are_refused() {
+        let t = setup();
+        let (mut j, _) = Journal::open(&t.state).unwrap();
+        let link = t.src.with_file_name("link.jsonl");
+        std::os::unix::fs::symlink(&t.src, &link).unwrap();
+        let err = append_late_write(&link, &t.archive, &mut j).unwrap_err();
+        assert!(matches!(err, LateError::NotRegular { .. }), "{err}");
+        let hard = t.src.with_file_name("hard.jsonl");
+        fs::hard_link(&t.archive, &hard).unwrap();
+        let err = append_late_write(&hard, &t.archive, &mut j).unwrap_err();
+        assert!(matches!(err, LateError::SameFile { .. }), "{err}");
+        assert!(err.to_string().contains("hard.jsonl"));
+        assert_eq!(fs::read(&t.archive).unwrap(), OLD);
+        assert_eq!(j.pending().count(), 0);
+    }
+}
