@@ -66,6 +66,11 @@ pub enum Step {
         src_dev: u64,
         src_ino: u64,
         src_len: u64,
+        /// Birth time (ns since the epoch) where the filesystem reports one: an inode
+        /// number is reused as soon as it is freed, e.g. right after our unlink, so
+        /// dev/ino alone cannot tell our file from a late write made after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        src_birth_ns: Option<u64>,
     },
     /// A cross-filesystem archive copy: `src` → `partial` → `dest`, then `src` unlinked.
     Copy {

@@ -56,6 +56,8 @@ pub enum LateError {
     SameFile { src: PathBuf, archive: PathBuf },
     #[error("{src}: bytes appended to {archive} do not match; archive restored, source kept")]
     VerifyFailed { src: PathBuf, archive: PathBuf },
+    #[error("{archive}: append {seq} still pending; settled at the next start")]
+    Pending { archive: PathBuf, seq: u64 },
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -121,6 +123,17 @@ fn append_with(
             path: src.to_path_buf(),
         });
     }
+    // A step left pending by a failure mid-way may have left bytes past the length a
+    // new step would record; recovery must settle it first.
+    let busy = journal
+        .pending()
+        .find(|p| matches!(&p.step, Step::Append { archive: a, .. } if a == archive));
+    if let Some(p) = busy {
+        return Err(LateError::Pending {
+            archive: archive.to_path_buf(),
+            seq: p.seq,
+        });
+    }
     let mut af = open_nofollow(archive, true)?;
     let am = meta(&af, archive)?;
     if !am.is_file() {
@@ -143,6 +156,7 @@ fn append_with(
         src_dev: start.dev,
         src_ino: start.ino,
         src_len,
+        src_birth_ns: birth_ns(&lstat),
     };
     let seq = journal.begin(&[step])?[0];
     if hook(Stage::Begun) {
@@ -154,90 +168,120 @@ fn append_with(
         journal.undo(&[seq])?;
         Ok(())
     };
+    let mut unlinked = false;
+    let mut run = || -> Result<Option<AppendOutcome>, LateError> {
+        if !copy_verified(
+            &sf,
+            &mut af,
+            src,
+            archive,
+            archive_len,
+            src_len,
+            chunk,
+            &mut hook,
+        )? {
+            return Ok(None);
+        }
+        if FileState::of(&meta(&sf, src)?) != start {
+            undo(&af, journal)?;
+            return Ok(Some(AppendOutcome::Changed));
+        }
+        if hook(Stage::Copied) {
+            return Ok(None);
+        }
+        journal.mark_appended(&[seq])?;
+        if hook(Stage::Marked) {
+            return Ok(None);
+        }
+        if FileState::of(&meta(&sf, src)?) != start {
+            // Grew since the copy: undo rather than keep a prefix, so the retry appends
+            // the whole file once.
+            undo(&af, journal)?;
+            return Ok(Some(AppendOutcome::Changed));
+        }
+        match std::fs::symlink_metadata(src) {
+            Ok(m) if (m.dev(), m.ino()) == start.id() => {
+                std::fs::remove_file(src).map_err(|e| io_err(src, e))?;
+            }
+            // Someone else moved or replaced the name: the archive holds every byte of
+            // the inode we read, and the name is not ours to unlink any more.
+            Ok(_) => {
+                tracing::warn!(path = %src.display(), "late write replaced during append; left alone")
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(src, e)),
+        }
+        unlinked = true;
+        // `done` must not become durable before the unlink does, or a crash could bring
+        // the name back with no pending step and the bytes would be appended twice.
+        sync_dir(parent_of(src))?;
+        if hook(Stage::Unlinked) {
+            return Ok(None);
+        }
+        // An `open('a')` writer that opened before the unlink wrote into the inode we
+        // still hold: carry those bytes over. Logged, not returned: the name is gone.
+        let rescued = rescue_tail(&sf, src_len, &mut af).unwrap_or_else(|e| {
+            tracing::error!(path = %archive.display(), error = %e, "could not carry over bytes written during unlink");
+            0
+        });
+        journal.finish(&[seq])?;
+        Ok(Some(AppendOutcome::Appended {
+            bytes: src_len,
+            rescued,
+        }))
+    };
+    match run() {
+        // While the source is still there, undoing is always right; once it is gone the
+        // step stays pending (it blocks this archive) until recovery settles it.
+        Err(e) if !unlinked => Err(undo_after(undo(&af, journal), e)),
+        r => r,
+    }
+}
 
-    // Copy exactly src[..src_len]; a writer's later bytes wait for the next round.
+/// Copies exactly `src[..src_len]` to the archive's end (a writer's later bytes wait
+/// for the next round), fsyncs and verifies. False when the hook stopped it; a
+/// mismatch (other than the source changing, which the caller checks) is an error.
+#[allow(clippy::too_many_arguments)]
+fn copy_verified(
+    sf: &File,
+    af: &mut File,
+    src: &Path,
+    archive: &Path,
+    archive_len: u64,
+    src_len: u64,
+    chunk: usize,
+    hook: &mut impl FnMut(Stage) -> bool,
+) -> Result<bool, LateError> {
     let mut buf = vec![0u8; chunk.min(src_len as usize)];
     let mut off = 0u64;
     while off < src_len {
         let want = buf.len().min((src_len - off) as usize);
-        let got = match sf.read_at(&mut buf[..want], off) {
-            Ok(0) => break, // shrunk under us: caught by the check below
-            Ok(n) => n,
-            Err(e) => return Err(undo_after(undo(&af, journal), io_err(src, e))),
-        };
-        if let Err(e) = af.write_all(&buf[..got]) {
-            return Err(undo_after(undo(&af, journal), io_err(archive, e)));
+        let got = sf
+            .read_at(&mut buf[..want], off)
+            .map_err(|e| io_err(src, e))?;
+        if got == 0 {
+            break; // shrunk under us
         }
+        af.write_all(&buf[..got]).map_err(|e| io_err(archive, e))?;
         off += got as u64;
         if hook(Stage::Chunk) {
-            return Ok(None);
+            return Ok(false);
         }
     }
-    if let Err(e) = af.sync_all() {
-        return Err(undo_after(undo(&af, journal), io_err(archive, e)));
-    }
-    let now = FileState::of(&meta(&sf, src)?);
+    af.sync_all().map_err(|e| io_err(archive, e))?;
     let verified = off == src_len
-        && meta(&af, archive)?.len() == archive_len + src_len
-        && same_bytes(&sf, 0, &af, archive_len, src_len).map_err(|e| io_err(archive, e))?;
-    if !verified || now != start {
-        undo(&af, journal)?;
-        if now != start {
-            return Ok(Some(AppendOutcome::Changed));
+        && meta(af, archive)?.len() == archive_len + src_len
+        && same_bytes(sf, 0, af, archive_len, src_len).map_err(|e| io_err(archive, e))?;
+    if !verified {
+        let changed = meta(sf, src)?.len() != src_len;
+        if !changed {
+            return Err(LateError::VerifyFailed {
+                src: src.to_path_buf(),
+                archive: archive.to_path_buf(),
+            });
         }
-        return Err(LateError::VerifyFailed {
-            src: src.to_path_buf(),
-            archive: archive.to_path_buf(),
-        });
     }
-    if hook(Stage::Copied) {
-        return Ok(None);
-    }
-
-    journal.mark_appended(&[seq])?;
-    if hook(Stage::Marked) {
-        return Ok(None);
-    }
-    let now = FileState::of(&meta(&sf, src)?);
-    if now != start {
-        // Grew since the copy: undo rather than keep a prefix, so the retry appends the
-        // whole file once.
-        undo(&af, journal)?;
-        return Ok(Some(AppendOutcome::Changed));
-    }
-    match std::fs::symlink_metadata(src) {
-        Ok(m) if (m.dev(), m.ino()) == start.id() => {
-            std::fs::remove_file(src).map_err(|e| io_err(src, e))?;
-        }
-        // Someone else moved or replaced the name: the archive holds every byte of the
-        // inode we read, and the name is not ours to unlink any more.
-        Ok(_) => {
-            tracing::warn!(path = %src.display(), "late write replaced during append; new file left alone")
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(src, e)),
-    }
-    // `done` must not become durable before the unlink does, or a crash could bring the
-    // name back with no pending step and the bytes would be appended twice.
-    sync_dir(parent_of(src))?;
-    if hook(Stage::Unlinked) {
-        return Ok(None);
-    }
-
-    // An `open('a')` writer that opened before the unlink wrote into the inode we still
-    // hold: carry those bytes over. Logged, not returned: the name is gone already.
-    let rescued = match rescue_tail(&sf, src_len, &mut af) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!(path = %archive.display(), error = %e, "could not carry over bytes written during unlink");
-            0
-        }
-    };
-    journal.finish(&[seq])?;
-    Ok(Some(AppendOutcome::Appended {
-        bytes: src_len,
-        rescued,
-    }))
+    Ok(true)
 }
 
 /// Settles one pending [`Step::Append`] after a crash (see the module doc) and records
@@ -250,6 +294,7 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
         src_dev,
         src_ino,
         src_len,
+        src_birth_ns,
     } = &p.step
     else {
         unreachable!("recover_append called with {:?}", p.step);
@@ -269,15 +314,13 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
     };
     let alen = meta(&af, archive)?.len();
     // The source, if the same inode is still at its name.
-    let sf = match std::fs::symlink_metadata(src) {
-        Ok(m) if m.is_file() && (m.dev(), m.ino()) == (*src_dev, *src_ino) => {
-            let f = open_nofollow(src, false)?;
-            let fm = meta(&f, src)?;
-            ((fm.dev(), fm.ino()) == (*src_dev, *src_ino)).then_some((f, fm.len()))
-        }
-        Ok(_) => None,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_err(src, e)),
+    let id = (*src_dev, *src_ino, *src_birth_ns);
+    let sf = if exists_same(src, id)? {
+        let f = open_nofollow(src, false)?;
+        let fm = meta(&f, src)?;
+        is_same(&fm, id).then_some((f, fm.len()))
+    } else {
+        None
     };
     let truncate = |len: u64| -> Result<(), LateError> {
         af.set_len(len).map_err(|e| io_err(archive, e))?;
@@ -340,7 +383,7 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
     }
     journal.undo(&[p.seq])?;
     drop(sf);
-    if exists_same(src, (*src_dev, *src_ino))? {
+    if exists_same(src, id)? {
         // It had settled when the step began; if it has changed since, the append says so.
         return Ok(Action::Redone(append_late_write(src, archive, journal)?));
     }
@@ -421,9 +464,29 @@ fn rescue_tail(src: &File, copied: u64, out: &mut File) -> io::Result<u64> {
     Ok(off - copied)
 }
 
-fn exists_same(path: &Path, id: (u64, u64)) -> Result<bool, LateError> {
+/// Birth time in ns since the epoch, where the filesystem keeps one.
+fn birth_ns(m: &Metadata) -> Option<u64> {
+    let d = m
+        .created()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    u64::try_from(d.as_nanos()).ok()
+}
+
+/// Whether `m` is the recorded source: same dev/ino, and same birth time where both
+/// sides know one.
+fn is_same(m: &Metadata, (dev, ino, birth): (u64, u64, Option<u64>)) -> bool {
+    let born_same = match (birth, birth_ns(m)) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    m.is_file() && (m.dev(), m.ino()) == (dev, ino) && born_same
+}
+
+fn exists_same(path: &Path, id: (u64, u64, Option<u64>)) -> Result<bool, LateError> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) => Ok(m.is_file() && (m.dev(), m.ino()) == id),
+        Ok(m) => Ok(is_same(&m, id)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err(path, e)),
     }

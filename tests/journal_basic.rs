@@ -37,6 +37,7 @@ fn round_trip_keeps_pending_steps_and_marks() {
         src_dev: 1,
         src_ino: 2,
         src_len: 3,
+        src_birth_ns: Some(4),
     };
     let (mut j, pending) = Journal::open(dir.path()).unwrap();
     assert!(pending.is_empty());

@@ -51,6 +51,10 @@ fn begin(t: &T, j: &mut Journal) -> u64 {
         src_dev: m.dev(),
         src_ino: m.ino(),
         src_len: m.len(),
+        src_birth_ns: m
+            .created()
+            .ok()
+            .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64),
     };
     j.begin(&[step]).unwrap()[0]
 }
@@ -229,4 +233,21 @@ fn archive_grown_by_someone_else_is_left_alone() {
     assert!(matches!(restart(&t), Action::LeftAlone { .. }));
     assert!(t.src.exists());
     assert!(fs::read(&t.archive).unwrap().len() > OLD.len());
+}
+
+#[test]
+fn pending_step_on_the_archive_blocks_a_new_append() {
+    let t = setup();
+    let (mut j, _) = Journal::open(&t.state).unwrap();
+    let seq = begin(&t, &mut j);
+    append_to(&t.archive, &NEW[..2]);
+    let err = append_late_write(&t.src, &t.archive, &mut j).unwrap_err();
+    assert!(
+        matches!(err, LateError::Pending { seq: s, .. } if s == seq),
+        "{err}"
+    );
+    assert_eq!(fs::read(&t.src).unwrap(), NEW);
+    drop(j);
+    restart(&t);
+    assert_eq!(fs::read(&t.archive).unwrap(), both(OLD, NEW));
 }
