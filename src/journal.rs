@@ -1,4 +1,4 @@
-//! The daemon's write-ahead journal: multi-step operations are recorded before they start so a restart after SIGKILL finishes or undoes them.
+//! The daemon's write-ahead journal: steps recorded before they start, settled after a crash.
 //!
 //! `<state_dir>/journal.jsonl` holds one JSON record per line, appended with `O_APPEND`
 //! and fsynced:
@@ -358,24 +358,30 @@ impl Journal {
             }
         }
         let tmp = tmp_path(&self.path);
-        let write = || -> io::Result<()> {
+        let write = || -> io::Result<File> {
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
+                .read(true)
+                .append(true)
+                .create_new(true)
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&tmp)?;
             f.write_all(&buf)?;
-            f.sync_all()
+            f.sync_all()?;
+            Ok(f)
         };
-        write().map_err(|e| io_err(&tmp, e))?;
+        let file = write().map_err(|e| io_err(&tmp, e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| io_err(&self.path, e))?;
-        sync_dir(&self.dir)?;
-        self.syncs += 2;
-        self.file = open_append(&self.path)?;
+        // Keep writing through the fd that now has the journal's name: no reopen that
+        // could fail and leave us appending to the replaced, nameless file.
+        self.file = file;
         self.len = buf.len() as u64;
-        Ok(())
+        self.syncs += 2;
+        sync_dir(&self.dir)
     }
 }
 
@@ -410,7 +416,8 @@ pub enum RecoverError {
     },
 }
 
-/// One recovered step. On `Err` the step stays pending and is retried at the next start.
+/// One recovered step. On `Err` the step stays pending (and is retried at the next
+/// start) unless it was already rolled back before a redo failed.
 #[derive(Debug)]
 pub struct Recovered {
     pub seq: u64,
@@ -434,7 +441,7 @@ pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
             };
             match &outcome {
                 Ok(action) => tracing::info!(seq = p.seq, step = ?p.step, ?action, "recovered"),
-                Err(e) => tracing::error!(seq = p.seq, error = %e, "recovery failed; kept pending"),
+                Err(e) => tracing::error!(seq = p.seq, error = %e, "recovery failed"),
             }
             Recovered {
                 seq: p.seq,

@@ -1,4 +1,4 @@
-//! Late writes: a log recreated after archiving is appended to its archive exactly once, even across a SIGKILL.
+//! Late writes: a log recreated after archiving is appended to its archive exactly once.
 //!
 //! The orchestrator appends with `open('a')`/write/close and no lock, so after
 //! `progress/x.jsonl` went to `archive/x.jsonl` a late writer may recreate it. Once the
@@ -18,18 +18,26 @@
 //! * no `appended` (S1, S2, or an undo cut short): the archive's bytes past `archive_len`
 //!   can only be (a prefix of) our copy, and the source was not unlinked (that needs
 //!   `appended`). Truncate back to `archive_len`, record `undone`, and redo the append at
-//!   once if the same source inode is still there.
+//!   once if the same source file is still there.
 //! * `appended` (S3, S4): the archive durably held `src[..src_len]` at `archive_len`.
 //!   - source name gone: we unlinked it → `done`.
-//!   - same inode, same length, bytes equal the archive's tail: the unlink did not
+//!   - same file, same length, bytes equal the archive's tail: the unlink did not
 //!     happen → unlink, fsync the folder, `done`.
-//!   - same inode grown, prefix equal: a writer appended before the unlink → truncate
+//!   - same file grown, prefix equal: a writer appended before the unlink → truncate
 //!     back, `undone`; the whole file is retried once it settles.
-//!   - same inode, archive already cut back to `archive_len` (an undo cut short) → `undone`.
-//!   - another inode at the name: a new late write made after our unlink → `done`; it
+//!   - same file, archive already cut back to `archive_len` (an undo cut short) → `undone`.
+//!   - another file at the name: a new late write made after our unlink → `done`; it
 //!     is the caller's next job.
 //!
-//! Either way a byte is in the archive xor in the source, never both, never neither.
+//! "Same file" is dev/ino plus birth time where the filesystem keeps one: the inode
+//! number of the unlinked source is reused at once. Any state none of these steps can
+//! leave (archive shorter than recorded, or grown by more than the source) is reported
+//! as `LeftAlone`, nothing removed. Either way a byte is in the archive xor in the
+//! source, never both, never neither.
+//!
+//! A failure before the unlink undoes at once; after it, the step stays pending and
+//! [`append_late_write`] refuses that archive (`LateError::Pending`) until recovery at
+//! the next start, since a new step would record a length including stray bytes.
 //!
 //! Limits: one append per archive at a time (the caller serialises them). A writer that
 //! opened the source before our unlink and writes after our rescue read loses those
@@ -313,7 +321,7 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
         Err(e) => return Err(e),
     };
     let alen = meta(&af, archive)?.len();
-    // The source, if the same inode is still at its name.
+    // The source, if the same file is still at its name.
     let id = (*src_dev, *src_ino, *src_birth_ns);
     let sf = if exists_same(src, id)? {
         let f = open_nofollow(src, false)?;

@@ -65,6 +65,11 @@ fn round_trip_keeps_pending_steps_and_marks() {
     assert_eq!(lines(dir.path()).len(), 3);
     // Sequence numbers keep growing across restarts.
     assert_eq!(j.begin(&[copy_step(4)]).unwrap(), vec![4]);
+    drop(j);
+    // Records written after a compaction land in the file under the journal's name.
+    let (_, pending) = Journal::open(dir.path()).unwrap();
+    let seqs: Vec<u64> = pending.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, vec![1, 3, 4]);
 }
 
 #[test]
