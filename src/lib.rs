@@ -5,6 +5,8 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod journal;
+pub mod late;
 pub mod logging;
 pub mod model;
 pub mod observe;
