@@ -12,4 +12,5 @@ pub mod procs;
 pub mod record;
 pub mod registry;
 pub mod report;
+pub mod watch;
 pub mod workspace;
