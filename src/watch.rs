@@ -216,32 +216,39 @@ impl Watcher {
     /// error the base stays in the list as unwatched, for [`Watcher::retry_unwatched`].
     pub fn add_base(&mut self, base: &Path) -> Result<(), WatchError> {
         let base = absolute(base);
-        {
+        let retry = {
             let mut state = lock(&self.state);
-            if state.bases.contains(&base) && !state.unwatched.contains(&base) {
-                return Ok(());
-            }
             if !state.bases.contains(&base) {
                 state.bases.push(base.clone());
+                false
+            } else if state.unwatched.contains(&base) {
+                true
+            } else {
+                return Ok(());
             }
-            // Marked unwatched until the watch is in place: events racing the add are
-            // classified already, and a failure leaves it marked.
-            state.unwatched.insert(base.clone());
-        }
-        self.start_watch(&base)
+        };
+        let result = self.start_watch(&base, retry);
+        let mut state = lock(&self.state);
+        match result {
+            Ok(()) => state.unwatched.remove(&base),
+            Err(_) => state.unwatched.insert(base),
+        };
+        result
     }
 
     /// Stops watching `base` and drops it from the list (later indices shift down).
     pub fn remove_base(&mut self, base: &Path) {
         let base = absolute(base);
-        let was_watched = {
+        {
             let mut state = lock(&self.state);
+            if !state.bases.contains(&base) {
+                return;
+            }
             state.bases.retain(|b| b != &base);
-            !state.unwatched.remove(&base)
-        };
-        if was_watched {
-            self.stop_watch(&base);
+            state.unwatched.remove(&base);
         }
+        // Also when it was lost: a moved base keeps stale watches until unwatched.
+        self.stop_watch(&base);
     }
 
     /// Makes the list exactly `bases`, in that order (config reload): new ones are watched,
@@ -263,7 +270,6 @@ impl Watcher {
         // add_base appends; put the list in the caller's order so indices match theirs.
         let mut state = lock(&self.state);
         state.bases = wanted;
-        state.bases.dedup();
         errors
     }
 
@@ -275,7 +281,8 @@ impl Watcher {
             .collect()
     }
 
-    fn start_watch(&mut self, base: &Path) -> Result<(), WatchError> {
+    /// Puts the watch on `base` in place. `retry`: it was watched before and lost.
+    fn start_watch(&mut self, base: &Path, retry: bool) -> Result<(), WatchError> {
         // notify's poller accepts a missing path silently, and inotify would report it as
         // a bare "path not found": check first to name the base in the error.
         match std::fs::metadata(base) {
@@ -296,23 +303,22 @@ impl Watcher {
         let Some(b) = backend.as_mut() else {
             return Ok(());
         };
-        match b.watch(base) {
-            Ok(()) => {}
-            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                // Switching re-watches every wanted base, this one included.
-                switch_to_polling(&mut backend, &self.state, &self.tx, self.options)?;
-                return Ok(());
-            }
-            Err(source) => {
-                return Err(WatchError::Watch {
-                    path: base.to_path_buf(),
-                    source,
-                });
-            }
+        if retry {
+            // A base moved away keeps its inotify watches, reporting the moved tree under
+            // the old paths: clear them before watching whatever is there now.
+            let _ = b.unwatch(base);
         }
-        drop(backend);
-        lock(&self.state).unwatched.remove(base);
-        Ok(())
+        match b.watch(base) {
+            Ok(()) => Ok(()),
+            // Switching re-watches every wanted base that exists, this one included.
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                switch_to_polling(&mut backend, &self.state, &self.tx, self.options)
+            }
+            Err(source) => Err(WatchError::Watch {
+                path: base.to_path_buf(),
+                source,
+            }),
+        }
     }
 
     fn stop_watch(&mut self, base: &Path) {

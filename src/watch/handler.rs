@@ -111,6 +111,8 @@ impl Handler {
                     continue;
                 }
                 match classify(&state.bases, path) {
+                    // A lost base's stale watches (it was moved) report under old paths.
+                    Some(ev) if state.unwatched.contains(&ev.base_dir) => {}
                     Some(ev) if !ev.kind.is_own() => {
                         out.push(WatchEvent::Path { event: ev, change })
                     }
