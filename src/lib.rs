@@ -15,4 +15,5 @@ pub mod procs;
 pub mod record;
 pub mod registry;
 pub mod report;
+pub mod watch;
 pub mod workspace;
