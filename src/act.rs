@@ -1,8 +1,10 @@
 //! Carrying out decisions: stopping agents, archiving logs, deleting prompts, writing registries.
 
-use crate::archive::{Archiver, sync_dirs};
+use crate::archive::{Archiver, latest_archive_of, sync_dirs};
 use crate::config::Config;
 use crate::decide::{Action, Decision, SessionFact};
+use crate::journal::Journal;
+use crate::late::{AppendOutcome, append_late_write};
 use crate::model::format_timestamp;
 use crate::observe::TaskView;
 use crate::pass::OrphanReport;
@@ -12,6 +14,7 @@ use crate::record::{
 };
 use crate::registry::{UpdateOptions, UpdateOutcome, update_registry};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 /// Concurrent `tmux kill-session` calls at most.
@@ -211,6 +214,7 @@ pub fn apply_task(
     outcomes: &mut [Outcome],
     config: &Config,
     opts: &UpdateOptions,
+    journal: Option<&Mutex<Journal>>,
     now: SystemTime,
 ) -> Result<bool, String> {
     let archive_to = archive_dir(config, view);
@@ -225,6 +229,37 @@ pub fn apply_task(
         let mut record = false;
         for action in &decision.actions {
             match action {
+                // A log that reappeared after its agent was cleaned up holds late lines:
+                // they go to the end of the archive, not to a second file.
+                Action::Archive { path }
+                    if let Some(journal) = journal
+                        && agent.facts.cleanup_recorded
+                        && let Some(target) = latest_archive_of(
+                            &archive_to,
+                            path.file_name().unwrap_or_default(),
+                        ) =>
+                {
+                    let mut journal = journal.lock().expect("journal lock");
+                    match append_late_write(path, &target, &mut journal) {
+                        Ok(AppendOutcome::Appended { bytes, rescued }) => {
+                            if let Some(parent) = path.parent() {
+                                touched.push(parent.to_path_buf());
+                            }
+                            out.done.push(format!(
+                                "appended {} late byte(s) of {} to {}",
+                                bytes + rescued,
+                                in_task(view, path),
+                                in_task(view, &target)
+                            ));
+                            out.archived.push(target);
+                        }
+                        Ok(AppendOutcome::Changed) => out.done.push(format!(
+                            "{} changed while being appended; retried once it settles",
+                            in_task(view, path)
+                        )),
+                        Err(e) => out.errors.push(e.to_string()),
+                    }
+                }
                 Action::Archive { path } => match archiver.archive(path) {
                     Ok(done) => {
                         if let Some(parent) = path.parent() {

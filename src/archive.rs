@@ -115,6 +115,22 @@ impl Archiver {
     }
 }
 
+/// The newest archive of a file named `name` in `dir`: the highest numbered sibling that
+/// exists (`<stem>.<n><ext>`), else `<name>` itself; `None` when it was never archived there.
+pub fn latest_archive_of(dir: &Path, name: &OsStr) -> Option<PathBuf> {
+    let names = Names::new(name, MAX_NAME_TRIES);
+    let mut latest = None;
+    for n in 0..names.max {
+        let candidate = dir.join(names.get(n));
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_file() => latest = Some(candidate),
+            Ok(_) => return None,
+            Err(_) => break,
+        }
+    }
+    latest
+}
+
 /// fsyncs each folder once; failures are logged (the moves themselves already happened).
 pub fn sync_dirs<'a>(dirs: impl IntoIterator<Item = &'a Path>) {
     let mut seen = std::collections::HashSet::new();

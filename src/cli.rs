@@ -168,12 +168,15 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Run { dry_run } => {
             check_bases(&config)?;
-            let _ = dry_run;
-            bail!("the daemon is being wired in; run `agent-reaper once` meanwhile")
+            crate::daemon::run(cli, config, dry_run)
         }
         Command::Once { json } => {
             check_bases(&config)?;
+            // One reaper per state directory: `once` beside a running daemon would race it.
+            let state = crate::instance::state_dir(&config)?;
+            let _lock = crate::instance::InstanceLock::acquire(&state)?;
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
+            reaper.journal = Some(crate::instance::open_journal(&state)?);
             reaper.progress = progress_printer();
             let report = reaper.run(Mode::Execute {
                 wait_for_settle: true,

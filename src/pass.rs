@@ -111,6 +111,9 @@ pub struct Reaper {
     pub gone_since: HashMap<String, SystemTime>,
     /// Called with (tasks done, total) while acting.
     pub progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
+    /// Journal of multi-step file operations (late-write appends); without one, late
+    /// writes are archived beside the first archive under a numbered name.
+    pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
 }
 
 impl Reaper {
@@ -121,6 +124,7 @@ impl Reaper {
             clock: SystemTime::now,
             gone_since: HashMap::new(),
             progress: None,
+            journal: None,
         }
     }
 
@@ -433,6 +437,7 @@ impl Reaper {
         let total = views.len();
         let config = &self.config;
         let opts = self.update_options();
+        let journal = self.journal.as_ref();
         let progress = std::sync::Mutex::new((0usize, self.progress.take()));
         let mut jobs: Vec<(usize, &mut Vec<Outcome>)> = outcomes.iter_mut().enumerate().collect();
         let chunk = jobs.len().div_ceil(threads).max(1);
@@ -448,8 +453,16 @@ impl Reaper {
                             let result = if view.error.is_some() {
                                 Err(None)
                             } else {
-                                act::apply_task(view, &decisions[*t], outs, config, opts, now)
-                                    .map_err(Some)
+                                act::apply_task(
+                                    view,
+                                    &decisions[*t],
+                                    outs,
+                                    config,
+                                    opts,
+                                    journal,
+                                    now,
+                                )
+                                .map_err(Some)
                             };
                             done.push((*t, result));
                             let mut p = progress.lock().expect("progress lock");

@@ -55,7 +55,11 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "daemon did not exit\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -112,7 +116,11 @@ fn recorded(s: &Sandbox) -> bool {
 
 /// Appends one line the way progress updates do: open('a'), write, close.
 fn append_line(path: &Path, line: &str) {
-    let mut f = fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     f.write_all(line.as_bytes()).unwrap();
 }
 
@@ -134,10 +142,16 @@ fn a_status_flip_is_archived_and_recorded_without_waiting_for_reconcile() {
     let d = Daemon::start(&s);
     assert!(ready(&s), "no health file");
     assert!(!recorded(&s));
-    let _ = s.tmux().args(["kill-session", "-t", &format!("=agent_{ID}")]).status();
+    let _ = s
+        .tmux()
+        .args(["kill-session", "-t", &format!("=agent_{ID}")])
+        .status();
     set_status(&s, "completed");
     assert!(wait_until(WAIT, || recorded(&s)), "not recorded");
-    assert_eq!(fs::read_to_string(archived_progress(&s)).unwrap(), "{\"line\":0}\n");
+    assert_eq!(
+        fs::read_to_string(archived_progress(&s)).unwrap(),
+        "{\"line\":0}\n"
+    );
     assert!(!progress(&s).exists());
     assert!(d.log_text().contains("AGENT_ID") || d.log_text().contains(ID));
 }
@@ -149,7 +163,10 @@ fn a_writer_still_appending_after_the_flip_loses_no_line_and_late_lines_land_onc
     running_agent(&s);
     let _d = Daemon::start(&s);
     assert!(ready(&s));
-    let _ = s.tmux().args(["kill-session", "-t", &format!("=agent_{ID}")]).status();
+    let _ = s
+        .tmux()
+        .args(["kill-session", "-t", &format!("=agent_{ID}")])
+        .status();
     set_status(&s, "completed");
     // Lines every 10 ms for 1 s after the flip.
     let path = progress(&s);
@@ -163,19 +180,32 @@ fn a_writer_still_appending_after_the_flip_loses_no_line_and_late_lines_land_onc
         n += 1;
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(wait_until(WAIT, || recorded(&s) && !path.exists()), "not archived");
+    assert!(
+        wait_until(WAIT, || recorded(&s) && !path.exists()),
+        "not archived"
+    );
     let lines = |p: &Path| -> Vec<String> {
-        fs::read_to_string(p).unwrap().lines().map(String::from).collect()
+        fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
     };
     assert_eq!(lines(&archived_progress(&s)), expected);
 
     // A late progress line after archiving: appended to the archive, exactly once.
     append_line(&path, "{\"line\":\"late\"}\n");
     expected.push("{\"line\":\"late\"}".into());
-    assert!(wait_until(WAIT, || !path.exists()), "late line not archived");
+    assert!(
+        wait_until(WAIT, || !path.exists()),
+        "late line not archived"
+    );
     assert_eq!(lines(&archived_progress(&s)), expected);
     let archive_dir = s.task(TASK).join("archive");
-    let names: Vec<_> = fs::read_dir(&archive_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = fs::read_dir(&archive_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 }
 
@@ -192,7 +222,10 @@ fn sighup_keeps_the_old_config_when_the_new_one_is_bad_and_applies_a_good_one() 
     s.write_config("settle = \"2 seconds\"\n");
     d.signal(Signal::SIGHUP);
     assert!(d.wait_log("reload refused"), "bad config not reported");
-    assert!(d.log_text().contains("agent-reaper.toml"), "the file is not named");
+    assert!(
+        d.log_text().contains("agent-reaper.toml"),
+        "the file is not named"
+    );
     assert!(progress(&s).exists(), "archived under the old settle");
     daemon_config(&s, "200ms");
     d.signal(Signal::SIGHUP);
@@ -261,14 +294,15 @@ fn systemd_notifications_ready_watchdog_reload_stopping() {
     daemon_config(&s, "200ms");
     let sock_path = s.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut d = Daemon::start_with(&s, |cmd| {
         cmd.env("NOTIFY_SOCKET", &sock_path)
             .env("WATCHDOG_USEC", "400000")
             .env_remove("WATCHDOG_PID");
     });
     let mut seen: Vec<String> = Vec::new();
-    let mut recv_until = |want: &str, seen: &mut Vec<String>| -> bool {
+    let recv_until = |want: &str, seen: &mut Vec<String>| -> bool {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
             let mut buf = [0u8; 4096];

@@ -1,0 +1,361 @@
+//! The daemon: one tokio `select!` loop that owns the state — file events, timers, signals, sd_notify, health.
+
+mod schedule;
+
+use crate::cli::{Cli, resolve_config, tmux_client};
+use crate::config::Config;
+use crate::decide::AgentClass;
+use crate::pass::{Mode, PassReport, Reaper};
+use crate::watch::{self, Change, PathKind, RenameSide, WatchEvent, Watcher};
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use schedule::Schedule;
+use sd_notify::NotifyState;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::instance::{InstanceLock, open_journal, state_dir};
+
+/// Events arriving this close together are handled in one pass.
+const COALESCE: Duration = Duration::from_millis(100);
+
+fn notify(states: &[NotifyState]) {
+    // Without NOTIFY_SOCKET this is a no-op; a failure to reach systemd is not fatal.
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+/// A pass running on a blocking thread; the reaper comes back with its report.
+type InFlight = JoinHandle<(Reaper, PassReport, Duration)>;
+
+struct Daemon {
+    cli: Cli,
+    config: Config,
+    dry_run: bool,
+    reaper: Option<Reaper>,
+    in_flight: Option<InFlight>,
+    schedule: Schedule,
+    watcher: Option<Watcher>,
+    events_tx: mpsc::UnboundedSender<WatchEvent>,
+    ready: bool,
+    /// Task folders with active agents, from the last passes (tmux is polled for them).
+    active_tasks: HashSet<PathBuf>,
+    cleaned_total: usize,
+    pending_config: Option<Config>,
+}
+
+pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
+    let state = state_dir(&config)?;
+    let _lock = InstanceLock::acquire(&state)?;
+    let journal = open_journal(&state)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
+        reaper.journal = Some(journal);
+        let mut daemon = Daemon {
+            reaper: Some(reaper),
+            cli,
+            config,
+            dry_run,
+            in_flight: None,
+            schedule: Schedule::default(),
+            watcher: None,
+            events_tx,
+            ready: false,
+            active_tasks: HashSet::new(),
+            cleaned_total: 0,
+            pending_config: None,
+        };
+        daemon.main_loop(events_rx).await
+    })
+}
+
+impl Daemon {
+    fn start_watching(&mut self) {
+        self.watcher = None;
+        match watch::watch(&self.config.workspace_bases, self.events_tx.clone()) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => tracing::warn!("watching failed ({e}); relying on periodic reconcile"),
+        }
+    }
+
+    async fn main_loop(&mut self, mut events: mpsc::UnboundedReceiver<WatchEvent>) -> Result<()> {
+        let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGTERM, SIGINT])
+            .context("installing signal handlers")?;
+        self.start_watching();
+        self.schedule.full_now();
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut reconcile = tokio::time::interval(self.config.reconcile_interval);
+        let mut poll = tokio::time::interval(self.config.session_poll_interval);
+        reconcile.tick().await;
+        poll.tick().await;
+        let mut stopping: Option<Instant> = None;
+        tracing::info!(
+            bases = ?self.config.workspace_bases,
+            "agent-reaper daemon started{}",
+            if self.dry_run { " (dry run: nothing is changed)" } else { "" }
+        );
+        loop {
+            let due = self.schedule.next_due();
+            let idle = self.in_flight.is_none() && stopping.is_none();
+            tokio::select! {
+                Some(signal) = signals.next() => match signal {
+                    SIGHUP => self.reload(),
+                    _ if stopping.is_some() => {
+                        tracing::warn!("second signal: exiting at once; the next start finishes what was in flight");
+                        std::process::exit(1);
+                    }
+                    _ => {
+                        tracing::info!("signal {signal}: stopping");
+                        notify(&[NotifyState::Stopping]);
+                        if self.in_flight.is_none() {
+                            break;
+                        }
+                        stopping = Some(Instant::now() + self.config.shutdown_timeout);
+                    }
+                },
+                Some(event) = events.recv() => self.on_event(event),
+                result = async { self.in_flight.as_mut().expect("guarded").await }, if self.in_flight.is_some() => {
+                    self.in_flight = None;
+                    let (reaper, report, took) = result.context("a pass panicked")?;
+                    self.reaper = Some(reaper);
+                    self.after_pass(&report, took);
+                    if stopping.is_some() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(due.into()), if idle && self.schedule.has_work() => {
+                    self.start_pass();
+                }
+                _ = reconcile.tick() => {
+                    match self.watcher.as_mut() {
+                        Some(w) => {
+                            for e in w.retry_unwatched() {
+                                tracing::warn!("still not watching: {e}");
+                            }
+                        }
+                        None => self.start_watching(),
+                    }
+                    self.schedule.full_now();
+                }
+                _ = poll.tick(), if !self.active_tasks.is_empty() => {
+                    // A dying session writes no file: ask tmux about tasks with active agents.
+                    for task in &self.active_tasks {
+                        self.schedule.task_at(task.clone(), Instant::now());
+                    }
+                }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
+                _ = tokio::time::sleep_until(stopping.unwrap_or_else(Instant::now).into()), if stopping.is_some() => {
+                    tracing::warn!("shutdown_timeout passed with a pass in flight; exiting (the journal finishes it at next start)");
+                    break;
+                }
+            }
+        }
+        tracing::info!("agent-reaper daemon stopped");
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: WatchEvent) {
+        let now = Instant::now();
+        match event {
+            WatchEvent::Rescan(reason) => {
+                tracing::info!("full reconcile: {reason}");
+                self.schedule.full_at(now + COALESCE);
+            }
+            WatchEvent::Path { event, change } => {
+                // Our own sidecar and archive moves echo back: never a reason to work.
+                if event.kind.is_own() {
+                    return;
+                }
+                let Some(task) = event.kind.task() else {
+                    // The global registry or the state DB: nothing per task to do.
+                    return;
+                };
+                let gone = matches!(change, Change::Removed | Change::Renamed(RenameSide::From));
+                let at = match event.kind {
+                    // A log moved away (by us, archiving) asks for nothing.
+                    PathKind::Log { .. } | PathKind::Prompt { .. } if gone => return,
+                    // A write resets the log's settle timer: look again once it could be quiet.
+                    PathKind::Log { .. } => now + self.config.settle + COALESCE,
+                    _ => now + COALESCE,
+                };
+                self.schedule.task_at(event.base_dir.join(task), at);
+            }
+        }
+    }
+
+    fn start_pass(&mut self) {
+        let Some(mut reaper) = self.reaper.take() else {
+            return;
+        };
+        let scope = self.schedule.take_due(Instant::now());
+        let mode = if self.dry_run {
+            Mode::Plan
+        } else {
+            Mode::Execute {
+                wait_for_settle: false,
+            }
+        };
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let report = reaper.run_scoped(mode, scope.as_ref());
+            (reaper, report, started.elapsed())
+        }));
+    }
+
+    fn after_pass(&mut self, report: &PassReport, took: Duration) {
+        if let Some(config) = self.pending_config.take()
+            && let Some(reaper) = self.reaper.as_mut()
+        {
+            reaper.config = config;
+        }
+        log_report(report, self.dry_run);
+        let now = Instant::now();
+        let mut active = 0;
+        let mut settling = 0;
+        for task in &report.tasks {
+            let has_active = task.agents.iter().any(|a| a.still_active());
+            if has_active {
+                self.active_tasks.insert(task.dir.clone());
+            } else {
+                self.active_tasks.remove(&task.dir);
+            }
+            active += task
+                .agents
+                .iter()
+                .filter(|a| a.class == AgentClass::Active)
+                .count();
+            let waiting = task.agents.iter().filter(|a| a.waiting.is_some()).count();
+            settling += waiting;
+            if waiting > 0 {
+                // Settling logs and grace periods are looked at again; events may come sooner.
+                self.schedule.task_at(
+                    task.dir.clone(),
+                    now + self.config.settle.max(Duration::from_millis(200)),
+                );
+            }
+        }
+        self.cleaned_total += report.totals.cleaned;
+        write_health(&self.config);
+        let status = format!(
+            "{} task(s), {active} active, {settling} settling; {} cleaned since start; last pass {} ms",
+            report.totals.tasks,
+            self.cleaned_total,
+            took.as_millis()
+        );
+        if !self.ready {
+            self.ready = true;
+            notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            tracing::info!("ready: {status}");
+        } else {
+            notify(&[NotifyState::Status(&status)]);
+        }
+    }
+
+    fn reload(&mut self) {
+        let mut states = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        notify(&states);
+        match resolve_config(&self.cli) {
+            Ok(config) => {
+                let rewatch = config.workspace_bases != self.config.workspace_bases;
+                tracing::info!("configuration reloaded");
+                self.config = config.clone();
+                match self.reaper.as_mut() {
+                    Some(reaper) => reaper.config = config,
+                    None => self.pending_config = Some(config),
+                }
+                if rewatch {
+                    self.start_watching();
+                }
+                self.schedule.full_now();
+            }
+            Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
+        }
+        notify(&[NotifyState::Ready]);
+    }
+}
+
+/// `<base>/.daemon_health`: epoch seconds, replaced atomically, for monitors of the old daemon.
+fn write_health(config: &Config) {
+    if !config.health_file {
+        return;
+    }
+    let secs = crate::model::epoch_secs(SystemTime::now());
+    for base in &config.workspace_bases {
+        if let Err(e) = write_atomic(&base.join(".daemon_health"), format!("{secs}\n").as_bytes()) {
+            tracing::warn!("{}: health file not written: {e}", base.display());
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp-reaper");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// One journal line per thing done, with fields journalctl can filter on.
+fn log_report(report: &PassReport, dry_run: bool) {
+    for e in &report.errors {
+        tracing::warn!("{e}");
+    }
+    if let Some(e) = &report.tmux_error {
+        tracing::warn!("tmux: {e}; nothing destructive this round");
+    }
+    for task in &report.tasks {
+        if let Some(e) = &task.error {
+            tracing::warn!(task_id = %task.task_id, "{e}");
+        }
+        for agent in &task.agents {
+            let reason = format!("{:?}", agent.class).to_lowercase();
+            let lines: Vec<String> = if dry_run {
+                agent
+                    .actions
+                    .iter()
+                    .map(|a| format!("would {a:?}"))
+                    .collect()
+            } else {
+                agent.done.clone()
+            };
+            for line in lines {
+                let action = line.split_whitespace().next().unwrap_or("").to_string();
+                tracing::info!(
+                    agent_id = %agent.id,
+                    task_id = %task.task_id,
+                    action = %action,
+                    reason = %reason,
+                    "{}/{}: {line}",
+                    task.task_id,
+                    agent.id
+                );
+            }
+            for e in &agent.errors {
+                tracing::warn!(agent_id = %agent.id, task_id = %task.task_id, reason = %reason, "{}/{}: {e}", task.task_id, agent.id);
+            }
+        }
+    }
+    for orphan in &report.orphans {
+        if let Some(outcome) = &orphan.outcome {
+            tracing::info!(
+                action = "kill-orphan",
+                "orphan session {}: {outcome}",
+                orphan.session
+            );
+        }
+    }
+}
