@@ -153,7 +153,8 @@ fn a_status_flip_is_archived_and_recorded_without_waiting_for_reconcile() {
         "{\"line\":0}\n"
     );
     assert!(!progress(&s).exists());
-    assert!(d.log_text().contains("AGENT_ID") || d.log_text().contains(ID));
+    // What it did is in its log, with the agent's id as a field.
+    assert!(d.wait_log(&format!("agent_id={ID}")), "no log line for the agent");
 }
 
 #[test]
