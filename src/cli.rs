@@ -65,6 +65,9 @@ pub enum Command {
     },
     /// Check the configuration (file and flags) and print the settings in force.
     Validate,
+    /// Watch the daemon clean up after three fake agents (one finishes, one crashes, one
+    /// hangs) in a throwaway workspace; needs tmux; removes everything afterwards.
+    Demo,
 }
 
 /// The settings in force: file (if any), then flags, then the environment's defaults.
@@ -150,6 +153,9 @@ fn print(report: &PassReport, json: bool, text: fn(&PassReport) -> String) -> Re
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    if let Command::Demo = cli.command {
+        return crate::demo::run();
+    }
     let config = resolve_config(&cli)?;
     let log_file = match cli.command {
         Command::Run { .. } => config.log_file.clone(),
@@ -166,6 +172,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{config:#?}");
             Ok(())
         }
+        Command::Demo => unreachable!("handled above"),
         Command::Run { dry_run } => {
             check_bases(&config)?;
             crate::daemon::run(cli, config, dry_run)

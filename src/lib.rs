@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decide;
+pub mod demo;
 pub mod instance;
 pub mod journal;
 pub mod late;

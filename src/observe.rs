@@ -3,7 +3,8 @@
 use crate::decide::{AgentFacts, FileFact, FileState, SessionFact, StreamEnd};
 use crate::model::{AgentId, StatusClass, age, classify_status, parse_timestamp};
 use crate::procs::openfiles::{FileId, writers_of};
-use crate::procs::{ProcKey, ProcTable, TmuxError, TmuxSnapshot, agent_processes};
+use crate::procs::table::agent_processes_excluding;
+use crate::procs::{ProcKey, ProcTable, TmuxError, TmuxSnapshot};
 use crate::registry::{ReadOptions, read_registry};
 use crate::workspace::{AgentFiles, LogKind, TaskDir, agent_files, resolve_inside};
 use serde_json::Value;
@@ -197,6 +198,8 @@ pub fn file_state(
 pub struct World<'a> {
     pub tmux: &'a TmuxView,
     pub table: &'a ProcTable,
+    /// tmux servers and other ancestors of panes: never part of an agent's process set.
+    pub pane_ancestors: &'a HashSet<i32>,
     /// When each session was first seen gone (kept across rounds by the daemon).
     pub gone_since: &'a HashMap<String, SystemTime>,
     pub settle: Duration,
@@ -346,7 +349,13 @@ pub fn agent_view(
             ),
         },
     };
-    let processes = agent_processes(world.table, &pane_pids, stream_log.as_deref(), &id);
+    let processes = agent_processes_excluding(
+        world.table,
+        &pane_pids,
+        stream_log.as_deref(),
+        &id,
+        world.pane_ancestors,
+    );
     let live_processes = processes
         .iter()
         .filter(|k| world.table.get(k.pid).is_some_and(|p| p.state != 'Z'))

@@ -193,9 +193,20 @@ impl Reaper {
             }
         }
         let writers = scan_writers(pending.iter().flatten());
+        let pane_ancestors = match &tmux {
+            Ok(snapshot) => crate::procs::table::pane_ancestors(
+                &table,
+                snapshot
+                    .sessions
+                    .values()
+                    .flat_map(|s| s.panes.iter().filter_map(|p| p.pid)),
+            ),
+            Err(_) => HashSet::new(),
+        };
         let world = World {
             tmux: &tmux,
             table: &table,
+            pane_ancestors: &pane_ancestors,
             gone_since: &self.gone_since,
             settle: self.config.settle,
             now,

@@ -154,7 +154,10 @@ fn a_status_flip_is_archived_and_recorded_without_waiting_for_reconcile() {
     );
     assert!(!progress(&s).exists());
     // What it did is in its log, with the agent's id as a field.
-    assert!(d.wait_log(&format!("agent_id={ID}")), "no log line for the agent");
+    assert!(
+        d.wait_log(&format!("agent_id={ID}")),
+        "no log line for the agent"
+    );
 }
 
 #[test]

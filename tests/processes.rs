@@ -322,3 +322,35 @@ fn an_idle_agent_past_max_inactivity_is_stale() {
     assert_eq!(a["termination_reason"], "inactivity_timeout");
     assert!(!s.session_exists(&name));
 }
+
+#[test]
+fn the_tmux_server_naming_the_first_agents_log_is_never_in_its_set() {
+    // The orchestrator starts sessions with `... | tee <stream log>`: the tmux server's own
+    // argv is the first session's command, so it names that agent's stream log.
+    let s = Sandbox::new();
+    quick_config(&s, "");
+    let first = "first-130000-aaaaaa";
+    let other = "other-130000-bbbbbb";
+    write_task(
+        &s.base(),
+        TASK,
+        json!([
+            agent_entry(first, "completed"),
+            agent_entry(other, "working")
+        ]),
+    );
+    let log = stream_log(&s, first);
+    fs::write(&log, "{\"type\":\"result\",\"is_error\":false}\n").unwrap();
+    s.start_session(
+        &format!("agent_{first}"),
+        &format!("sleep 600 | tee -a {}", log.display()),
+    );
+    s.start_session(&format!("agent_{other}"), "sleep 600");
+    s.run_ok(&["once"]);
+    assert!(!s.session_exists(&format!("agent_{first}")));
+    assert!(
+        s.session_exists(&format!("agent_{other}")),
+        "stopping the first agent took the tmux server and every other agent with it"
+    );
+    assert_eq!(agent(&s, 1)["status"], "working");
+}

@@ -269,6 +269,44 @@ pub fn agent_processes(
     stream_log: Option<&Path>,
     id: &AgentId,
 ) -> Vec<ProcKey> {
+    agent_processes_excluding(table, pane_pids, stream_log, id, &HashSet::new())
+}
+
+fn is_tmux(p: &ProcInfo) -> bool {
+    p.cmdline.first().is_some_and(|argv0| {
+        let name = argv0.rsplit('/').next().unwrap_or(argv0);
+        name == "tmux" || name.starts_with("tmux:")
+    })
+}
+
+/// Every ancestor of every pane (the tmux servers, init): never an agent's process, though a
+/// tmux server's argv is the first `new-session` command it ran and so names that agent's
+/// stream log. Taken as a root, it would pull in every session's panes.
+pub fn pane_ancestors(
+    table: &ProcTable,
+    all_pane_pids: impl IntoIterator<Item = i32>,
+) -> HashSet<i32> {
+    let mut out = HashSet::new();
+    for pane in all_pane_pids {
+        let mut pid = table.get(pane).map(|p| p.ppid);
+        while let Some(p) = pid {
+            if p <= 0 || !out.insert(p) {
+                break;
+            }
+            pid = table.get(p).map(|i| i.ppid);
+        }
+    }
+    out
+}
+
+/// [`agent_processes`], never starting from a pid in `exclude` (see [`pane_ancestors`]).
+pub fn agent_processes_excluding(
+    table: &ProcTable,
+    pane_pids: &[i32],
+    stream_log: Option<&Path>,
+    id: &AgentId,
+    exclude: &HashSet<i32>,
+) -> Vec<ProcKey> {
     let log = stream_log
         .map(|p| p.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty());
@@ -282,6 +320,10 @@ pub fn agent_processes(
         Box::new(table.named.iter().filter_map(|pid| table.get(*pid)))
     };
     for p in candidates {
+        // tmux itself (server or a client mid-launch) carries agents' commands in its argv.
+        if is_tmux(p) {
+            continue;
+        }
         let hit = p.cmdline.iter().any(|arg| {
             log.as_deref().is_some_and(|l| arg.contains(l)) || holds_token(arg, &needle)
         });
@@ -290,7 +332,7 @@ pub fn agent_processes(
         }
     }
     // pid 1 (or a bogus 0/negative pane pid) as a root would pull in every process on the box.
-    roots.retain(|&p| p > 1);
+    roots.retain(|&p| p > 1 && !exclude.contains(&p));
     let set: BTreeSet<ProcKey> = table
         .descendants_and_self(roots)
         .into_iter()
