@@ -38,6 +38,7 @@ pub struct Outcome {
     pub errors: Vec<String>,
     pub final_actions: Vec<Action>,
     pub final_waiting: Option<String>,
+    pub final_recheck: Option<std::time::Duration>,
 }
 
 impl Default for Outcome {
@@ -57,6 +58,7 @@ impl Default for Outcome {
             errors: Vec::new(),
             final_actions: Vec::new(),
             final_waiting: None,
+            final_recheck: None,
         }
     }
 }

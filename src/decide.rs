@@ -122,6 +122,10 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// Why nothing (more) happens now.
     pub waiting: Option<String>,
+    /// When a look again could change the answer (the daemon schedules it); `None` when
+    /// only an event or the periodic reconcile can.
+    #[serde(skip)]
+    pub recheck: Option<Duration>,
 }
 
 impl Decision {
@@ -130,7 +134,13 @@ impl Decision {
             class,
             actions: Vec::new(),
             waiting: Some(why.into()),
+            recheck: None,
         }
+    }
+
+    fn recheck_after(mut self, after: Duration) -> Self {
+        self.recheck = Some(after);
+        self
     }
 }
 
@@ -192,12 +202,18 @@ fn decide_terminal(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Deci
                         reason: StopReason::Finished,
                     }],
                     waiting: None,
+                    recheck: None,
                 }
             } else {
+                let left = since.map_or(Duration::ZERO, |t| {
+                    policy.terminal_grace.saturating_sub(age(now, t))
+                });
+                // The result line may come any moment: look at least every `settle`.
                 Decision::wait(
                     AgentClass::Settling,
                     "terminal with a live session: waiting for the result line or terminal_grace",
                 )
+                .recheck_after(left.min(policy.settle))
             }
         }
         SessionFact::Gone { .. } if facts.live_processes > 0 => Decision {
@@ -206,6 +222,7 @@ fn decide_terminal(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Deci
                 reason: StopReason::Finished,
             }],
             waiting: None,
+            recheck: None,
         },
         SessionFact::Gone { .. } => cleanup(facts, policy, AgentClass::Finished, Vec::new()),
     }
@@ -237,6 +254,7 @@ fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decisi
                     class: AgentClass::Active,
                     actions: Vec::new(),
                     waiting: None,
+                    recheck: None,
                 };
             };
             Decision {
@@ -249,6 +267,7 @@ fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decisi
                     },
                 ],
                 waiting: None,
+                recheck: None,
             }
         }
         SessionFact::Gone { .. } if facts.live_processes > 0 => {
@@ -266,12 +285,14 @@ fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decisi
                         },
                     ],
                     waiting: None,
+                    recheck: None,
                 }
             } else {
                 Decision {
                     class: AgentClass::Active,
                     actions: Vec::new(),
                     waiting: None,
+                    recheck: None,
                 }
             }
         }
@@ -281,7 +302,8 @@ fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decisi
                 return Decision::wait(
                     AgentClass::Settling,
                     "session gone: confirming after zombie_grace",
-                );
+                )
+                .recheck_after(policy.zombie_grace.saturating_sub(age(now, since)));
             }
             let (status, termination_reason) = zombie_status(facts.stream_end);
             cleanup(
@@ -340,6 +362,7 @@ fn cleanup(
     Decision {
         class,
         actions,
+        recheck: (!settling.is_empty()).then_some(policy.settle),
         waiting: (!settling.is_empty()).then(|| format!("settling: {}", settling.join(", "))),
     }
 }

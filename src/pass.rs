@@ -35,6 +35,9 @@ pub struct AgentReport {
     pub actions: Vec<Action>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// When another look could change the answer (the daemon schedules it).
+    #[serde(skip)]
+    pub recheck: Option<Duration>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub done: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -399,6 +402,7 @@ impl Reaper {
                         .filter(|a| !matches!(a, Action::Stop { .. } | Action::SetStatus { .. })),
                 );
                 first.waiting = second.waiting;
+                first.recheck = second.recheck;
             }
         }
         // 3. Files, then the registries: tasks are independent, so a few at a time.
@@ -424,6 +428,7 @@ impl Reaper {
             for (a, decision) in d.into_iter().enumerate() {
                 outcomes[t][a].final_actions = decision.actions;
                 outcomes[t][a].final_waiting = decision.waiting;
+                outcomes[t][a].final_recheck = decision.recheck;
             }
         }
         outcomes
@@ -561,6 +566,7 @@ fn fill_report(
                 class: d.class,
                 actions: d.actions.clone(),
                 waiting: d.waiting.clone(),
+                recheck: d.recheck,
                 done: Vec::new(),
                 errors: Vec::new(),
                 warnings: agent.warnings.clone(),
@@ -568,6 +574,7 @@ fn fill_report(
             if let Some(out) = outcomes.as_ref().map(|o| &o[t][a]) {
                 r.actions = out.final_actions.clone();
                 r.waiting = out.final_waiting.clone();
+                r.recheck = out.final_recheck;
                 r.done = out.done.clone();
                 r.errors = out.errors.clone();
                 if out.status_applied.is_none() {

@@ -23,6 +23,9 @@ use crate::instance::{InstanceLock, open_journal, state_dir};
 /// Events arriving this close together are handled in one pass.
 const COALESCE: Duration = Duration::from_millis(100);
 
+/// A task waiting on a timer is looked at no more often than this.
+const MIN_RECHECK: Duration = Duration::from_millis(50);
+
 fn notify(states: &[NotifyState]) {
     // Without NOTIFY_SOCKET this is a no-op; a failure to reach systemd is not fatal.
     if let Err(e) = sd_notify::notify(states) {
@@ -222,6 +225,11 @@ impl Daemon {
             reaper.config = config;
         }
         log_report(report, self.dry_run);
+        tracing::debug!(
+            "pass over {} task(s) took {} ms",
+            report.tasks.len(),
+            took.as_millis()
+        );
         let now = Instant::now();
         let mut active = 0;
         let mut settling = 0;
@@ -237,14 +245,12 @@ impl Daemon {
                 .iter()
                 .filter(|a| a.class == AgentClass::Active)
                 .count();
-            let waiting = task.agents.iter().filter(|a| a.waiting.is_some()).count();
-            settling += waiting;
-            if waiting > 0 {
-                // Settling logs and grace periods are looked at again; events may come sooner.
-                self.schedule.task_at(
-                    task.dir.clone(),
-                    now + self.config.settle.max(Duration::from_millis(200)),
-                );
+            settling += task.agents.iter().filter(|a| a.waiting.is_some()).count();
+            // Settling logs and grace periods are looked at again when they could be over;
+            // events may bring the look sooner.
+            if let Some(after) = task.agents.iter().filter_map(|a| a.recheck).min() {
+                self.schedule
+                    .task_at(task.dir.clone(), now + after.max(MIN_RECHECK));
             }
         }
         self.cleaned_total += report.totals.cleaned;
