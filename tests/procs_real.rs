@@ -246,10 +246,17 @@ fn three_level_tree_in_tmux_is_stopped_and_session_killed() {
     );
 }
 
+/// Processes naming `needle`, leaving out tmux itself: the server's argv is the first
+/// session's command, which names the log too (and is never part of an agent's set).
 fn pids_naming(table: &ProcTable, needle: &str) -> Vec<i32> {
+    let is_tmux = |p: &agent_reaper::procs::ProcInfo| {
+        p.cmdline
+            .first()
+            .is_some_and(|a| a.rsplit('/').next().is_some_and(|n| n.starts_with("tmux")))
+    };
     let mut v: Vec<i32> = table
         .iter()
-        .filter(|p| p.state != 'Z' && p.cmdline.iter().any(|a| a.contains(needle)))
+        .filter(|p| p.state != 'Z' && !is_tmux(p) && p.cmdline.iter().any(|a| a.contains(needle)))
         .map(|p| p.pid)
         .collect();
     v.sort();
