@@ -278,13 +278,18 @@ fn double_forked_process_naming_the_log_is_found_and_stopped() {
     let pane = srv.pane_pids("agent_fork-1")[0];
     let needle = log.to_string_lossy().into_owned();
     let mut table = ProcTable::scan().unwrap();
+    // The pane's own shell names the log too; the escapee is the one outside its tree.
+    let escapee = |table: &ProcTable| {
+        let inside = descendants(table, pane);
+        pids_naming(table, &needle)
+            .into_iter()
+            .find(|p| *p != pane && !inside.contains(p))
+    };
     wait_for("the escaped process and its sleep", 10, || {
         table = ProcTable::scan().unwrap();
-        pids_naming(&table, &needle)
-            .first()
-            .is_some_and(|&p| !table.children_of(p).is_empty())
+        escapee(&table).is_some_and(|p| !table.children_of(p).is_empty())
     });
-    let escaped = pids_naming(&table, &needle)[0];
+    let escaped = escapee(&table).unwrap();
     let escaped_child = table.children_of(escaped)[0];
     let _pids = Pids(vec![escaped, escaped_child, pane]);
     assert!(!descendants(&table, pane).contains(&escaped));
