@@ -46,7 +46,9 @@ pub fn append_progress_line(path: &Path, line: &str) -> Result<(), SqliteError> 
         path: path.to_path_buf(),
         source,
     };
+    // Readable too: the last byte tells whether the file ends in a torn line.
     let file = OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(0o644)
