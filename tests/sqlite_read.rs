@@ -11,7 +11,10 @@ use serde_json::json;
 use std::fs;
 use std::path::Path;
 
-fn agent<'a>(map: &'a std::collections::BTreeMap<String, Vec<serde_json::Value>>, id: &str) -> &'a serde_json::Value {
+fn agent<'a>(
+    map: &'a std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+    id: &str,
+) -> &'a serde_json::Value {
     map.values()
         .flatten()
         .find(|a| a["id"] == id)
@@ -26,16 +29,33 @@ fn rows_read_as_registry_entries_by_task() {
     assert_eq!(db.journal_mode(), "wal");
     let map = db.agents_by_task().unwrap();
     assert_eq!(map.keys().collect::<Vec<_>>(), [TASK_A, TASK_B]);
-    let ids: Vec<_> = map[TASK_A].iter().map(|a| a["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [WORKING, COMPLETED, RUNNING_BAD_FILES, WORKING_DONE_AT]);
+    let ids: Vec<_> = map[TASK_A]
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [WORKING, COMPLETED, RUNNING_BAD_FILES, WORKING_DONE_AT]
+    );
 
     let w = agent(&map, WORKING);
     let keys: Vec<_> = w.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         keys,
         [
-            "id", "type", "model", "tmux_session", "parent", "depth", "phase_index",
-            "tracked_files", "started_at", "status", "progress", "last_update", "prompt"
+            "id",
+            "type",
+            "model",
+            "tmux_session",
+            "parent",
+            "depth",
+            "phase_index",
+            "tracked_files",
+            "started_at",
+            "status",
+            "progress",
+            "last_update",
+            "prompt"
         ]
     );
     assert_eq!(w["status"], "working");
@@ -44,12 +64,19 @@ fn rows_read_as_registry_entries_by_task() {
     assert_eq!(w["progress"], 40);
     assert!(w.get("completed_at").is_none(), "NULL columns are left out");
     assert!(w.get("claude_pid").is_none() && w.get("task_id").is_none());
-    let log = dir.path().join(TASK_A).join("logs").join(format!("{WORKING}_stream.jsonl"));
+    let log = dir
+        .path()
+        .join(TASK_A)
+        .join("logs")
+        .join(format!("{WORKING}_stream.jsonl"));
     assert_eq!(w["tracked_files"]["log_file"], json!(log));
     assert_eq!(w["prompt"], format!("You are fixer. Agent ID: {WORKING}"));
 
     let c = agent(&map, COMPLETED);
-    assert_eq!((&c["status"], &c["progress"]), (&json!("completed"), &json!(100)));
+    assert_eq!(
+        (&c["status"], &c["progress"]),
+        (&json!("completed"), &json!(100))
+    );
     assert_eq!(c["completed_at"], "2026-01-01T10:20:00.5");
     let bad = agent(&map, RUNNING_BAD_FILES);
     assert!(bad.get("tracked_files").is_none() && bad.get("progress").is_none());
@@ -61,17 +88,34 @@ fn unknown_columns_are_kept_and_an_empty_schema_reads_empty() {
     let dir = tempfile::tempdir().unwrap();
     let db_path = build_state_db(dir.path());
     let conn = orchestrator_conn(&db_path);
-    conn.execute_batch("ALTER TABLE agents ADD COLUMN zz_future TEXT").unwrap();
-    conn.execute("UPDATE agents SET zz_future = 'x' WHERE agent_id = ?1", params![WORKING])
+    conn.execute_batch("ALTER TABLE agents ADD COLUMN zz_future TEXT")
         .unwrap();
+    conn.execute(
+        "UPDATE agents SET zz_future = 'x' WHERE agent_id = ?1",
+        params![WORKING],
+    )
+    .unwrap();
     drop(conn);
-    let map = StateDb::open(&db_path).unwrap().unwrap().agents_by_task().unwrap();
+    let map = StateDb::open(&db_path)
+        .unwrap()
+        .unwrap()
+        .agents_by_task()
+        .unwrap();
     assert_eq!(agent(&map, WORKING)["zz_future"], "x");
 
     // A DB the orchestrator has created but not yet given its tables.
     let fresh = dir.path().join("fresh.sqlite3");
-    orchestrator_conn(&fresh).execute_batch("CREATE TABLE t(x)").unwrap();
-    assert!(StateDb::open(&fresh).unwrap().unwrap().agents_by_task().unwrap().is_empty());
+    orchestrator_conn(&fresh)
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
+    assert!(
+        StateDb::open(&fresh)
+            .unwrap()
+            .unwrap()
+            .agents_by_task()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -101,9 +145,13 @@ fn assert_corrupt_and_untouched(path: &Path) {
         None => panic!("file exists"),
     });
     let err = result.expect_err("a corrupt DB must not read");
+    eprintln!("reported: {err}");
     assert!(matches!(err, SqliteError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
-    assert!(fs::read(path).unwrap() == before, "the corrupt file was changed");
+    assert!(
+        fs::read(path).unwrap() == before,
+        "the corrupt file was changed"
+    );
 }
 
 #[test]
@@ -123,8 +171,10 @@ fn random_bytes_are_reported_and_left_as_they_are() {
     fs::write(&path, noise).unwrap();
     assert_corrupt_and_untouched(&path);
     assert!(!wal_path(&path).exists(), "nothing created beside a non-DB");
+    // An empty file is a DB the orchestrator has not written yet: nothing to read, nothing to report.
     fs::write(&path, "").unwrap();
-    assert_corrupt_and_untouched(&path);
+    assert!(StateDb::open(&path).unwrap().is_none());
+    assert_eq!(fs::metadata(&path).unwrap().len(), 0);
 }
 
 #[test]
@@ -151,7 +201,10 @@ fn a_truncated_db_is_reported_and_left_as_it_is() {
 fn bases_come_from_the_index_when_active() {
     let dir = tempfile::tempdir().unwrap();
     let index = default_index_path(dir.path());
-    assert!(discover_bases(&index).unwrap().is_empty(), "no index, no bases");
+    assert!(
+        discover_bases(&index).unwrap().is_empty(),
+        "no index, no bases"
+    );
     fs::create_dir_all(index.parent().unwrap()).unwrap();
     let conn = orchestrator_conn(&index);
     conn.execute_batch(
@@ -170,7 +223,10 @@ fn bases_come_from_the_index_when_active() {
     let bases = discover_bases(&index).unwrap();
     assert_eq!(
         bases,
-        [Path::new("/srv/a/.agent-workspace"), Path::new("/srv/c/.agent-workspace")]
+        [
+            Path::new("/srv/a/.agent-workspace"),
+            Path::new("/srv/c/.agent-workspace")
+        ]
     );
     assert!(fs::read(&index).unwrap() == before, "the index was written");
 }

@@ -11,8 +11,10 @@
 //!
 //! Every call blocks (up to the busy timeout on a held write lock): run it off the async loop.
 
+mod index;
 mod progress;
 
+pub use index::discover_bases;
 pub use progress::{append_progress_line, progress_line, terminal_message};
 
 use crate::record::Applied;
@@ -141,8 +143,10 @@ fn check_plain_file(path: &Path) -> Result<bool, SqliteError> {
 }
 
 /// Checks the magic header ourselves: random bytes are reported without SQLite ever opening
-/// the file read-write (which would create `-wal`/`-shm` files beside it).
-fn check_magic(path: &Path) -> Result<(), SqliteError> {
+/// the file read-write (which would create `-wal`/`-shm` files beside it). `Ok(false)` for an
+/// empty file: SQLite creates the file before its first write, so an orchestrator starting up
+/// shows one for a moment; it holds no agents and is no corruption.
+fn check_magic(path: &Path) -> Result<bool, SqliteError> {
     let mut head = [0u8; 16];
     let read = File::open(path)
         .and_then(|mut f| {
@@ -159,18 +163,16 @@ fn check_magic(path: &Path) -> Result<(), SqliteError> {
             path: path.to_path_buf(),
             source,
         })?;
-    // An empty file is what SQLite itself would treat as a new database: not the orchestrator's.
+    if read == 0 {
+        return Ok(false);
+    }
     if read < head.len() || &head != SQLITE_MAGIC {
         return Err(SqliteError::Corrupt {
             path: path.to_path_buf(),
-            detail: if read == 0 {
-                "empty file".into()
-            } else {
-                "no sqlite header".into()
-            },
+            detail: "no sqlite header".into(),
         });
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Maps an SQLite error: corruption and lock timeouts get their own variants.
@@ -198,7 +200,8 @@ impl StateDb {
         Self::open_with_timeout(path, DEFAULT_BUSY_TIMEOUT)
     }
 
-    /// Opens an existing DB read-write; `None` when there is no file. Never creates one.
+    /// Opens an existing DB read-write; `None` when there is no file (or an empty one, not yet
+    /// written by the orchestrator). Never creates one.
     pub fn open_with_timeout(
         path: &Path,
         busy_timeout: Duration,
@@ -206,7 +209,9 @@ impl StateDb {
         if !check_plain_file(path)? {
             return Ok(None);
         }
-        check_magic(path)?;
+        if !check_magic(path)? {
+            return Ok(None);
+        }
         let started = Instant::now();
         let err = |what, e| classify(path, what, started, e);
         // No CREATE: a DB deleted between the stat and here must not come back empty.
@@ -439,7 +444,10 @@ fn row_to_entry(names: &[String], cells: &[ValueRef<'_>]) -> Option<(String, Val
             "claude_pid" | "cursor_pid" => {}
             "tracked_files" => {
                 if let Some(files) = cell_to_json(*cell)
-                    .and_then(|v| v.as_str().and_then(|s| serde_json::from_str::<Value>(s).ok()))
+                    .and_then(|v| {
+                        v.as_str()
+                            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                    })
                     .filter(Value::is_object)
                 {
                     rest.insert("tracked_files".into(), files);
@@ -476,71 +484,6 @@ fn cell_to_json(cell: ValueRef<'_>) -> Option<Value> {
     }
 }
 
-/// SQLite truthiness as Python code writes it: non-zero numbers, and `true`/`yes`/`1` text.
-fn truthy(cell: ValueRef<'_>) -> bool {
-    match cell {
-        ValueRef::Integer(i) => i != 0,
-        ValueRef::Real(f) => f != 0.0,
-        ValueRef::Text(t) => matches!(
-            String::from_utf8_lossy(t).trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes"
-        ),
-        ValueRef::Null | ValueRef::Blob(_) => false,
-    }
-}
-
-/// Active workspace bases from the cross-project index (`known_workspaces`, `is_active` truthy).
-///
-/// Opened read-only; a missing index gives none. Only absolute paths are returned (a relative
-/// one would depend on our working directory), sorted and without duplicates.
-pub fn discover_bases(index_path: &Path) -> Result<Vec<PathBuf>, SqliteError> {
-    // The index is the user's own file in their home: a symlinked one is followed.
-    let meta = match std::fs::metadata(index_path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(SqliteError::Stat {
-                path: index_path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    if !meta.is_file() {
-        return Err(SqliteError::NotRegular {
-            path: index_path.to_path_buf(),
-        });
-    }
-    check_magic(index_path)?;
-    let started = Instant::now();
-    let err = |what, e| classify(index_path, what, started, e);
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(index_path, flags).map_err(|e| err("open", e))?;
-    conn.busy_timeout(DEFAULT_BUSY_TIMEOUT)
-        .map_err(|e| err("busy_timeout", e))?;
-    let mut stmt = conn
-        .prepare("SELECT workspace_base, is_active FROM known_workspaces")
-        .map_err(|e| err("reading known_workspaces", e))?;
-    let mut rows = stmt.query([]).map_err(|e| err("reading known_workspaces", e))?;
-    let mut bases = Vec::new();
-    while let Some(row) = rows.next().map_err(|e| err("reading known_workspaces", e))? {
-        let active = row
-            .get_ref(1)
-            .map_err(|e| err("reading known_workspaces", e))?;
-        if !truthy(active) {
-            continue;
-        }
-        if let Ok(ValueRef::Text(base)) = row.get_ref(0) {
-            let base = PathBuf::from(String::from_utf8_lossy(base).into_owned());
-            if base.is_absolute() {
-                bases.push(base);
-            }
-        }
-    }
-    bases.sort();
-    bases.dedup();
-    Ok(bases)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,27 +517,21 @@ mod tests {
         assert_eq!(task, "TASK-1");
         let keys: Vec<_> = entry.as_object().unwrap().keys().cloned().collect();
         assert_eq!(keys, ["id", "type", "tracked_files", "prompt", "progress"]);
-        assert_eq!(entry["tracked_files"]["log_file"], "/w/logs/a-1_stream.jsonl");
+        assert_eq!(
+            entry["tracked_files"]["log_file"],
+            "/w/logs/a-1_stream.jsonl"
+        );
     }
 
     #[test]
     fn bad_tracked_files_are_left_out() {
         let names = vec!["task_id".to_string(), "tracked_files".to_string()];
         for bad in [&b"[1,2]"[..], b"{not json", b""] {
-            let (_, entry) = row_to_entry(&names, &[ValueRef::Text(b"T"), ValueRef::Text(bad)])
-                .unwrap();
+            let (_, entry) =
+                row_to_entry(&names, &[ValueRef::Text(b"T"), ValueRef::Text(bad)]).unwrap();
             assert!(entry.get("tracked_files").is_none());
         }
         assert!(row_to_entry(&names, &[ValueRef::Null, ValueRef::Null]).is_none());
-    }
-
-    #[test]
-    fn truthiness_follows_python_writers() {
-        assert!(truthy(ValueRef::Integer(1)));
-        assert!(truthy(ValueRef::Text(b"True")));
-        assert!(!truthy(ValueRef::Integer(0)));
-        assert!(!truthy(ValueRef::Text(b"false")));
-        assert!(!truthy(ValueRef::Null));
     }
 
     #[test]

@@ -64,6 +64,18 @@ fn tracked_files(base: &Path, task: &str, id: &str) -> String {
     .to_string()
 }
 
+/// id, task, type, status, progress, completed_at, last_update, tracked_files.
+struct FixtureAgent(
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<i64>,
+    Option<&'static str>,
+    &'static str,
+    Option<String>,
+);
+
 /// Builds `<base>/registry/state.sqlite3` plus the task folders' `progress/`; returns the DB path.
 pub fn build_state_db(base: &Path) -> PathBuf {
     let db = base.join("registry").join("state.sqlite3");
@@ -90,15 +102,59 @@ pub fn build_state_db(base: &Path) -> PathBuf {
         .unwrap();
     }
     let a = |id: &str| tracked_files(base, TASK_A, id);
-    // (id, task, type, status, progress, completed_at, last_update, tracked_files)
-    let rows: [(&str, &str, &str, &str, Option<i64>, Option<&str>, &str, Option<String>); 5] = [
-        (WORKING, TASK_A, "fixer", "working", Some(40), None, "2026-01-01T10:05:00.000001", Some(a(WORKING))),
-        (COMPLETED, TASK_A, "auditor", "completed", Some(100), Some("2026-01-01T10:20:00.5"), "2026-01-01T10:20:00.5", Some(a(COMPLETED))),
-        (RUNNING_BAD_FILES, TASK_A, "tester", "running", None, None, "2026-01-01T10:06:00", Some("{not json".into())),
-        (WORKING_DONE_AT, TASK_A, "planner", "working", Some(70), Some(EARLIER_COMPLETED_AT), "2026-01-01T10:31:00", None),
-        (STALE, TASK_B, "builder", "working", Some(10), None, "2026-01-01T11:01:00", Some(tracked_files(base, TASK_B, STALE))),
+    let rows = [
+        FixtureAgent(
+            WORKING,
+            TASK_A,
+            "fixer",
+            "working",
+            Some(40),
+            None,
+            "2026-01-01T10:05:00.000001",
+            Some(a(WORKING)),
+        ),
+        FixtureAgent(
+            COMPLETED,
+            TASK_A,
+            "auditor",
+            "completed",
+            Some(100),
+            Some("2026-01-01T10:20:00.5"),
+            "2026-01-01T10:20:00.5",
+            Some(a(COMPLETED)),
+        ),
+        FixtureAgent(
+            RUNNING_BAD_FILES,
+            TASK_A,
+            "tester",
+            "running",
+            None,
+            None,
+            "2026-01-01T10:06:00",
+            Some("{not json".into()),
+        ),
+        FixtureAgent(
+            WORKING_DONE_AT,
+            TASK_A,
+            "planner",
+            "working",
+            Some(70),
+            Some(EARLIER_COMPLETED_AT),
+            "2026-01-01T10:31:00",
+            None,
+        ),
+        FixtureAgent(
+            STALE,
+            TASK_B,
+            "builder",
+            "working",
+            Some(10),
+            None,
+            "2026-01-01T11:01:00",
+            Some(tracked_files(base, TASK_B, STALE)),
+        ),
     ];
-    for (id, task, kind, status, progress, completed_at, last_update, files) in rows {
+    for FixtureAgent(id, task, kind, status, progress, completed_at, last_update, files) in rows {
         conn.execute(
             "INSERT INTO agents (agent_id, task_id, type, model, tmux_session, parent, depth, \
              phase_index, claude_pid, cursor_pid, tracked_files, started_at, completed_at, status, \
