@@ -2,6 +2,7 @@
 
 pub mod json_file;
 pub mod pyjson;
+pub mod sqlite;
 
 pub use json_file::{
     ReadOptions, RegistryError, SidecarRecovery, UpdateOptions, UpdateOutcome, read_registry,
