@@ -85,6 +85,21 @@ pub fn resolve_config(cli: &Cli) -> Result<Config> {
             _ => PathBuf::from("./.agent-workspace"),
         }];
     }
+    if config.discover_workspaces
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        let index = crate::registry::sqlite::default_index_path(std::path::Path::new(&home));
+        match crate::registry::sqlite::discover_bases(&index) {
+            Ok(found) => {
+                for base in found {
+                    if !config.workspace_bases.contains(&base) {
+                        config.workspace_bases.push(base);
+                    }
+                }
+            }
+            Err(e) => eprintln!("agent-reaper: warning: discover_workspaces: {e}"),
+        }
+    }
     if cli.state_dir.is_some() {
         config.state_dir = cli.state_dir.clone();
     }

@@ -35,6 +35,8 @@ pub enum TmuxSocketSetting {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub workspace_bases: Vec<PathBuf>,
+    /// Also clean the active bases listed in `~/.claude-orchestrator/global_registry.sqlite3`.
+    pub discover_workspaces: bool,
     pub state_dir: Option<PathBuf>,
     pub archive_dir: Option<PathBuf>,
     pub compress: bool,
@@ -61,6 +63,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             workspace_bases: Vec::new(),
+            discover_workspaces: false,
             state_dir: None,
             archive_dir: None,
             compress: false,
@@ -93,6 +96,7 @@ impl Default for Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     workspace_bases: Option<Vec<PathBuf>>,
+    discover_workspaces: Option<bool>,
     state_dir: Option<PathBuf>,
     archive_dir: Option<PathBuf>,
     compress: Option<bool>,
@@ -175,6 +179,7 @@ impl Config {
         };
         let config = Config {
             workspace_bases: raw.workspace_bases.unwrap_or_default(),
+            discover_workspaces: raw.discover_workspaces.unwrap_or(d.discover_workspaces),
             state_dir: raw.state_dir,
             archive_dir: raw.archive_dir,
             compress: raw.compress.unwrap_or(d.compress),

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dbtasks;
 pub mod decide;
 pub mod demo;
 pub mod instance;

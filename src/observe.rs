@@ -40,10 +40,29 @@ impl AgentView {
     }
 }
 
+/// Where a task's agents are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `AGENT_REGISTRY.json` in the task folder.
+    Json,
+    /// `<base>/registry/state.sqlite3` (newer orchestrators), which has rows for the task.
+    Sqlite,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Json => "json",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
 /// One task as seen this round.
 #[derive(Debug, Clone)]
 pub struct TaskView {
     pub task: TaskDir,
+    pub backend: Backend,
     pub agents: Vec<AgentView>,
     /// `active_count` as read, to tell whether the counter drifted.
     pub active_count: Option<i64>,
@@ -208,6 +227,8 @@ pub struct World<'a> {
 
 /// Per-agent raw material before the writers scan.
 struct Pending {
+    /// The DB holds no cleanup record: an agent counts as recorded once nothing is left.
+    db_backed: bool,
     id: AgentId,
     entry: Value,
     files: AgentFiles,
@@ -217,9 +238,14 @@ struct Pending {
 
 /// Builds the agents of one task registry. Call `finish_task_views` afterwards with the
 /// writers of all logs so /proc is scanned once for every task together.
-pub fn task_view(task: &TaskDir, registry: Result<Value, String>) -> (TaskView, Vec<PendingAgent>) {
+pub fn task_view(
+    task: &TaskDir,
+    backend: Backend,
+    registry: Result<Value, String>,
+) -> (TaskView, Vec<PendingAgent>) {
     let mut view = TaskView {
         task: task.clone(),
+        backend,
         agents: Vec::new(),
         active_count: None,
         expected_active: None,
@@ -271,6 +297,7 @@ pub fn task_view(task: &TaskDir, registry: Result<Value, String>) -> (TaskView, 
         let candidates = log_candidates(task, &entry, &files, &mut warnings);
         let logs = existing_logs(task, &candidates, &mut dir_ok, &mut warnings);
         pending.push(PendingAgent(Pending {
+            db_backed: backend == Backend::Sqlite,
             id,
             entry,
             files,
@@ -308,6 +335,7 @@ pub fn agent_view(
     writers: &HashMap<FileId, Vec<i32>>,
 ) -> AgentView {
     let Pending {
+        db_backed,
         id,
         entry,
         files,
@@ -388,11 +416,12 @@ pub fn agent_view(
         class,
         last_update: time_field(&entry, "last_update"),
         finished_at: time_field(&entry, "completed_at").or(time_field(&entry, "terminated_at")),
-        cleanup_recorded: entry
-            .get("auto_cleanup_result")
-            .and_then(|r| r.get("success"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        cleanup_recorded: db_backed
+            || entry
+                .get("auto_cleanup_result")
+                .and_then(|r| r.get("success"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         session,
         live_processes,
         stream_end: end,

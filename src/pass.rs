@@ -2,10 +2,11 @@
 
 use crate::act::{self, Outcome};
 use crate::config::Config;
+use crate::dbtasks::{db_task_dirs, open_base_db};
 use crate::decide::{Action, AgentClass, Decision, Policy, SessionFact, decide, decide_orphan};
 use crate::model::StatusClass;
 use crate::observe::{
-    self, AgentView, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
+    self, AgentView, Backend, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
     scan_writers, task_view,
 };
 use crate::procs::{ProcTable, Tmux};
@@ -114,6 +115,8 @@ pub struct Reaper {
     pub gone_since: HashMap<String, SystemTime>,
     /// Called with (tasks done, total) while acting.
     pub progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
+    /// This pass's state DBs, per base (newer orchestrators).
+    pub state_dbs: HashMap<PathBuf, crate::dbtasks::BaseDb>,
     /// Journal of multi-step file operations (late-write appends); without one, late
     /// writes are archived beside the first archive under a numbered name.
     pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
@@ -128,6 +131,7 @@ impl Reaper {
             gone_since: HashMap::new(),
             progress: None,
             journal: None,
+            state_dbs: HashMap::new(),
         }
     }
 
@@ -172,14 +176,29 @@ impl Reaper {
         // Observe every task of every base.
         let mut views: Vec<TaskView> = Vec::new();
         let mut pending: Vec<Vec<PendingAgent>> = Vec::new();
+        self.state_dbs.clear();
         for base in &self.config.workspace_bases {
-            let tasks = match discover_tasks(base) {
+            let mut tasks = match discover_tasks(base) {
                 Ok(t) => t,
                 Err(e) => {
                     errors.push(e.to_string());
                     continue;
                 }
             };
+            let db = match open_base_db(base, self.config.lock_timeout) {
+                Ok(db) => db,
+                Err(e) => {
+                    errors.push(format!("{e}; using the JSON registries of this base"));
+                    None
+                }
+            };
+            if let Some(db) = &db {
+                for task in db_task_dirs(base, &db.rows) {
+                    if !tasks.iter().any(|t| t.dir == task.dir) {
+                        tasks.push(task);
+                    }
+                }
+            }
             for task in tasks {
                 if scope.is_some_and(|s| !s.contains(&task.dir)) {
                     continue;
@@ -189,10 +208,28 @@ impl Reaper {
                 {
                     errors.push(e.to_string());
                 }
-                let (view, agents) =
-                    task_view(&task, observe::read_task(&task, &ReadOptions::default()));
+                // The DB owns a task when it has agent rows for it; JSON otherwise.
+                let rows = db
+                    .as_ref()
+                    .and_then(|db| db.rows.get(&task.task_id))
+                    .filter(|rows| !rows.is_empty());
+                let (view, agents) = match rows {
+                    Some(rows) => task_view(
+                        &task,
+                        Backend::Sqlite,
+                        Ok(serde_json::json!({ "agents": rows })),
+                    ),
+                    None => task_view(
+                        &task,
+                        Backend::Json,
+                        observe::read_task(&task, &ReadOptions::default()),
+                    ),
+                };
                 views.push(view);
                 pending.push(agents);
+            }
+            if let Some(db) = db {
+                self.state_dbs.insert(base.clone(), db);
             }
         }
         let writers = scan_writers(pending.iter().flatten());
@@ -405,8 +442,11 @@ impl Reaper {
                 first.recheck = second.recheck;
             }
         }
-        // 3. Files, then the registries: tasks are independent, so a few at a time.
-        let written = self.apply_tasks(views, &decisions, &mut outcomes, now);
+        // 3. DB-backed tasks' transitions, one transaction per base; a DB held by another
+        // writer skips its tasks this round.
+        let skip = self.apply_db_transitions(views, &decisions, &mut outcomes, now, report);
+        // 4. Files, then the registries: tasks are independent, so a few at a time.
+        let written = self.apply_tasks(views, &decisions, &mut outcomes, now, &skip);
         for result in written {
             match result {
                 Ok(written) => report.written_tasks.push(written),
@@ -436,6 +476,37 @@ impl Reaper {
 }
 
 impl Reaper {
+    /// Writes the transitions of DB-backed tasks; returns the tasks to skip this round.
+    fn apply_db_transitions(
+        &self,
+        views: &[TaskView],
+        decisions: &[Vec<Decision>],
+        outcomes: &mut [Vec<Outcome>],
+        now: SystemTime,
+        report: &mut PassReport,
+    ) -> HashSet<usize> {
+        let mut skip = HashSet::new();
+        for (base, db) in &self.state_dbs {
+            let mut work = Vec::new();
+            let mut indexes = Vec::new();
+            for (t, (outs, view)) in outcomes.iter_mut().zip(views).enumerate() {
+                if view.backend == Backend::Sqlite && &view.task.base == base {
+                    work.push((view, decisions[t].as_slice(), outs.as_mut_slice()));
+                    indexes.push(t);
+                }
+            }
+            if let Err(e) = crate::dbtasks::apply_transitions(&db.db, &mut work, now) {
+                report.errors.push(format!(
+                    "{e}; {} task(s) of {} wait for the next round",
+                    indexes.len(),
+                    base.display()
+                ));
+                skip.extend(indexes);
+            }
+        }
+        skip
+    }
+
     /// Runs `act::apply_task` for every readable task on a few threads; per task, whether
     /// its registry was written or the error.
     fn apply_tasks(
@@ -444,6 +515,7 @@ impl Reaper {
         decisions: &[Vec<Decision>],
         outcomes: &mut [Vec<Outcome>],
         now: SystemTime,
+        skip: &HashSet<usize>,
     ) -> Vec<Result<bool, Option<String>>> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -468,6 +540,8 @@ impl Reaper {
                             let view = &views[*t];
                             let result = if view.error.is_some() {
                                 Err(None)
+                            } else if skip.contains(t) {
+                                Ok(false)
                             } else {
                                 act::apply_task(
                                     view,
@@ -547,7 +621,7 @@ fn fill_report(
         let mut task = TaskReport {
             task_id: view.task.task_id.clone(),
             dir: view.task.dir.clone(),
-            backend: "json",
+            backend: view.backend.name(),
             error: view.error.clone(),
             warnings: view.warnings.clone(),
             registry_written: report.written_tasks.get(t).copied().unwrap_or(false),
@@ -561,7 +635,7 @@ fn fill_report(
             let d = &decisions[t][a];
             let mut r = AgentReport {
                 id: agent.id.to_string(),
-                status: agent.facts.status.clone(),
+                status: agent.registry_status.clone(),
                 new_status: first_status(d).map(String::from),
                 class: d.class,
                 actions: d.actions.clone(),

@@ -183,7 +183,11 @@ impl Daemon {
                     return;
                 }
                 let Some(task) = event.kind.task() else {
-                    // The global registry or the state DB: nothing per task to do.
+                    // The state DB changed (its -wal is the signal): any DB-backed task may
+                    // have moved. The global registry alone asks for nothing.
+                    if event.kind == PathKind::StateDb {
+                        self.schedule.full_at(now + COALESCE);
+                    }
                     return;
                 };
                 let gone = matches!(change, Change::Removed | Change::Renamed(RenameSide::From));
