@@ -264,7 +264,7 @@ pub fn apply_task(
                         Err(e) => out.errors.push(e.to_string()),
                     }
                 }
-                Action::Archive { path } => match archiver.archive(path) {
+                Action::Archive { path } => match archive_journaled(&mut archiver, path, journal) {
                     Ok(done) => {
                         if let Some(parent) = path.parent() {
                             touched.push(parent.to_path_buf());
@@ -372,6 +372,49 @@ pub fn apply_task(
             Err(e.to_string())
         }
     }
+}
+
+/// Archives `path`; a copy to another filesystem is journaled first, so a crash between
+/// its rename and the unlink of the original is finished (not duplicated) at restart.
+fn archive_journaled(
+    archiver: &mut Archiver,
+    path: &Path,
+    journal: Option<&Mutex<Journal>>,
+) -> Result<crate::archive::Archived, crate::archive::ArchiveError> {
+    let step = journal
+        .filter(|_| archiver.crosses_filesystems(path))
+        .and_then(|j| {
+            let dest = archiver.next_name(path)?;
+            let mut partial = dest.clone().into_os_string();
+            partial.push(".partial");
+            let src_len = std::fs::symlink_metadata(path).ok()?.len();
+            let step = crate::journal::Step::Copy {
+                src: path.to_path_buf(),
+                partial: PathBuf::from(partial),
+                dest,
+                src_len,
+            };
+            let seq = j.lock().expect("journal lock").begin(&[step]);
+            match seq {
+                Ok(seqs) => Some((j, seqs)),
+                Err(e) => {
+                    tracing::warn!("journal: {e}; copying {} unjournaled", path.display());
+                    None
+                }
+            }
+        });
+    let result = archiver.archive(path);
+    if let Some((j, seqs)) = step {
+        let mut j = j.lock().expect("journal lock");
+        let recorded = match &result {
+            Ok(_) => j.finish(&seqs),
+            Err(_) => j.undo(&seqs),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!("journal: {e}");
+        }
+    }
+    result
 }
 
 /// A path as the user reads it: relative to the task folder when inside it.

@@ -92,6 +92,29 @@ impl Archiver {
         &self.path
     }
 
+    /// Whether `src` lives on another filesystem than the archive folder (then archiving
+    /// it is a copy, worth journaling).
+    pub fn crosses_filesystems(&self, src: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        // The archive folder may not exist yet: its nearest existing ancestor tells.
+        let archive = self
+            .path
+            .ancestors()
+            .find_map(|p| std::fs::metadata(p).ok());
+        let (Some(a), Ok(s)) = (archive, std::fs::metadata(parent_of(src))) else {
+            return false;
+        };
+        a.dev() != s.dev()
+    }
+
+    /// The name `src` would get in the archive now: its own, or the first free numbered one.
+    pub fn next_name(&self, src: &Path) -> Option<PathBuf> {
+        let names = Names::new(src.file_name()?, MAX_NAME_TRIES);
+        (0..names.max)
+            .map(|n| self.path.join(names.get(n)))
+            .find(|p| std::fs::symlink_metadata(p).is_err())
+    }
+
     pub fn archive(&mut self, src: &Path) -> Result<Archived, ArchiveError> {
         if self.dir.is_none() {
             self.dir = Some(ArchiveDir::open(&self.path)?);

@@ -230,3 +230,44 @@ fn locked_python_updates_interleave_with_once_without_loss() {
     assert_eq!(data["agents"][1]["status"], "terminated");
     assert_eq!(data["active_count"], 0);
 }
+
+#[test]
+fn an_archive_dir_on_another_filesystem_gets_a_verified_copy() {
+    let s = Sandbox::new();
+    let shm = tempfile::Builder::new()
+        .prefix("reaper-archive-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let same_fs = nix::sys::statfs::statfs(shm.path())
+        .unwrap()
+        .filesystem_type()
+        == nix::sys::statfs::statfs(s.dir.path())
+            .unwrap()
+            .filesystem_type();
+    if same_fs {
+        eprintln!("skipped: /dev/shm and the temp dir are on the same kind of filesystem");
+        return;
+    }
+    s.write_config(&format!(
+        "settle = \"300ms\"\narchive_dir = \"{}\"\n",
+        shm.path().display()
+    ));
+    finished_agent(&s);
+    let log = s.task(TASK).join(format!("progress/{ID}_progress.jsonl"));
+    s.run_ok(&["once"]);
+    assert!(!log.exists());
+    let archived = shm.path().join(TASK).join(format!("{ID}_progress.jsonl"));
+    assert_eq!(fs::read_to_string(&archived).unwrap(), "{\"n\":1}\n");
+    let leftovers: Vec<_> = fs::read_dir(shm.path().join(TASK))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The copy was journaled and the step closed: nothing pending for the next start.
+    let journal = s.dir.path().join("state/journal.jsonl");
+    let text = fs::read_to_string(&journal).unwrap_or_default();
+    let begun = text.matches("\"begin\"").count();
+    let closed = text.matches("\"done\"").count() + text.matches("\"undone\"").count();
+    assert_eq!((begun, closed), (1, 1), "{text}");
+}
