@@ -1,0 +1,152 @@
+//! What a pass returns: per task and agent, what was decided, done and still awaited.
+
+use crate::act::Outcome;
+use crate::decide::{Action, AgentClass, Decision};
+use crate::model::StatusClass;
+use crate::observe::TaskView;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::first_status;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentReport {
+    pub id: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_status: Option<String>,
+    pub class: AgentClass,
+    pub actions: Vec<Action>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// When another look could change the answer (the daemon schedules it).
+    #[serde(skip)]
+    pub recheck: Option<Duration>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl AgentReport {
+    /// The registry lists it as active after this pass.
+    pub fn still_active(&self) -> bool {
+        let status = self.new_status.as_deref().unwrap_or(&self.status);
+        crate::model::classify_status(status) == StatusClass::Active
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    pub task_id: String,
+    pub dir: PathBuf,
+    pub backend: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    pub registry_written: bool,
+    pub agents: Vec<AgentReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OrphanReport {
+    pub session: String,
+    pub idle_seconds: Option<u64>,
+    pub stop: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub tasks: usize,
+    pub agents_seen: usize,
+    pub cleaned: usize,
+    pub zombies: usize,
+    pub stale: usize,
+    pub stopped: usize,
+    pub files_archived: usize,
+    pub prompts_deleted: usize,
+    pub settling: usize,
+    pub errors: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PassReport {
+    pub mode: &'static str,
+    pub bases: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tmux_error: Option<String>,
+    pub tasks: Vec<TaskReport>,
+    pub orphans: Vec<OrphanReport>,
+    pub errors: Vec<String>,
+    pub totals: Totals,
+    /// Per task, in order: whether its registry was written (filled while acting).
+    #[serde(skip)]
+    pub written_tasks: Vec<bool>,
+}
+
+pub(super) fn fill_report(
+    report: &mut PassReport,
+    views: &[TaskView],
+    decisions: &[Vec<Decision>],
+    outcomes: Option<Vec<Vec<Outcome>>>,
+) {
+    let totals = &mut report.totals;
+    for (t, view) in views.iter().enumerate() {
+        let mut task = TaskReport {
+            task_id: view.task.task_id.clone(),
+            dir: view.task.dir.clone(),
+            backend: view.backend.name(),
+            error: view.error.clone(),
+            warnings: view.warnings.clone(),
+            registry_written: report.written_tasks.get(t).copied().unwrap_or(false),
+            agents: Vec::new(),
+        };
+        totals.tasks += 1;
+        if view.error.is_some() {
+            totals.errors += 1;
+        }
+        for (a, agent) in view.agents.iter().enumerate() {
+            let d = &decisions[t][a];
+            let mut r = AgentReport {
+                id: agent.id.to_string(),
+                status: agent.registry_status.clone(),
+                new_status: first_status(d).map(String::from),
+                class: d.class,
+                actions: d.actions.clone(),
+                waiting: d.waiting.clone(),
+                recheck: d.recheck,
+                done: Vec::new(),
+                errors: Vec::new(),
+                warnings: agent.warnings.clone(),
+            };
+            if let Some(out) = outcomes.as_ref().map(|o| &o[t][a]) {
+                r.actions = out.final_actions.clone();
+                r.waiting = out.final_waiting.clone();
+                r.recheck = out.final_recheck;
+                r.done = out.done.clone();
+                r.errors = out.errors.clone();
+                if out.status_applied.is_none() {
+                    r.new_status = None;
+                }
+                totals.files_archived += out.archived.len();
+                totals.prompts_deleted += usize::from(out.prompt_deleted);
+                totals.stopped += usize::from(out.stopped);
+                totals.cleaned += usize::from(out.recorded);
+                totals.errors += out.errors.len();
+            }
+            totals.agents_seen += 1;
+            totals.zombies += usize::from(d.class == AgentClass::Zombie);
+            totals.stale += usize::from(d.class == AgentClass::Stale);
+            totals.settling += usize::from(r.waiting.is_some());
+            task.agents.push(r);
+        }
+        report.tasks.push(task);
+    }
+    report.totals.errors += report.errors.len();
+}
