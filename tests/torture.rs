@@ -432,6 +432,7 @@ fn run_torture(p: Params) {
     // Locked writers: one per registry, bumping the counter; they also perform the flips.
     let locked_counts: Arc<Mutex<HashMap<PathBuf, u64>>> = Arc::default();
     let unparsable_under_lock = Arc::new(AtomicU64::new(0));
+    let cut_registry_reads = Arc::new(AtomicU64::new(0));
     let mut registry_threads = Vec::new();
     let mut registries: Vec<PathBuf> = task_ids
         .iter()
@@ -451,6 +452,8 @@ fn run_torture(p: Params) {
         let stop = stop.clone();
         let counts = locked_counts.clone();
         let bad = unparsable_under_lock.clone();
+        let cut = cut_registry_reads.clone();
+        let unlocked_writer = is_task && unlocked_task(t);
         let run_for = p.run_for;
         registry_threads.push(std::thread::spawn(move || {
             let mut done = 0u64;
@@ -480,6 +483,12 @@ fn run_torture(p: Params) {
                     }
                     Err(e) if e.starts_with("unparsable") => {
                         bad.fetch_add(1, Ordering::Relaxed);
+                        if !unlocked_writer {
+                            // Only the daemon writes this one besides us: a half file under
+                            // the lock is one of its writes cut by SIGKILL.
+                            eprintln!("{}: {e}", reg.display());
+                            cut.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Err(e) => panic!("locked update of {}: {e}", reg.display()),
                 }
@@ -510,6 +519,9 @@ fn run_torture(p: Params) {
     let (mut runs, mut kills) = (0u64, 0u64);
     let mut unexpected_exits = Vec::new();
     while start.elapsed() < p.run_for {
+        let log_from = fs::metadata(&log_path)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         let mut child = s
             .cmd(&["run"])
             .stdin(Stdio::null())
@@ -535,7 +547,11 @@ fn run_torture(p: Params) {
             std::thread::sleep(Duration::from_millis(10));
         }
         match exited {
-            Some(st) => unexpected_exits.push(format!("run {runs}: {st}")),
+            Some(st) => {
+                let log = fs::read(&log_path).unwrap_or_default();
+                let mine = String::from_utf8_lossy(&log[log_from.min(log.len())..]);
+                unexpected_exits.push(format!("run {runs}: {st}\n{}", tail(&mine, 10)));
+            }
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -561,6 +577,7 @@ fn run_torture(p: Params) {
             .unwrap_or(0);
     }
     let mut counts = locked_counts.lock().unwrap().clone();
+    let mut race_corruptions = 0u64;
     for (t, task) in task_ids.iter().enumerate() {
         let reg = base.join(task).join("AGENT_REGISTRY.json");
         let want: Vec<&str> = plans
@@ -569,6 +586,21 @@ fn run_torture(p: Params) {
             .map(|a| a.id.as_str())
             .collect();
         // An unlocked clobber may have undone a flip (the orchestrator's own race).
+        // Worse, open('w') truncating between a locked writer's read and its in-place
+        // write leaves the unlocked writer's document followed by the tail of the longer
+        // locked one: unparsable for good, whoever the locked writer was. Like an operator,
+        // keep the complete first document, and count it.
+        if unlocked_task(t) && serde_json::from_slice::<Value>(&fs::read(&reg).unwrap()).is_err() {
+            let bytes = fs::read(&reg).unwrap();
+            let mut stream = serde_json::Deserializer::from_slice(&bytes).into_iter::<Value>();
+            match stream.next() {
+                Some(Ok(first)) => {
+                    race_corruptions += 1;
+                    fs::write(&reg, to_python_json(&first)).unwrap();
+                }
+                _ => panic!("{task}: registry unparsable and not a complete document + tail"),
+            }
+        }
         let res = wait_until(Duration::from_secs(20), || {
             locked_update(&reg, |root| {
                 bump(root);
@@ -584,7 +616,14 @@ fn run_torture(p: Params) {
             })
             .is_ok()
         });
-        assert!(res, "{task}: registry unparsable under lock for 20 s");
+        if !res {
+            let keep = std::env::temp_dir().join(format!("torture-unparsable-{seed}.json"));
+            let _ = fs::copy(&reg, &keep);
+            panic!(
+                "{task}: registry unparsable under lock for 20 s (copy in {})",
+                keep.display()
+            );
+        }
         *counts.get_mut(&reg).unwrap() += 1;
     }
 
@@ -782,9 +821,20 @@ fn run_torture(p: Params) {
     }
 
     println!(
+        "[{}] daemon did: {} archive(s), {} late append(s), {} stop(s), {} session kill(s); \
+         {} half-written registry read(s) under lock where only the daemon writes",
+        p.name,
+        daemon_log.matches(": archived ").count(),
+        daemon_log.matches("late byte(s)").count(),
+        daemon_log.matches(": stopped ").count(),
+        daemon_log.matches(": killed tmux session").count(),
+        cut_registry_reads.load(Ordering::Relaxed),
+    );
+    println!(
         "[{}] runs {runs}, kills {kills}, unexpected exits {}, final passes {final_passes}, \
          lines written {lines_written}, lines found {lines_found}, registries checked \
-         {registries_checked}, locked updates {}, unlocked rewrites {unlocked_writes}, \
+         {registries_checked}, locked updates {}, unlocked rewrites {unlocked_writes} \
+         (registries left as document + stale tail by that race: {race_corruptions}), \
          unparsable-under-lock reads {}, agents {}, tasks {}, cross_fs {}",
         p.name,
         unexpected_exits.len(),
