@@ -16,7 +16,7 @@ fn number() -> impl Strategy<Value = Value> {
         ("-?[1-9][0-9]{19,60}").prop_map(|s| Value::Number(s.parse::<Number>().unwrap())),
         any::<f64>()
             .prop_filter("finite", |f| f.is_finite())
-            .prop_map(|f| Value::from(f)),
+            .prop_map(Value::from),
         // Float text as Python writes it, and as other writers may (`1E5`, `1.50`).
         ("-?(0|[1-9][0-9]{0,2})\\.[0-9]{1,8}([eE][-+]?[0-9]{1,2})?")
             .prop_map(|s| Value::Number(s.parse::<Number>().unwrap())),

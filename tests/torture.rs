@@ -448,7 +448,7 @@ fn run_torture(p: Params) {
             .collect();
         flips.sort();
         let is_task = t < task_ids.len();
-        let mut r = Rng(seed ^ (t as u64 + 1) * 7919);
+        let mut r = Rng(seed ^ ((t as u64 + 1) * 7919));
         let stop = stop.clone();
         let counts = locked_counts.clone();
         let bad = unparsable_under_lock.clone();
