@@ -317,3 +317,29 @@ fn a_50_mb_registry_is_handled_and_kept_whole() {
     let cleaned = entry_of(&after, GOOD)["auto_cleanup_result"]["success"] == true;
     assert!(cleaned || text.contains(task_id), "{text}");
 }
+
+#[test]
+fn a_symlinked_task_folder_under_archive_dir_is_not_archived_through() {
+    let s = Sandbox::new();
+    let out_side = Sentinel::new(&s);
+    let archive_root = s.dir.path().join("archive-root");
+    fs::create_dir_all(&archive_root).unwrap();
+    s.write_config(&format!(
+        "settle = \"200ms\"\narchive_dir = {:?}\n",
+        archive_root.display().to_string()
+    ));
+    let task_id = "TASK-20261127-120000-00003333";
+    write_task(&s.base(), task_id, json!([agent_entry(GOOD, "completed")]));
+    let task = s.task(task_id);
+    finished(&task, GOOD);
+    age_files(&task);
+    // <archive_dir>/<task id> points outside.
+    symlink(out_side.dir.join("archive"), archive_root.join(task_id)).unwrap();
+    let text = once(&s);
+    out_side.assert_untouched();
+    assert_eq!(
+        fs::read_to_string(task.join(format!("progress/{GOOD}_progress.jsonl"))).unwrap(),
+        "{\"n\":1}\n",
+        "{text}"
+    );
+}
