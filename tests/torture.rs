@@ -593,13 +593,29 @@ fn run_torture(p: Params) {
         if unlocked_task(t) && serde_json::from_slice::<Value>(&fs::read(&reg).unwrap()).is_err() {
             let bytes = fs::read(&reg).unwrap();
             let mut stream = serde_json::Deserializer::from_slice(&bytes).into_iter::<Value>();
-            match stream.next() {
-                Some(Ok(first)) => {
-                    race_corruptions += 1;
-                    fs::write(&reg, to_python_json(&first)).unwrap();
+            let keep = std::env::temp_dir().join(format!("torture-race-{seed}-{task}.json"));
+            let _ = fs::copy(&reg, &keep);
+            race_corruptions += 1;
+            let repaired = match stream.next() {
+                Some(Ok(first)) => first,
+                // Interleaved the other way (a hole or a spliced middle): rebuild the
+                // registry from what the test knows.
+                _ => {
+                    println!(
+                        "[{}] {task}: torn beyond a tail, kept in {}",
+                        p.name,
+                        keep.display()
+                    );
+                    let agents: Vec<Value> = plans
+                        .iter()
+                        .filter(|a| a.task == t)
+                        .map(|a| agent_entry(&a.id, "running"))
+                        .collect();
+                    let path = write_task(&base, task, json!(agents));
+                    read_json(&path)
                 }
-                _ => panic!("{task}: registry unparsable and not a complete document + tail"),
-            }
+            };
+            fs::write(&reg, to_python_json(&repaired)).unwrap();
         }
         let res = wait_until(Duration::from_secs(20), || {
             locked_update(&reg, |root| {
