@@ -17,6 +17,8 @@ pub enum ModelError {
     IdBadChar(String),
     #[error("agent id {0:?} starts with '.' or '-'")]
     IdBadStart(String),
+    #[error("agent id {0:?} contains '..'")]
+    IdDotDot(String),
 }
 
 /// An agent id that is safe to use as a file-name part and a tmux target.
@@ -42,6 +44,11 @@ impl AgentId {
         }
         if raw.starts_with('.') || raw.starts_with('-') {
             return Err(ModelError::IdBadStart(raw.to_string()));
+        }
+        // `..` anywhere (`TASK-..`, `a..b`) is refused: no name we join into a path may
+        // even look like it climbs.
+        if raw.contains("..") {
+            return Err(ModelError::IdDotDot(raw.to_string()));
         }
         Ok(AgentId(raw.to_string()))
     }

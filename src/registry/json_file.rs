@@ -379,9 +379,38 @@ fn read_parsed(
 
 /// Same sequence as the Python writers (write from 0, truncate), plus the fsync they skip.
 fn write_in_place(file: &File, bytes: &[u8]) -> std::io::Result<()> {
+    reserve(file, bytes.len() as u64)?;
     file.write_all_at(bytes, 0)?;
     file.set_len(bytes.len() as u64)?;
     file.sync_all()
+}
+
+/// Allocates the blocks a longer registry needs before its first byte is overwritten, so
+/// a full disk fails the write up front (registry intact) instead of after the old content
+/// is half replaced (registry torn). `KEEP_SIZE`: readers never see the reserved tail.
+/// Filesystems without `fallocate` keep the old behaviour (the sidecar still covers it).
+fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if file.metadata()?.len() >= len {
+        return Ok(());
+    }
+    // SAFETY: fallocate on an fd we own; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(err),
+    }
 }
 
 /// Durable before the registry is touched: content fsynced and its directory entry too,
