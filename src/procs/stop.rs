@@ -2,7 +2,7 @@
 
 use super::table::{ProcKey, ProcTable, StatFields, read_stat};
 use crate::model::AgentId;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -243,12 +243,16 @@ pub fn stop_all_with<O: ProcessOps>(
     // Exited ones that are still zombies: nobody can kill them, their parent must reap.
     // A zombie whose parent we just stopped is reparented and reaped moments later, so
     // only what is still defunct after a short while is reported.
+    // One whose parent is itself being stopped here is not reported: once that parent is
+    // gone it belongs to init, which reaps it.
+    let stopped: HashSet<i32> = targets.iter().map(|t| t.key.pid).collect();
     let zombies = |targets: &[Target<O::Handle>]| {
         let mut found: BTreeMap<usize, (i32, i32)> = BTreeMap::new();
         for (ti, t) in targets.iter().enumerate() {
             if let Some(s) = ops.stat(t.key.pid)
                 && s.start_time == t.key.start_time
                 && s.state == 'Z'
+                && !stopped.contains(&s.ppid)
             {
                 found.insert(ti, (t.key.pid, s.ppid));
             }
