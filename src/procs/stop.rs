@@ -261,7 +261,8 @@ pub fn stop_all_with<O: ProcessOps>(
     };
     let reap_deadline = Instant::now() + REAP_WAIT;
     let mut defunct = zombies(&targets);
-    while !defunct.is_empty() && Instant::now() < reap_deadline {
+    // Only a living parent can still reap one; init's are not waited for.
+    while defunct.values().any(|(_, ppid)| *ppid > 1) && Instant::now() < reap_deadline {
         std::thread::sleep(Duration::from_millis(10));
         defunct = zombies(&targets);
     }

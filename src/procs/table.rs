@@ -89,11 +89,12 @@ fn parse_status_uid(status: &str) -> Option<u32> {
 
 fn read_proc(dir: &Path, pid: i32) -> Option<ProcInfo> {
     let stat = parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
-    let uid = match std::fs::read_to_string(dir.join("status")) {
-        Ok(s) => parse_status_uid(&s),
-        Err(_) => None,
-    }
-    .or_else(|| std::fs::metadata(dir).ok().map(|m| m.uid()))?;
+    // The owner of /proc/<pid> is the process's uid (root for non-dumpable ones, which we
+    // then leave alone): one stat instead of the kernel formatting all of `status`.
+    let uid = std::fs::metadata(dir)
+        .ok()
+        .map(|m| m.uid())
+        .or_else(|| parse_status_uid(&std::fs::read_to_string(dir.join("status")).ok()?))?;
     // Empty for kernel threads and zombies; unreadable means the process just went away,
     // but an empty cmdline is still a usable entry.
     let cmdline = std::fs::read(dir.join("cmdline"))
