@@ -295,7 +295,7 @@ fn no_free_name(dir: &ArchiveDir, names: &Names) -> ArchiveError {
     }
 }
 
-fn parent_of(p: &Path) -> &Path {
+pub(crate) fn parent_of(p: &Path) -> &Path {
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -421,23 +421,28 @@ impl ArchiveDir {
     }
 }
 
-/// What must not change between the start of a copy and the unlink of the source.
+/// What must not change between the start of a copy (or a late append) and the unlink
+/// of the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileState {
-    dev: u64,
-    ino: u64,
-    size: u64,
+pub(crate) struct FileState {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
     mtime: (i64, i64),
 }
 
 impl FileState {
-    fn of(m: &Metadata) -> Self {
+    pub(crate) fn of(m: &Metadata) -> Self {
         FileState {
             dev: m.dev(),
             ino: m.ino(),
             size: m.size(),
             mtime: (m.mtime(), m.mtime_nsec()),
         }
+    }
+
+    pub(crate) fn id(&self) -> (u64, u64) {
+        (self.dev, self.ino)
     }
 }
 

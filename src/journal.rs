@@ -596,6 +596,6 @@ fn unlink_durably(path: &Path) -> Result<(), RecoverError> {
 }
 
 fn sync_parent(path: &Path) -> Result<(), RecoverError> {
-    let dir = late::parent_of(path);
+    let dir = crate::archive::parent_of(path);
     sync_dir(dir).map_err(Into::into)
 }

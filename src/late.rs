@@ -43,6 +43,7 @@
 //! opened the source before our unlink and writes after our rescue read loses those
 //! bytes into the nameless inode; without a lock this window cannot be closed.
 
+use crate::archive::{FileState, parent_of};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -417,37 +418,6 @@ pub(crate) fn same_bytes(a: &File, a_off: u64, b: &File, b_off: u64, len: u64) -
         off += want as u64;
     }
     Ok(true)
-}
-
-pub(crate) fn parent_of(p: &Path) -> &Path {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    }
-}
-
-/// What must not change between the start of an append and the unlink of the source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileState {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-}
-
-impl FileState {
-    fn of(m: &Metadata) -> Self {
-        FileState {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-        }
-    }
-
-    fn id(&self) -> (u64, u64) {
-        (self.dev, self.ino)
-    }
 }
 
 /// Appends what the (now nameless) source gained past `copied`; returns the byte count.
