@@ -25,7 +25,7 @@ pub enum ArchiveError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a regular file; not archived")]
+    #[error("{path}: not a regular file (a symlink, folder or device); refused, nothing moved")]
     NotRegular { path: PathBuf },
     #[error("{src}: changed while being copied to {dest}; original kept, copy removed")]
     ChangedDuringCopy { src: PathBuf, dest: PathBuf },

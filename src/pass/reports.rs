@@ -137,7 +137,7 @@ pub(super) fn fill_report(
                 totals.files_archived += out.archived.len();
                 totals.prompts_deleted += usize::from(out.prompt_deleted);
                 totals.stopped += usize::from(out.stopped);
-                totals.cleaned += usize::from(out.recorded);
+                totals.cleaned += usize::from(out.recorded && out.errors.is_empty());
                 totals.errors += out.errors.len();
             }
             totals.agents_seen += 1;
