@@ -315,55 +315,38 @@ impl Reaper {
             &mut outcomes,
         );
         act::stop_orphans(&mut report.orphans, self.tmux.as_ref());
-        // 2. Stopped agents and logs written moments ago get a second look.
-        let mut again: Vec<(usize, usize)> = stopped.clone();
-        if wait_for_settle {
-            let wait = youngest_settle_wait(views, &decisions, self.config.settle, now);
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
-                for (t, view) in views.iter().enumerate() {
-                    for (a, d) in decisions[t].iter().enumerate() {
-                        if d.waiting.is_some() && !view.agents[a].facts.logs.is_empty() {
-                            again.push((t, a));
-                        }
-                    }
-                }
+        // 2. Stopped agents get a second look (their session and processes are gone now);
+        // in `once`, so do logs written moments ago, after waiting for them to settle.
+        for &(t, a) in &stopped {
+            let agent = &mut views[t].agents[a];
+            agent.facts.session = SessionFact::Gone {
+                since: now - policy.zombie_grace,
+            };
+            agent.facts.live_processes = outcomes[t][a].survivors;
+            if let Some(status) = first_status(&decisions[t][a]) {
+                agent.facts.status = status.to_string();
+                agent.facts.class = StatusClass::Terminal;
             }
         }
-        if !again.is_empty() {
-            let now = (self.clock)();
-            let ids = again
-                .iter()
-                .flat_map(|&(t, a)| views[t].agents[a].log_ids.iter().copied())
-                .collect();
-            let writers = crate::procs::openfiles::writers_of(&ids);
-            for &(t, a) in &again {
-                let agent = &mut views[t].agents[a];
-                if stopped.contains(&(t, a)) {
-                    let out = &outcomes[t][a];
-                    agent.facts.session = SessionFact::Gone {
-                        since: now - policy.zombie_grace,
-                    };
-                    agent.facts.live_processes = out.survivors;
-                    if let Some(status) = first_status(&decisions[t][a]) {
-                        agent.facts.status = status.to_string();
-                        agent.facts.class = StatusClass::Terminal;
-                    }
-                }
-                refresh_logs(agent, &writers, self.config.settle, now);
-                let second = decide(&agent.facts, &policy, now);
-                let first = &mut decisions[t][a];
-                first
-                    .actions
-                    .retain(|a| matches!(a, Action::SetStatus { .. }));
-                first.actions.extend(
-                    second
-                        .actions
-                        .into_iter()
-                        .filter(|a| !matches!(a, Action::Stop { .. } | Action::SetStatus { .. })),
-                );
-                first.waiting = second.waiting;
-                first.recheck = second.recheck;
+        self.look_again(views, &mut decisions, &stopped);
+        if wait_for_settle {
+            let wait = youngest_settle_wait(views, &decisions, self.config.settle, (self.clock)());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+                let waiting: Vec<(usize, usize)> = views
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(t, view)| {
+                        let decisions = &decisions[t];
+                        (0..view.agents.len())
+                            .filter(move |&a| {
+                                decisions[a].waiting.is_some()
+                                    && !view.agents[a].facts.logs.is_empty()
+                            })
+                            .map(move |a| (t, a))
+                    })
+                    .collect();
+                self.look_again(views, &mut decisions, &waiting);
             }
         }
         // 3. DB-backed tasks' transitions, one transaction per base; a DB held by another
@@ -400,6 +383,43 @@ impl Reaper {
 }
 
 impl Reaper {
+    /// Re-stats the logs of `which` agents (one writers scan for all) and decides again:
+    /// the first decision's status change stays, the file work is the new one's.
+    fn look_again(
+        &self,
+        views: &mut [TaskView],
+        decisions: &mut [Vec<Decision>],
+        which: &[(usize, usize)],
+    ) {
+        if which.is_empty() {
+            return;
+        }
+        let now = (self.clock)();
+        let policy = self.policy();
+        let ids = which
+            .iter()
+            .flat_map(|&(t, a)| views[t].agents[a].log_ids.iter().copied())
+            .collect();
+        let writers = crate::procs::openfiles::writers_of(&ids);
+        for &(t, a) in which {
+            let agent = &mut views[t].agents[a];
+            refresh_logs(agent, &writers, self.config.settle, now);
+            let second = decide(&agent.facts, &policy, now);
+            let first = &mut decisions[t][a];
+            first
+                .actions
+                .retain(|a| matches!(a, Action::SetStatus { .. }));
+            first.actions.extend(
+                second
+                    .actions
+                    .into_iter()
+                    .filter(|a| !matches!(a, Action::Stop { .. } | Action::SetStatus { .. })),
+            );
+            first.waiting = second.waiting;
+            first.recheck = second.recheck;
+        }
+    }
+
     /// Writes the transitions of DB-backed tasks; returns the tasks to skip this round.
     fn apply_db_transitions(
         &self,
