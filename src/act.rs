@@ -184,19 +184,43 @@ pub fn stop_agents(
     which
 }
 
-/// Kills the orphan sessions marked `stop`.
-pub fn stop_orphans(orphans: &mut [OrphanReport], tmux: &dyn Tmux) {
-    let names: Vec<String> = orphans
+/// Stops the orphan sessions marked `stop`: their panes' process trees (as for an agent),
+/// then the sessions.
+pub fn stop_orphans(
+    orphans: &mut [OrphanReport],
+    table: &ProcTable,
+    tmux: &dyn Tmux,
+    config: &Config,
+) {
+    let chosen: Vec<&mut OrphanReport> = orphans.iter_mut().filter(|o| o.stop).collect();
+    if chosen.is_empty() {
+        return;
+    }
+    let requests: Vec<StopRequest> = chosen
         .iter()
-        .filter(|o| o.stop)
-        .map(|o| o.session.clone())
+        .map(|o| StopRequest {
+            // Only a label for the report: the set comes from the panes, not from the name.
+            agent: crate::model::AgentId::parse(o.session.trim_start_matches("agent_"))
+                .unwrap_or_else(|_| crate::model::AgentId::parse("orphan").expect("valid id")),
+            processes: table
+                .descendants_and_self(o.pane_pids.iter().copied().filter(|&p| p > 1))
+                .into_iter()
+                .filter_map(|pid| table.get(pid).map(|p| p.key()))
+                .collect(),
+        })
         .collect();
-    let results = kill_sessions(tmux, &names);
-    for (orphan, result) in orphans.iter_mut().filter(|o| o.stop).zip(results) {
-        orphan.outcome = Some(match result {
-            Ok(KillSession::Killed) => "killed".into(),
-            Ok(KillSession::AlreadyGone) => "already gone".into(),
-            Err(e) => format!("error: {e}"),
+    let policy = StopPolicy {
+        term_steps: config.term_grace.clone(),
+    };
+    let reports = stop_all(&requests, table, &policy);
+    let names: Vec<String> = chosen.iter().map(|o| o.session.clone()).collect();
+    let kills = kill_sessions(tmux, &names);
+    for ((orphan, report), kill) in chosen.into_iter().zip(reports).zip(kills) {
+        let stopped = format!("{} process(es) stopped", report.signalled.len());
+        orphan.outcome = Some(match kill {
+            Ok(KillSession::Killed) => format!("killed ({stopped})"),
+            Ok(KillSession::AlreadyGone) => format!("ended with its processes ({stopped})"),
+            Err(e) => format!("error: {e} ({stopped})"),
         });
     }
 }

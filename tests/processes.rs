@@ -354,3 +354,33 @@ fn the_tmux_server_naming_the_first_agents_log_is_never_in_its_set() {
     );
     assert_eq!(agent(&s, 1)["status"], "working");
 }
+
+#[test]
+fn idle_orphan_sessions_are_stopped_only_when_configured() {
+    let s = Sandbox::new();
+    quick_config(&s, "max_inactivity = \"1s\"\n");
+    write_task(&s.base(), TASK, json!([]));
+    let pidfile = s.dir.path().join("orphan.pid");
+    // Ignores SIGHUP, so killing the session alone would leave its process running.
+    s.start_session(
+        "agent_nobody-130000-abcdef",
+        &format!(
+            "trap '' HUP; sleep 600 & echo $! > {}; wait",
+            pidfile.display()
+        ),
+    );
+    assert!(wait_until(Duration::from_secs(5), || !read_pids(&pidfile).is_empty()));
+    let pid = read_pids(&pidfile)[0];
+    // Reported, not touched, while kill_orphan_sessions is off.
+    let out = s.run_ok(&["once"]);
+    assert!(out.contains("agent_nobody-130000-abcdef"), "{out}");
+    assert!(s.session_exists("agent_nobody-130000-abcdef"));
+    quick_config(&s, "max_inactivity = \"1s\"\nkill_orphan_sessions = true\n");
+    assert!(wait_until(Duration::from_secs(10), || {
+        let plan: Value = serde_json::from_str(&s.run_ok(&["plan", "--json"])).unwrap();
+        plan["orphans"][0]["stop"] == true
+    }));
+    s.run_ok(&["once"]);
+    assert!(!s.session_exists("agent_nobody-130000-abcdef"));
+    assert!(!alive(pid), "the orphan's process survived");
+}

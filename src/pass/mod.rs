@@ -284,6 +284,7 @@ impl Reaper {
                     session: s.name.clone(),
                     idle_seconds: activity.map(|t| crate::model::age(now, t).as_secs()),
                     stop: all_read && decide_orphan(activity, policy, now),
+                    pane_pids: s.panes.iter().filter_map(|p| p.pid).collect(),
                     outcome: None,
                 }
             })
@@ -314,7 +315,7 @@ impl Reaper {
             &self.config,
             &mut outcomes,
         );
-        act::stop_orphans(&mut report.orphans, self.tmux.as_ref());
+        act::stop_orphans(&mut report.orphans, table, self.tmux.as_ref(), &self.config);
         // 2. Stopped agents get a second look (their session and processes are gone now);
         // in `once`, so do logs written moments ago, after waiting for them to settle.
         for &(t, a) in &stopped {

@@ -57,6 +57,9 @@ pub struct OrphanReport {
     pub session: String,
     pub idle_seconds: Option<u64>,
     pub stop: bool,
+    /// Its panes' processes, stopped with their descendants before the session goes.
+    #[serde(skip)]
+    pub pane_pids: Vec<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
 }
