@@ -13,6 +13,7 @@ use crate::record::{
     AgentChange, Applied, CleanupRecord, GlobalChange, edit_global_registry, edit_task_registry,
 };
 use crate::registry::{UpdateOptions, UpdateOutcome, update_registry};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -91,7 +92,7 @@ pub fn kill_sessions(tmux: &dyn Tmux, names: &[String]) -> Vec<Result<KillSessio
 pub fn stop_agents(
     views: &[TaskView],
     decisions: &[Vec<Decision>],
-    table: &ProcTable,
+    (table, pane_ancestors): (&ProcTable, &HashSet<i32>),
     tmux: &dyn Tmux,
     config: &Config,
     outcomes: &mut [Vec<Outcome>],
@@ -139,7 +140,13 @@ pub fn stop_agents(
         out.stopped = true;
         out.escalated = Some(report.escalated_to_sigkill);
         out.survivors = report.survivors.len();
-        out.reaped = report.verified_no_zombies();
+        // A pane's defunct process waits for tmux (its parent) to reap it, which tmux does on
+        // its own time; like init's, that is not the agent's leftover.
+        out.reaped = report.survivors.is_empty()
+            && report
+                .defunct
+                .iter()
+                .all(|(_, ppid)| *ppid <= 1 || pane_ancestors.contains(ppid));
         out.defunct = report
             .defunct
             .iter()

@@ -119,7 +119,27 @@ fn a_three_level_tree_is_gone_and_a_lookalike_session_survives() {
         out.contains(&lookalike),
         "the lookalike is reported as orphan: {out}"
     );
-    assert_eq!(agent(&s, 0)["auto_cleanup_result"]["success"], true);
+    let record = &agent(&s, 0)["auto_cleanup_result"];
+    let parents: Vec<String> = record["defunct_processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            d.as_str()?
+                .split("parent ")
+                .nth(1)?
+                .strip_suffix(')')
+                .map(String::from)
+        })
+        .map(|ppid| {
+            let cmd = fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+            format!(
+                "{ppid}: {}",
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            )
+        })
+        .collect();
+    assert_eq!(record["success"], true, "{record:#} parents: {parents:?}");
 }
 
 #[test]

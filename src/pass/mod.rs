@@ -210,7 +210,7 @@ impl Reaper {
             Mode::Execute { wait_for_settle } => Some(self.act(
                 &mut views,
                 decisions.clone(),
-                &table,
+                (&table, &pane_ancestors),
                 &mut report,
                 wait_for_settle,
             )),
@@ -296,7 +296,7 @@ impl Reaper {
         &mut self,
         views: &mut [TaskView],
         mut decisions: Vec<Vec<Decision>>,
-        table: &ProcTable,
+        (table, pane_ancestors): (&ProcTable, &HashSet<i32>),
         report: &mut PassReport,
         wait_for_settle: bool,
     ) -> Vec<Vec<Outcome>> {
@@ -310,7 +310,7 @@ impl Reaper {
         let stopped = act::stop_agents(
             views,
             &decisions,
-            table,
+            (table, pane_ancestors),
             self.tmux.as_ref(),
             &self.config,
             &mut outcomes,
