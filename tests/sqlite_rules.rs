@@ -208,3 +208,55 @@ fn bases_listed_in_the_cross_project_index_are_cleaned_when_asked() {
         "indexed-120000-abcdef"
     );
 }
+
+#[test]
+fn the_daemon_sees_db_changes_through_the_wal() {
+    let s = Sandbox::new();
+    s.write_config(
+        "settle = \"200ms\"\nzombie_grace = \"1h\"\nreconcile_interval = \"1h\"\nsession_poll_interval = \"1h\"\n",
+    );
+    let db = build_state_db(&s.base());
+    let id = "fresh-100009-abcdef";
+    let now = Command::new("date")
+        .arg("+%Y-%m-%dT%H:%M:%S.000000")
+        .output()
+        .unwrap();
+    let now = String::from_utf8(now.stdout).unwrap().trim().to_string();
+    orchestrator_conn(&db)
+        .execute(
+            "INSERT INTO agents (agent_id, task_id, type, tmux_session, parent, depth, status, \
+             progress, started_at, last_update) VALUES (?1, ?2, 'fresh', ?3, 'orchestrator', 1, \
+             'working', 10, ?4, ?4)",
+            rusqlite::params![id, TASK_A, format!("agent_{id}"), now],
+        )
+        .unwrap();
+    let log = s.task(TASK_A).join(format!("progress/{id}_progress.jsonl"));
+    fs::write(&log, "{\"progress\": 10}\n").unwrap();
+    let mut daemon = s
+        .cmd(&["run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = s.base().join(".daemon_health");
+    let started = wait_until(Duration::from_secs(20), || health.exists());
+    // Alive as far as anyone can tell: it waits (zombie_grace is an hour).
+    let kept = log.exists();
+    // The orchestrator marks it completed in the DB; only the -wal changes on disk.
+    orchestrator_conn(&db)
+        .execute(
+            "UPDATE agents SET status = 'completed', completed_at = ?2 WHERE agent_id = ?1",
+            rusqlite::params![id, now],
+        )
+        .unwrap();
+    let archived = s.task(TASK_A).join(format!("archive/{id}_progress.jsonl"));
+    let done = wait_until(Duration::from_secs(20), || {
+        archived.exists() && !log.exists()
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(started, "daemon never became ready");
+    assert!(kept, "archived before the flip");
+    assert!(done, "the DB change did not wake the daemon");
+}
