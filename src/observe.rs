@@ -236,7 +236,7 @@ struct Pending {
     warnings: Vec<String>,
 }
 
-/// Builds the agents of one task registry. Call `finish_task_views` afterwards with the
+/// Builds the agents of one task registry. Call `agent_view` on each afterwards with the
 /// writers of all logs so /proc is scanned once for every task together.
 pub fn task_view(
     task: &TaskDir,
