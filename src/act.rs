@@ -37,9 +37,6 @@ pub struct Outcome {
     pub status_applied: Option<String>,
     pub done: Vec<String>,
     pub errors: Vec<String>,
-    pub final_actions: Vec<Action>,
-    pub final_waiting: Option<String>,
-    pub final_recheck: Option<std::time::Duration>,
 }
 
 impl Default for Outcome {
@@ -57,9 +54,6 @@ impl Default for Outcome {
             status_applied: None,
             done: Vec::new(),
             errors: Vec::new(),
-            final_actions: Vec::new(),
-            final_waiting: None,
-            final_recheck: None,
         }
     }
 }

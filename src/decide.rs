@@ -41,8 +41,10 @@ pub enum StreamEnd {
 #[serde(rename_all = "snake_case", tag = "state", content = "why")]
 pub enum FileState {
     Settled,
-    /// Written within `settle`, or held open for writing, or not yet seen twice.
-    Settling(String),
+    /// Written within `settle`: settled once it stays quiet that long.
+    Recent(String),
+    /// Held open for writing, or replaced since the first look: time alone does not settle it.
+    Busy(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -332,7 +334,7 @@ fn cleanup(
             FileState::Settled => actions.push(Action::Archive {
                 path: log.path.clone(),
             }),
-            FileState::Settling(why) => settling.push(format!(
+            FileState::Recent(why) | FileState::Busy(why) => settling.push(format!(
                 "{} ({why})",
                 log.path.file_name().unwrap_or_default().to_string_lossy()
             )),

@@ -207,7 +207,7 @@ fn settling_logs_hold_back_the_record() {
     let mut f = facts("completed", gone_since(MIN));
     f.logs.push(FileFact {
         path: "/w/TASK-1/logs/a_stream.jsonl".into(),
-        state: FileState::Settling("written 1s ago".into()),
+        state: FileState::Recent("written 1s ago".into()),
         mtime: Some(now()),
     });
     let d = decide(&f, &policy(), now());

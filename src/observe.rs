@@ -201,10 +201,10 @@ pub fn file_state(
     now: SystemTime,
 ) -> FileState {
     if let Some(pids) = writers.filter(|p| !p.is_empty()) {
-        return FileState::Settling(format!("open for writing by pid {pids:?}"));
+        return FileState::Busy(format!("open for writing by pid {pids:?}"));
     }
     match mtime {
-        Some(t) if age(now, t) < settle => FileState::Settling(format!(
+        Some(t) if age(now, t) < settle => FileState::Recent(format!(
             "written {:.1}s ago, settle {:?}",
             age(now, t).as_secs_f64(),
             settle
@@ -458,7 +458,7 @@ pub fn refresh_logs(
         let mtime = meta.modified().ok();
         // A file replaced under the same name since the first look starts over.
         let state = if id != *old_id {
-            FileState::Settling("replaced since the first look".into())
+            FileState::Busy("replaced since the first look".into())
         } else {
             file_state(mtime, writers.get(&id), settle, now)
         };

@@ -251,10 +251,6 @@ fn a_terminal_agent_keeps_its_session_until_the_result_line_or_grace() {
     assert!(out.contains("terminal_grace"), "{out}");
     assert!(s.session_exists(&format!("agent_{id}")));
     // The final line arrives: now it is stopped.
-    fs::OpenOptions::new()
-        .append(true)
-        .open(stream_log(&s, id))
-        .unwrap();
     fs::write(
         stream_log(&s, id),
         "{\"type\":\"assistant\"}\n{\"type\":\"result\",\"is_error\":false}\n",

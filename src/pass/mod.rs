@@ -205,15 +205,19 @@ impl Reaper {
             totals: Totals::default(),
             written_tasks: Vec::new(),
         };
-        let outcomes = match mode {
-            Mode::Plan => None,
-            Mode::Execute { wait_for_settle } => Some(self.act(
-                &mut views,
-                decisions.clone(),
-                (&table, &pane_ancestors),
-                &mut report,
-                wait_for_settle,
-            )),
+        // Acting may revise the decisions (a second look after stops and settle waits).
+        let (decisions, outcomes) = match mode {
+            Mode::Plan => (decisions, None),
+            Mode::Execute { wait_for_settle } => {
+                let (decisions, outcomes) = self.act(
+                    &mut views,
+                    decisions,
+                    (&table, &pane_ancestors),
+                    &mut report,
+                    wait_for_settle,
+                );
+                (decisions, Some(outcomes))
+            }
         };
         fill_report(&mut report, &views, &decisions, outcomes);
         report
@@ -291,7 +295,8 @@ impl Reaper {
             .collect()
     }
 
-    /// Carries out the decisions; returns per task, per agent what happened.
+    /// Carries out the decisions; returns them as revised while acting and, per task and
+    /// agent, what happened.
     fn act(
         &mut self,
         views: &mut [TaskView],
@@ -299,7 +304,7 @@ impl Reaper {
         (table, pane_ancestors): (&ProcTable, &HashSet<i32>),
         report: &mut PassReport,
         wait_for_settle: bool,
-    ) -> Vec<Vec<Outcome>> {
+    ) -> (Vec<Vec<Decision>>, Vec<Vec<Outcome>>) {
         let now = (self.clock)();
         let policy = self.policy();
         let mut outcomes: Vec<Vec<Outcome>> = views
@@ -372,14 +377,7 @@ impl Reaper {
                 report.errors.push(e);
             }
         }
-        for (t, d) in decisions.into_iter().enumerate() {
-            for (a, decision) in d.into_iter().enumerate() {
-                outcomes[t][a].final_actions = decision.actions;
-                outcomes[t][a].final_waiting = decision.waiting;
-                outcomes[t][a].final_recheck = decision.recheck;
-            }
-        }
-        outcomes
+        (decisions, outcomes)
     }
 }
 
@@ -552,9 +550,7 @@ fn youngest_settle_wait(
                 continue;
             }
             for log in &agent.facts.logs {
-                if let (crate::decide::FileState::Settling(why), Some(m)) = (&log.state, log.mtime)
-                    && why.starts_with("written")
-                {
+                if let (crate::decide::FileState::Recent(_), Some(m)) = (&log.state, log.mtime) {
                     let left = settle.saturating_sub(crate::model::age(now, m));
                     wait = wait.max(left + Duration::from_millis(20));
                 }

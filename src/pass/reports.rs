@@ -129,9 +129,6 @@ pub(super) fn fill_report(
                 warnings: agent.warnings.clone(),
             };
             if let Some(out) = outcomes.as_ref().map(|o| &o[t][a]) {
-                r.actions = out.final_actions.clone();
-                r.waiting = out.final_waiting.clone();
-                r.recheck = out.final_recheck;
                 r.done = out.done.clone();
                 r.errors = out.errors.clone();
                 if out.status_applied.is_none() {
