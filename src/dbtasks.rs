@@ -1,13 +1,14 @@
-//! Tasks kept in the orchestrator's SQLite state DB: which tasks it owns, and writing their transitions.
+//! Tasks kept in the orchestrator's SQLite state DB: which tasks it owns, the status its generation uses, and writing their transitions (DB, then the task's JSON registry where it lists the agent).
 
 use crate::act::Outcome;
 use crate::decide::{Action, Decision};
-use crate::model::format_timestamp;
-use crate::observe::TaskView;
-use crate::record::Applied;
+use crate::model::{StatusClass, classify_status, format_timestamp};
+use crate::observe::{Backend, TaskView};
+use crate::record::{AgentChange, Applied, edit_task_registry};
 use crate::registry::sqlite::{
     DbChange, StateDb, append_progress_line, progress_line, state_db_path, terminal_message,
 };
+use crate::registry::{UpdateOptions, update_registry};
 use crate::workspace::TaskDir;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -56,17 +57,107 @@ pub fn db_task_dirs(base: &Path, rows: &BTreeMap<String, Vec<Value>>) -> Vec<Tas
         .collect()
 }
 
+/// The decision in the vocabulary of the orchestrator generation that keeps the task.
+///
+/// The 2026 (SQLite) orchestrators' own detectors mark an agent whose session died or that
+/// got stuck `failed`, with a progress line saying why, never `terminated`; their readers
+/// count `failed` agents as such. So a DB-backed agent we find dead or stale is marked
+/// `failed`; the reason (`session_not_found`, `inactivity_timeout`, `process_exited`) stays
+/// in the message, the progress line and the JSON registry's `termination_reason`. JSON
+/// (2025) tasks keep `terminated`, as that generation's repair writes. Pure; applied right
+/// after `decide`, so `plan` shows what `once` writes.
+pub fn for_backend(backend: Backend, mut decision: Decision) -> Decision {
+    if backend == Backend::Sqlite {
+        for action in &mut decision.actions {
+            if let Action::SetStatus { status, .. } = action
+                && *status == "terminated"
+            {
+                *status = "failed";
+            }
+        }
+    }
+    decision
+}
+
+/// The JSON-registry side of DB transitions: for each `(agent id, status, reason)`, a change
+/// for the entry with that id if it is still active there (whatever active status the JSON
+/// cache holds: it often lags the DB's). Entries already terminal, or absent, are left alone.
+pub fn mirror_changes(
+    root: &Value,
+    transitions: &[(String, &'static str, Option<&'static str>)],
+    now: &str,
+) -> Vec<AgentChange> {
+    let Some(agents) = root.get("agents").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    transitions
+        .iter()
+        .filter_map(|(id, status, reason)| {
+            let current = agents
+                .iter()
+                .find(|a| a.get("id").and_then(Value::as_str) == Some(id.as_str()))?
+                .get("status")?
+                .as_str()?;
+            (classify_status(current) == StatusClass::Active).then(|| AgentChange {
+                id: id.clone(),
+                expect_status: current.to_string(),
+                set_status: Some((*status, *reason)),
+                cleanup: None,
+                now: now.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Gives the task's `AGENT_REGISTRY.json` (when there is one, as on installs upgraded from
+/// the JSON generation) the transitions just written to the DB. The orchestrator's
+/// `reconcile_task_workspace` rewrites the DB status from that file plus the last progress
+/// line; once the progress file is archived only the file is left, so without this it would
+/// set the agent back to `working`. Returns one error per agent it could not mirror.
+fn mirror_to_json(
+    view: &TaskView,
+    transitions: &[(String, &'static str, Option<&'static str>)],
+    opts: &UpdateOptions,
+    now: &str,
+) -> Result<(), String> {
+    let path = view.task.registry();
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_file() => {}
+        // No JSON registry (a DB-only task): nothing can undo the DB's status.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Ok(_) => {
+            return Err(format!(
+                "{}: not a regular file; not mirrored",
+                path.display()
+            ));
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    update_registry(&path, opts, |root| {
+        let changes = mirror_changes(root, transitions, now);
+        // Nothing of ours listed there: leave the file (and its counters) as it is.
+        if !changes.is_empty() {
+            edit_task_registry(root, &changes);
+        }
+    })
+    .map(|_| ())
+    .map_err(|e| format!("AGENT_REGISTRY.json not given the transition: {e}"))
+}
+
 /// One DB-backed task's share of a round: its view, decisions and outcomes.
 pub type TaskWork<'a> = (&'a TaskView, &'a [Decision], &'a mut [Outcome]);
 
 /// Writes this round's status transitions of every DB-backed task of a base in one
 /// `BEGIN IMMEDIATE` transaction, then appends the terminal progress line the
-/// orchestrator's health checks read. Runs before the logs are archived, so that line is
-/// archived with them. A DB held by another writer past the timeout is one error for the
-/// whole base (not one per agent); the caller skips these tasks this round.
+/// orchestrator's health checks read, then gives the task's JSON registry the same
+/// transitions where it lists the agent. Runs before the logs are archived, so that line is
+/// archived with them and every store agrees before the progress file goes. A DB held by
+/// another writer past the timeout is one error for the whole base (not one per agent); the
+/// caller skips these tasks this round.
 pub fn apply_transitions(
     db: &Mutex<StateDb>,
     tasks: &mut [TaskWork<'_>],
+    opts: &UpdateOptions,
     now: SystemTime,
 ) -> Result<(), String> {
     let stamp = format_timestamp(now);
@@ -101,12 +192,18 @@ pub fn apply_transitions(
         .expect("state db lock")
         .apply_detailed(&changes, &stamp)
         .map_err(|e| e.to_string())?;
+    let mut mirror: BTreeMap<usize, Vec<(usize, (String, &'static str, Option<&'static str>))>> =
+        BTreeMap::new();
     for ((&(t, a), change), result) in which.iter().zip(&changes).zip(applied) {
         let (view, _, outcomes) = &mut tasks[t];
         let out = &mut outcomes[a];
         match result.applied {
             Applied::Done => {
                 let (status, reason) = change.set_status.expect("set above");
+                mirror
+                    .entry(t)
+                    .or_default()
+                    .push((a, (change.agent_id.clone(), status, reason)));
                 out.status_applied = Some(status.to_string());
                 out.done.push(match reason {
                     Some(r) => format!("marked {status} ({r})"),
@@ -133,5 +230,72 @@ pub fn apply_transitions(
                 .push("agent row vanished from the state DB meanwhile".into()),
         }
     }
+    for (t, agents) in mirror {
+        let (view, _, outcomes) = &mut tasks[t];
+        let transitions: Vec<_> = agents.iter().map(|(_, x)| x.clone()).collect();
+        if let Err(e) = mirror_to_json(view, &transitions, opts, &stamp) {
+            for (a, _) in &agents {
+                outcomes[*a].errors.push(e.clone());
+            }
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::AgentClass;
+
+    fn zombie(status: &'static str, reason: Option<&'static str>) -> Decision {
+        Decision {
+            class: AgentClass::Zombie,
+            actions: vec![
+                Action::SetStatus {
+                    status,
+                    termination_reason: reason,
+                },
+                Action::RecordCleanup,
+            ],
+            waiting: None,
+            recheck: None,
+        }
+    }
+
+    #[test]
+    fn the_sqlite_generation_marks_dead_and_stuck_agents_failed_and_keeps_the_reason() {
+        for reason in ["session_not_found", "inactivity_timeout", "process_exited"] {
+            let d = for_backend(Backend::Sqlite, zombie("terminated", Some(reason)));
+            assert_eq!(d, zombie("failed", Some(reason)));
+            // The JSON generation keeps its own word.
+            let d = for_backend(Backend::Json, zombie("terminated", Some(reason)));
+            assert_eq!(d, zombie("terminated", Some(reason)));
+        }
+        // A result line's verdict is the same in both.
+        assert_eq!(
+            for_backend(Backend::Sqlite, zombie("completed", None)),
+            zombie("completed", None)
+        );
+    }
+
+    #[test]
+    fn only_entries_still_active_in_the_json_cache_follow_the_db() {
+        let root = serde_json::json!({"agents": [
+            {"id": "a-1", "status": "running"},
+            {"id": "b-1", "status": "completed"},
+            {"id": "c-1"},
+        ]});
+        let t = |id: &str| (id.to_string(), "failed", Some("session_not_found"));
+        let changes = mirror_changes(&root, &[t("a-1"), t("b-1"), t("c-1"), t("d-1")], "now");
+        assert_eq!(changes.len(), 1);
+        // Compare-and-set on what the JSON says (it lags the DB's `working`).
+        assert_eq!(changes[0].id, "a-1");
+        assert_eq!(changes[0].expect_status, "running");
+        assert_eq!(
+            changes[0].set_status,
+            Some(("failed", Some("session_not_found")))
+        );
+        assert!(changes[0].cleanup.is_none());
+        assert!(mirror_changes(&serde_json::json!([]), &[t("a-1")], "now").is_empty());
+    }
 }

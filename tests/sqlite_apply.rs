@@ -99,6 +99,19 @@ fn zombie_stale_and_completed_transitions_write_rows_and_progress() {
     );
     append_lines(base, &changes, &results);
     drop(db);
+    // Both tasks with a transition have `updated_at` bumped, as `update_agent_status` does.
+    let conn = orchestrator_conn(&db_path);
+    for task in [TASK_A, TASK_B] {
+        let updated: String = conn
+            .query_row(
+                "SELECT updated_at FROM tasks WHERE task_id = ?1",
+                [task],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(updated, NOW, "{task}");
+    }
+    drop(conn);
 
     let w = agent_row(&db_path, WORKING);
     assert_eq!(w.status.as_deref(), Some("terminated"));

@@ -318,8 +318,9 @@ impl StateDb {
     /// Applies a round's transitions in one `BEGIN IMMEDIATE` transaction, all or nothing.
     ///
     /// Per change: the orchestrator's `update_agent_status` columns, compare-and-set on
-    /// `expect_status` (a row whose status moved is left as is), and the
-    /// `agent_progress_latest` upsert. A writer holding the DB past the busy timeout gives one
+    /// `expect_status` (a row whose status moved is left as is), the
+    /// `agent_progress_latest` upsert, and `tasks.updated_at` of each task with a written
+    /// transition (its dashboard sorts and its staleness checks read it). A writer holding the DB past the busy timeout gives one
     /// [`SqliteError::Busy`] and nothing written: the caller skips the round. After `Ok`, the
     /// caller appends [`progress_line`] for each `Done` with a progress value.
     pub fn apply_detailed(
@@ -339,6 +340,7 @@ impl StateDb {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| err("begin immediate", e))?;
         let mut out = Vec::with_capacity(changes.len());
+        let mut touched_tasks: Vec<&str> = Vec::new();
         {
             let mut update = tx
                 .prepare_cached(
@@ -425,6 +427,27 @@ impl StateDb {
                     applied: Applied::Done,
                     progress: Some(progress),
                 });
+                if !touched_tasks.contains(&change.task_id.as_str()) {
+                    touched_tasks.push(&change.task_id);
+                }
+            }
+            // As `update_agent_status` does; a DB without a `tasks` table (an older schema)
+            // has nothing to bump.
+            let has_tasks: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks')",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(|e| err("reading the schema", e))?;
+            if has_tasks && !touched_tasks.is_empty() {
+                let mut bump = tx
+                    .prepare_cached("UPDATE tasks SET updated_at = ?1 WHERE task_id = ?2")
+                    .map_err(|e| err("preparing the task update", e))?;
+                for task in &touched_tasks {
+                    bump.execute(params![now, task])
+                        .map_err(|e| err("updating a task", e))?;
+                }
             }
         }
         tx.commit().map_err(|e| err("commit", e))?;
