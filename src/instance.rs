@@ -1,4 +1,4 @@
-//! The state directory: where it is, the lock that makes one reaper per directory, and its journal.
+//! The state directory (where it is, its lock, its journal) and the lock per workspace base that makes one reaper per base.
 
 use crate::config::Config;
 use anyhow::{Context, Result, bail};
@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// `state_dir` from the config, else `$STATE_DIRECTORY` (systemd `StateDirectory=`), else
 /// `$XDG_STATE_HOME/agent-reaper`, else `~/.local/state/agent-reaper`.
@@ -90,4 +91,310 @@ pub fn open_journal(state_dir: &Path) -> Result<std::sync::Mutex<crate::journal:
         }
     }
     Ok(std::sync::Mutex::new(journal))
+}
+
+/// The lock file of a workspace base, under `<base>/registry/`.
+pub const BASE_LOCK: &str = ".agent-reaper.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BaseLockError {
+    #[error("{path}: cannot open the base lock: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: not a regular file with one link; refused as the base lock (remove it and retry)"
+    )]
+    NotRegular { path: PathBuf },
+    #[error(
+        "workspace base {base} is being reaped by another agent-reaper (pid {holder}, lock {path}); \
+         gave up after {waited:?} (lock_timeout); run again once it is done (a daemon holds \
+         the lock while it runs: stop it, or use `plan`, which takes no lock)"
+    )]
+    Held {
+        base: PathBuf,
+        path: PathBuf,
+        holder: String,
+        waited: Duration,
+    },
+}
+
+/// An exclusive `flock` on `<base>/registry/.agent-reaper.lock`, held until dropped (the
+/// kernel drops it when the process dies). Any reaper that changes a base holds it, whatever
+/// its state directory: the system service and an admin's `once` would otherwise race on the
+/// same files. The holder's pid is written in the file for the other's message.
+#[derive(Debug)]
+pub struct BaseLock {
+    base: PathBuf,
+    _file: File,
+}
+
+impl BaseLock {
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Takes the lock of `base`, retrying every 100 ms: up to `wait`, or for ever when `None`.
+    /// `on_wait(holder pid)` is called once, when the lock is first found held.
+    pub fn acquire(
+        base: &Path,
+        wait: Option<Duration>,
+        mut on_wait: impl FnMut(&str),
+    ) -> Result<BaseLock, BaseLockError> {
+        let path = base.join("registry").join(BASE_LOCK);
+        let file = open_base_lock(base).map_err(|e| match e {
+            OpenError::Io(source) => BaseLockError::Open {
+                path: path.clone(),
+                source,
+            },
+            OpenError::NotRegular => BaseLockError::NotRegular { path: path.clone() },
+        })?;
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    let holder = read_holder(&file);
+                    if !told {
+                        on_wait(&holder);
+                        told = true;
+                    }
+                    if wait.is_some_and(|w| started.elapsed() >= w) {
+                        return Err(BaseLockError::Held {
+                            base: base.to_path_buf(),
+                            path,
+                            holder,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(BaseLockError::Open {
+                        path,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        // Ours now: say who holds it. A failure here costs only the other side's message.
+        let pid = format!("{}\n", std::process::id());
+        let _ = rustix::fs::ftruncate(&file, 0);
+        let _ = rustix::io::pwrite(&file, pid.as_bytes(), 0);
+        Ok(BaseLock {
+            base: base.to_path_buf(),
+            _file: file,
+        })
+    }
+}
+
+/// The base locks one reaper holds, taken in a fixed order (sorted canonical paths) so two
+/// reapers with overlapping bases cannot each hold one the other waits for.
+#[derive(Debug, Default)]
+pub struct BaseLocks {
+    held: Vec<BaseLock>,
+}
+
+impl BaseLocks {
+    /// Takes the lock of every existing base in `bases` (a missing base has nothing to reap).
+    /// `on_wait(base, holder pid)` is called once per base found held.
+    pub fn acquire(
+        bases: &[PathBuf],
+        wait: Option<Duration>,
+        mut on_wait: impl FnMut(&Path, &str),
+    ) -> Result<BaseLocks, BaseLockError> {
+        let mut locks = BaseLocks::default();
+        locks.sync(bases, wait, &mut on_wait)?;
+        Ok(locks)
+    }
+
+    /// Holds exactly the locks of `bases`: takes the missing ones (all or none: on an error
+    /// the ones taken by this call are let go), drops the others.
+    pub fn sync(
+        &mut self,
+        bases: &[PathBuf],
+        wait: Option<Duration>,
+        mut on_wait: impl FnMut(&Path, &str),
+    ) -> Result<(), BaseLockError> {
+        let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut wanted: Vec<(PathBuf, &PathBuf)> = bases
+            .iter()
+            .filter(|b| b.is_dir())
+            .map(|b| (key(b), b))
+            .collect();
+        wanted.sort();
+        wanted.dedup_by(|a, b| a.0 == b.0);
+        let mut taken = Vec::new();
+        for (canonical, base) in &wanted {
+            if self.held.iter().any(|l| key(&l.base) == *canonical) {
+                continue;
+            }
+            taken.push(BaseLock::acquire(base, wait, |holder| {
+                on_wait(base, holder)
+            })?);
+        }
+        self.held
+            .retain(|l| wanted.iter().any(|(c, _)| *c == key(&l.base)));
+        self.held.extend(taken);
+        Ok(())
+    }
+
+    pub fn bases(&self) -> impl Iterator<Item = &Path> {
+        self.held.iter().map(BaseLock::base)
+    }
+}
+
+enum OpenError {
+    Io(std::io::Error),
+    NotRegular,
+}
+
+/// Opens (creating) `<base>/registry/.agent-reaper.lock` without following a symlink at
+/// `registry` or at the file, and accepts only a regular file with one link: an agent can
+/// write the workspace, and must not make us create or lock a file elsewhere. The base
+/// itself is configured by the operator and trusted. `registry/` is created if missing, as
+/// the orchestrator itself creates it.
+fn open_base_lock(base: &Path) -> Result<File, OpenError> {
+    use rustix::fs::{CWD, Mode, OFlags, openat};
+    let io = |e: rustix::io::Errno| OpenError::Io(e.into());
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let base_fd = openat(CWD, base, dir_flags, Mode::empty()).map_err(io)?;
+    let registry = match openat(
+        &base_fd,
+        "registry",
+        dir_flags | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) {
+        Err(rustix::io::Errno::NOENT) => {
+            match rustix::fs::mkdirat(&base_fd, "registry", Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(io(e)),
+            }
+            openat(
+                &base_fd,
+                "registry",
+                dir_flags | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .map_err(io)?
+        }
+        other => other.map_err(io)?,
+    };
+    let fd = openat(
+        &registry,
+        BASE_LOCK,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| match e {
+        // A symlink at the name (O_NOFOLLOW) or a directory there.
+        rustix::io::Errno::LOOP | rustix::io::Errno::ISDIR => OpenError::NotRegular,
+        e => io(e),
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(io)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+        || st.st_nlink != 1
+    {
+        return Err(OpenError::NotRegular);
+    }
+    Ok(File::from(fd))
+}
+
+/// The pid the holder wrote (bounded read; "unknown" if it wrote nothing readable yet).
+fn read_holder(file: &File) -> String {
+    let mut buf = [0u8; 32];
+    let n = rustix::io::pread(file, &mut buf, 0).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        text
+    } else {
+        "unknown".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_waits_then_names_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = BaseLock::acquire(dir.path(), Some(Duration::ZERO), |_| panic!()).unwrap();
+        let lock = dir.path().join("registry").join(BASE_LOCK);
+        assert_eq!(
+            std::fs::read_to_string(&lock).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        let mut seen = Vec::new();
+        let err = BaseLock::acquire(dir.path(), Some(Duration::from_millis(250)), |h| {
+            seen.push(h.to_string())
+        })
+        .unwrap_err();
+        assert_eq!(seen, [std::process::id().to_string()], "told once");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        assert!(
+            matches!(err, BaseLockError::Held { waited, .. } if waited >= Duration::from_millis(250))
+        );
+        drop(first);
+        BaseLock::acquire(dir.path(), Some(Duration::ZERO), |_| panic!()).unwrap();
+    }
+
+    #[test]
+    fn links_at_the_lock_or_registry_are_refused_and_nothing_is_created_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        // A symlink where the lock file goes.
+        let base = dir.path().join("a");
+        std::fs::create_dir_all(base.join("registry")).unwrap();
+        let target = outside.path().join("victim");
+        std::fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, base.join("registry").join(BASE_LOCK)).unwrap();
+        let err = BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).unwrap_err();
+        assert!(matches!(err, BaseLockError::NotRegular { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        // A hard link to an outside file.
+        let base = dir.path().join("b");
+        std::fs::create_dir_all(base.join("registry")).unwrap();
+        std::fs::hard_link(&target, base.join("registry").join(BASE_LOCK)).unwrap();
+        let err = BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).unwrap_err();
+        assert!(matches!(err, BaseLockError::NotRegular { .. }), "{err}");
+        // `registry` itself a symlink to elsewhere.
+        let base = dir.path().join("c");
+        std::fs::create_dir_all(&base).unwrap();
+        std::os::unix::fs::symlink(outside.path(), base.join("registry")).unwrap();
+        assert!(BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).is_err());
+        assert!(!outside.path().join(BASE_LOCK).exists());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    }
+
+    #[test]
+    fn sync_takes_new_bases_and_lets_go_of_removed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let missing = dir.path().join("missing");
+        let mut locks = BaseLocks::acquire(
+            &[b.clone(), missing.clone()],
+            Some(Duration::ZERO),
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(locks.bases().collect::<Vec<_>>(), [b.as_path()]);
+        assert!(!missing.exists(), "a missing base is not created");
+        locks
+            .sync(&[a.clone()], Some(Duration::ZERO), |_, _| panic!())
+            .unwrap();
+        assert_eq!(locks.bases().collect::<Vec<_>>(), [a.as_path()]);
+        // b is free again; a is held.
+        BaseLock::acquire(&b, Some(Duration::ZERO), |_| panic!()).unwrap();
+        assert!(BaseLock::acquire(&a, Some(Duration::ZERO), |_| {}).is_err());
+    }
 }

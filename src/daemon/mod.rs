@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::instance::{InstanceLock, open_journal, state_dir};
+use crate::instance::{BaseLocks, InstanceLock, open_journal, state_dir};
 
 /// Events arriving this close together are handled in one pass.
 const COALESCE: Duration = Duration::from_millis(100);
@@ -50,11 +50,25 @@ struct Daemon {
     active_tasks: HashSet<PathBuf>,
     cleaned_total: usize,
     pending_config: Option<Config>,
+    /// The lock of every workspace base served (none in a dry run).
+    base_locks: BaseLocks,
 }
 
 pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
     let state = state_dir(&config)?;
     let _lock = InstanceLock::acquire(&state)?;
+    // One reaper per workspace base: wait (for ever) for another reaper working on one of
+    // ours, and hold the bases while running. A dry run changes nothing and takes none.
+    let base_locks = if dry_run {
+        BaseLocks::default()
+    } else {
+        BaseLocks::acquire(&config.workspace_bases, None, |base, holder| {
+            tracing::warn!(
+                "waiting for {}: another agent-reaper (pid {holder}) is reaping it",
+                base.display()
+            )
+        })?
+    };
     let journal = open_journal(&state)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -78,6 +92,7 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
             active_tasks: HashSet::new(),
             cleaned_total: 0,
             pending_config: None,
+            base_locks,
         };
         daemon.main_loop(events_rx).await
     })
@@ -283,6 +298,20 @@ impl Daemon {
         match resolve_config(&self.cli) {
             Ok(config) => {
                 let rewatch = config.workspace_bases != self.config.workspace_bases;
+                // New bases are served only if no other reaper holds them (the loop must
+                // not block here); the old configuration stays otherwise.
+                if rewatch
+                    && !self.dry_run
+                    && let Err(e) = self.base_locks.sync(
+                        &config.workspace_bases,
+                        Some(Duration::ZERO),
+                        |_, _| {},
+                    )
+                {
+                    tracing::error!("reload refused, keeping the running configuration: {e}");
+                    notify(&[NotifyState::Ready]);
+                    return;
+                }
                 tracing::info!("configuration reloaded");
                 self.config = config.clone();
                 match self.reaper.as_mut() {
