@@ -79,14 +79,13 @@ pub fn for_backend(backend: Backend, mut decision: Decision) -> Decision {
     decision
 }
 
+/// One agent's transition: id, new status, termination reason.
+pub type Transition = (String, &'static str, Option<&'static str>);
+
 /// The JSON-registry side of DB transitions: for each `(agent id, status, reason)`, a change
 /// for the entry with that id if it is still active there (whatever active status the JSON
 /// cache holds: it often lags the DB's). Entries already terminal, or absent, are left alone.
-pub fn mirror_changes(
-    root: &Value,
-    transitions: &[(String, &'static str, Option<&'static str>)],
-    now: &str,
-) -> Vec<AgentChange> {
+pub fn mirror_changes(root: &Value, transitions: &[Transition], now: &str) -> Vec<AgentChange> {
     let Some(agents) = root.get("agents").and_then(Value::as_array) else {
         return Vec::new();
     };
@@ -116,7 +115,7 @@ pub fn mirror_changes(
 /// set the agent back to `working`. Returns one error per agent it could not mirror.
 fn mirror_to_json(
     view: &TaskView,
-    transitions: &[(String, &'static str, Option<&'static str>)],
+    transitions: &[Transition],
     opts: &UpdateOptions,
     now: &str,
 ) -> Result<(), String> {
@@ -192,8 +191,8 @@ pub fn apply_transitions(
         .expect("state db lock")
         .apply_detailed(&changes, &stamp)
         .map_err(|e| e.to_string())?;
-    let mut mirror: BTreeMap<usize, Vec<(usize, (String, &'static str, Option<&'static str>))>> =
-        BTreeMap::new();
+    // Per task: (agent index, transition) written to the DB, for the JSON registry.
+    let mut mirror: BTreeMap<usize, Vec<(usize, Transition)>> = BTreeMap::new();
     for ((&(t, a), change), result) in which.iter().zip(&changes).zip(applied) {
         let (view, _, outcomes) = &mut tasks[t];
         let out = &mut outcomes[a];

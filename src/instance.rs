@@ -390,7 +390,11 @@ mod tests {
         assert_eq!(locks.bases().collect::<Vec<_>>(), [b.as_path()]);
         assert!(!missing.exists(), "a missing base is not created");
         locks
-            .sync(&[a.clone()], Some(Duration::ZERO), |_, _| panic!())
+            .sync(
+                std::slice::from_ref(&a),
+                Some(Duration::ZERO),
+                |_, _| panic!(),
+            )
             .unwrap();
         assert_eq!(locks.bases().collect::<Vec<_>>(), [a.as_path()]);
         // b is free again; a is held.
