@@ -79,33 +79,69 @@ pub fn for_backend(backend: Backend, mut decision: Decision) -> Decision {
     decision
 }
 
-/// One agent's transition: id, new status, termination reason.
-pub type Transition = (String, &'static str, Option<&'static str>);
+/// One agent's transition as written to the DB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub id: String,
+    pub status: &'static str,
+    pub reason: Option<&'static str>,
+    /// The row's progress after the write (the value in the terminal progress line).
+    pub progress: Option<i64>,
+}
 
-/// The JSON-registry side of DB transitions: for each `(agent id, status, reason)`, a change
-/// for the entry with that id if it is still active there (whatever active status the JSON
-/// cache holds: it often lags the DB's). Entries already terminal, or absent, are left alone.
+/// The JSON-registry side of DB transitions: for each transition, a change for the entry
+/// with that id if it is still active there (whatever active status the JSON cache holds:
+/// it often lags the DB's). Entries already terminal, or absent, are left alone.
 pub fn mirror_changes(root: &Value, transitions: &[Transition], now: &str) -> Vec<AgentChange> {
     let Some(agents) = root.get("agents").and_then(Value::as_array) else {
         return Vec::new();
     };
     transitions
         .iter()
-        .filter_map(|(id, status, reason)| {
+        .filter_map(|t| {
             let current = agents
                 .iter()
-                .find(|a| a.get("id").and_then(Value::as_str) == Some(id.as_str()))?
+                .find(|a| a.get("id").and_then(Value::as_str) == Some(t.id.as_str()))?
                 .get("status")?
                 .as_str()?;
             (classify_status(current) == StatusClass::Active).then(|| AgentChange {
-                id: id.clone(),
+                id: t.id.clone(),
                 expect_status: current.to_string(),
-                set_status: Some((*status, *reason)),
+                set_status: Some((t.status, t.reason)),
                 cleanup: None,
                 now: now.to_string(),
             })
         })
         .collect()
+}
+
+/// Applies [`mirror_changes`] to a task registry, and gives each transitioned entry the
+/// DB's `progress` too: once the progress file is archived, `reconcile_task_workspace`
+/// takes progress from this file, and the JSON cache's value is whatever the deploy wrote
+/// (0), not what the agent last reported. A registry listing none of ours is left as is.
+pub fn mirror_edit(root: &mut Value, transitions: &[Transition], now: &str) {
+    let changes = mirror_changes(root, transitions, now);
+    if changes.is_empty() {
+        return;
+    }
+    let applied = edit_task_registry(root, &changes);
+    let Some(agents) = root.get_mut("agents").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for (change, applied) in changes.iter().zip(applied) {
+        let progress = transitions
+            .iter()
+            .find(|t| t.id == change.id)
+            .and_then(|t| t.progress);
+        if let (Applied::Done, Some(progress)) = (applied, progress)
+            && let Some(entry) = agents
+                .iter_mut()
+                .find(|a| a.get("id").and_then(Value::as_str) == Some(change.id.as_str()))
+                .and_then(Value::as_object_mut)
+        {
+            entry.insert("progress".into(), progress.into());
+        }
+    }
 }
 
 /// Gives the task's `AGENT_REGISTRY.json` (when there is one, as on installs upgraded from
@@ -132,15 +168,9 @@ fn mirror_to_json(
         }
         Err(e) => return Err(format!("{}: {e}", path.display())),
     }
-    update_registry(&path, opts, |root| {
-        let changes = mirror_changes(root, transitions, now);
-        // Nothing of ours listed there: leave the file (and its counters) as it is.
-        if !changes.is_empty() {
-            edit_task_registry(root, &changes);
-        }
-    })
-    .map(|_| ())
-    .map_err(|e| format!("AGENT_REGISTRY.json not given the transition: {e}"))
+    update_registry(&path, opts, |root| mirror_edit(root, transitions, now))
+        .map(|_| ())
+        .map_err(|e| format!("AGENT_REGISTRY.json not given the transition: {e}"))
 }
 
 /// One DB-backed task's share of a round: its view, decisions and outcomes.
@@ -199,10 +229,15 @@ pub fn apply_transitions(
         match result.applied {
             Applied::Done => {
                 let (status, reason) = change.set_status.expect("set above");
-                mirror
-                    .entry(t)
-                    .or_default()
-                    .push((a, (change.agent_id.clone(), status, reason)));
+                mirror.entry(t).or_default().push((
+                    a,
+                    Transition {
+                        id: change.agent_id.clone(),
+                        status,
+                        reason,
+                        progress: result.progress,
+                    },
+                ));
                 out.status_applied = Some(status.to_string());
                 out.done.push(match reason {
                     Some(r) => format!("marked {status} ({r})"),
@@ -284,7 +319,12 @@ mod tests {
             {"id": "b-1", "status": "completed"},
             {"id": "c-1"},
         ]});
-        let t = |id: &str| (id.to_string(), "failed", Some("session_not_found"));
+        let t = |id: &str| Transition {
+            id: id.to_string(),
+            status: "failed",
+            reason: Some("session_not_found"),
+            progress: Some(30),
+        };
         let changes = mirror_changes(&root, &[t("a-1"), t("b-1"), t("c-1"), t("d-1")], "now");
         assert_eq!(changes.len(), 1);
         // Compare-and-set on what the JSON says (it lags the DB's `working`).
@@ -296,5 +336,31 @@ mod tests {
         );
         assert!(changes[0].cleanup.is_none());
         assert!(mirror_changes(&serde_json::json!([]), &[t("a-1")], "now").is_empty());
+
+        // The edit: status, times, reason and the DB's progress; counters recomputed.
+        let mut root = serde_json::json!({"agents": [
+            {"id": "a-1", "status": "running", "progress": 0},
+            {"id": "b-1", "status": "completed", "progress": 100},
+        ], "active_count": 1});
+        mirror_edit(&mut root, &[t("a-1"), t("b-1")], "now");
+        let a = &root["agents"][0];
+        assert_eq!(
+            (&a["status"], &a["progress"], &a["termination_reason"]),
+            (
+                &serde_json::json!("failed"),
+                &serde_json::json!(30),
+                &serde_json::json!("session_not_found")
+            )
+        );
+        assert_eq!(a["completed_at"], "now");
+        assert_eq!(
+            root["agents"][1]["progress"], 100,
+            "terminal entries untouched"
+        );
+        assert_eq!(root["active_count"], 0);
+        // Nothing of ours listed: not even the counter is touched.
+        let mut other = serde_json::json!({"agents": [], "active_count": 7});
+        mirror_edit(&mut other, &[t("a-1")], "now");
+        assert_eq!(other["active_count"], 7);
     }
 }
