@@ -8,7 +8,7 @@ use crate::record::{AgentChange, Applied, edit_task_registry};
 use crate::registry::sqlite::{
     DbChange, StateDb, append_progress_line, progress_line, state_db_path, terminal_message,
 };
-use crate::registry::{UpdateOptions, update_registry};
+use crate::registry::{RegistryError, UpdateOptions, update_registry};
 use crate::workspace::TaskDir;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -156,21 +156,17 @@ fn mirror_to_json(
     now: &str,
 ) -> Result<(), String> {
     let path = view.task.registry();
-    match std::fs::symlink_metadata(&path) {
-        Ok(meta) if meta.file_type().is_file() => {}
+    // The registry's own opener refuses symlinks, FIFOs and devices.
+    match update_registry(&path, opts, |root| mirror_edit(root, transitions, now)) {
+        Ok(_) => Ok(()),
         // No JSON registry (a DB-only task): nothing can undo the DB's status.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Ok(_) => {
-            return Err(format!(
-                "{}: not a regular file; not mirrored",
-                path.display()
-            ));
+        Err(RegistryError::Open { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
         }
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(format!("AGENT_REGISTRY.json not given the transition: {e}")),
     }
-    update_registry(&path, opts, |root| mirror_edit(root, transitions, now))
-        .map(|_| ())
-        .map_err(|e| format!("AGENT_REGISTRY.json not given the transition: {e}"))
 }
 
 /// One DB-backed task's share of a round: its view, decisions and outcomes.
