@@ -6,13 +6,14 @@ use crate::model::{StatusClass, classify_status, format_timestamp};
 use crate::observe::{Backend, TaskView};
 use crate::record::{AgentChange, Applied, edit_task_registry};
 use crate::registry::sqlite::{
-    DbChange, StateDb, append_progress_line, progress_line, state_db_path, terminal_message,
+    DbApplied, DbChange, StateDb, append_progress_line, progress_line, state_db_path,
+    terminal_message,
 };
 use crate::registry::{RegistryError, UpdateOptions, update_registry};
 use crate::workspace::TaskDir;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -144,20 +145,19 @@ pub fn mirror_edit(root: &mut Value, transitions: &[Transition], now: &str) {
     }
 }
 
-/// Gives the task's `AGENT_REGISTRY.json` (when there is one, as on installs upgraded from
-/// the JSON generation) the transitions just written to the DB. The orchestrator's
-/// `reconcile_task_workspace` rewrites the DB status from that file plus the last progress
-/// line; once the progress file is archived only the file is left, so without this it would
-/// set the agent back to `working`. Returns one error per agent it could not mirror.
+/// Gives the task's `AGENT_REGISTRY.json` at `path` (when there is one, as on installs
+/// upgraded from the JSON generation) the transitions being written to the DB. The
+/// orchestrator's `reconcile_task_workspace` rewrites the DB status from that file plus the
+/// last progress line; once the progress file is archived only the file is left, so without
+/// this it would set the agent back to `working`.
 fn mirror_to_json(
-    view: &TaskView,
+    path: &Path,
     transitions: &[Transition],
     opts: &UpdateOptions,
     now: &str,
 ) -> Result<(), String> {
-    let path = view.task.registry();
     // The registry's own opener refuses symlinks, FIFOs and devices.
-    match update_registry(&path, opts, |root| mirror_edit(root, transitions, now)) {
+    match update_registry(path, opts, |root| mirror_edit(root, transitions, now)) {
         Ok(_) => Ok(()),
         // No JSON registry (a DB-only task): nothing can undo the DB's status.
         Err(RegistryError::Open { source, .. })
@@ -169,14 +169,73 @@ fn mirror_to_json(
     }
 }
 
+/// Where a change's other stores are: the agent's progress log, the task's JSON registry.
+struct SideStores {
+    progress: PathBuf,
+    registry: PathBuf,
+    task: usize,
+}
+
+/// While the DB transaction holds the write lock: the terminal progress line of each
+/// written transition, then each task's JSON registry. Returns errors by change index.
+fn write_side_stores(
+    changes: &[DbChange],
+    results: &[DbApplied],
+    sides: &[SideStores],
+    opts: &UpdateOptions,
+    stamp: &str,
+) -> Vec<(usize, String)> {
+    let mut errors = Vec::new();
+    // Per task: (change index, transition), for its JSON registry.
+    let mut mirror: BTreeMap<usize, Vec<(usize, Transition)>> = BTreeMap::new();
+    for (i, ((change, result), side)) in changes.iter().zip(results).zip(sides).enumerate() {
+        let (Applied::Done, Some((status, reason))) = (result.applied, change.set_status) else {
+            continue;
+        };
+        if let Some(progress) = result.progress {
+            let line = progress_line(stamp, &change.agent_id, status, &change.message, progress);
+            if let Err(e) = append_progress_line(&side.progress, &line) {
+                errors.push((i, e.to_string()));
+            }
+        }
+        mirror.entry(side.task).or_default().push((
+            i,
+            Transition {
+                id: change.agent_id.clone(),
+                status,
+                reason,
+                progress: result.progress,
+            },
+        ));
+    }
+    // The orchestrator's writers wait for the DB lock we hold (their busy timeout is 10 s):
+    // a JSON registry someone else holds gets a short wait here, not the full one.
+    let opts = UpdateOptions {
+        lock_timeout: opts.lock_timeout.min(MIRROR_LOCK_WAIT),
+        ..opts.clone()
+    };
+    for agents in mirror.values() {
+        let transitions: Vec<Transition> = agents.iter().map(|(_, t)| t.clone()).collect();
+        let registry = &sides[agents[0].0].registry;
+        if let Err(e) = mirror_to_json(registry, &transitions, &opts, stamp) {
+            errors.extend(agents.iter().map(|(i, _)| (*i, e.clone())));
+        }
+    }
+    errors
+}
+
+/// How long the JSON mirror waits for a registry lock while the DB write lock is held.
+const MIRROR_LOCK_WAIT: Duration = Duration::from_secs(1);
+
 /// One DB-backed task's share of a round: its view, decisions and outcomes.
 pub type TaskWork<'a> = (&'a TaskView, &'a [Decision], &'a mut [Outcome]);
 
 /// Writes this round's status transitions of every DB-backed task of a base in one
-/// `BEGIN IMMEDIATE` transaction, then appends the terminal progress line the
-/// orchestrator's health checks read, then gives the task's JSON registry the same
-/// transitions where it lists the agent. Runs before the logs are archived, so that line is
-/// archived with them and every store agrees before the progress file goes. A DB held by
+/// `BEGIN IMMEDIATE` transaction; before it commits, appends the terminal progress line
+/// the orchestrator's health checks read and gives the task's JSON registry the same
+/// transitions where it lists the agent, so no orchestrator writer acts on one store
+/// disagreeing with another (`reconcile_task_workspace` reads the file and the line, then
+/// writes the DB). Runs before the logs are archived, so that line is archived with them. A DB held by
 /// another writer past the timeout is one error for the whole base (not one per agent); the
 /// caller skips these tasks this round.
 pub fn apply_transitions(
@@ -212,45 +271,45 @@ pub fn apply_transitions(
     if changes.is_empty() {
         return Ok(());
     }
+    let sides: Vec<SideStores> = which
+        .iter()
+        .map(|&(t, a)| {
+            let view = tasks[t].0;
+            SideStores {
+                progress: view
+                    .task
+                    .dir
+                    .join("progress")
+                    .join(format!("{}_progress.jsonl", view.agents[a].id)),
+                registry: view.task.registry(),
+                task: t,
+            }
+        })
+        .collect();
+    let mut side_errors = Vec::new();
     let applied = db
         .lock()
         .expect("state db lock")
-        .apply_detailed(&changes, &stamp)
+        .apply_detailed_then(&changes, &stamp, |results| {
+            side_errors = write_side_stores(&changes, results, &sides, opts, &stamp);
+        })
         .map_err(|e| e.to_string())?;
-    // Per task: (agent index, transition) written to the DB, for the JSON registry.
-    let mut mirror: BTreeMap<usize, Vec<(usize, Transition)>> = BTreeMap::new();
-    for ((&(t, a), change), result) in which.iter().zip(&changes).zip(applied) {
-        let (view, _, outcomes) = &mut tasks[t];
-        let out = &mut outcomes[a];
+    for (((&(t, a), change), result), i) in which.iter().zip(&changes).zip(applied).zip(0..) {
+        let out = &mut tasks[t].2[a];
         match result.applied {
             Applied::Done => {
                 let (status, reason) = change.set_status.expect("set above");
-                mirror.entry(t).or_default().push((
-                    a,
-                    Transition {
-                        id: change.agent_id.clone(),
-                        status,
-                        reason,
-                        progress: result.progress,
-                    },
-                ));
                 out.status_applied = Some(status.to_string());
                 out.done.push(match reason {
                     Some(r) => format!("marked {status} ({r})"),
                     None => format!("marked {status}"),
                 });
-                if let Some(progress) = result.progress {
-                    let path = view
-                        .task
-                        .dir
-                        .join("progress")
-                        .join(format!("{}_progress.jsonl", view.agents[a].id));
-                    let line =
-                        progress_line(&stamp, &change.agent_id, status, &change.message, progress);
-                    if let Err(e) = append_progress_line(&path, &line) {
-                        out.errors.push(e.to_string());
-                    }
-                }
+                out.errors.extend(
+                    side_errors
+                        .iter()
+                        .filter(|(k, _)| *k == i)
+                        .map(|(_, e)| e.clone()),
+                );
             }
             Applied::StatusMoved => out
                 .done
@@ -258,15 +317,6 @@ pub fn apply_transitions(
             Applied::Missing => out
                 .errors
                 .push("agent row vanished from the state DB meanwhile".into()),
-        }
-    }
-    for (t, agents) in mirror {
-        let (view, _, outcomes) = &mut tasks[t];
-        let transitions: Vec<_> = agents.iter().map(|(_, x)| x.clone()).collect();
-        if let Err(e) = mirror_to_json(view, &transitions, opts, &stamp) {
-            for (a, _) in &agents {
-                outcomes[*a].errors.push(e.clone());
-            }
         }
     }
     Ok(())

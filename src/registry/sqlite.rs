@@ -328,6 +328,20 @@ impl StateDb {
         changes: &[DbChange],
         now: &str,
     ) -> Result<Vec<DbApplied>, SqliteError> {
+        self.apply_detailed_then(changes, now, |_| {})
+    }
+
+    /// [`StateDb::apply_detailed`], running `before_commit` with the results while the
+    /// transaction still holds the DB's write lock: what else must say the same (the progress
+    /// line, a JSON registry) is written before any orchestrator writer can act on the new
+    /// rows. Not run when the transaction fails before it (busy, an error): then nothing is
+    /// written anywhere.
+    pub fn apply_detailed_then(
+        &mut self,
+        changes: &[DbChange],
+        now: &str,
+        before_commit: impl FnOnce(&[DbApplied]),
+    ) -> Result<Vec<DbApplied>, SqliteError> {
         let path = self.path.clone();
         let started = Instant::now();
         let err = |what, e| classify(&path, what, started, e);
@@ -450,6 +464,7 @@ impl StateDb {
                 }
             }
         }
+        before_commit(&out);
         tx.commit().map_err(|e| err("commit", e))?;
         Ok(out)
     }
