@@ -455,3 +455,106 @@ sys.stdin.readline()
         daemon.child.id().to_string()
     );
 }
+
+/// The orchestrator's writers and readers run against the daemon: one agent keeps reporting
+/// through `update_agent_progress` while `reconcile_task_workspace` runs after every report
+/// (as `get_phase_status` and the dashboard do), and the other agent's session is gone. The
+/// daemon marks it `failed` in every store; once its work is done, no reconcile sets the
+/// agent back, and every line the orchestrator wrote is where it belongs, exactly once.
+const WRITER: &str = r#"
+import json, time
+import real_mcp_server as mcp
+from orchestrator import state_db
+task, live, zombie, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ws = os.path.join(BASE, task)
+archive = os.path.join(ws, "archive", zombie + "_progress.jsonl")
+i = after = undone_after_archive = transient_undos = 0
+seen_failed = False
+deadline = time.monotonic() + 90
+while (i < rounds or after < rounds) and time.monotonic() < deadline:
+    r = mcp.update_agent_progress(task, live, "working", f"step {i}", min(i, 99))
+    assert r["success"], r
+    state_db.reconcile_task_workspace(ws)
+    archived = os.path.exists(archive)
+    status = state_db.get_agent_by_id(workspace_base=BASE, task_id=task, agent_id=zombie)["status"]
+    if status == "failed":
+        seen_failed = True
+    elif seen_failed:
+        transient_undos += 1
+        if archived:
+            undone_after_archive += 1
+    if archived:
+        after += 1
+    i += 1
+    if i == 1:
+        print("started", flush=True)
+print(json.dumps({"rounds": i, "after_archive": after, "seen_failed": seen_failed,
+                  "transient_undos": transient_undos,
+                  "undone_after_archive": undone_after_archive}))
+"#;
+
+#[test]
+fn the_daemon_keeps_its_transition_while_the_orchestrator_writes_and_reconciles() {
+    let Some(w) = World::new(Generation::Sqlite2026) else {
+        return;
+    };
+    w.write_config(DAEMON_CONFIG);
+    create_task(&w, true, &[NEVER, LIVE]);
+    write_stream(&w, NEVER);
+    w.start_session(&format!("agent_{LIVE}"), "sleep 600");
+    // The writer first, so the daemon's transition lands while it writes and reconciles.
+    let mut writer = w
+        .python_cmd(WRITER, &[TASK, LIVE, NEVER, "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(writer.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+    let daemon = w.spawn_daemon(|_| {});
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(
+        writer.wait().unwrap().success(),
+        "the orchestrator's writer failed"
+    );
+    let report: Value = serde_json::from_str(&line).unwrap();
+    eprintln!("writer: {report}");
+    assert_eq!(report["seen_failed"], true, "{}", daemon.log_text());
+    assert!(
+        report["after_archive"].as_u64().unwrap() >= 20,
+        "the daemon never archived the zombie's progress log\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(report["undone_after_archive"], 0, "{report}");
+    let rounds = report["rounds"].as_u64().unwrap();
+    let mut daemon = daemon;
+    assert!(daemon.stop().success());
+
+    // Every line the orchestrator wrote for the live agent, once, in order.
+    let live = progress_lines(&w, LIVE);
+    let messages: Vec<&str> = live
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    let mut expected = vec!["half way".to_string()];
+    expected.extend((0..rounds).map(|i| format!("step {i}")));
+    assert_eq!(messages, expected);
+    // The zombie's: the orchestrator's line, then agent-reaper's terminal line(s). A
+    // reconcile that read the files just before the transition and wrote just after it can
+    // undo it once (its read-then-write holds no lock); the daemon then marks it again.
+    let zombie = progress_lines(&w, NEVER);
+    assert_eq!(zombie[0]["message"], "half way");
+    let ours = &zombie[1..];
+    let undos = report["transient_undos"].as_u64().unwrap() as usize;
+    assert!(!ours.is_empty() && ours.len() <= 1 + undos, "{zombie:#?}");
+    assert!(ours.iter().all(|l| l["status"] == "failed"));
+    let judged = judge(&w, true);
+    assert_db_sound(&judged);
+    assert_eq!(judged["agents"][NEVER]["status"], "failed");
+    assert_eq!(judged["agents"][LIVE]["status"], "working");
+    let reg: Value =
+        serde_json::from_slice(&fs::read(task_file(&w, "AGENT_REGISTRY.json")).unwrap()).unwrap();
+    assert_eq!(reg["agents"][0]["status"], "failed");
+}
