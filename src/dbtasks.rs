@@ -41,6 +41,10 @@ pub fn open_base_db(base: &Path, busy_timeout: Duration) -> Result<Option<BaseDb
 
 /// Task folders the DB has agent rows for: `<base>/<task id>`, a real folder (not a link).
 pub fn db_task_dirs(base: &Path, rows: &BTreeMap<String, Vec<Value>>) -> Vec<TaskDir> {
+    // Without a readable base there are no folders to reap (discovery reports it).
+    let Ok(base_dir) = crate::fs::Dir::open_base(base) else {
+        return Vec::new();
+    };
     rows.iter()
         .filter(|(id, agents)| {
             !agents.is_empty()
@@ -48,7 +52,9 @@ pub fn db_task_dirs(base: &Path, rows: &BTreeMap<String, Vec<Value>>) -> Vec<Tas
                 && crate::model::AgentId::parse(id).is_ok()
         })
         .filter(|(id, _)| {
-            std::fs::symlink_metadata(base.join(id)).is_ok_and(|m| m.file_type().is_dir())
+            base_dir
+                .metadata(id.as_str())
+                .is_ok_and(|e| e.is_some_and(|e| e.kind == crate::fs::EntryKind::Dir))
         })
         .map(|(id, _)| TaskDir::new(base, id))
         .collect()

@@ -98,16 +98,15 @@ pub const BASE_LOCK: &str = ".agent-reaper.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseLockError {
-    #[error("{path}: cannot open the base lock: {source}")]
-    Open {
+    /// The lock file or `registry/` cannot be used (a symlink, hard link, FIFO, no access...).
+    #[error("base lock: {0}")]
+    Fs(#[from] crate::fs::FsError),
+    #[error("{path}: cannot lock: {source}")]
+    Lock {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{path}: not a regular file with one link; refused as the base lock (remove it and retry)"
-    )]
-    NotRegular { path: PathBuf },
     #[error(
         "workspace base {base} is being reaped by another agent-reaper (pid {holder}, lock {path}); \
          gave up after {waited:?} (lock_timeout); run again once it is done (a daemon holds \
@@ -144,20 +143,14 @@ impl BaseLock {
         mut on_wait: impl FnMut(&str),
     ) -> Result<BaseLock, BaseLockError> {
         let path = base.join("registry").join(BASE_LOCK);
-        let file = open_base_lock(base).map_err(|e| match e {
-            OpenError::Io(source) => BaseLockError::Open {
-                path: path.clone(),
-                source,
-            },
-            OpenError::NotRegular => BaseLockError::NotRegular { path: path.clone() },
-        })?;
+        let (registry, file) = open_base_lock(base)?;
         let started = Instant::now();
         let mut told = false;
         loop {
             match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => break,
                 Err(rustix::io::Errno::WOULDBLOCK) => {
-                    let holder = read_holder(&file);
+                    let holder = read_holder(&registry);
                     if !told {
                         on_wait(&holder);
                         told = true;
@@ -173,17 +166,19 @@ impl BaseLock {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(e) => {
-                    return Err(BaseLockError::Open {
+                    return Err(BaseLockError::Lock {
                         path,
                         source: e.into(),
                     });
                 }
             }
         }
-        // Ours now: say who holds it. A failure here costs only the other side's message.
+        // Ours now: say who holds it (opened for appending: an empty file is written from
+        // its start). A failure here costs only the other side's message.
         let pid = format!("{}\n", std::process::id());
-        let _ = rustix::fs::ftruncate(&file, 0);
-        let _ = rustix::io::pwrite(&file, pid.as_bytes(), 0);
+        if rustix::fs::ftruncate(&file, 0).is_ok() {
+            let _ = (&file).write_all(pid.as_bytes());
+        }
         Ok(BaseLock {
             base: base.to_path_buf(),
             _file: file,
@@ -247,66 +242,26 @@ impl BaseLocks {
     }
 }
 
-enum OpenError {
-    Io(std::io::Error),
-    NotRegular,
-}
-
-/// Opens (creating) `<base>/registry/.agent-reaper.lock` without following a symlink at
-/// `registry` or at the file, and accepts only a regular file with one link: an agent can
-/// write the workspace, and must not make us create or lock a file elsewhere. The base
-/// itself is configured by the operator and trusted. `registry/` is created if missing, as
-/// the orchestrator itself creates it.
-fn open_base_lock(base: &Path) -> Result<File, OpenError> {
-    use rustix::fs::{CWD, Mode, OFlags, openat};
-    let io = |e: rustix::io::Errno| OpenError::Io(e.into());
-    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let base_fd = openat(CWD, base, dir_flags, Mode::empty()).map_err(io)?;
-    let registry = match openat(
-        &base_fd,
-        "registry",
-        dir_flags | OFlags::NOFOLLOW,
-        Mode::empty(),
-    ) {
-        Err(rustix::io::Errno::NOENT) => {
-            match rustix::fs::mkdirat(&base_fd, "registry", Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(io(e)),
-            }
-            openat(
-                &base_fd,
-                "registry",
-                dir_flags | OFlags::NOFOLLOW,
-                Mode::empty(),
-            )
-            .map_err(io)?
-        }
-        other => other.map_err(io)?,
-    };
-    let fd = openat(
-        &registry,
-        BASE_LOCK,
-        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o644),
-    )
-    .map_err(|e| match e {
-        // A symlink at the name (O_NOFOLLOW) or a directory there.
-        rustix::io::Errno::LOOP | rustix::io::Errno::ISDIR => OpenError::NotRegular,
-        e => io(e),
-    })?;
-    let st = rustix::fs::fstat(&fd).map_err(io)?;
-    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
-        || st.st_nlink != 1
-    {
-        return Err(OpenError::NotRegular);
-    }
-    Ok(File::from(fd))
+/// Opens (creating) `<base>/registry/.agent-reaper.lock` through the confinement module:
+/// no symlink at `registry` or at the file is followed, and only a regular file with one link
+/// is used (an agent can write the workspace, and must not make us create or lock a file
+/// elsewhere). The base itself is configured by the operator and trusted. `registry/` is
+/// created if missing, as the orchestrator itself creates it. Returns the folder too, to
+/// read the holder's pid from.
+fn open_base_lock(base: &Path) -> Result<(crate::fs::Dir, File), BaseLockError> {
+    let registry = crate::fs::Dir::open_base(base)?.create_dir_all_beneath("registry", 0o755)?;
+    let lock = registry.open_file(BASE_LOCK, crate::fs::Purpose::AppendOrCreate)?;
+    Ok((registry, lock.file))
 }
 
 /// The pid the holder wrote (bounded read; "unknown" if it wrote nothing readable yet).
-fn read_holder(file: &File) -> String {
+fn read_holder(registry: &crate::fs::Dir) -> String {
     let mut buf = [0u8; 32];
-    let n = rustix::io::pread(file, &mut buf, 0).unwrap_or(0);
+    let n = registry
+        .open_file(BASE_LOCK, crate::fs::Purpose::Read)
+        .ok()
+        .and_then(|f| rustix::io::pread(&f.file, &mut buf, 0).ok())
+        .unwrap_or(0);
     let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
     if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
         text
@@ -357,14 +312,23 @@ mod tests {
         std::fs::write(&target, "keep").unwrap();
         std::os::unix::fs::symlink(&target, base.join("registry").join(BASE_LOCK)).unwrap();
         let err = BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).unwrap_err();
-        assert!(matches!(err, BaseLockError::NotRegular { .. }), "{err}");
+        assert!(
+            matches!(err, BaseLockError::Fs(crate::fs::FsError::Symlink { .. })),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
         // A hard link to an outside file.
         let base = dir.path().join("b");
         std::fs::create_dir_all(base.join("registry")).unwrap();
         std::fs::hard_link(&target, base.join("registry").join(BASE_LOCK)).unwrap();
         let err = BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).unwrap_err();
-        assert!(matches!(err, BaseLockError::NotRegular { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                BaseLockError::Fs(crate::fs::FsError::HardLinked { .. })
+            ),
+            "{err}"
+        );
         // `registry` itself a symlink to elsewhere.
         let base = dir.path().join("c");
         std::fs::create_dir_all(&base).unwrap();
