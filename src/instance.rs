@@ -120,6 +120,14 @@ pub enum BaseLockError {
     },
 }
 
+impl BaseLockError {
+    /// The lock could not be created because the filesystem is mounted read-only.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, BaseLockError::Fs(crate::fs::FsError::Io { source, .. })
+            if source.raw_os_error() == Some(libc::EROFS))
+    }
+}
+
 /// An exclusive `flock` on `<base>/registry/.agent-reaper.lock`, held until dropped (the
 /// kernel drops it when the process dies). Any reaper that changes a base holds it, whatever
 /// its state directory: the system service and an admin's `once` would otherwise race on the
@@ -227,9 +235,15 @@ impl BaseLocks {
             if self.held.iter().any(|l| key(&l.base) == *canonical) {
                 continue;
             }
-            taken.push(BaseLock::acquire(base, wait, |holder| {
-                on_wait(base, holder)
-            })?);
+            match BaseLock::acquire(base, wait, |holder| on_wait(base, holder)) {
+                Ok(lock) => taken.push(lock),
+                // Nothing can be changed on a read-only base, so no reaper can race another
+                // there; the pass reports what it cannot do.
+                Err(e) if e.is_read_only() => {
+                    tracing::warn!("{e}; the base is read-only: reaped without its lock")
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.held
             .retain(|l| wanted.iter().any(|(c, _)| *c == key(&l.base)));
