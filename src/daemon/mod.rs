@@ -63,10 +63,12 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
         BaseLocks::default()
     } else {
         BaseLocks::acquire(&config.workspace_bases, None, |base, holder| {
-            tracing::warn!(
+            let msg = format!(
                 "waiting for {}: another agent-reaper (pid {holder}) is reaping it",
                 base.display()
-            )
+            );
+            tracing::warn!("{msg}");
+            notify(&[NotifyState::Status(&msg)]);
         })?
     };
     let journal = open_journal(&state)?;
