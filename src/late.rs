@@ -60,7 +60,9 @@ pub enum LateError {
         #[source]
         source: io::Error,
     },
-    #[error("{path}: not a regular file; left alone")]
+    #[error(
+        "{path}: not a regular file (a symlink or reached through one, a FIFO, device or folder); left alone"
+    )]
     NotRegular { path: PathBuf },
     #[error(transparent)]
     Fs(FsError),
