@@ -297,7 +297,7 @@ fn a_later_pass_appends_to_the_one_archive_of_a_log() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, [name.clone()], "one archive per log");
+    assert_eq!(names, std::slice::from_ref(&name), "one archive per log");
     let record = &read_json(&reg)["agents"][0]["auto_cleanup_result"];
     let listed = record["archived_files"].to_string();
     assert!(listed.contains(&name), "{record}");
