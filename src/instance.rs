@@ -72,10 +72,16 @@ impl InstanceLock {
     }
 }
 
-/// Opens the journal in `state_dir` and finishes or undoes what a crash left in it.
-pub fn open_journal(state_dir: &Path) -> Result<std::sync::Mutex<crate::journal::Journal>> {
+/// Opens the journal in `state_dir` and finishes or undoes what a crash left in it. The
+/// recorded paths are reopened beneath `roots` (the configured workspace bases and
+/// archive folder: [`crate::config::Config::trusted_roots`]), never through a symlink.
+pub fn open_journal(
+    state_dir: &Path,
+    roots: Vec<std::path::PathBuf>,
+) -> Result<std::sync::Mutex<crate::journal::Journal>> {
     let (mut journal, pending) = crate::journal::Journal::open(state_dir)
         .with_context(|| format!("opening the journal in {}", state_dir.display()))?;
+    journal.set_roots(roots);
     for recovered in crate::journal::recover(&mut journal, pending) {
         match &recovered.outcome {
             Ok(action) => tracing::info!(
@@ -288,6 +294,10 @@ fn read_holder(registry: &crate::fs::Dir) -> String {
 mod tests {
     use super::*;
 
+    /// A lock let go is free again once no process shares its descriptor: a child another
+    /// test forks meanwhile holds a copy until it execs, so "free" is awaited, not assumed.
+    const RELEASED: Duration = Duration::from_secs(10);
+
     #[test]
     fn a_second_holder_waits_then_names_the_first() {
         let dir = tempfile::tempdir().unwrap();
@@ -312,7 +322,7 @@ mod tests {
             matches!(err, BaseLockError::Held { waited, .. } if waited >= Duration::from_millis(250))
         );
         drop(first);
-        BaseLock::acquire(dir.path(), Some(Duration::ZERO), |_| panic!()).unwrap();
+        BaseLock::acquire(dir.path(), Some(RELEASED), |_| {}).unwrap();
     }
 
     #[test]
@@ -376,7 +386,7 @@ mod tests {
             .unwrap();
         assert_eq!(locks.bases().collect::<Vec<_>>(), [a.as_path()]);
         // b is free again; a is held.
-        BaseLock::acquire(&b, Some(Duration::ZERO), |_| panic!()).unwrap();
+        BaseLock::acquire(&b, Some(RELEASED), |_| {}).unwrap();
         assert!(BaseLock::acquire(&a, Some(Duration::ZERO), |_| {}).is_err());
     }
 }

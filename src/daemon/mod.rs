@@ -71,7 +71,7 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
             notify(&[NotifyState::Status(&msg)]);
         })?
     };
-    let journal = open_journal(&state)?;
+    let journal = open_journal(&state, config.trusted_roots())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
