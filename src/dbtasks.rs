@@ -6,7 +6,7 @@ use crate::model::{StatusClass, classify_status, format_timestamp};
 use crate::observe::{Backend, TaskView};
 use crate::record::{AgentChange, Applied, edit_task_registry};
 use crate::registry::sqlite::{
-    DbApplied, DbChange, StateDb, append_progress_line, progress_line, state_db_path,
+    DbApplied, DbChange, StateDb, append_progress_line_in, progress_line, state_db_path,
     terminal_message,
 };
 use crate::registry::{RegistryError, UpdateOptions, update_registry};
@@ -171,11 +171,24 @@ fn mirror_to_json(
     }
 }
 
-/// Where a change's other stores are: the agent's progress log, the task's JSON registry.
+/// Where a change's other stores are: the agent's progress log (in the task folder opened
+/// at discovery), the task's JSON registry.
 struct SideStores {
-    progress: PathBuf,
+    task_dir: TaskDir,
+    progress_name: String,
     registry: PathBuf,
     task: usize,
+}
+
+/// Appends the line to `progress/<name>` beneath the task folder's pinned handle.
+fn append_in_task(side: &SideStores, line: &str) -> Result<(), String> {
+    let dir = side
+        .task_dir
+        .handle()
+        .and_then(|task| task.open_dir("progress"))
+        .map_err(|e| e.to_string())?;
+    append_progress_line_in(&dir, std::ffi::OsStr::new(&side.progress_name), line)
+        .map_err(|e| e.to_string())
 }
 
 /// While the DB transaction holds the write lock: the terminal progress line of each
@@ -196,8 +209,8 @@ fn write_side_stores(
         };
         if let Some(progress) = result.progress {
             let line = progress_line(stamp, &change.agent_id, status, &change.message, progress);
-            if let Err(e) = append_progress_line(&side.progress, &line) {
-                errors.push((i, e.to_string()));
+            if let Err(e) = append_in_task(side, &line) {
+                errors.push((i, e));
             }
         }
         mirror.entry(side.task).or_default().push((
@@ -278,11 +291,8 @@ pub fn apply_transitions(
         .map(|&(t, a)| {
             let view = tasks[t].0;
             SideStores {
-                progress: view
-                    .task
-                    .dir
-                    .join("progress")
-                    .join(format!("{}_progress.jsonl", view.agents[a].id)),
+                task_dir: view.task.clone(),
+                progress_name: format!("{}_progress.jsonl", view.agents[a].id),
                 registry: view.task.registry(),
                 task: t,
             }

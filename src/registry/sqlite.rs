@@ -15,7 +15,9 @@ mod index;
 mod progress;
 
 pub use index::discover_bases;
-pub use progress::{append_progress_line, progress_line, terminal_message};
+pub use progress::{
+    append_progress_line, append_progress_line_in, progress_line, terminal_message,
+};
 
 use crate::record::Applied;
 use rusqlite::config::DbConfig;
