@@ -7,5 +7,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod baselock;
 mod harness;
 mod sqlite2026;

@@ -1,20 +1,20 @@
 //! The 2026 SQLite generation: the orchestrator's own `state_db` and MCP tools write tasks and agents, agent-reaper reaps, its readers judge.
 
-use crate::common::{age_files, wait_until};
-use crate::harness::{Generation, WAIT, World};
+use crate::common::age_files;
+use crate::harness::{Generation, World};
 use serde_json::{Value, json};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::Stdio;
 
-const TASK: &str = "TASK-20260427-120000-a1b2c3d4";
+pub(crate) const TASK: &str = "TASK-20260427-120000-a1b2c3d4";
 /// Never had a session.
-const NEVER: &str = "fixer-120001-0a0b0c";
+pub(crate) const NEVER: &str = "fixer-120001-0a0b0c";
 /// Had a session that died.
 const DIED: &str = "tester-120002-1a1b1c";
 /// Alive and working: must be left alone.
-const LIVE: &str = "builder-120003-2a2b2c";
+pub(crate) const LIVE: &str = "builder-120003-2a2b2c";
 
 const CONFIG: &str = "settle = \"200ms\"\nzombie_grace = \"0s\"\n";
 
@@ -23,7 +23,7 @@ const CONFIG: &str = "settle = \"200ms\"\nzombie_grace = \"0s\"\n";
 /// listing the agents as an install upgraded from the JSON generation has it), then
 /// `deploy_agent_atomic` per agent; then each agent reports once through the MCP tool
 /// `update_agent_progress` (progress line + `record_progress` + `update_agent_status`).
-const CREATE_TASK: &str = r#"
+pub(crate) const CREATE_TASK: &str = r#"
 import json
 import real_mcp_server as mcp
 from orchestrator import state_db
@@ -90,22 +90,22 @@ out["tables"] = sorted(state_db.inspect_database(BASE)["tables"])
 print(json.dumps(out, default=str))
 "#;
 
-fn create_task(w: &World, upgraded: bool, agents: &[&str]) -> Value {
+pub(crate) fn create_task(w: &World, upgraded: bool, agents: &[&str]) -> Value {
     let mut args = vec![TASK, if upgraded { "1" } else { "0" }];
     args.extend_from_slice(agents);
     w.python_json(CREATE_TASK, &args)
 }
 
-fn judge(w: &World, reconcile: bool) -> Value {
+pub(crate) fn judge(w: &World, reconcile: bool) -> Value {
     w.python_json(JUDGE, &[TASK, if reconcile { "1" } else { "0" }])
 }
 
-fn task_file(w: &World, rel: &str) -> PathBuf {
+pub(crate) fn task_file(w: &World, rel: &str) -> PathBuf {
     w.task(TASK).join(rel)
 }
 
 /// A stream log cut off mid-work: no `result` line.
-fn write_stream(w: &World, id: &str) {
+pub(crate) fn write_stream(w: &World, id: &str) {
     fs::write(
         task_file(w, &format!("logs/{id}_stream.jsonl")),
         "{\"type\": \"system\", \"subtype\": \"init\"}\n{\"type\": \"assistant\"}\n",
@@ -113,7 +113,7 @@ fn write_stream(w: &World, id: &str) {
     .unwrap();
 }
 
-fn lines(path: &std::path::Path) -> Vec<Value> {
+pub(crate) fn lines(path: &std::path::Path) -> Vec<Value> {
     fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
@@ -122,7 +122,7 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
 }
 
 /// The progress lines of `id`, wherever they are now (archive first, then the live file).
-fn progress_lines(w: &World, id: &str) -> Vec<Value> {
+pub(crate) fn progress_lines(w: &World, id: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for rel in [
         format!("archive/{id}_progress.jsonl"),
@@ -320,141 +320,8 @@ fn an_upgraded_install_keeps_the_transition_across_reconcile_and_once_rounds() {
     assert!(!task_file(&w, &format!("progress/{NEVER}_progress.jsonl")).exists());
 }
 
-const DAEMON_CONFIG: &str = "settle = \"300ms\"\nreconcile_interval = \"1h\"\n\
+pub(crate) const DAEMON_CONFIG: &str = "settle = \"300ms\"\nreconcile_interval = \"1h\"\n\
      session_poll_interval = \"200ms\"\nzombie_grace = \"200ms\"\nlock_timeout = \"700ms\"\n";
-
-fn lock_file(w: &World) -> PathBuf {
-    w.base().join("registry/.agent-reaper.lock")
-}
-
-/// The system service works a base; an admin runs `once` with another state dir: it waits
-/// up to `lock_timeout`, then names the daemon's pid and exits non-zero, touching nothing.
-/// `plan` runs beside it (no lock). Every progress line ends up archived exactly once.
-#[test]
-fn once_with_another_state_dir_refuses_while_the_daemon_works_the_base() {
-    let Some(w) = World::new(Generation::Sqlite2026) else {
-        return;
-    };
-    w.write_config(DAEMON_CONFIG);
-    create_task(&w, true, &[NEVER, LIVE]);
-    write_stream(&w, NEVER);
-    w.start_session(&format!("agent_{LIVE}"), "sleep 600");
-    let daemon = w.spawn_daemon(|_| {});
-    let pid = daemon.child.id().to_string();
-    assert!(
-        wait_until(WAIT, || fs::read_to_string(lock_file(&w))
-            .is_ok_and(|t| t.trim() == pid)),
-        "the daemon never took the base lock\n{}",
-        daemon.log_text()
-    );
-    let other_state = w.sandbox.dir.path().join("admin-state");
-    let out = w
-        .reaper_with_state_dir(&other_state, &["once"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "once ran beside the daemon: {stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("pid {pid}")) && stderr.contains("lock_timeout"),
-        "{stderr}"
-    );
-    let plan = w
-        .reaper_with_state_dir(&other_state, &["plan"])
-        .output()
-        .unwrap();
-    assert!(plan.status.success(), "plan takes no lock");
-
-    // The daemon does the work alone.
-    assert!(
-        wait_until(WAIT, || task_file(
-            &w,
-            &format!("archive/{NEVER}_progress.jsonl")
-        )
-        .exists()
-            && !task_file(&w, &format!("progress/{NEVER}_progress.jsonl"))
-                .exists()),
-        "{}",
-        daemon.log_text()
-    );
-    let mut daemon = daemon;
-    assert!(daemon.stop().success());
-    // With the daemon gone, the admin's `once` runs and has nothing left to do.
-    let out = w
-        .reaper_with_state_dir(&other_state, &["once"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let all = progress_lines(&w, NEVER);
-    let statuses: Vec<&str> = all.iter().map(|l| l["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["working", "failed"], "{all:#?}");
-    assert_eq!(judge(&w, true)["agents"][NEVER]["status"], "failed");
-}
-
-/// Another reaper (here a stand-in holding the flock, pid written as agent-reaper writes it)
-/// works the base when the daemon starts: the daemon says once whom it waits for, touches
-/// nothing meanwhile, and does the work when the lock is free.
-#[test]
-fn the_daemon_waits_for_the_reaper_holding_the_base() {
-    let Some(w) = World::new(Generation::Sqlite2026) else {
-        return;
-    };
-    w.write_config(DAEMON_CONFIG);
-    create_task(&w, false, &[NEVER]);
-    write_stream(&w, NEVER);
-    age_files(&w.task(TASK));
-    let mut holder = w
-        .python_cmd(
-            r#"
-import fcntl
-f = open(os.path.join(BASE, "registry", ".agent-reaper.lock"), "a+")
-fcntl.flock(f, fcntl.LOCK_EX)
-f.truncate(0); f.write(f"{os.getpid()}\n"); f.flush()
-print("locked", flush=True)
-sys.stdin.readline()
-"#,
-            &[],
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "locked");
-    let daemon = w.spawn_daemon(|_| {});
-    let holder_pid = holder.id().to_string();
-    assert!(
-        daemon.wait_log(&format!("pid {holder_pid}")),
-        "{}",
-        daemon.log_text()
-    );
-    let before = judge(&w, false);
-    assert_eq!(before["agents"][NEVER]["status"], "working");
-    assert!(!w.base().join(".daemon_health").exists(), "a pass ran");
-    assert_eq!(daemon.log_text().matches("is reaping it").count(), 1);
-
-    drop(holder.stdin.take());
-    assert!(holder.wait().unwrap().success());
-    assert!(
-        wait_until(WAIT, || judge(&w, false)["agents"][NEVER]["status"]
-            == "failed"),
-        "{}",
-        daemon.log_text()
-    );
-    assert_eq!(
-        fs::read_to_string(lock_file(&w)).unwrap().trim(),
-        daemon.child.id().to_string()
-    );
-}
 
 /// The orchestrator's writers and readers run against the daemon: one agent keeps reporting
 /// through `update_agent_progress` while `reconcile_task_workspace` runs after every report
