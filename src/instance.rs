@@ -205,6 +205,8 @@ impl BaseLock {
 #[derive(Debug, Default)]
 pub struct BaseLocks {
     held: Vec<BaseLock>,
+    /// Bases left out of passes because another reaper holds them (told once each).
+    waiting: std::collections::HashSet<PathBuf>,
 }
 
 impl BaseLocks {
@@ -259,6 +261,45 @@ impl BaseLocks {
 
     pub fn bases(&self) -> impl Iterator<Item = &Path> {
         self.held.iter().map(BaseLock::base)
+    }
+
+    /// The bases a daemon pass may work on now, never waiting: those it holds, those whose
+    /// lock it can take at once (a base created since the start), missing and read-only
+    /// ones (nothing to race on). A base another reaper holds is left out until it is free;
+    /// that is logged once, and again when it is taken.
+    pub fn servable(&mut self, bases: &[PathBuf]) -> Vec<PathBuf> {
+        let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut out = Vec::with_capacity(bases.len());
+        for base in bases {
+            let canonical = key(base);
+            if !base.is_dir() || self.held.iter().any(|l| key(&l.base) == canonical) {
+                out.push(base.clone());
+                continue;
+            }
+            match BaseLock::acquire(base, Some(Duration::ZERO), |_| {}) {
+                Ok(lock) => {
+                    if self.waiting.remove(base) {
+                        tracing::info!("{}: lock taken, reaping it now", base.display());
+                    }
+                    self.held.push(lock);
+                    out.push(base.clone());
+                }
+                Err(e) if e.is_read_only() => out.push(base.clone()),
+                Err(e) => {
+                    if self.waiting.insert(base.clone()) {
+                        match &e {
+                            BaseLockError::Held { holder, .. } => tracing::warn!(
+                                "waiting for {}: another agent-reaper (pid {holder}) is reaping \
+                                 it; left out until it is free",
+                                base.display()
+                            ),
+                            e => tracing::warn!("{e}; {} left out", base.display()),
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -388,5 +429,38 @@ mod tests {
         // b is free again; a is held.
         BaseLock::acquire(&b, Some(RELEASED), |_| {}).unwrap();
         assert!(BaseLock::acquire(&a, Some(Duration::ZERO), |_| {}).is_err());
+    }
+
+    #[test]
+    fn a_pass_serves_free_bases_and_leaves_out_one_held_elsewhere_until_it_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        let missing = dir.path().join("missing");
+        let mut ours = BaseLocks::default();
+        let other = BaseLock::acquire(&a, Some(Duration::ZERO), |_| {}).unwrap();
+        // b does not exist yet: kept (the pass reports it), nothing created.
+        let all = [a.clone(), b.clone(), missing.clone()];
+        assert_eq!(ours.servable(&all), [b.clone(), missing.clone()]);
+        assert!(!b.exists());
+        // b appears: its lock is taken at once.
+        std::fs::create_dir_all(&b).unwrap();
+        assert_eq!(ours.servable(&all), [b.clone(), missing.clone()]);
+        assert_eq!(ours.bases().collect::<Vec<_>>(), [b.as_path()]);
+        // a is let go by the other reaper: served from then on.
+        drop(other);
+        assert!(wait_for(|| ours.servable(&all).len() == 3));
+        assert!(BaseLock::acquire(&a, Some(Duration::ZERO), |_| {}).is_err());
+    }
+
+    fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + RELEASED;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 }

@@ -225,6 +225,10 @@ impl Daemon {
             return;
         };
         let scope = self.schedule.take_due(Instant::now());
+        // A base created since the start is taken now; one another reaper holds waits.
+        if !self.dry_run {
+            reaper.config.workspace_bases = self.base_locks.servable(&self.config.workspace_bases);
+        }
         let mode = if self.dry_run {
             Mode::Plan
         } else {

@@ -1,4 +1,4 @@
-//! One reaper per workspace base, judged with the 2026 orchestrator's own code: a second reaper (another state dir, a stand-in holder) waits or refuses, and no line is written twice.
+//! One reaper per workspace base: a second reaper (another state dir, a stand-in holder) waits or refuses, and no line is written twice (mostly judged with the 2026 orchestrator's own code).
 
 use crate::common::{age_files, wait_until};
 use crate::harness::{Generation, WAIT, World};
@@ -200,4 +200,98 @@ fn once_waits_for_the_reaper_holding_the_base_then_runs() {
         .map(|l| l["status"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(statuses, ["working", "failed"]);
+}
+
+/// A base that appears after the daemon started is served from its first pass, unless
+/// another reaper holds it: then it is left out (said once) until the lock is free. Needs
+/// no orchestrator code: the base is in the JSON generation's format.
+#[test]
+fn a_base_created_later_waits_for_its_holder_then_is_reaped() {
+    let s = crate::common::Sandbox::new();
+    s.write_config(
+        "settle = \"200ms\"\nreconcile_interval = \"1s\"\nsession_poll_interval = \"200ms\"\n\
+         zombie_grace = \"200ms\"\n",
+    );
+    let late = s.dir.path().join("late-ws");
+    let log = s.dir.path().join("daemon.log");
+    let child = s
+        .cmd(&["run", "--workspace-base", late.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = crate::harness::Daemon { child, log };
+    assert!(
+        wait_until(WAIT, || s.base().join(".daemon_health").exists()),
+        "{}",
+        daemon.log_text()
+    );
+    // The base appears, already held by another reaper, with a zombie in it.
+    const LATE_TASK: &str = "TASK-20261128-000000-0000abcd";
+    const ID: &str = "worker-000001-abcdef";
+    let registry = crate::common::write_task(
+        &late,
+        LATE_TASK,
+        serde_json::json!([crate::common::agent_entry(ID, "working")]),
+    );
+    fs::write(
+        late.join(LATE_TASK)
+            .join(format!("progress/{ID}_progress.jsonl")),
+        "{\"line\": 1}\n",
+    )
+    .unwrap();
+    age_files(&late);
+    let mut holder = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import fcntl, os, sys
+os.makedirs(os.path.join(sys.argv[1], "registry"), exist_ok=True)
+f = open(os.path.join(sys.argv[1], "registry", ".agent-reaper.lock"), "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.truncate(0); f.write(f"{os.getpid()}\n"); f.flush()
+print("locked", flush=True)
+sys.stdin.readline()
+"#,
+        )
+        .arg(&late)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let holder_pid = holder.id().to_string();
+    assert!(
+        daemon.wait_log(&format!("pid {holder_pid}) is reaping it")),
+        "{}",
+        daemon.log_text()
+    );
+    // Passes go on (the first base is served: its health file moves on) but the held one
+    // is not touched, and the wait is said once.
+    let health = s.base().join(".daemon_health");
+    let seen = fs::read_to_string(&health).unwrap();
+    assert!(
+        wait_until(WAIT, || fs::read_to_string(&health)
+            .is_ok_and(|t| t != seen)),
+        "no pass ran while the late base was held\n{}",
+        daemon.log_text()
+    );
+    let passes = daemon.log_text().matches("waiting for").count();
+    assert_eq!(passes, 1, "said once: {}", daemon.log_text());
+    let entry = |r: &std::path::Path| crate::common::read_json(r)["agents"][0]["status"].clone();
+    assert_eq!(entry(&registry), "working");
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    assert!(
+        wait_until(WAIT, || entry(&registry) == "terminated"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.log_text().contains("lock taken"));
+    assert!(daemon.stop().success());
 }
