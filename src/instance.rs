@@ -263,6 +263,15 @@ impl BaseLocks {
         self.held.iter().map(BaseLock::base)
     }
 
+    /// Lets go of the locks of bases no longer in `bases` (a reload removed them); new ones
+    /// are taken by [`BaseLocks::servable`] at the next pass.
+    pub fn keep_only(&mut self, bases: &[PathBuf]) {
+        let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let wanted: Vec<PathBuf> = bases.iter().map(|b| key(b)).collect();
+        self.held.retain(|l| wanted.contains(&key(&l.base)));
+        self.waiting.retain(|b| bases.contains(b));
+    }
+
     /// The bases a daemon pass may work on now, never waiting: those it holds, those whose
     /// lock it can take at once (a base created since the start), missing and read-only
     /// ones (nothing to race on). A base another reaper holds is left out until it is free;
@@ -451,6 +460,10 @@ mod tests {
         drop(other);
         assert!(wait_for(|| ours.servable(&all).len() == 3));
         assert!(BaseLock::acquire(&a, Some(Duration::ZERO), |_| {}).is_err());
+        // A reload drops a: its lock is let go.
+        ours.keep_only(std::slice::from_ref(&b));
+        assert_eq!(ours.bases().collect::<Vec<_>>(), [b.as_path()]);
+        BaseLock::acquire(&a, Some(RELEASED), |_| {}).unwrap();
     }
 
     fn wait_for(mut cond: impl FnMut() -> bool) -> bool {

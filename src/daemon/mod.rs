@@ -304,20 +304,9 @@ impl Daemon {
         match resolve_config(&self.cli) {
             Ok(config) => {
                 let rewatch = config.workspace_bases != self.config.workspace_bases;
-                // New bases are served only if no other reaper holds them (the loop must
-                // not block here); the old configuration stays otherwise.
-                if rewatch
-                    && !self.dry_run
-                    && let Err(e) = self.base_locks.sync(
-                        &config.workspace_bases,
-                        Some(Duration::ZERO),
-                        |_, _| {},
-                    )
-                {
-                    tracing::error!("reload refused, keeping the running configuration: {e}");
-                    notify(&[NotifyState::Ready]);
-                    return;
-                }
+                // Removed bases are let go; new ones are taken at the next pass (or wait
+                // there while another reaper holds them).
+                self.base_locks.keep_only(&config.workspace_bases);
                 tracing::info!("configuration reloaded");
                 self.config = config.clone();
                 match self.reaper.as_mut() {
