@@ -1,6 +1,8 @@
 //! One JSON registry file: flock on the file itself, tolerant reads, in-place writes with a crash sidecar.
 
-use super::pyjson::to_python_json;
+use super::cas::{CAS_ROUNDS, CasFile, edit_in_place};
+use super::seen;
+use super::torn::find_torn_tail;
 use rustix::fs::{FlockOperation, OFlags, fcntl_getfl, fcntl_setfl, flock};
 use rustix::io::Errno;
 use serde_json::Value;
@@ -20,7 +22,9 @@ pub enum RegistryError {
     },
     #[error("{path}: not a regular file (symlink, FIFO or device); skipped")]
     NotRegular { path: PathBuf },
-    #[error("{path}: {size} bytes is over the {limit}-byte limit; skipped")]
+    #[error(
+        "{path}: {size} bytes is over the {limit}-byte limit; skipped (raise max_registry_size in the config to read it)"
+    )]
     TooLarge {
         path: PathBuf,
         size: u64,
@@ -36,6 +40,14 @@ pub enum RegistryError {
         attempts: u32,
         reason: String,
     },
+    #[error(
+        "{path}: a complete document followed by {extra} byte(s) of a longer version this daemon saw (a torn unlocked write); left untouched here, `once` or `run` repair it"
+    )]
+    Torn { path: PathBuf, extra: usize },
+    #[error(
+        "{path}: changed by an unlocked writer {rounds} time(s) in a row between our read and our write; skipped this round"
+    )]
+    Contended { path: PathBuf, rounds: u32 },
     #[error("{path}: top level is not a JSON object; left untouched")]
     NotObject { path: PathBuf },
     #[error("{path}: write failed: {source}")]
@@ -51,7 +63,11 @@ pub struct ReadOptions {
     /// Reads of an empty or half-written file before giving up (unlocked writers).
     pub attempts: u32,
     pub retry_delay: Duration,
+    /// `max_registry_size`: larger registries are reported and skipped.
     pub max_bytes: u64,
+    /// Reads may repair a provably torn registry under its lock, waiting this long for it;
+    /// `None` (plan) never writes.
+    pub repair_torn: Option<Duration>,
 }
 
 impl Default for ReadOptions {
@@ -60,6 +76,7 @@ impl Default for ReadOptions {
             attempts: 5,
             retry_delay: Duration::from_millis(50),
             max_bytes: 64 * 1024 * 1024,
+            repair_torn: None,
         }
     }
 }
@@ -100,55 +117,166 @@ pub enum SidecarRecovery {
 
 /// Reads and parses without the lock, retrying empty/half-written content.
 /// Refuses symlinks (`O_NOFOLLOW`), FIFOs and devices, and files over `max_bytes`.
+/// A provably torn registry (see `torn`) is repaired under the lock when
+/// `opts.repair_torn` allows it, and reported as `Torn` otherwise.
 pub fn read_registry(path: &Path, opts: &ReadOptions) -> Result<Value, RegistryError> {
     let file = open_regular(path, false)?;
-    read_parsed(&file, path, opts).map(|(_, value)| value)
+    let unparsable = match read_parsed(&file, path, opts) {
+        Ok((bytes, value)) => {
+            seen::global().note(path, &bytes);
+            return Ok(value);
+        }
+        Err(e @ RegistryError::Unparsable { .. }) => e,
+        Err(e) => return Err(e),
+    };
+    let bytes = read_all(&file, path, opts.max_bytes)?;
+    let versions = seen::global().versions_with_persisted(path);
+    let Some(torn) = find_torn_tail(&bytes, &versions) else {
+        return Err(unparsable);
+    };
+    let Some(lock_timeout) = opts.repair_torn else {
+        return Err(RegistryError::Torn {
+            path: path.to_owned(),
+            extra: torn.extra,
+        });
+    };
+    drop(file);
+    let update = UpdateOptions {
+        read: opts.clone(),
+        lock_timeout,
+    };
+    let file = lock_registry(path, &update)?;
+    read_locked(&file, path, opts).map(|(_, value)| value)
 }
 
 /// Locks the file, reads it under the lock, lets `edit` change it, and writes it back in
-/// place (sidecar, fsync, seek/write/truncate, fsync, remove sidecar) only if the value changed.
+/// place (sidecar, fsync, compare, write/truncate, fsync, remove sidecar) only if the value
+/// changed. The compare is the CAS of DESIGN.md §3: when an unlocked writer changed the file
+/// since it was read, `edit` runs again on the new content (so it may run more than once).
 pub fn update_registry<T>(
     path: &Path,
     opts: &UpdateOptions,
-    edit: impl FnOnce(&mut Value) -> T,
+    mut edit: impl FnMut(&mut Value) -> T,
 ) -> Result<(UpdateOutcome, T), RegistryError> {
     let file = lock_registry(path, opts)?;
-    let (original, mut value) = read_parsed(&file, path, &opts.read)?;
-    let before = value.clone();
-    let result = edit(&mut value);
-    if value == before {
-        return Ok((UpdateOutcome::Unchanged, result));
-    }
-    let mut text = to_python_json(&value);
-    if original.ends_with(b"\n") {
-        text.push('\n');
-    }
-    // Values can differ only in number spelling (`1E5` vs `100000.0`) and print the same.
-    if text.as_bytes() == original.as_slice() {
-        return Ok((UpdateOutcome::Unchanged, result));
-    }
-
-    let sidecar = sidecar_path(path);
+    let read = read_locked(&file, path, &opts.read)?;
     let mode = file
         .metadata()
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o644);
-    if let Err(source) = write_sidecar(&sidecar, text.as_bytes(), mode) {
-        // The registry is untouched, so a partial sidecar is only litter.
-        let _ = std::fs::remove_file(&sidecar);
-        return Err(RegistryError::Write {
-            path: sidecar,
-            source,
-        });
+    let mut locked = Locked {
+        file: &file,
+        path,
+        read: &opts.read,
+        sidecar: sidecar_path(path),
+        mode,
+    };
+    edit_in_place(&mut locked, path, read, CAS_ROUNDS, &mut edit)
+}
+
+/// Reads under the lock; a provably torn registry is cut back to its document first.
+fn read_locked(
+    file: &File,
+    path: &Path,
+    opts: &ReadOptions,
+) -> Result<(Vec<u8>, Value), RegistryError> {
+    match read_parsed(file, path, opts) {
+        Ok((bytes, value)) => {
+            seen::global().note(path, &bytes);
+            Ok((bytes, value))
+        }
+        Err(e @ RegistryError::Unparsable { .. }) => match repair_torn(file, path, opts)? {
+            Some(read) => Ok(read),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
     }
-    // On failure the sidecar stays: it is what recover_sidecar restores from.
-    write_in_place(&file, text.as_bytes()).map_err(|source| RegistryError::Write {
-        path: path.to_owned(),
-        source,
-    })?;
-    discard_sidecar(&sidecar);
-    drop(file);
-    Ok((UpdateOutcome::Written, result))
+}
+
+/// Truncates a provably torn registry to its document (we hold the lock), fsyncs and says
+/// so. The bytes are compared once more right before the cut: an unlocked writer may have
+/// rewritten the file since the proof.
+fn repair_torn(
+    file: &File,
+    path: &Path,
+    opts: &ReadOptions,
+) -> Result<Option<(Vec<u8>, Value)>, RegistryError> {
+    let versions = seen::global().versions_with_persisted(path);
+    for _ in 0..CAS_ROUNDS {
+        let bytes = read_all(file, path, opts.max_bytes)?;
+        let Some(torn) = find_torn_tail(&bytes, &versions) else {
+            return Ok(None);
+        };
+        if read_all(file, path, opts.max_bytes)? != bytes {
+            continue;
+        }
+        file.set_len(torn.keep as u64)
+            .and_then(|()| file.sync_all())
+            .map_err(|source| RegistryError::Write {
+                path: path.to_owned(),
+                source,
+            })?;
+        tracing::warn!(
+            path = %path.display(),
+            extra = torn.extra,
+            "repaired torn registry {}: cut {} byte(s) a shorter unlocked write left of a longer version",
+            path.display(),
+            torn.extra
+        );
+        let kept = bytes[..torn.keep].to_vec();
+        seen::global().note(path, &kept);
+        return Ok(Some((kept, torn.document)));
+    }
+    Ok(None)
+}
+
+/// The locked registry for the CAS loop.
+struct Locked<'a> {
+    file: &'a File,
+    path: &'a Path,
+    read: &'a ReadOptions,
+    sidecar: PathBuf,
+    mode: u32,
+}
+
+impl CasFile for Locked<'_> {
+    fn stage(&mut self, text: &[u8]) -> Result<(), RegistryError> {
+        if let Err(source) = write_sidecar(&self.sidecar, text, self.mode) {
+            // The registry is untouched, so a partial sidecar is only litter.
+            let _ = std::fs::remove_file(&self.sidecar);
+            return Err(RegistryError::Write {
+                path: self.sidecar.clone(),
+                source,
+            });
+        }
+        // Known before any byte of it can reach the registry: a torn tail of it is provable,
+        // after a restart too.
+        seen::global().note(self.path, text);
+        seen::global().persist(self.path);
+        Ok(())
+    }
+
+    fn unstage(&mut self) {
+        discard_sidecar(&self.sidecar);
+    }
+
+    fn reread(&mut self) -> Result<Vec<u8>, RegistryError> {
+        read_all(self.file, self.path, self.read.max_bytes)
+    }
+
+    fn reread_parsed(&mut self) -> Result<(Vec<u8>, Value), RegistryError> {
+        read_locked(self.file, self.path, self.read)
+    }
+
+    fn write(&mut self, text: &[u8]) -> Result<(), RegistryError> {
+        // On failure the sidecar stays: it is what recover_sidecar restores from.
+        write_in_place(self.file, text).map_err(|source| RegistryError::Write {
+            path: self.path.to_owned(),
+            source,
+        })?;
+        discard_sidecar(&self.sidecar);
+        Ok(())
+    }
 }
 
 /// Finishes or discards what a crash left in `<registry>.reaper`.
@@ -176,7 +304,14 @@ pub fn recover_sidecar(
     }
 
     let file = lock_registry(path, opts)?;
-    match read_parsed(&file, path, &opts.read) {
+    // What we were writing is a version we saw: a shorter unlocked write over it is provably
+    // torn, and cut back rather than overwritten with our older content.
+    if let Ok(sidecar_file) = open_regular(&sidecar, false)
+        && let Ok(bytes) = read_all(&sidecar_file, &sidecar, opts.read.max_bytes)
+    {
+        seen::global().note(path, &bytes);
+    }
+    match read_locked(&file, path, &opts.read) {
         Ok(_) => {
             discard_sidecar(&sidecar);
             return Ok(SidecarRecovery::StaleSidecarRemoved);
@@ -471,6 +606,7 @@ mod tests {
                 attempts: 3,
                 retry_delay: Duration::from_millis(5),
                 max_bytes: 1 << 20,
+                repair_torn: None,
             },
             lock_timeout: Duration::from_millis(300),
         }
