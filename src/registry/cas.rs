@@ -130,7 +130,11 @@ mod tests {
             Ok((self.content.clone(), v))
         }
         fn write(&mut self, text: &[u8]) -> Result<(), RegistryError> {
-            assert_eq!(self.staged.as_deref(), Some(text), "written what was staged");
+            assert_eq!(
+                self.staged.as_deref(),
+                Some(text),
+                "written what was staged"
+            );
             self.content = text.to_vec();
             self.log.push("write".into());
             Ok(())
@@ -175,7 +179,9 @@ mod tests {
         assert_eq!(now["agents"][0]["status"], "terminated", "our edit redone");
         assert_eq!(
             fake.log,
-            ["stage", "compare", "unstage", "reread", "stage", "compare", "write"]
+            [
+                "stage", "compare", "unstage", "reread", "stage", "compare", "write"
+            ]
         );
     }
 

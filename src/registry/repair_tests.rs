@@ -67,10 +67,14 @@ fn a_torn_tail_is_cut_before_an_edit_and_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = registry(&dir, &doc("working", 10));
     update_registry(&path, &opts(false), |v| {
-        v["agents"][0]["auto_cleanup_result"] = json!({"errors": ["x", "y", "z", "some longer text"]});
+        v["agents"][0]["auto_cleanup_result"] =
+            json!({"errors": ["x", "y", "z", "some longer text"]});
     })
     .unwrap();
-    assert!(seen_path(&path).exists(), "written versions are kept on disk");
+    assert!(
+        seen_path(&path).exists(),
+        "written versions are kept on disk"
+    );
     tear(&path, &doc("blocked", 30));
     // A restarted daemon: memory empty, the persisted versions still prove it.
     let restarted = super::seen::SeenVersions::with_budget(1 << 20);
@@ -82,7 +86,10 @@ fn a_torn_tail_is_cut_before_an_edit_and_after_a_restart() {
     .unwrap();
     assert_eq!(outcome, UpdateOutcome::Written);
     let now: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(now["agents"][0]["progress"], 30, "the orchestrator's document kept");
+    assert_eq!(
+        now["agents"][0]["progress"], 30,
+        "the orchestrator's document kept"
+    );
     assert_eq!(now["agents"][0]["status"], "terminated");
 }
 
@@ -108,7 +115,10 @@ fn a_registry_over_max_registry_size_names_the_key() {
     o.read.max_bytes = 16;
     let err = read_registry(&path, &o.read).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("max_registry_size") && msg.contains("16-byte"), "{msg}");
+    assert!(
+        msg.contains("max_registry_size") && msg.contains("16-byte"),
+        "{msg}"
+    );
     let err = update_registry(&path, &o, |v| v["x"] = 1.into()).unwrap_err();
     assert!(matches!(err, RegistryError::TooLarge { .. }), "{err}");
 }
@@ -122,11 +132,7 @@ fn an_unlocked_rewrite_during_the_edit_is_kept_and_the_edit_redone() {
         runs += 1;
         if runs == 1 {
             // An unlocked `open('w')` writer lands after our read, before our write.
-            std::fs::write(
-                &path,
-                super::pyjson::to_python_json(&doc("working", 77)),
-            )
-            .unwrap();
+            std::fs::write(&path, super::pyjson::to_python_json(&doc("working", 77))).unwrap();
         }
         v["agents"][0]["status"] = "terminated".into();
     })

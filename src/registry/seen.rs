@@ -230,7 +230,10 @@ mod tests {
             .iter()
             .map(|v| String::from_utf8(v.suffix.clone()).unwrap())
             .collect();
-        assert_eq!(lens, ["{\"v\": 3}", "{\"v\": 5}", "{\"v\": 4}", "{\"v\": 2}"]);
+        assert_eq!(
+            lens,
+            ["{\"v\": 3}", "{\"v\": 5}", "{\"v\": 4}", "{\"v\": 2}"]
+        );
     }
 
     #[test]
@@ -254,7 +257,10 @@ mod tests {
         let loaded = fresh.versions_with_persisted(&reg);
         assert_eq!(loaded, store.versions(&reg));
 
-        for junk in [&b"other format\n1 1\nx\n"[..], b"agent-reaper seen versions v1\n5 9\nab"] {
+        for junk in [
+            &b"other format\n1 1\nx\n"[..],
+            b"agent-reaper seen versions v1\n5 9\nab",
+        ] {
             std::fs::write(seen_path(&reg), junk).unwrap();
             assert!(fresh.versions_with_persisted(&reg).is_empty());
         }

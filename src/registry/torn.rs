@@ -126,7 +126,10 @@ mod tests {
     #[test]
     fn a_shorter_write_over_a_version_we_wrote_is_provably_torn() {
         let bytes = torn(SHORT, LONG);
-        assert!(serde_json::from_slice::<Value>(&bytes).is_err(), "extra data");
+        assert!(
+            serde_json::from_slice::<Value>(&bytes).is_err(),
+            "extra data"
+        );
         let seen = [VersionTail::of(LONG.as_bytes(), 1 << 20)];
         let t = find_torn_tail(&bytes, &seen).expect("provable");
         assert_eq!(t.keep, SHORT.len());
