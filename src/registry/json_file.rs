@@ -279,8 +279,22 @@ impl CasFile for Locked<'_> {
     }
 
     fn write(&mut self, text: &[u8]) -> Result<(), RegistryError> {
+        // A shorter document is padded with spaces to the old length and cut after: until
+        // the cut, an unlocked reader sees our document and trailing whitespace (valid JSON),
+        // not our document followed by the old one's tail ("Extra data").
+        let written = self.file.metadata().and_then(|m| {
+            let old_len = m.len() as usize;
+            if old_len <= text.len() {
+                return write_in_place(self.file, text);
+            }
+            let mut padded = text.to_vec();
+            padded.resize(old_len, b' ');
+            self.file.write_all_at(&padded, 0)?;
+            self.file.set_len(text.len() as u64)?;
+            self.file.sync_all()
+        });
         // On failure the sidecar stays: it is what recover_sidecar restores from.
-        write_in_place(self.file, text).map_err(|source| RegistryError::Write {
+        written.map_err(|source| RegistryError::Write {
             path: self.path.to_owned(),
             source,
         })?;
