@@ -3,11 +3,12 @@
 //! judged by its own readers: `json.load` of every registry at every moment, and
 //! `validate_and_repair_registry` at the end.
 
-use crate::common::{Sandbox, wait_until};
+use crate::common::wait_until;
+use crate::harness::{Daemon, Generation, World};
 use serde_json::{Value, json};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 const TASK: &str = "TASK-20251030-101500-2025abcd";
@@ -15,38 +16,11 @@ const TASK: &str = "TASK-20251030-101500-2025abcd";
 const LOAD_SECONDS: &str = "5";
 const INITIAL_AGENTS: usize = 12;
 
-/// `$AGENT_REAPER_ORCHESTRATOR_SRC`, else `../shared/orchestrator`; `None` (one line printed)
-/// when absent, so a fresh clone passes.
-fn orchestrator_2025() -> Option<PathBuf> {
-    let root = std::env::var_os("AGENT_REAPER_ORCHESTRATOR_SRC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/orchestrator"));
-    let code = root.join("2025-10");
-    if code.join("real_mcp_server.py").exists() {
-        return Some(code);
-    }
-    let line = format!(
-        "skipped: needs ../shared/orchestrator ({} not found; lay shared/ beside the clone or set AGENT_REAPER_ORCHESTRATOR_SRC)",
-        code.display()
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{line}; CI=true: tests that need ../shared must run in CI"
-    );
-    eprintln!("{line}");
-    None
-}
-
-/// Lets `real_mcp_server.py` import: its `FastMCP(...).tool` decorators hand functions back.
-const FASTMCP_STUB: &str = "class FastMCP:\n    def __init__(self, *a, **k): pass\n    def _d(self, *a, **k):\n        if len(a) == 1 and callable(a[0]) and not k: return a[0]\n        return lambda f: f\n    tool = resource = prompt = _d\n";
-
-/// Imports the orchestrator (quietly) with the stub first on `sys.path`.
+/// Imports the orchestrator quietly (the harness put it and the `fastmcp` stub on `sys.path`).
 const PRELUDE: &str = r#"
-import sys, os, json, random, time, subprocess, logging
-sys.path[0:0] = [os.environ["STUB"], os.environ["CODE"]]
+import json, random, time, subprocess, logging
 import real_mcp_server as orch
 logging.disable(logging.CRITICAL)
-BASE = os.environ["CLAUDE_ORCHESTRATOR_WORKSPACE"]
 ACTIVE = {"running", "working", "blocked"}
 TERMINAL = {"completed", "terminated", "error", "failed", "killed"}
 def tmux(*args):
@@ -190,50 +164,30 @@ print(json.dumps({"unparsable": unparsable, "repair": {k: repair.get(k) for k in
       ("success", "error", "zombies_terminated", "count_corrected", "summary")}}))
 "#;
 
-struct World {
-    sandbox: Sandbox,
-    code: PathBuf,
+/// A world of the 2025 generation, with the task registry and global registry paths.
+struct Json2025 {
+    world: World,
 }
 
-impl World {
-    fn new(code: PathBuf) -> World {
-        let sandbox = Sandbox::new();
-        let stub = sandbox.dir.path().join("pystub/fastmcp");
-        fs::create_dir_all(&stub).unwrap();
-        fs::write(stub.join("__init__.py"), FASTMCP_STUB).unwrap();
-        fs::create_dir_all(sandbox.dir.path().join("home")).unwrap();
-        World { sandbox, code }
-    }
-
-    fn python(&self, script: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new("python3");
-        cmd.arg("-c")
-            .arg(format!("{PRELUDE}{script}"))
-            .args(args)
-            .current_dir(self.sandbox.dir.path())
-            .env("STUB", self.sandbox.dir.path().join("pystub"))
-            .env("CODE", &self.code)
-            .env("HOME", self.sandbox.dir.path().join("home"))
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("CLAUDE_ORCHESTRATOR_WORKSPACE", self.sandbox.base())
-            .env("TMUX_TMPDIR", self.sandbox.tmux_tmpdir())
-            .env_remove("TMUX")
-            .env_remove("PYTHONPATH")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
+impl Json2025 {
     fn spawn(&self, script: &str, args: &[&str]) -> Child {
-        self.python(script, args).spawn().expect("python3 on PATH")
+        self.world
+            .python_cmd(&format!("{PRELUDE}{script}"), args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 on PATH")
     }
 
     fn registry(&self) -> PathBuf {
-        self.sandbox.task(TASK).join("AGENT_REGISTRY.json")
+        self.world.sandbox.task(TASK).join("AGENT_REGISTRY.json")
     }
 
     fn global(&self) -> PathBuf {
-        self.sandbox.base().join("registry/GLOBAL_REGISTRY.json")
+        self.world
+            .sandbox
+            .base()
+            .join("registry/GLOBAL_REGISTRY.json")
     }
 
     /// A task deployed by the orchestrator: agents with live sessions and stream logs, in
@@ -243,15 +197,16 @@ impl World {
         let ids: Vec<String> = (0..INITIAL_AGENTS)
             .map(|i| format!("worker-101500-{i:06x}"))
             .collect();
-        self.sandbox.start_session("keeper", "sleep 600");
-        let dir = self.sandbox.task(TASK);
+        self.world.sandbox.start_session("keeper", "sleep 600");
+        let dir = self.world.sandbox.task(TASK);
         for sub in ["logs", "progress", "findings", "output"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
         let mut agents = Vec::new();
         let mut global_agents = serde_json::Map::new();
         for id in &ids {
-            self.sandbox
+            self.world
+                .sandbox
                 .start_session(&format!("agent_{id}"), "sleep 600");
             fs::write(
                 dir.join(format!("logs/{id}_stream.jsonl")),
@@ -306,31 +261,22 @@ struct Run {
     driver: Value,
     adder: Value,
     reader: Value,
-    world: World,
+    world: Json2025,
 }
 
 /// The orchestrator's writers and a reader for `LOAD_SECONDS`, beside `daemon` if given.
-fn load(code: &Path, with_reaper: bool) -> (Run, Option<(Child, PathBuf)>) {
-    let world = World::new(code.to_path_buf());
-    world.sandbox.write_config(
+fn load(with_reaper: bool) -> Option<(Run, Option<Daemon>)> {
+    let world = Json2025 {
+        world: World::new(Generation::Json2025)?,
+    };
+    world.world.write_config(
         "settle = \"300ms\"\nzombie_grace = \"500ms\"\nreconcile_interval = \"1s\"\n\
          session_poll_interval = \"300ms\"\n",
     );
     let ids = world.deploy();
-    let daemon = with_reaper.then(|| {
-        let log = world.sandbox.dir.path().join("daemon.log");
-        let child = world
-            .sandbox
-            .cmd(&["run"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        (child, log)
-    });
-    let stop = world.sandbox.dir.path().join("stop-reader");
-    let added = world.sandbox.dir.path().join("added.txt");
+    let daemon = with_reaper.then(|| world.world.spawn_daemon(|_| {}));
+    let stop = world.world.sandbox.dir.path().join("stop-reader");
+    let added = world.world.sandbox.dir.path().join("added.txt");
     let (reg, global) = (world.registry(), world.global());
     let reader = world.spawn(
         READER,
@@ -357,6 +303,7 @@ fn load(code: &Path, with_reaper: bool) -> (Run, Option<(Child, PathBuf)>) {
         // Every agent finishes: the reaper must bring each to a terminal, recorded state.
         for line in String::from_utf8(
             world
+                .world
                 .sandbox
                 .tmux()
                 .args(["ls", "-F", "#{session_name}"])
@@ -369,6 +316,7 @@ fn load(code: &Path, with_reaper: bool) -> (Run, Option<(Child, PathBuf)>) {
         .filter(|s| s.starts_with("agent_"))
         {
             let _ = world
+                .world
                 .sandbox
                 .tmux()
                 .args(["kill-session", "-t", line])
@@ -387,17 +335,15 @@ fn load(code: &Path, with_reaper: bool) -> (Run, Option<(Child, PathBuf)>) {
                 .iter()
                 .all(|a| a["status"] == "terminated" && a.get("auto_cleanup_result").is_some())
         });
-        let log = daemon.as_ref().map(|(_, l)| l.clone()).unwrap();
         assert!(
             settled,
-            "not every finished agent reached terminated with a record:\n{}\n--- daemon log\n{}",
+            "not every finished agent reached terminated with a record:\n{}",
             fs::read_to_string(world.registry()).unwrap_or_default(),
-            fs::read_to_string(log).unwrap_or_default()
         );
     }
     fs::write(&stop, "").unwrap();
     let reader = output_json(reader, "reader");
-    (
+    Some((
         Run {
             driver,
             adder,
@@ -405,24 +351,18 @@ fn load(code: &Path, with_reaper: bool) -> (Run, Option<(Child, PathBuf)>) {
             world,
         },
         daemon,
-    )
+    ))
 }
 
 #[test]
 fn json2025_writers_race_the_daemon_without_a_torn_or_unrepairable_registry() {
-    let Some(code) = orchestrator_2025() else {
+    let Some((base, _)) = load(false) else {
         return;
     };
-    let (base, _) = load(&code, false);
-    let (with, daemon) = load(&code, true);
-    let (mut child, log) = daemon.unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let _ = child.wait();
-    let log = fs::read_to_string(log).unwrap_or_default();
+    let (with, daemon) = load(true).expect("the orchestrator's code was there a moment ago");
+    let mut daemon = daemon.expect("a daemon in this run");
+    daemon.stop();
+    let log = daemon.log_text();
 
     let judge = output_json(with.world.spawn(JUDGE, &[TASK]), "judge");
     let repaired = log.matches("repaired torn registry").count();
