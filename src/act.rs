@@ -331,7 +331,7 @@ pub fn apply_task(
             log_files_archived: !out.archived.is_empty(),
             verified_no_zombies: no_zombies,
             errors: out.errors.clone(),
-            archived_files: out.archived.iter().map(|p| path_string(p)).collect(),
+            archived_files: archived_files(&out.archived, &archive_to, view, agent),
             escalated_to_sigkill: out.escalated,
             defunct_processes: out.defunct.clone(),
         });
@@ -348,6 +348,7 @@ pub fn apply_task(
     if !touched.is_empty() {
         touched.push(archive_to.clone());
         sync_dirs(touched.iter().map(PathBuf::as_path));
+        crate::failpoint::hit(crate::failpoint::AFTER_ARCHIVE);
     }
     if db_backed {
         // The DB holds no cleanup record: what is left on disk is the record.
@@ -448,6 +449,31 @@ fn in_task(view: &TaskView, path: &Path) -> String {
         .unwrap_or(path)
         .display()
         .to_string()
+}
+
+/// What the record lists as archived: this pass's archives, and the archives of the agent's
+/// logs already in its archive folder (an earlier pass that died before recording, or one
+/// that archived a log while another still settled). Each is checked to be there: the record
+/// lists what exists, not what was once attempted.
+fn archived_files(
+    this_pass: &[PathBuf],
+    archive_to: &Path,
+    view: &TaskView,
+    agent: &crate::observe::AgentView,
+) -> Vec<String> {
+    let mut files: Vec<String> = this_pass.iter().map(|p| path_string(p)).collect();
+    for (_, log) in crate::workspace::agent_files(&view.task, &agent.id).logs {
+        let Some(name) = log.file_name() else {
+            continue;
+        };
+        let archived = archive_to.join(name);
+        let is_file = std::fs::symlink_metadata(&archived).is_ok_and(|m| m.file_type().is_file());
+        let listed = path_string(&archived);
+        if is_file && !files.contains(&listed) {
+            files.push(listed);
+        }
+    }
+    files
 }
 
 fn path_string(p: &Path) -> String {
