@@ -499,7 +499,13 @@ pub fn update_global(
         .filter(|(v, _)| v.task.base == base)
         .flat_map(|(v, outs)| v.agents.iter().zip(outs))
         .filter_map(|(agent, out)| {
-            let status = out.status_applied.as_deref()?;
+            // This pass's transition, else the task registry's terminal status: a mirror an
+            // unlocked global rewrite wiped is restored (entries already terminal stay as
+            // they are), so `active_agents` does not count finished agents forever.
+            let status = out
+                .status_applied
+                .as_deref()
+                .unwrap_or(agent.registry_status.as_str());
             let status = crate::model::TERMINAL_STATUSES
                 .iter()
                 .find(|s| **s == status)?;

@@ -416,3 +416,75 @@ fn a_kill_between_archive_and_record_ends_in_one_archive_per_log_and_a_full_reco
     s.run_ok(&["once"]);
     assert_one_archive_each_line_once(&s, &lines("p", 0, 4), &lines("s", 0, 4));
 }
+
+#[test]
+fn a_torn_tail_of_our_own_write_is_repaired_by_a_later_process() {
+    let s = Sandbox::new();
+    let reg = finished_agent(&s);
+    let before_ours = read_json(&reg);
+    s.run_ok(&["once"]);
+    let ours = fs::read(&reg).unwrap();
+    assert!(read_json(&reg)["agents"][0]["auto_cleanup_result"].is_object());
+    // The orchestrator's unlocked open('w') + json.dump of what it read before our write,
+    // its truncate landing before our in-place write and its data after: its shorter
+    // document, then the rest of ours.
+    let mut theirs = before_ours.clone();
+    theirs["agents"][0]["progress"] = json!(99);
+    let short = agent_reaper::registry::pyjson::to_python_json(&theirs);
+    assert!(short.len() < ours.len());
+    let mut torn = ours.clone();
+    torn[..short.len()].copy_from_slice(short.as_bytes());
+    fs::write(&reg, &torn).unwrap();
+    assert!(
+        serde_json::from_slice::<Value>(&torn).is_err(),
+        "Extra data"
+    );
+
+    // `plan` says so and changes nothing.
+    let out = s.run(&["plan"]);
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("torn"), "{said}");
+    assert_eq!(fs::read(&reg).unwrap(), torn);
+
+    // A new process (memory empty) proves it from `<registry>.reaper-seen` and cuts it.
+    let out = s.run(&["once"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("repaired torn registry"), "{stderr}");
+    let now = read_json(&reg);
+    assert_eq!(
+        now["agents"][0]["progress"], 99,
+        "the orchestrator's document kept"
+    );
+    // Its rewrite dropped our record; the new one lists what is on disk.
+    let record = &now["agents"][0]["auto_cleanup_result"];
+    assert_eq!(record["success"], true, "{record}");
+    assert_eq!(
+        record["archived_files"],
+        json!([s
+            .task(TASK)
+            .join(format!("archive/{ID}_progress.jsonl"))
+            .to_string_lossy()]),
+        "{record}"
+    );
+}
+
+#[test]
+fn a_registry_over_max_registry_size_is_reported_with_the_key_to_raise() {
+    let s = Sandbox::new();
+    let reg = finished_agent(&s);
+    let before = fs::read(&reg).unwrap();
+    s.write_config("max_registry_size = 100\n");
+    let out = s.run(&["once"]);
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("max_registry_size") && said.contains(&format!("{} bytes", before.len())),
+        "{said}"
+    );
+    assert_eq!(fs::read(&reg).unwrap(), before);
+    assert!(
+        s.task(TASK)
+            .join(format!("progress/{ID}_progress.jsonl"))
+            .exists()
+    );
+}

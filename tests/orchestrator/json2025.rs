@@ -329,16 +329,22 @@ fn load(with_reaper: bool) -> Option<(Run, Option<Daemon>)> {
             let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
                 return false;
             };
-            v["agents"]
+            let all_recorded = v["agents"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .all(|a| a["status"] == "terminated" && a.get("auto_cleanup_result").is_some())
+                .all(|a| a["status"] == "terminated" && a.get("auto_cleanup_result").is_some());
+            // The orchestrator's own count of live agents follows.
+            let global = fs::read(world.global())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            all_recorded && global.is_some_and(|g| g["active_agents"] == 0)
         });
         assert!(
             settled,
-            "not every finished agent reached terminated with a record:\n{}",
+            "not every finished agent reached terminated with a record and active_agents 0:\n{}\n{}",
             fs::read_to_string(world.registry()).unwrap_or_default(),
+            fs::read_to_string(world.global()).unwrap_or_default(),
         );
     }
     fs::write(&stop, "").unwrap();
