@@ -21,8 +21,9 @@ pub trait CasFile {
     fn reread(&mut self) -> Result<Vec<u8>, RegistryError>;
     /// The registry's bytes now, parsed (waiting out a half-written file like the first read).
     fn reread_parsed(&mut self) -> Result<(Vec<u8>, Value), RegistryError>;
-    /// Writes `text` in place of the registry's content.
-    fn write(&mut self, text: &[u8]) -> Result<(), RegistryError>;
+    /// Writes `text` in place of the registry's content, which is `current_len` bytes long
+    /// (known from the comparison, so nothing but the write follows it).
+    fn write(&mut self, text: &[u8], current_len: usize) -> Result<(), RegistryError>;
 }
 
 /// The registry text for `value`, in Python's `json.dump(indent=2)` form, with a trailing
@@ -66,7 +67,7 @@ pub fn edit_in_place<T>(
         };
         // Nothing but the comparison stands between this read and the write.
         if now == bytes {
-            file.write(&text)?;
+            file.write(&text, now.len())?;
             return Ok((UpdateOutcome::Written, result));
         }
         file.unstage();
@@ -129,7 +130,8 @@ mod tests {
             let v = serde_json::from_slice(&self.content).unwrap();
             Ok((self.content.clone(), v))
         }
-        fn write(&mut self, text: &[u8]) -> Result<(), RegistryError> {
+        fn write(&mut self, text: &[u8], current_len: usize) -> Result<(), RegistryError> {
+            assert_eq!(current_len, self.content.len());
             assert_eq!(
                 self.staged.as_deref(),
                 Some(text),

@@ -259,6 +259,15 @@ impl CasFile for Locked<'_> {
                 source,
             });
         }
+        // Blocks for a longer registry are allocated now, before the comparison, so a full
+        // disk fails here (registry intact) and the write after the comparison is quick.
+        reserve(self.file, text.len() as u64).map_err(|source| {
+            discard_sidecar(&self.sidecar);
+            RegistryError::Write {
+                path: self.path.to_owned(),
+                source,
+            }
+        })?;
         // Known before any byte of it can reach the registry: a torn tail of it is provable,
         // after a restart too.
         seen::global().note(self.path, text);
@@ -278,21 +287,21 @@ impl CasFile for Locked<'_> {
         read_locked(self.file, self.path, self.read)
     }
 
-    fn write(&mut self, text: &[u8]) -> Result<(), RegistryError> {
+    fn write(&mut self, text: &[u8], current_len: usize) -> Result<(), RegistryError> {
         // A shorter document is padded with spaces to the old length and cut after: until
         // the cut, an unlocked reader sees our document and trailing whitespace (valid JSON),
         // not our document followed by the old one's tail ("Extra data").
-        let written = self.file.metadata().and_then(|m| {
-            let old_len = m.len() as usize;
-            if old_len <= text.len() {
-                return write_in_place(self.file, text);
-            }
+        let file = self.file;
+        let written = if current_len <= text.len() {
+            file.write_all_at(text, 0)
+                .and_then(|()| file.set_len(text.len() as u64))
+        } else {
             let mut padded = text.to_vec();
-            padded.resize(old_len, b' ');
-            self.file.write_all_at(&padded, 0)?;
-            self.file.set_len(text.len() as u64)?;
-            self.file.sync_all()
-        });
+            padded.resize(current_len, b' ');
+            file.write_all_at(&padded, 0)
+                .and_then(|()| file.set_len(text.len() as u64))
+        }
+        .and_then(|()| file.sync_all());
         // On failure the sidecar stays: it is what recover_sidecar restores from.
         written.map_err(|source| RegistryError::Write {
             path: self.path.to_owned(),
