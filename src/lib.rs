@@ -9,6 +9,7 @@ pub mod dbtasks;
 pub mod decide;
 pub mod demo;
 pub mod failpoint;
+pub mod fs;
 pub mod instance;
 pub mod journal;
 pub mod late;

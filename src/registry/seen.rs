@@ -4,8 +4,6 @@
 
 use super::torn::VersionTail;
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, Read as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -138,22 +136,25 @@ impl SeenVersions {
     }
 }
 
+/// How far above a registry its trusted workspace base lies (as in `json_file`).
+const LEVELS_BELOW_BASE: usize = 2;
+
+/// `dest` replaced by `bytes` through `crate::fs`: a fresh `O_CREAT|O_EXCL|O_NOFOLLOW` name
+/// beneath the base, then a rename over `dest` (a symlink planted there is replaced, never
+/// written through). No fsync: this is evidence, not data.
 fn replace_file(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = dest.as_os_str().to_owned();
+    use std::io::Write as _;
+    let (dir, name) = crate::fs::open_parent_below(dest, LEVELS_BELOW_BASE)?;
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(&name);
     tmp.push(format!(".tmp-{}-{}", std::process::id(), next_tmp()));
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
-        .open(&tmp)?;
-    let written = file.write_all(bytes).and_then(|()| {
-        drop(file);
-        std::fs::rename(&tmp, dest)
-    });
+    let mut file = dir.create_new(&tmp, 0o600)?;
+    let written = file
+        .file
+        .write_all(bytes)
+        .and_then(|()| rustix::fs::renameat(&dir, &tmp, &dir, &name).map_err(Into::into));
     if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = dir.unlink(&tmp);
     }
     written
 }
@@ -164,27 +165,16 @@ fn next_tmp() -> u64 {
 }
 
 /// Reads `<registry>.reaper-seen`; anything odd (missing, not a regular file, another
-/// format, cut short) gives what could be read, never an error: it is only evidence.
+/// format, cut short, too large) gives what could be read, never an error: it is only evidence.
 fn load(seen: &Path) -> Vec<VersionTail> {
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(seen);
-    let file = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Vec::new(),
-        Err(_) => return Vec::new(),
-    };
     let limit = (VERSIONS_PERSISTED * (TAIL_KEEP + 64) + MAGIC.len()) as u64;
-    match file.metadata() {
-        Ok(m) if m.file_type().is_file() && m.len() <= limit => {}
-        _ => return Vec::new(),
+    let bytes = crate::fs::open_parent_below(seen, LEVELS_BELOW_BASE)
+        .and_then(|(dir, name)| dir.open_file(&name, crate::fs::Purpose::Read))
+        .and_then(|file| crate::fs::read_capped(&file, limit));
+    match bytes {
+        Ok(bytes) => parse(&bytes),
+        Err(_) => Vec::new(),
     }
-    let mut bytes = Vec::new();
-    if file.take(limit).read_to_end(&mut bytes).is_err() {
-        return Vec::new();
-    }
-    parse(&bytes)
 }
 
 fn parse(bytes: &[u8]) -> Vec<VersionTail> {
