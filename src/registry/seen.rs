@@ -3,7 +3,7 @@
 //! evidence a torn-tail repair needs.
 
 use super::torn::VersionTail;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -23,6 +23,8 @@ const MAGIC: &[u8] = b"agent-reaper seen versions v1\n";
 #[derive(Default)]
 struct Inner {
     by_path: HashMap<PathBuf, (u64, VecDeque<VersionTail>)>,
+    /// Registries by when they were last noted, oldest first: eviction is O(log n).
+    order: BTreeMap<u64, PathBuf>,
     bytes: usize,
     clock: u64,
 }
@@ -58,13 +60,16 @@ impl SeenVersions {
     /// Remembers `bytes` as a version of `path` (a repeat moves to the front).
     pub fn note(&self, path: &Path, bytes: &[u8]) {
         let tail = VersionTail::of(bytes, TAIL_KEEP);
-        let mut inner = self.inner.lock().expect("seen versions lock");
+        let mut guard = self.inner.lock().expect("seen versions lock");
+        let inner = &mut *guard;
         inner.clock += 1;
         let clock = inner.clock;
         let entry = inner
             .by_path
             .entry(path.to_path_buf())
             .or_insert_with(|| (0, VecDeque::new()));
+        inner.order.remove(&entry.0);
+        inner.order.insert(clock, path.to_path_buf());
         entry.0 = clock;
         let mut freed = 0;
         let mut added = tail.suffix.len();
@@ -77,19 +82,15 @@ impl SeenVersions {
             freed += entry.1.pop_back().map_or(0, |v| v.suffix.len());
         }
         inner.bytes = inner.bytes + added - freed;
-        self.evict(&mut inner, path);
-    }
-
-    /// Drops the least recently noted registries until within budget (never `keep`).
-    fn evict(&self, inner: &mut Inner, keep: &Path) {
+        // The least recently noted registries go until within budget; never this one.
         while inner.bytes > self.budget {
-            let oldest = inner
-                .by_path
-                .iter()
-                .filter(|(p, _)| p.as_path() != keep)
-                .min_by_key(|(_, (t, _))| *t)
-                .map(|(p, _)| p.clone());
-            let Some(oldest) = oldest else { return };
+            let Some((&when, oldest)) = inner.order.first_key_value() else {
+                break;
+            };
+            if oldest == path {
+                break;
+            }
+            let oldest = inner.order.remove(&when).expect("present");
             if let Some((_, versions)) = inner.by_path.remove(&oldest) {
                 inner.bytes -= versions.iter().map(|v| v.suffix.len()).sum::<usize>();
             }
