@@ -145,3 +145,20 @@ fn an_unlocked_rewrite_during_the_edit_is_kept_and_the_edit_redone() {
     assert!(!sidecar_path(&path).exists());
     let _ = global();
 }
+
+#[test]
+fn a_shorter_document_ends_exactly_where_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut long = doc("working", 10);
+    long["pad"] = "x".repeat(5000).into();
+    let path = registry(&dir, &long);
+    update_registry(&path, &opts(false), |v| {
+        v.as_object_mut().unwrap().remove("pad");
+    })
+    .unwrap();
+    // The padding spaces written before the cut are gone: exactly Python's document.
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        super::pyjson::to_python_json(&doc("working", 10))
+    );
+}
