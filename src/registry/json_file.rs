@@ -381,6 +381,13 @@ pub fn recover_sidecar(
         warn_left_alone(&sidecar, "neither the registry nor the sidecar parses");
         return Ok(SidecarRecovery::LeftAlone);
     }
+    // Compare-and-swap here too: an unlocked writer that rewrote the registry since it was
+    // found broken has the newer content; then the sidecar is what is stale.
+    let broken = read_all(&file, path, opts.read.max_bytes)?;
+    if serde_json::from_slice::<Value>(&broken).is_ok() {
+        discard_sidecar(&sidecar);
+        return Ok(SidecarRecovery::StaleSidecarRemoved);
+    }
     write_in_place(&file, &bytes).map_err(|source| RegistryError::Write {
         path: path.to_owned(),
         source,
