@@ -10,4 +10,5 @@ mod common;
 
 mod baselock;
 mod harness;
+mod json2025;
 mod sqlite2026;
