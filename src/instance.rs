@@ -91,3 +91,13 @@ pub fn open_journal(state_dir: &Path) -> Result<std::sync::Mutex<crate::journal:
     }
     Ok(std::sync::Mutex::new(journal))
 }
+
+/// Loads the remembered pane map from `state_dir` (see `procs::panemap`); a bad file is
+/// reported and replaced by an empty map.
+pub fn load_pane_map(state_dir: &Path) -> crate::procs::panemap::PaneMap {
+    let (map, problem) = crate::procs::panemap::PaneMap::load(state_dir);
+    if let Some(e) = problem {
+        tracing::warn!("{e}");
+    }
+    map
+}

@@ -398,11 +398,27 @@ fn the_environment_names_the_pane_after_its_session_ended_but_not_once_cleared()
     let env = ctx.read_environments();
     let set = agent_set(&ctx, &ev, Some(&env));
     let pids: Vec<i32> = set.iter().map(|k| k.pid).collect();
-    assert_eq!(pids, vec![kept_pid], "{pids:?}");
+    // (The pane's own `sleep` may still be on its way out: it is the agent's too.)
+    assert!(pids.contains(&kept_pid), "{pids:?}");
+    assert!(
+        !pids.contains(&cleared_pid) && !pids.contains(&other_pane),
+        "{pids:?}"
+    );
+    for p in &pids {
+        assert!(
+            *p == kept_pid || table.get(*p).is_some_and(|i| i.sid == pane),
+            "{p} is neither the helper nor in the pane's session: {pids:?}"
+        );
+    }
     // The same through a rescan, as the stopper makes it; then stopped.
     let logs = HashSet::new();
     let (_, sets) = fresh_sets(&ctx, &[&ev], &logs, true).unwrap();
-    assert_eq!(sets[0], set);
+    assert!(sets[0].iter().any(|k| k.pid == kept_pid), "{:?}", sets[0]);
+    assert!(
+        !sets[0].iter().any(|k| k.pid == cleared_pid),
+        "{:?}",
+        sets[0]
+    );
     let r = &stop_all(
         &[StopRequest::new(id("env-1"), set)],
         &table,
