@@ -235,7 +235,8 @@ fn main() {
         let reports = if full {
             let refs: Vec<&Evidence> = evidence.iter().collect();
             let log_set: HashSet<_> = logs.iter().copied().collect();
-            let mut rescan = || fresh_sets(&ctx, &refs, &log_set, true);
+            let mut cache = Default::default();
+            let mut rescan = || fresh_sets(&ctx, &refs, &log_set, Some(&mut cache));
             let reports =
                 stop_all_rescanning(&requests, &table, &StopPolicy::default(), &mut rescan);
             let (fresh, sets) = rescan().unwrap();

@@ -146,7 +146,11 @@ pub fn stop_agents(
         .flat_map(|e| e.logs.iter().copied())
         .collect();
     let read_env = evidence.iter().any(|e| e.has_sessions());
-    let mut rescan = || fresh_sets(procs, &evidence, &logs, read_env);
+    let mut env_cache = crate::procs::environ::EnvCache::default();
+    let mut rescan = || {
+        let env = read_env.then_some(&mut env_cache);
+        fresh_sets(procs, &evidence, &logs, env)
+    };
     let reports = stop_all_rescanning(&requests, procs.table, &policy, &mut rescan);
     // Sessions go after their processes, so nothing gets a SIGHUP mid-shutdown.
     let sessions: Vec<(usize, String)> = which

@@ -412,7 +412,7 @@ fn the_environment_names_the_pane_after_its_session_ended_but_not_once_cleared()
     }
     // The same through a rescan, as the stopper makes it; then stopped.
     let logs = HashSet::new();
-    let (_, sets) = fresh_sets(&ctx, &[&ev], &logs, true).unwrap();
+    let (_, sets) = fresh_sets(&ctx, &[&ev], &logs, Some(&mut Default::default())).unwrap();
     assert!(sets[0].iter().any(|k| k.pid == kept_pid), "{:?}", sets[0]);
     assert!(
         !sets[0].iter().any(|k| k.pid == cleared_pid),

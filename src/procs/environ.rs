@@ -5,7 +5,7 @@
 //! to init, so it still names the agent's pane after the process tree is gone. A process
 //! that clears its environment carries nothing, and is not found this way.
 
-use super::table::ProcTable;
+use super::table::{ProcKey, ProcTable};
 use super::tmux::TmuxServer;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -56,6 +56,10 @@ fn read_environ(proc_root: &Path, pid: i32) -> Option<Vec<u8>> {
     Some(raw)
 }
 
+/// Environments already read, by process identity (a pid reused is read again).
+#[derive(Debug, Clone, Default)]
+pub struct EnvCache(HashMap<ProcKey, Option<PaneTag>>);
+
 /// Which processes name which tmux session and pane, for the processes read.
 #[derive(Debug, Clone, Default)]
 pub struct EnvIndex {
@@ -75,17 +79,36 @@ impl EnvIndex {
 
     /// [`EnvIndex::scan`] against another `/proc` (tests).
     pub fn scan_at(proc_root: &Path, table: &ProcTable, wanted: impl Fn(i32) -> bool) -> Self {
+        Self::scan_cached(proc_root, table, wanted, &mut EnvCache::default())
+    }
+
+    /// [`EnvIndex::scan`], reading only processes `cache` has not seen: rescans during one
+    /// stop read each process's environment once.
+    pub fn scan_cached(
+        proc_root: &Path,
+        table: &ProcTable,
+        wanted: impl Fn(i32) -> bool,
+        cache: &mut EnvCache,
+    ) -> Self {
         let mut index = EnvIndex::default();
         for p in table.iter() {
             // Zombies have no environment; kernel threads have no cmdline and none either.
             if p.state == 'Z' || p.cmdline.is_empty() || !wanted(p.pid) {
                 continue;
             }
-            let Some(raw) = read_environ(proc_root, p.pid) else {
-                continue;
+            let tag = match cache.0.get(&p.key()) {
+                Some(tag) => tag.clone(),
+                None => {
+                    let Some(raw) = read_environ(proc_root, p.pid) else {
+                        continue;
+                    };
+                    index.read += 1;
+                    let tag = parse_environ(&raw);
+                    cache.0.insert(p.key(), tag.clone());
+                    tag
+                }
             };
-            index.read += 1;
-            if let Some(tag) = parse_environ(&raw) {
+            if let Some(tag) = tag {
                 index.insert(p.pid, tag);
             }
         }
@@ -195,5 +218,10 @@ mod tests {
         let table = ProcTable::scan().unwrap();
         let idx = EnvIndex::scan(&table, |p| p == me);
         assert_eq!(idx.read, 1);
+        let mut cache = EnvCache::default();
+        let first = EnvIndex::scan_cached(Path::new("/proc"), &table, |p| p == me, &mut cache);
+        let again = EnvIndex::scan_cached(Path::new("/proc"), &table, |p| p == me, &mut cache);
+        assert_eq!((first.read, again.read), (1, 0));
+        assert_eq!(first.by_session, again.by_session);
     }
 }

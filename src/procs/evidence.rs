@@ -6,7 +6,7 @@
 //! Never: a process inside another session's pane tree, tmux itself, pid 1, the daemon and
 //! its ancestors, another user's process. A path in argv is no evidence at all.
 
-use super::environ::EnvIndex;
+use super::environ::{EnvCache, EnvIndex};
 use super::openfiles::FileId;
 use super::table::{ID_MARKER, ProcInfo, ProcKey, ProcTable};
 use super::tmux::{TmuxServer, TmuxSnapshot};
@@ -325,13 +325,13 @@ pub fn agent_set(ctx: &SetContext<'_>, ev: &Evidence, env: Option<&EnvIndex>) ->
 }
 
 /// The processes of each agent in a fresh look at /proc: a new table, writers of their
-/// logs, and (when `read_env`: some agent has a known session) the environments.
-/// `None` when /proc cannot be read.
+/// logs, and (when `env` is given: some agent has a known session) the environments not
+/// read before. `None` when /proc cannot be read.
 pub fn fresh_sets(
     round: &SetContext<'_>,
     evidence: &[&Evidence],
     logs: &HashSet<FileId>,
-    read_env: bool,
+    env: Option<&mut EnvCache>,
 ) -> Option<(ProcTable, Vec<Vec<ProcKey>>)> {
     let fresh = ProcTable::scan().ok()?;
     let writers = if logs.is_empty() {
@@ -341,7 +341,14 @@ pub fn fresh_sets(
     };
     let sets = {
         let ctx = round.refreshed(&fresh, &writers);
-        let env = read_env.then(|| ctx.read_environments());
+        let env = env.map(|cache| {
+            EnvIndex::scan_cached(
+                std::path::Path::new("/proc"),
+                &fresh,
+                |pid| ctx.env_candidate(pid),
+                cache,
+            )
+        });
         evidence
             .iter()
             .map(|e| agent_set(&ctx, e, env.as_ref()))
