@@ -224,11 +224,12 @@ fn a_continuous_forker_is_stopped_with_every_fork() {
     finished(&s, id);
     let pane_f = s.dir.path().join("pane");
     // Ignores SIGTERM and forks a detached `sleep` every 20 ms: each fork is reparented
-    // away from the pane at once, but stays in the pane's session.
+    // away from the pane at once, but stays in the pane's session. The forks ignore the
+    // SIGHUP the session's end sends, like a helper that outlives its terminal.
     s.start_session(
         &format!("agent_{id}"),
         &format!(
-            "echo $$ > {}; trap '' TERM; while :; do (sleep 600 &); sleep 0.02; done",
+            "echo $$ > {}; trap '' TERM; while :; do (trap '' HUP; sleep 600 &); sleep 0.02; done",
             pane_f.display()
         ),
     );
