@@ -57,10 +57,16 @@ fn agent(s: &Sandbox, i: usize) -> Value {
     read_json(&s.task(TASK).join("AGENT_REGISTRY.json"))["agents"][i].clone()
 }
 
-/// Kills a spawned helper process when the test ends, passed or not.
+/// Kills a spawned helper process, and the process group it leads (its `sleep` children),
+/// when the test ends, passed or not.
 struct Reap(Child);
 impl Drop for Reap {
     fn drop(&mut self) {
+        // ESRCH when it leads no group: then only the process itself.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

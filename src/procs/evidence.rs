@@ -58,9 +58,15 @@ impl Evidence {
 
     /// What a search for this agent's processes looks at, for the record.
     pub fn checked(&self, env_read: bool) -> Vec<String> {
+        let panes: HashSet<i32> = self
+            .panes
+            .iter()
+            .chain(self.sessions.iter().flat_map(|s| &s.panes))
+            .map(|k| k.pid)
+            .collect();
         let mut out = vec![format!(
             "pane tree, process groups and sessions of {} pane(s)",
-            self.panes.len() + self.sessions.iter().map(|s| s.panes.len()).sum::<usize>()
+            panes.len()
         )];
         if env_read {
             for s in &self.sessions {

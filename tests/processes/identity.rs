@@ -2,6 +2,7 @@
 //! evidence (pane tree, session, environment, open logs), and every bystander lives.
 
 use super::*;
+use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
 /// Pids of live processes whose session id is `sid` (a pane's session, forks included).
@@ -24,6 +25,7 @@ fn labelled(label: &str) -> Reap {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap(),
     )
@@ -36,6 +38,7 @@ fn spawn(args: &[&str]) -> Reap {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap(),
     )
