@@ -227,7 +227,8 @@ impl Reaper {
                     &views,
                     &decisions,
                     &outcomes,
-                    scope.is_none(),
+                    // Ids of a base or registry that could not be read may still run.
+                    scope.is_none() && report.errors.is_empty(),
                     &mut self.pane_map,
                 );
                 if let Err(e) = self.pane_map.save() {

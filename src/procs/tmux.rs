@@ -312,11 +312,19 @@ pub fn parse_snapshot(stdout: &str) -> Result<TmuxSnapshot, TmuxError> {
         let window_activity = epoch(f[4]).map_err(|e| bad(&e))?;
         let session_id = prefixed_number(f[5], '$').map_err(|e| bad(&e))?;
         let pane_id = prefixed_number(f[6], '%').map_err(|e| bad(&e))?;
-        let server_pid: i32 = f[7].parse().map_err(|_| bad("bad server pid"))?;
-        if snap.server.is_none() && !f[8].is_empty() {
+        // A tmux too old for `#{pid}`/`#{socket_path}` prints them empty: no environment
+        // evidence then, everything else works.
+        let server_pid = match f[7] {
+            "" => None,
+            p => Some(p.parse::<i32>().map_err(|_| bad("bad server pid"))?),
+        };
+        if snap.server.is_none()
+            && let Some(pid) = server_pid
+            && !f[8].is_empty()
+        {
             snap.server = Some(TmuxServer {
                 socket: PathBuf::from(f[8]),
-                pid: server_pid,
+                pid,
             });
         }
         let session = snap
@@ -454,6 +462,21 @@ mod tests {
             "printf '1\\t2\\tx\\t0\\t3\\t$1\\t%%1\\t9\\t/s\\tagent_a\\n'",
         );
         assert!(matches!(c.snapshot(), Err(TmuxError::BadOutput(_))));
+        let c = fake(
+            &dir,
+            "printf '1\\t2\\t3\\t0\\t3\\t$1\\t%%1\\tx\\t/s\\tagent_a\\n'",
+        );
+        assert!(matches!(c.snapshot(), Err(TmuxError::BadOutput(_))));
+    }
+
+    #[test]
+    fn an_old_tmux_without_server_formats_still_gives_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = fake(&dir, "printf '1\\t2\\t3\\t0\\t3\\t\\t\\t\\t\\tagent_a\\n'");
+        let s = c.snapshot().unwrap();
+        assert_eq!(s.server, None);
+        assert_eq!(s.sessions["agent_a"].id, None);
+        assert_eq!(s.sessions["agent_a"].live_pane_pids(), vec![3]);
     }
 
     #[test]
