@@ -417,7 +417,13 @@ pub fn agent_view(
     {
         evidence.sessions.push(seen.clone());
     }
-    evidence.logs = logs.iter().map(|(_, m)| (m.dev(), m.ino())).collect();
+    // A log hard-linked to some other file (st_nlink > 1) would make that file's writers
+    // look like the agent's: only a log that is its own file is evidence.
+    evidence.logs = logs
+        .iter()
+        .filter(|(_, m)| m.nlink() == 1)
+        .map(|(_, m)| (m.dev(), m.ino()))
+        .collect();
     // Environments are read only where they can change the verdict: the agent looks dead
     // (session gone or every pane exited) and some session of it is known.
     let looks_dead = match session {

@@ -348,3 +348,36 @@ fn a_helper_orphaned_before_the_cleaning_pass_is_found_by_its_environment() {
     );
     assert!(checked.contains("writers of"), "{record:#}");
 }
+
+#[test]
+fn a_log_hard_linked_to_another_file_makes_no_writer_the_agents() {
+    let s = Sandbox::new();
+    quick_config(&s, "");
+    let id = "linker-130000-abcdef";
+    write_task(&s.base(), TASK, json!([agent_entry(id, "completed")]));
+    // The agent made its log a hard link to a file some unrelated process appends to.
+    let outside = s.dir.path().join("service.log");
+    fs::write(&outside, "{\"type\":\"result\",\"is_error\":false}\n").unwrap();
+    let log = stream_log(&s, id);
+    fs::hard_link(&outside, &log).unwrap();
+    let service = Reap(
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec 3>>\"$0\"; exec sleep 600")
+            .arg(&outside)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let file = agent_reaper::procs::openfiles::file_id(&outside).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        !agent_reaper::procs::openfiles::writers_of(&std::collections::HashSet::from([file]))
+            .is_empty()
+    }));
+    s.run_ok(&["once"]);
+    assert!(
+        alive(service.0.id() as i32),
+        "a writer of a file the log is hard-linked to was stopped"
+    );
+}
