@@ -216,6 +216,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 &state,
                 config.trusted_roots(),
             )?);
+            reaper.pane_map = crate::instance::load_pane_map(&state);
             reaper.progress = progress_printer();
             let report = reaper.run(Mode::Execute {
                 wait_for_settle: true,
@@ -225,12 +226,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plan { json } => {
             check_bases(&config)?;
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
+            // Read, never written: a plan changes nothing.
+            if let Ok(state) = crate::instance::state_dir(&config) {
+                reaper.pane_map = crate::instance::load_pane_map(&state).read_only();
+            }
             let report = reaper.run(Mode::Plan);
             print(&report, json, crate::report::plan)
         }
         Command::Status { json } => {
             check_bases(&config)?;
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
+            if let Ok(state) = crate::instance::state_dir(&config) {
+                reaper.pane_map = crate::instance::load_pane_map(&state).read_only();
+            }
             let report = reaper.run(Mode::Plan);
             print(&report, json, crate::report::status)
         }

@@ -99,6 +99,16 @@ pub fn open_journal(
     Ok(std::sync::Mutex::new(journal))
 }
 
+/// Loads the remembered pane map from `state_dir` (see `procs::panemap`); a bad file is
+/// reported and replaced by an empty map.
+pub fn load_pane_map(state_dir: &Path) -> crate::procs::panemap::PaneMap {
+    let (map, problem) = crate::procs::panemap::PaneMap::load(state_dir);
+    if let Some(e) = problem {
+        tracing::warn!("{e}");
+    }
+    map
+}
+
 /// The lock file of a workspace base, under `<base>/registry/`.
 pub const BASE_LOCK: &str = ".agent-reaper.lock";
 

@@ -81,6 +81,7 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
         reaper.journal = Some(journal);
+        reaper.pane_map = crate::instance::load_pane_map(&state);
         let mut daemon = Daemon {
             reaper: Some(reaper),
             cli,

@@ -44,6 +44,8 @@ pub struct Reaper {
     /// Journal of multi-step file operations (appends to an existing archive, copies);
     /// without one, a log whose archive already exists is left for a pass that has one.
     pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
+    /// Sessions agents ran in (kept in the state dir when there is one).
+    pub pane_map: crate::procs::panemap::PaneMap,
 }
 
 impl Reaper {
@@ -56,6 +58,7 @@ impl Reaper {
             progress: None,
             journal: None,
             state_dbs: HashMap::new(),
+            pane_map: crate::procs::panemap::PaneMap::in_memory(),
         }
     }
 
@@ -163,20 +166,14 @@ impl Reaper {
             }
         }
         let writers = scan_writers(pending.iter().flatten());
-        let pane_ancestors = match &tmux {
-            Ok(snapshot) => crate::procs::table::pane_ancestors(
-                &table,
-                snapshot
-                    .sessions
-                    .values()
-                    .flat_map(|s| s.panes.iter().filter_map(|p| p.pid)),
-            ),
-            Err(_) => HashSet::new(),
-        };
+        let procs = crate::procs::SetContext::new(&table, tmux.as_ref().ok(), &writers);
+        let env = std::cell::OnceCell::new();
         let world = World {
             tmux: &tmux,
             table: &table,
-            pane_ancestors: &pane_ancestors,
+            procs: &procs,
+            pane_map: &self.pane_map,
+            env: &env,
             gone_since: &self.gone_since,
             settle: self.config.settle,
             now,
@@ -188,15 +185,27 @@ impl Reaper {
                 .collect();
         }
         self.remember_sessions(&views, &tmux, now, scope.is_some());
+        let ambiguous = observe::ambiguous_agents(&views);
+        observe::remember_panes(&views, &ambiguous, &mut self.pane_map);
         let decisions: Vec<Vec<Decision>> = views
             .iter()
             .map(|v| {
                 v.agents
                     .iter()
-                    .map(|a| crate::dbtasks::for_backend(v.backend, decide(&a.facts, &policy, now)))
+                    .map(|a| match ambiguous.get(&a.id) {
+                        Some(why) => Decision::ambiguous(why),
+                        None => {
+                            crate::dbtasks::for_backend(v.backend, decide(&a.facts, &policy, now))
+                        }
+                    })
                     .collect()
             })
             .collect();
+        errors.extend(
+            ambiguous.iter().map(|(id, why)| {
+                format!("agent id {id} is ambiguous ({why}): nothing done for it")
+            }),
+        );
         let orphans = match scope {
             None => self.orphans(&views, &tmux, &policy, now),
             Some(_) => Vec::new(),
@@ -218,10 +227,21 @@ impl Reaper {
                 let (decisions, outcomes) = self.act(
                     &mut views,
                     decisions,
-                    (&table, &pane_ancestors),
+                    (&table, &procs),
                     &mut report,
                     wait_for_settle,
                 );
+                act::forget_cleaned(
+                    &views,
+                    &decisions,
+                    &outcomes,
+                    // Ids of a base or registry that could not be read may still run.
+                    scope.is_none() && report.errors.is_empty(),
+                    &mut self.pane_map,
+                );
+                if let Err(e) = self.pane_map.save() {
+                    report.errors.push(e.to_string());
+                }
                 (decisions, Some(outcomes))
             }
         };
@@ -307,7 +327,7 @@ impl Reaper {
         &mut self,
         views: &mut [TaskView],
         mut decisions: Vec<Vec<Decision>>,
-        (table, pane_ancestors): (&ProcTable, &HashSet<i32>),
+        (table, procs): (&ProcTable, &crate::procs::SetContext<'_>),
         report: &mut PassReport,
         wait_for_settle: bool,
     ) -> (Vec<Vec<Decision>>, Vec<Vec<Outcome>>) {
@@ -321,7 +341,7 @@ impl Reaper {
         let stopped = act::stop_agents(
             views,
             &decisions,
-            (table, pane_ancestors),
+            procs,
             self.tmux.as_ref(),
             &self.config,
             &mut outcomes,
@@ -335,6 +355,7 @@ impl Reaper {
                 since: now - policy.zombie_grace,
             };
             agent.facts.live_processes = outcomes[t][a].survivors;
+            agent.facts.live_writers = 0;
             if let Some(status) = first_status(&decisions[t][a]) {
                 agent.facts.status = status.to_string();
                 agent.facts.class = StatusClass::Terminal;
