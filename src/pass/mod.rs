@@ -30,6 +30,18 @@ pub enum Mode {
     Execute { wait_for_settle: bool },
 }
 
+impl Mode {
+    /// `once` (the one caller that waits for settle) exits after its pass: it waits for its
+    /// hooks too; the daemon does not.
+    fn hook_mode(self) -> crate::hooks::HookMode {
+        match self {
+            Mode::Plan => crate::hooks::HookMode::List,
+            Mode::Execute { wait_for_settle: true } => crate::hooks::HookMode::RunAndWait,
+            Mode::Execute { .. } => crate::hooks::HookMode::Run,
+        }
+    }
+}
+
 /// Long-lived pass state: configuration, seams, and what earlier rounds saw.
 pub struct Reaper {
     pub config: Config,
@@ -44,6 +56,8 @@ pub struct Reaper {
     /// Journal of multi-step file operations (late-write appends); without one, late
     /// writes are archived beside the first archive under a numbered name.
     pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
+    /// Transition hooks: their worker threads and pending runs (started on first use).
+    pub hooks: crate::hooks::Hooks,
 }
 
 impl Reaper {
@@ -56,6 +70,7 @@ impl Reaper {
             progress: None,
             journal: None,
             state_dbs: HashMap::new(),
+            hooks: crate::hooks::Hooks::default(),
         }
     }
 
@@ -204,6 +219,7 @@ impl Reaper {
             errors,
             totals: Totals::default(),
             written_tasks: Vec::new(),
+            hooks: Vec::new(),
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         let (decisions, outcomes) = match mode {
@@ -220,6 +236,13 @@ impl Reaper {
             }
         };
         fill_report(&mut report, &views, &decisions, outcomes);
+        // Hooks see only what this pass committed (in `plan`: what it would commit).
+        report.hooks = self.hooks.after_pass(
+            &self.config,
+            mode.hook_mode(),
+            report.transitions(),
+            &mut report.errors,
+        );
         report
     }
 
