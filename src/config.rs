@@ -220,11 +220,12 @@ impl Config {
             tmux_socket,
             tmux_timeout: dur("tmux_timeout", raw.tmux_timeout, d.tmux_timeout)?,
             term_grace,
-            hooks: hooks::parse_hooks(raw.hooks.unwrap_or_default(), parse_duration)
-                .map_err(|reason| ConfigError::Hook {
+            hooks: hooks::parse_hooks(raw.hooks.unwrap_or_default(), parse_duration).map_err(
+                |reason| ConfigError::Hook {
                     path: origin.to_path_buf(),
                     reason,
-                })?,
+                },
+            )?,
             hook_concurrency: raw.hook_concurrency.unwrap_or(d.hook_concurrency),
         };
         if config.hook_concurrency == 0 {

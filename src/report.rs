@@ -136,7 +136,10 @@ fn hooks(report: &PassReport, out: &mut String) {
     }
     let _ = writeln!(out, "\nHooks:");
     for h in &report.hooks {
-        let attempt = h.attempt.map(|n| format!(" (attempt {n})")).unwrap_or_default();
+        let attempt = h
+            .attempt
+            .map(|n| format!(" (attempt {n})"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "  {} for {}/{} -> {}: {}{attempt}",

@@ -422,15 +422,27 @@ mod tests {
             ("[[hooks]]\non = [\"failed\"]\n", "command is missing"),
             ("[[hooks]]\ncommand = [\"bin/x\"]\n", "relative path"),
             ("[[hooks]]\ncommand = [\"{task_id}\"]\n", "placeholders"),
-            ("[[hooks]]\ncommand = [\"x\"]\non = [\"running\"]\n", "not a status"),
+            (
+                "[[hooks]]\ncommand = [\"x\"]\non = [\"running\"]\n",
+                "not a status",
+            ),
             ("[[hooks]]\ncommand = [\"x\"]\non = []\n", "never fires"),
-            ("[[hooks]]\ncommand = [\"x\"]\ntimeout = \"0s\"\n", "longer than zero"),
-            ("[[hooks]]\ncommand = [\"x\", \"{id}\"]\n", "unknown placeholder"),
+            (
+                "[[hooks]]\ncommand = [\"x\"]\ntimeout = \"0s\"\n",
+                "longer than zero",
+            ),
+            (
+                "[[hooks]]\ncommand = [\"x\", \"{id}\"]\n",
+                "unknown placeholder",
+            ),
             (
                 "[[hooks]]\ncommand = [\"/a/x\"]\n[[hooks]]\ncommand = [\"/b/x\"]\n",
                 "distinct name",
             ),
-            ("[[hooks]]\ncommand = [\"x\"]\nshell = true\n", "unknown field"),
+            (
+                "[[hooks]]\ncommand = [\"x\"]\nshell = true\n",
+                "unknown field",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");
@@ -443,7 +455,10 @@ mod tests {
         let env = specs[0].env_for(&values(), 3);
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("ORCH"), Some("/opt/o"));
-        assert_eq!(get("AGENT_REAPER_TASK_ID"), Some("TASK-20260427-120000-a1b2c3d4"));
+        assert_eq!(
+            get("AGENT_REAPER_TASK_ID"),
+            Some("TASK-20260427-120000-a1b2c3d4")
+        );
         assert_eq!(get("AGENT_REAPER_AGENT_ID"), Some("fixer-120001-0a0b0c"));
         assert_eq!(get("AGENT_REAPER_STATUS"), Some("failed"));
         assert_eq!(get("AGENT_REAPER_REASON"), Some("session_not_found"));
@@ -465,7 +480,11 @@ mod tests {
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = Some(dir.path().as_os_str());
         assert_eq!(resolve_program("hook", path).unwrap(), exe);
-        assert!(resolve_program("plain", path).unwrap_err().contains("not found"));
+        assert!(
+            resolve_program("plain", path)
+                .unwrap_err()
+                .contains("not found")
+        );
         assert!(
             resolve_program(plain.to_str().unwrap(), path)
                 .unwrap_err()

@@ -236,11 +236,23 @@ mod tests {
 
     #[test]
     fn output_lines_are_handed_over_per_stream() {
-        let (end, lines) = sh("echo \"$HOOK_TEST\"; echo oops >&2; exit 3", Duration::from_secs(10));
+        let (end, lines) = sh(
+            "echo \"$HOOK_TEST\"; echo oops >&2; exit 3",
+            Duration::from_secs(10),
+        );
         assert!(!end.success());
-        assert_eq!(end, RunEnd::Exited(std::os::unix::process::ExitStatusExt::from_raw(3 << 8)));
-        assert!(lines.contains(&(Stream::Stdout, "v a l".into())), "{lines:?}");
-        assert!(lines.contains(&(Stream::Stderr, "oops".into())), "{lines:?}");
+        assert_eq!(
+            end,
+            RunEnd::Exited(std::os::unix::process::ExitStatusExt::from_raw(3 << 8))
+        );
+        assert!(
+            lines.contains(&(Stream::Stdout, "v a l".into())),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&(Stream::Stderr, "oops".into())),
+            "{lines:?}"
+        );
     }
 
     #[test]
@@ -253,10 +265,17 @@ mod tests {
         let (end, _) = sh(&script, Duration::from_millis(500));
         assert_eq!(end, RunEnd::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(30));
-        let bg: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let bg: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // Its pipes closed, so it is dead: reaped by init, or a zombie waiting to be.
         let state = std::fs::read_to_string(format!("/proc/{bg}/stat")).unwrap_or_default();
-        assert!(state.is_empty() || state.contains(") Z"), "background child still runs: {state}");
+        assert!(
+            state.is_empty() || state.contains(") Z"),
+            "background child still runs: {state}"
+        );
     }
 
     #[test]
@@ -273,9 +292,16 @@ mod tests {
 
     #[test]
     fn long_lines_are_cut() {
-        let (end, lines) = sh("head -c 10000 /dev/zero | tr '\\0' x; echo; echo next", Duration::from_secs(10));
+        let (end, lines) = sh(
+            "head -c 10000 /dev/zero | tr '\\0' x; echo; echo next",
+            Duration::from_secs(10),
+        );
         assert!(end.success());
-        assert!(lines[0].1.len() < 5000 && lines[0].1.ends_with('…'), "{}", lines[0].1.len());
+        assert!(
+            lines[0].1.len() < 5000 && lines[0].1.ends_with('…'),
+            "{}",
+            lines[0].1.len()
+        );
         assert_eq!(lines[1].1, "next");
     }
 }

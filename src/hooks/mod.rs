@@ -10,13 +10,12 @@ pub mod pending;
 pub mod runner;
 
 use crate::config::Config;
+use crate::config::hooks::{HookSpec, Values, resolve_program};
 use pending::{PendingRun, PendingStore};
 use runner::Runner;
 use serde::Serialize;
-use crate::config::hooks::{HookSpec, Values, resolve_program};
 use std::path::PathBuf;
 use std::time::SystemTime;
-
 
 /// One committed (or, in `plan`, decided) transition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +90,9 @@ impl Hooks {
         }
         let runner = match &self.runner {
             Some(r) => {
-                r.set_specs(settings.specs);
+                if r.set_specs(settings.specs) {
+                    warn_unrunnable(settings.specs);
+                }
                 r
             }
             None => {
@@ -102,6 +103,7 @@ impl Hooks {
                         return Vec::new();
                     }
                 };
+                warn_unrunnable(settings.specs);
                 match Runner::start(&dir, settings.specs.to_vec(), settings.concurrency) {
                     Ok((r, warning)) => {
                         if let Some(w) = warning {
@@ -215,6 +217,13 @@ fn list(
         out.push(r);
     }
     out
+}
+
+/// A hook that cannot start fails every run: say so when the hooks are (re)loaded.
+fn warn_unrunnable(specs: &[HookSpec]) {
+    for e in check_programs(specs).into_iter().filter_map(Result::err) {
+        tracing::warn!("{e}; its runs fail until it is fixed");
+    }
 }
 
 /// `validate`: each hook's program, resolved as it would be run; errors name the hook.

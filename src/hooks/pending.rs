@@ -230,7 +230,10 @@ fn read(path: &Path) -> Result<Option<Result<Vec<PendingRun>, String>>, PendingE
         return Ok(Some(Err("not a regular file".into())));
     }
     if meta.len() > MAX_BYTES {
-        return Ok(Some(Err(format!("{} bytes, above {MAX_BYTES}", meta.len()))));
+        return Ok(Some(Err(format!(
+            "{} bytes, above {MAX_BYTES}",
+            meta.len()
+        ))));
     }
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_BYTES), &mut bytes)
@@ -279,7 +282,10 @@ mod tests {
         again.remove(&key).unwrap();
         again.remove(&run("b-1-bbbbbb").key()).unwrap();
         again.save().unwrap();
-        assert!(!PendingStore::path_in(dir.path()).exists(), "empty store: no file");
+        assert!(
+            !PendingStore::path_in(dir.path()).exists(),
+            "empty store: no file"
+        );
         // No temp files are left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
@@ -311,6 +317,10 @@ mod tests {
         let outside = dir.path().join("outside.json");
         std::fs::write(&outside, "{\"version\":1,\"runs\":[]}").unwrap();
         std::os::unix::fs::symlink(&outside, PendingStore::path_in(dir.path())).unwrap();
-        assert!(PendingStore::peek(dir.path()).unwrap_err().contains("symlink"));
+        assert!(
+            PendingStore::peek(dir.path())
+                .unwrap_err()
+                .contains("symlink")
+        );
     }
 }

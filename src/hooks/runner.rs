@@ -95,13 +95,16 @@ impl Runner {
         &self.state_dir
     }
 
-    /// Applies a reloaded configuration: later runs use the new specs (by name).
-    pub fn set_specs(&self, specs: &[HookSpec]) {
+    /// Applies a reloaded configuration: later runs use the new specs (by name). True when
+    /// they changed.
+    pub fn set_specs(&self, specs: &[HookSpec]) -> bool {
         let mut st = self.shared.lock();
-        if st.specs != specs {
-            tracing::info!("hooks reloaded: {}", names(specs));
-            st.specs = specs.to_vec();
+        if st.specs == specs {
+            return false;
         }
+        tracing::info!("hooks reloaded: {}", names(specs));
+        st.specs = specs.to_vec();
+        true
     }
 
     /// Remembers `runs` (durably, before any starts), then queues them and every earlier
@@ -373,8 +376,14 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap();
         let t1: Vec<&str> = text.lines().filter(|l| l.contains(" T1 ")).collect();
         assert_eq!(t1.len(), 4, "{text}");
-        assert!(t1[0].starts_with("start") && t1[1].starts_with("end"), "{text}");
-        assert!(t1[2].starts_with("start") && t1[3].starts_with("end"), "{text}");
+        assert!(
+            t1[0].starts_with("start") && t1[1].starts_with("end"),
+            "{text}"
+        );
+        assert!(
+            t1[2].starts_with("start") && t1[3].starts_with("end"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ impl Mode {
     fn hook_mode(self) -> crate::hooks::HookMode {
         match self {
             Mode::Plan => crate::hooks::HookMode::List,
-            Mode::Execute { wait_for_settle: true } => crate::hooks::HookMode::RunAndWait,
+            Mode::Execute {
+                wait_for_settle: true,
+            } => crate::hooks::HookMode::RunAndWait,
             Mode::Execute { .. } => crate::hooks::HookMode::Run,
         }
     }

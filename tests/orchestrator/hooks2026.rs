@@ -67,7 +67,11 @@ impl World {
         let stub = w.stub().join("fastmcp");
         fs::create_dir_all(stub.join("server/tasks")).unwrap();
         fs::write(stub.join("__init__.py"), FASTMCP_STUB).unwrap();
-        for f in ["server/__init__.py", "server/tasks/__init__.py", "server/tasks/routing.py"] {
+        for f in [
+            "server/__init__.py",
+            "server/tasks/__init__.py",
+            "server/tasks/routing.py",
+        ] {
             fs::write(stub.join(f), "").unwrap();
         }
         // The stand-in `claude`: records what it was started as (the orchestrator's prompt
@@ -292,7 +296,11 @@ fn dead_phase_goes_to_review_and_dead_reviewers_are_retried() {
         .args([&task, &agents[0], "failed"]);
     w.orchestrator_env(&mut again);
     let out = again.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(w.spawned("reviewer"), 1, "a second run spawns no reviewer");
 
     // The review's reviewer dies before its verdict: the review is aborted and retried.
@@ -358,7 +366,10 @@ fn a_failing_hook_is_retried_on_a_later_pass_and_cleanup_goes_on() {
     // Cleanup was not held back: both agents marked, their logs archived.
     let archive = w.base().join(&task).join("archive");
     for a in &agents {
-        assert!(archive.join(format!("{a}_stream.jsonl")).exists(), "{a} archived");
+        assert!(
+            archive.join(format!("{a}_stream.jsonl")).exists(),
+            "{a} archived"
+        );
     }
     let pending = w.dir().join("state/hooks-pending.json");
     let owed: Value = serde_json::from_slice(&fs::read(&pending).unwrap()).unwrap();
@@ -366,7 +377,10 @@ fn a_failing_hook_is_retried_on_a_later_pass_and_cleanup_goes_on() {
     assert_eq!(w.python(STATE, &[&task])["phase"], "ACTIVE");
     let plan = String::from_utf8(w.reaper_run(&["plan"]).stdout).unwrap();
     assert!(plan.contains("pending retry (attempt 2)"), "{plan}");
-    assert!(plan.contains("orchestrator not reachable") || plan.contains("exit status: 3"), "{plan}");
+    assert!(
+        plan.contains("orchestrator not reachable") || plan.contains("exit status: 3"),
+        "{plan}"
+    );
 
     // A later pass (a new process: the runs were remembered on disk) retries them.
     fs::write(&flag, "").unwrap();
@@ -374,7 +388,9 @@ fn a_failing_hook_is_retried_on_a_later_pass_and_cleanup_goes_on() {
     let hooks = report["hooks"].as_array().unwrap();
     assert_eq!(hooks.len(), 2, "{report}");
     assert!(
-        hooks.iter().all(|h| h["state"] == "ok" && h["attempt"] == 2),
+        hooks
+            .iter()
+            .all(|h| h["state"] == "ok" && h["attempt"] == 2),
         "{report}"
     );
     assert!(!pending.exists(), "nothing owed any more");
@@ -467,9 +483,15 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_blocks_no_cleanup() {
     let report = w.once_json();
     let h = &report["hooks"][0];
     assert_eq!(h["state"], "failed", "{report}");
-    assert!(h["detail"].as_str().unwrap().contains("timeout"), "{report}");
+    assert!(
+        h["detail"].as_str().unwrap().contains("timeout"),
+        "{report}"
+    );
     let (shell, child) = hook_of(A1).expect("the hook ran");
-    assert!(!alive(shell) && !alive(child), "the hook's process group was killed");
+    assert!(
+        !alive(shell) && !alive(child),
+        "the hook's process group was killed"
+    );
     assert!(terminal(&w.python(STATUS_OF, &[T1, A1])["status"]));
 
     // The daemon: a hook hanging for a minute holds up no other agent's cleanup.
@@ -503,7 +525,10 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_blocks_no_cleanup() {
         "{A3}'s log archived while the hook for {A2} hangs\n{}",
         daemon_log()
     );
-    assert!(alive(shell), "the hook for {A2} is still running (its timeout is 60 s)");
+    assert!(
+        alive(shell),
+        "the hook for {A2} is still running (its timeout is 60 s)"
+    );
 
     // SIGHUP applies a changed hook: the next transition runs the new command.
     let recorder = w.dir().join("recorder");
@@ -550,4 +575,37 @@ impl Drop for KillOnDrop<'_> {
             }
         }
     }
+}
+
+#[test]
+fn validate_refuses_a_hook_whose_program_cannot_run() {
+    // Needs no orchestrator code: `validate` only reads the configuration.
+    let s = Sandbox::new();
+    let script = s.dir.path().join("not-executable");
+    fs::write(&script, "#!/bin/sh\n").unwrap();
+    for (program, needle) in [
+        ("/nonexistent/on-transition", "No such file"),
+        (script.to_str().unwrap(), "not executable"),
+        ("no-such-hook-program-on-path", "not found on PATH"),
+    ] {
+        s.write_config(&format!(
+            "[[hooks]]\nname = \"h\"\ncommand = [{program:?}, \"{{task_id}}\"]\n"
+        ));
+        let out = s.cmd(&["validate"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{program}: validate passed");
+        assert!(
+            stderr.contains("hook \"h\"") && stderr.contains(needle),
+            "{stderr}"
+        );
+    }
+    s.write_config("[[hooks]]\nname = \"h\"\ncommand = [\"sh\", \"-c\", \"true\"]\n");
+    let out = s.cmd(&["validate"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("hook \"h\": runs /"), "{stdout}");
 }
