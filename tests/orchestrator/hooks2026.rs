@@ -1,11 +1,12 @@
 //! Transition hooks with the 2026 orchestrator's own code: the phase goes to review, dead reviewers are retried, failing and hanging hooks.
 
 use crate::common::{Sandbox, wait_until};
+use crate::harness::{Generation, World as Harness};
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -15,65 +16,21 @@ fn contrib_hook() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/orchestrator2026_hook.py")
 }
 
-/// `$AGENT_REAPER_ORCHESTRATOR_SRC/2026-04`, else `../shared/orchestrator/2026-04`; `None`
-/// after one skip line when absent.
-fn orchestrator_2026() -> Option<PathBuf> {
-    let root = std::env::var_os("AGENT_REAPER_ORCHESTRATOR_SRC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/orchestrator"));
-    let code = root.join("2026-04");
-    if code.join("orchestrator/state_db.py").exists() {
-        return Some(code);
-    }
-    let line = format!(
-        "skipped: needs ../shared/orchestrator ({} not found; lay shared/ beside the clone or set AGENT_REAPER_ORCHESTRATOR_SRC)",
-        code.display()
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{line}");
-    }
-    eprintln!("{line}");
-    None
-}
-
-const FASTMCP_STUB: &str = r#"__version__ = "3.0.0"
-def _decorator(*args, **kwargs):
-    if len(args) == 1 and callable(args[0]) and not kwargs:
-        return args[0]
-    return lambda fn: fn
-class FastMCP:
-    def __init__(self, *args, **kwargs):
-        pass
-    tool = staticmethod(_decorator)
-    resource = staticmethod(_decorator)
-    prompt = staticmethod(_decorator)
-"#;
-
-/// One test's world: sandbox (base, tmux server, state dir), HOME, the orchestrator's code
-/// behind a `fastmcp` stub, and a stand-in agent CLI that logs each start.
+/// The harness's world plus a stand-in agent CLI (`CLAUDE_EXECUTABLE`) that logs each start.
 struct World {
-    sandbox: Sandbox,
+    h: Harness,
+    sandbox_dir: PathBuf,
     code: PathBuf,
 }
 
 impl World {
     fn new() -> Option<World> {
-        let code = orchestrator_2026()?;
+        let h = Harness::new(Generation::Sqlite2026)?;
         let w = World {
-            sandbox: Sandbox::new(),
-            code,
+            sandbox_dir: h.sandbox.dir.path().to_path_buf(),
+            code: h.code.clone(),
+            h,
         };
-        fs::create_dir_all(w.home()).unwrap();
-        let stub = w.stub().join("fastmcp");
-        fs::create_dir_all(stub.join("server/tasks")).unwrap();
-        fs::write(stub.join("__init__.py"), FASTMCP_STUB).unwrap();
-        for f in [
-            "server/__init__.py",
-            "server/tasks/__init__.py",
-            "server/tasks/routing.py",
-        ] {
-            fs::write(stub.join(f), "").unwrap();
-        }
         // The stand-in `claude`: records what it was started as (the orchestrator's prompt
         // says), prints an init line, then works until its session is killed.
         let standin = format!(
@@ -85,13 +42,13 @@ impl World {
     }
 
     fn dir(&self) -> &Path {
-        self.sandbox.dir.path()
+        &self.sandbox_dir
     }
-    fn home(&self) -> PathBuf {
-        self.dir().join("home")
+    fn sandbox(&self) -> &Sandbox {
+        &self.h.sandbox
     }
     fn stub(&self) -> PathBuf {
-        self.dir().join("pystub")
+        self.h.pystub()
     }
     fn standin(&self) -> PathBuf {
         self.dir().join("claude")
@@ -100,7 +57,7 @@ impl World {
         self.dir().join("spawns.log")
     }
     fn base(&self) -> PathBuf {
-        self.sandbox.base()
+        self.h.base()
     }
 
     /// Agent starts the stand-in saw, by kind.
@@ -112,29 +69,22 @@ impl World {
             .count()
     }
 
-    /// The environment the orchestrator (and the hook) run in.
+    /// What the orchestrator needs besides the harness's environment to start agents: the
+    /// stand-in CLI, and a shell that knows `set -o pipefail` for its tmux command line.
     fn orchestrator_env(&self, cmd: &mut Command) {
-        cmd.env("HOME", self.home())
+        cmd.env("HOME", self.h.home())
             .env("PYTHONPATH", self.stub())
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("CLAUDE_ORCHESTRATOR_WORKSPACE", self.base())
             .env("CLAUDE_EXECUTABLE", self.standin())
             .env("SHELL", "/bin/bash")
-            .env("TMUX_TMPDIR", self.sandbox.tmux_tmpdir())
+            .env("TMUX_TMPDIR", self.sandbox().tmux_tmpdir())
             .env_remove("TMUX");
     }
 
-    /// `python3 -c script args`, the orchestrator's code importable; stdout's last line as JSON.
+    /// The harness's `python3 -c`, plus the agent environment; stdout's last line as JSON.
     fn python(&self, script: &str, args: &[&str]) -> Value {
-        let mut cmd = Command::new("python3");
-        cmd.arg("-c")
-            .arg(format!(
-                "import sys, os, json\nsys.path.insert(0, {:?})\nBASE = {:?}\n{script}",
-                self.code.to_string_lossy(),
-                self.base().to_string_lossy()
-            ))
-            .args(args)
-            .current_dir(self.dir());
+        let mut cmd = self.h.python_cmd(&format!("import json\n{script}"), args);
         self.orchestrator_env(&mut cmd);
         let out = cmd.output().expect("python3 on PATH");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -149,8 +99,8 @@ impl World {
     }
 
     fn reaper(&self, args: &[&str]) -> Command {
-        let mut cmd = self.sandbox.cmd(args);
-        cmd.env("HOME", self.home()).env("SHELL", "/bin/bash");
+        let mut cmd = self.h.reaper(args);
+        cmd.env("SHELL", "/bin/bash");
         cmd
     }
 
@@ -172,7 +122,7 @@ impl World {
 
     /// A config with one hook running `command` (TOML array text) on every terminal status.
     fn config_with_hook(&self, command: &str, extra: &str) {
-        self.sandbox.write_config(&format!(
+        self.h.write_config(&format!(
             "settle = \"0s\"\nzombie_grace = \"0s\"\nsession_poll_interval = \"500ms\"\n\n[[hooks]]\nname = \"orchestrator\"\n\
              on = [\"completed\", \"failed\", \"terminated\"]\ncommand = {command}\n{extra}\n\
              env = {{ PYTHONPATH = {:?}, CLAUDE_EXECUTABLE = {:?} }}\n",
@@ -192,7 +142,7 @@ impl World {
 
     fn kill_session(&self, agent: &str) {
         let status = self
-            .sandbox
+            .sandbox()
             .tmux()
             .args(["kill-session", "-t", &format!("=agent_{agent}")])
             .status()
@@ -430,8 +380,7 @@ print(json.dumps({"status": a["status"]}))
 
 fn quick_agent(w: &World, task: &str, agent: &str) {
     w.python(QUICK_TASK, &[task, agent]);
-    w.sandbox
-        .start_session(&format!("agent_{agent}"), "exec sleep 3600");
+    w.h.start_session(&format!("agent_{agent}"), "exec sleep 3600");
 }
 
 fn alive(pid: i32) -> bool {
@@ -496,16 +445,12 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_blocks_no_cleanup() {
 
     // The daemon: a hook hanging for a minute holds up no other agent's cleanup.
     config("60s", &hang);
-    let log = w.dir().join("daemon.log");
-    let mut daemon = w
-        .reaper(&["run"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let daemon_log = || fs::read_to_string(&log).unwrap_or_default();
-    let _guard = KillOnDrop(&mut daemon, pids.clone());
+    // Declared first, dropped last: the hook groups the daemon leaves hanging go too.
+    let _hooks = KillHookGroups(pids.clone());
+    let daemon = w.h.spawn_daemon(|c| {
+        c.env("SHELL", "/bin/bash");
+    });
+    let daemon_log = || daemon.log_text();
     w.kill_session(A2);
     assert!(
         wait_until(WAIT, || hook_of(A2).is_some()),
@@ -538,8 +483,7 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_blocks_no_cleanup() {
         &format!("#!/bin/sh\necho \"$1\" >> {}\n", recorded.display()),
     );
     config("60s", &recorder);
-    let pid = nix::unistd::Pid::from_raw(_guard.0.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
     assert!(
         wait_until(WAIT, || daemon_log().contains("configuration reloaded")),
         "{}",
@@ -559,14 +503,12 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_blocks_no_cleanup() {
     assert!(daemon_log().contains(&format!("{T4}/{A4}: hook orchestrator succeeded")));
 }
 
-/// Stops the daemon, then the hook process groups it left running (the test's hangs).
-struct KillOnDrop<'a>(&'a mut std::process::Child, PathBuf);
+/// Kills the hook process groups a test left hanging (their leaders' pids, logged by the hook).
+struct KillHookGroups(PathBuf);
 
-impl Drop for KillOnDrop<'_> {
+impl Drop for KillHookGroups {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        for line in fs::read_to_string(&self.1).unwrap_or_default().lines() {
+        for line in fs::read_to_string(&self.0).unwrap_or_default().lines() {
             if let Some(Ok(pgid)) = line.split(' ').nth(1).map(str::parse::<i32>) {
                 let _ = nix::sys::signal::killpg(
                     nix::unistd::Pid::from_raw(pgid),
