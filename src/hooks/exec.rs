@@ -71,6 +71,11 @@ pub fn run(
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // systemd's channels are the daemon's, not its hooks'.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -270,12 +275,17 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // Its pipes closed, so it is dead: reaped by init, or a zombie waiting to be.
-        let state = std::fs::read_to_string(format!("/proc/{bg}/stat")).unwrap_or_default();
-        assert!(
-            state.is_empty() || state.contains(") Z"),
-            "background child still runs: {state}"
-        );
+        // SIGKILLed with its group: its files are closed early in its exit, so it may still
+        // be finishing that exit for a moment; then gone, or a zombie waiting for init.
+        let dead = || {
+            let state = std::fs::read_to_string(format!("/proc/{bg}/stat")).unwrap_or_default();
+            state.is_empty() || state.contains(") Z")
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !dead() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(dead(), "background child {bg} still runs");
     }
 
     #[test]

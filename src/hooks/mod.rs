@@ -238,3 +238,63 @@ pub fn check_programs(specs: &[HookSpec]) -> Vec<Result<(String, PathBuf), Strin
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(state: &std::path::Path) -> Config {
+        let text = format!(
+            "state_dir = {:?}\n[[hooks]]\nname = \"h\"\non = [\"failed\", \"terminated\"]\n\
+             command = [\"/bin/sh\", \"-c\", \"exit 1\", \"x\", \"{{agent_id}}\", \"{{reason}}\"]\n",
+            state.to_string_lossy()
+        );
+        Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    fn transition(agent: &str, status: &str) -> Transition {
+        Transition {
+            values: Values {
+                task_id: "TASK-20260427-120000-a1b2c3d4".into(),
+                agent_id: agent.into(),
+                status: status.into(),
+                reason: "session_not_found".into(),
+                workspace_base: "/ws".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn plan_lists_matching_runs_and_owed_retries_and_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let mut hooks = Hooks::default();
+        let mut errors = Vec::new();
+        let t = vec![
+            transition("a-1-aaaaaa", "failed"),
+            transition("b-1-bbbbbb", "completed"),
+        ];
+        // `completed` is not in `on`: one run, listed, nothing started or saved.
+        let listed = hooks.after_pass(&config, HookMode::List, t.clone(), &mut errors);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, "would run");
+        assert_eq!(listed[0].argv[4..], ["a-1-aaaaaa", "session_not_found"]);
+        assert!(PendingStore::peek(dir.path()).unwrap().is_empty());
+        // `once`: it runs, fails, and is owed; `plan` then shows the retry.
+        let ran = hooks.after_pass(&config, HookMode::RunAndWait, t, &mut errors);
+        assert_eq!(ran.len(), 1);
+        assert_eq!((ran[0].state.as_str(), ran[0].attempt), ("failed", Some(1)));
+        let listed = Hooks::default().after_pass(&config, HookMode::List, vec![], &mut errors);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, "pending retry");
+        assert_eq!(listed[0].attempt, Some(2));
+        assert!(
+            listed[0]
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("exit status: 1")
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}

@@ -185,7 +185,12 @@ fn worker(shared: &Shared) {
                 if st.shutdown {
                     return;
                 }
-                if let Some(next) = next_job(&mut st) {
+                let (next, dropped) = next_job(&mut st);
+                if dropped {
+                    // Runs left `busy` without running: whoever waits for idle must look.
+                    shared.changed.notify_all();
+                }
+                if let Some(next) = next {
                     break next;
                 }
                 st = shared.changed.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -240,20 +245,24 @@ fn worker(shared: &Shared) {
 }
 
 /// The first queued run whose task has none running, with its hook's current spec. Runs of
-/// a hook no longer configured are dropped from the store.
-fn next_job(st: &mut State) -> Option<(PendingRun, HookSpec)> {
+/// a hook no longer configured are dropped from the store (the flag says some were).
+fn next_job(st: &mut State) -> (Option<(PendingRun, HookSpec)>, bool) {
+    let mut dropped = false;
     loop {
-        let pos = st
+        let Some(pos) = st
             .queue
             .iter()
-            .position(|k| !st.running_tasks.contains(&k.task_id))?;
+            .position(|k| !st.running_tasks.contains(&k.task_id))
+        else {
+            return (None, dropped);
+        };
         let key = st.queue.remove(pos).expect("position is in range");
         let run = st.store.runs.iter().find(|r| r.key() == key).cloned();
         let spec = st.specs.iter().find(|s| s.name == key.hook).cloned();
         match (run, spec) {
             (Some(run), Some(spec)) => {
                 st.running_tasks.insert(key.task_id.clone());
-                return Some((run, spec));
+                return (Some((run, spec)), dropped);
             }
             (Some(_), None) => {
                 tracing::warn!(
@@ -266,9 +275,11 @@ fn next_job(st: &mut State) -> Option<(PendingRun, HookSpec)> {
                     tracing::error!("{e}");
                 }
                 st.busy.remove(&key);
+                dropped = true;
             }
             (None, _) => {
                 st.busy.remove(&key);
+                dropped = true;
             }
         }
     }
