@@ -9,4 +9,5 @@ mod common;
 
 mod harness;
 mod hooks2026;
+mod json2025;
 mod sqlite2026;
