@@ -400,6 +400,25 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        // The commented `[[hooks]]` block of config/agent-reaper.toml, uncommented.
+        let text = include_str!("../../config/agent-reaper.toml");
+        let block: String = text
+            .lines()
+            .skip_while(|l| *l != "# [[hooks]]")
+            .take_while(|l| *l != "#")
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let specs = parse(&block).unwrap();
+        assert_eq!(specs[0].name, "orchestrator-2026");
+        assert_eq!(specs[0].command.len(), 8);
+        assert!(specs[0].fires_on("terminated") && !specs[0].fires_on("killed"));
+        assert_eq!(specs[0].env.len(), 1);
+    }
+
+    #[test]
     fn defaults_and_filters() {
         let specs = parse("[[hooks]]\ncommand = [\"/bin/true\", \"{task_id}\"]\n").unwrap();
         let h = &specs[0];
