@@ -30,6 +30,20 @@ pub enum Mode {
     Execute { wait_for_settle: bool },
 }
 
+impl Mode {
+    /// `once` (the one caller that waits for settle) exits after its pass: it waits for its
+    /// hooks too; the daemon does not.
+    fn hook_mode(self) -> crate::hooks::HookMode {
+        match self {
+            Mode::Plan => crate::hooks::HookMode::List,
+            Mode::Execute {
+                wait_for_settle: true,
+            } => crate::hooks::HookMode::RunAndWait,
+            Mode::Execute { .. } => crate::hooks::HookMode::Run,
+        }
+    }
+}
+
 /// Long-lived pass state: configuration, seams, and what earlier rounds saw.
 pub struct Reaper {
     pub config: Config,
@@ -46,6 +60,8 @@ pub struct Reaper {
     pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
     /// Sessions agents ran in (kept in the state dir when there is one).
     pub pane_map: crate::procs::panemap::PaneMap,
+    /// Transition hooks: their worker threads and pending runs (started on first use).
+    pub hooks: crate::hooks::Hooks,
 }
 
 impl Reaper {
@@ -59,6 +75,7 @@ impl Reaper {
             journal: None,
             state_dbs: HashMap::new(),
             pane_map: crate::procs::panemap::PaneMap::in_memory(),
+            hooks: crate::hooks::Hooks::default(),
         }
     }
 
@@ -219,6 +236,7 @@ impl Reaper {
             errors,
             totals: Totals::default(),
             written_tasks: Vec::new(),
+            hooks: Vec::new(),
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         let (decisions, outcomes) = match mode {
@@ -246,6 +264,13 @@ impl Reaper {
             }
         };
         fill_report(&mut report, &views, &decisions, outcomes);
+        // Hooks see only what this pass committed (in `plan`: what it would commit).
+        report.hooks = self.hooks.after_pass(
+            &self.config,
+            mode.hook_mode(),
+            report.transitions(),
+            &mut report.errors,
+        );
         report
     }
 
