@@ -25,7 +25,9 @@ impl Resolve {
         static PROBED: OnceLock<Resolve> = OnceLock::new();
         *PROBED.get_or_init(|| {
             let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-            match rfs::openat2(rfs::CWD, "/", flags, Mode::empty(), ResolveFlags::BENEATH) {
+            // A relative name: with RESOLVE_BENEATH an absolute one is refused (EXDEV) even
+            // where the kernel has openat2, which would hide it.
+            match rfs::openat2(rfs::CWD, ".", flags, Mode::empty(), ResolveFlags::BENEATH) {
                 Ok(_) => Resolve::Openat2,
                 // ENOSYS: kernel < 5.6; EPERM: a seccomp filter that predates openat2.
                 Err(e) => {
