@@ -538,15 +538,9 @@ fn rescue_tail(src: &File, copied: u64, out: &mut File) -> io::Result<u64> {
     Ok(off - copied)
 }
 
-/// Birth time in ns since the epoch, where the filesystem keeps one (statx on the fd).
+/// Birth time in ns since the epoch, where the filesystem keeps one.
 fn birth_ns(f: &File) -> Option<u64> {
-    use rustix::fs::{AtFlags, StatxFlags, statx};
-    let st = statx(f, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME).ok()?;
-    if !StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::BTIME) {
-        return None;
-    }
-    let secs = u64::try_from(st.stx_btime.tv_sec).ok()?;
-    Some(secs * 1_000_000_000 + u64::from(st.stx_btime.tv_nsec))
+    cfs::birth_ns(f)
 }
 
 /// Whether `f` is the recorded source: same dev/ino, and same birth time where both

@@ -50,7 +50,7 @@ impl<'a> TaskFiles<'a> {
     fn archiver(&mut self) -> Result<&mut Archiver, String> {
         if self.archiver.is_none() {
             let made = match &self.config.archive_dir {
-                Some(root) => open_archive_root(root)
+                Some(root) => Dir::open_or_create_base(root)
                     .map(|d| Archiver::new(Arc::new(d), &self.view.task.task_id))
                     .map_err(|e| e.to_string()),
                 None => self.task().map(|t| Archiver::new(t, "archive")),
@@ -214,22 +214,6 @@ impl<'a> TaskFiles<'a> {
             .unwrap_or(path)
             .display()
             .to_string()
-    }
-}
-
-/// The configured `archive_dir` (trusted, created with its parents when missing).
-fn open_archive_root(root: &Path) -> Result<Dir, FsError> {
-    match Dir::open_base(root) {
-        Err(e) if e.is_not_found() => {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(root)
-                .map_err(|e| FsError::io(root, e))?;
-            Dir::open_base(root)
-        }
-        other => other,
     }
 }
 

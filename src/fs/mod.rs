@@ -29,7 +29,7 @@ mod read;
 
 pub use dir::{Dir, Entry, EntryKind, Listed, Resolve};
 pub use error::FsError;
-pub use file::{FileId, Purpose, RegularFile};
+pub use file::{FileId, Purpose, RegularFile, birth_ns};
 pub use locate::{open_parent_below, open_parent_within};
 pub use ops::{
     Compare, UnlinkOutcome, link_then_unlink, rename_noreplace, sync_dir, unlink_if_same,
