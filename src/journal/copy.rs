@@ -21,8 +21,8 @@ pub(super) fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action,
     let src = Place::locate(journal, src)?;
     let partial = Place::locate(journal, partial)?;
     let dest = Place::locate(journal, dest)?;
-    let src_here = src.exists()?;
-    let (action, done) = if dest.exists()? {
+    let src_here = src.is_present()?;
+    let (action, done) = if dest.is_present()? {
         // A `.partial` beside a finished copy is left by the link fallback.
         partial.remove_if_exists()?;
         match src_here {
@@ -55,7 +55,7 @@ pub(super) fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action,
         partial.remove_if_exists()?;
         (Action::Undone, false)
     } else {
-        let reason = match partial.exists()? {
+        let reason = match partial.is_present()? {
             // The source never goes before the rename, so this is someone else's doing;
             // the partial copy may be all that is left of it.
             true => format!(
@@ -101,7 +101,7 @@ impl Place {
         })
     }
 
-    fn exists(&self) -> Result<bool, RecoverError> {
+    fn is_present(&self) -> Result<bool, RecoverError> {
         match &self.dir {
             Some(dir) => Ok(dir.exists(&self.name)?),
             None => Ok(false),
