@@ -193,7 +193,7 @@ impl Reaper {
             .map(|v| {
                 v.agents
                     .iter()
-                    .map(|a| decide(&a.facts, &policy, now))
+                    .map(|a| crate::dbtasks::for_backend(v.backend, decide(&a.facts, &policy, now)))
                     .collect()
             })
             .collect();
@@ -444,7 +444,9 @@ impl Reaper {
                     indexes.push(t);
                 }
             }
-            if let Err(e) = crate::dbtasks::apply_transitions(&db.db, &mut work, now) {
+            if let Err(e) =
+                crate::dbtasks::apply_transitions(&db.db, &mut work, &self.update_options(), now)
+            {
                 report.errors.push(format!(
                     "{e}; {} task(s) of {} wait for the next round",
                     indexes.len(),
