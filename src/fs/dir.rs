@@ -122,6 +122,23 @@ impl Dir {
         Dir::open_base_with(path, Resolve::detect())
     }
 
+    /// [`Dir::open_base`], creating the folder and its parents (mode 0755) when missing:
+    /// for a configured folder of the daemon's own (`archive_dir`).
+    pub fn open_or_create_base(path: &Path) -> Result<Dir, FsError> {
+        match Dir::open_base(path) {
+            Err(e) if e.is_not_found() => {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(path)
+                    .map_err(|e| FsError::io(path, e))?;
+                Dir::open_base(path)
+            }
+            other => other,
+        }
+    }
+
     /// [`Dir::open_base`] with a chosen resolver (tests force [`Resolve::Walk`]).
     pub fn open_base_with(path: &Path, resolve: Resolve) -> Result<Dir, FsError> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
