@@ -5,7 +5,7 @@
 
 use crate::common::wait_until;
 use crate::harness::{Daemon, Generation, World};
-use crate::tears::{Final, TRACE, final_state};
+use crate::tears::{Final, TRACE, final_state, lost_adds};
 use serde_json::{Value, json};
 use std::fs;
 use std::path::PathBuf;
@@ -268,6 +268,8 @@ struct Run {
     reader: Value,
     /// The task registry and the global one at the end.
     finals: [Final; 2],
+    /// Added agents the orchestrator's unlocked rewrite dropped from its task registry.
+    lost: Vec<String>,
     world: Json2025,
 }
 
@@ -378,11 +380,33 @@ fn load(with_reaper: bool) -> Option<(Run, Option<Daemon>)> {
                 .unwrap()
                 .iter()
                 .all(|a| a["status"] == "terminated" && a.get("auto_cleanup_result").is_some());
-            // The orchestrator's own count of live agents follows.
-            let global = fs::read(world.global())
+            // The orchestrator's own count of live agents follows, but for agents its own
+            // unlocked rewrite dropped from the task registry: nobody can see those finish.
+            let Some(global) = fs::read(world.global())
                 .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-            all_recorded && global.is_some_and(|g| g["active_agents"] == 0)
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            else {
+                return false;
+            };
+            if !all_recorded {
+                return false;
+            }
+            if global["active_agents"] == 0 {
+                return true;
+            }
+            let lost = lost_adds(&world.registry(), &added, sandbox);
+            let unseen_active = global["agents"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(id, a)| {
+                    lost.contains(id)
+                        && a.get("status")
+                            .and_then(Value::as_str)
+                            .is_none_or(|s| ["running", "working", "blocked"].contains(&s))
+                })
+                .count();
+            global["active_agents"] == unseen_active
         });
         if !settled {
             keep_evidence(sandbox);
@@ -398,12 +422,14 @@ fn load(with_reaper: bool) -> Option<(Run, Option<Daemon>)> {
     let reader = output_json(reader, "reader");
     let sandbox = world.world.sandbox.dir.path();
     let finals = [world.registry(), world.global()].map(|p| final_state(&p, sandbox));
+    let lost = lost_adds(&world.registry(), &added, sandbox);
     Some((
         Run {
             driver,
             adder,
             reader,
             finals,
+            lost,
             world,
         },
         daemon,
@@ -484,6 +510,7 @@ fn json2025_writers_race_the_daemon_without_a_torn_or_unrepairable_registry() {
          \x20 torn by the orchestrator itself (update_agent_progress's open('w') over atomic_add_agent's write; no version agent-reaper saw, not provable, left as is):\n\
          \x20   without agent-reaper: {}\n\
          \x20   with: {} of {} run(s){}\n\
+         \x20 agents deployed, then dropped from the task registry by update_agent_progress's unlocked rewrite (the global still counts them): without {}, with {}\n\
          \x20 registries left unparsable: {}; validate_and_repair_registry: {}\n\
          \x20 progress calls: without {}, with {}; agents finished by the driver: {}, deployed during load: {}",
         decode(&base),
@@ -504,6 +531,8 @@ fn json2025_writers_race_the_daemon_without_a_torn_or_unrepairable_registry() {
             .chain(with.self_torn().then(|| describe(&with.finals)).iter())
             .map(|d| format!("\n      {d}"))
             .collect::<String>(),
+        base.lost.len(),
+        with.lost.len(),
         judge["unparsable"].as_array().unwrap().len(),
         judge["repair"]["summary"],
         base.driver["calls"],
@@ -532,7 +561,8 @@ fn json2025_writers_race_the_daemon_without_a_torn_or_unrepairable_registry() {
     // The orchestrator's own count of live agents: every one finished, none left active.
     let global: Value = serde_json::from_slice(&fs::read(with.world.global()).unwrap()).unwrap();
     println!(
-        "  global active_agents at the end: {} (every agent finished)",
-        global["active_agents"]
+        "  global active_agents at the end: {} (every agent finished; {} the orchestrator dropped itself)",
+        global["active_agents"],
+        with.lost.len()
     );
 }

@@ -134,3 +134,43 @@ pub fn final_state(registry: &Path, sandbox: &Path) -> Final {
         extra: bytes.len() - end,
     }
 }
+
+/// Agents `atomic_add_agent` added (listed in `added`) that the task registry no longer
+/// lists, and that no version `update_agent_progress` wrote ever held: its unlocked
+/// read-modify-write, based on a read from before the add, dropped them. The global
+/// registry still counts them active and no task registry lists them, so nobody (the
+/// orchestrator, agent-reaper) can ever finish them. An agent the driver did write is not
+/// in this list: someone else dropped it.
+pub fn lost_adds(registry: &Path, added: &Path, sandbox: &Path) -> Vec<String> {
+    let listed: Vec<String> = fs::read(registry)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["agents"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a["id"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<String> = fs::read_to_string(added)
+        .unwrap_or_default()
+        .lines()
+        .filter(|id| !id.is_empty() && !listed.iter().any(|l| l == id))
+        .map(str::to_owned)
+        .collect();
+    if missing.is_empty() {
+        return missing;
+    }
+    let driver: Vec<Vec<u8>> = recorded(sandbox)
+        .into_iter()
+        .filter(|(role, _)| role == "driver")
+        .map(|(_, v)| v)
+        .collect();
+    missing
+        .into_iter()
+        .filter(|id| {
+            let quoted = format!("\"id\": \"{id}\"").into_bytes();
+            !driver
+                .iter()
+                .any(|v| v.windows(quoted.len()).any(|w| w == &quoted[..]))
+        })
+        .collect()
+}
