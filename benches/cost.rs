@@ -39,16 +39,17 @@ fn forty_thousand_in_one(cap: Duration) {
     let tmp = tempdir();
     let base = tmp.path().join("ws");
     let task = task_name("big", 0);
-    let ids: Vec<String> = (0..40_000)
-        .map(|a| format!("big-{a:06}-{a:06x}"))
+    let ids: Vec<String> = (0..40_000).map(|a| format!("big-{a:06}-{a:06x}")).collect();
+    // Lean compact entries: 40,000 of them come to the ~7 MB of the issue.
+    let entries = ids
+        .iter()
+        .map(|id| {
+            json!({"id": id, "tmux_session": format!("agent_{id}"), "status": "completed",
+                   "last_update": "2026-11-27T10:30:00.000001",
+                   "completed_at": "2026-11-27T10:30:00.000002"})
+        })
         .collect();
-    // Compact entries: 40,000 of them come to the ~7 MB of the issue.
-    let size = write_registry(
-        &base,
-        &task,
-        ids.iter().map(|id| finished_entry(id)).collect(),
-        true,
-    );
+    let size = write_registry(&base, &task, entries, true);
     for id in &ids {
         write_agent_files(&base, &task, id, RESULT_LINE);
     }
@@ -143,14 +144,18 @@ fn ten_mb_result_line(cap: Duration) {
     e["status"] = json!("working");
     e.as_object_mut().unwrap().remove("completed_at");
     write_registry(&base, &task, vec![e], false);
-    let mut body = b"{\"type\":\"system\"}\n{\"type\":\"result\",\"is_error\":false,\"result\":\"".to_vec();
+    let mut body =
+        b"{\"type\":\"system\"}\n{\"type\":\"result\",\"is_error\":false,\"result\":\"".to_vec();
     body.resize(body.len() + 10_000_000, b'x');
     body.extend_from_slice(b"\"}\n");
     write_agent_files(&base, &task, id, &body);
     let run = run_capped(once(tmp.path(), &base), cap);
     let registry = fs::read_to_string(base.join(&task).join("AGENT_REGISTRY.json")).unwrap();
     let root: serde_json::Value = serde_json::from_str(&registry).unwrap();
-    let status = root["agents"][0]["status"].as_str().unwrap_or("?").to_string();
+    let status = root["agents"][0]["status"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
     println!(
         "10 MB result line, agent ends: measured {status} (goal completed){}",
         verdict(status == "completed")

@@ -13,9 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// `$AGENT_REAPER_ORCHESTRATOR_SRC`, else `../shared/orchestrator` beside the repository.
 fn shell_daemon() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/orchestrator/2025-10/resource_cleanup_daemon.sh");
+    let dir = std::env::var_os("AGENT_REAPER_ORCHESTRATOR_SRC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/orchestrator"));
+    let path = dir.join("2025-10/resource_cleanup_daemon.sh");
     path.is_file().then_some(path)
 }
 
@@ -32,7 +35,13 @@ fn workload(root: &Path, base: &Path) {
             let ok = Command::new("tmux")
                 .env("TMUX_TMPDIR", &tmux)
                 .env_remove("TMUX")
-                .args(["new-session", "-d", "-s", &format!("agent_{id}"), "sleep 600"])
+                .args([
+                    "new-session",
+                    "-d",
+                    "-s",
+                    &format!("agent_{id}"),
+                    "sleep 600",
+                ])
                 .status()
                 .unwrap()
                 .success();
@@ -60,7 +69,11 @@ fn patched_copy(src: &Path, dir: &Path) -> PathBuf {
         out.push_str(&rest[..i]);
         let after = &rest[i + 2..];
         match after.find("++))") {
-            Some(j) if after[..j].chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+            Some(j)
+                if after[..j]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
                 let var = &after[..j];
                 out.push_str(&format!("{var}=$(({var}+1))"));
                 rest = &after[j + 4..];
@@ -81,7 +94,10 @@ fn patched_copy(src: &Path, dir: &Path) -> PathBuf {
 
 fn main() {
     let Some(script) = shell_daemon() else {
-        println!("vs_shell: skipped, ../shared/orchestrator/2025-10/resource_cleanup_daemon.sh is absent");
+        println!(
+            "vs_shell: skipped, 2025-10/resource_cleanup_daemon.sh is absent \
+             (../shared/orchestrator or $AGENT_REAPER_ORCHESTRATOR_SRC)"
+        );
         return;
     };
     let cap = cap_from_env();
@@ -135,7 +151,11 @@ fn main() {
     println!(
         "  agent-reaper: {}; shell daemon left {left} session(s) running{}",
         ours.summary(),
-        if shell.success { "" } else { " [shell exit non-zero]" }
+        if shell.success {
+            ""
+        } else {
+            " [shell exit non-zero]"
+        }
     );
     let _ = Duration::ZERO;
 }

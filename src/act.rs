@@ -454,12 +454,11 @@ fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// Mirrors this pass's transitions into `<base>/registry/GLOBAL_REGISTRY.json`.
+/// Mirrors this pass's transitions, (id, status written), into
+/// `<base>/registry/GLOBAL_REGISTRY.json`.
 pub fn update_global(
     path: &Path,
-    views: &[TaskView],
-    outcomes: &[Vec<Outcome>],
-    base: &Path,
+    transitions: &[(String, String)],
     opts: &UpdateOptions,
     now: SystemTime,
 ) -> Result<bool, String> {
@@ -467,18 +466,14 @@ pub fn update_global(
         return Ok(false);
     }
     let stamp = format_timestamp(now);
-    let changes: Vec<GlobalChange> = views
+    let changes: Vec<GlobalChange> = transitions
         .iter()
-        .zip(outcomes)
-        .filter(|(v, _)| v.task.base == base)
-        .flat_map(|(v, outs)| v.agents.iter().zip(outs))
-        .filter_map(|(agent, out)| {
-            let status = out.status_applied.as_deref()?;
+        .filter_map(|(id, status)| {
             let status = crate::model::TERMINAL_STATUSES
                 .iter()
-                .find(|s| **s == status)?;
+                .find(|s| *s == status)?;
             Some(GlobalChange {
-                id: agent.id.to_string(),
+                id: id.clone(),
                 status,
                 now: stamp.clone(),
             })

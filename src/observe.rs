@@ -243,15 +243,7 @@ pub fn task_view(
     backend: Backend,
     registry: Result<Value, String>,
 ) -> (TaskView, Vec<PendingAgent>) {
-    let mut view = TaskView {
-        task: task.clone(),
-        backend,
-        agents: Vec::new(),
-        active_count: None,
-        expected_active: None,
-        warnings: Vec::new(),
-        error: None,
-    };
+    let mut view = empty_view(task, backend);
     let root = match registry {
         Ok(root) => root,
         Err(e) => {
@@ -275,37 +267,59 @@ pub fn task_view(
     let mut pending = Vec::new();
     let mut dir_ok = HashMap::new();
     for entry in entries {
-        let Some(raw_id) = str_field(&entry, "id") else {
-            view.warnings
-                .push("an agent entry has no string \"id\"; skipped".into());
-            continue;
-        };
-        let id = match AgentId::parse(raw_id) {
-            Ok(id) => id,
-            Err(e) => {
-                view.warnings.push(format!("{e}; skipped"));
-                continue;
-            }
-        };
-        if seen.get(raw_id).copied().unwrap_or(0) > 1 {
-            view.warnings
-                .push(format!("agent id {id} is listed twice; skipped"));
-            continue;
+        let listed = str_field(&entry, "id")
+            .and_then(|id| seen.get(id).copied())
+            .unwrap_or(0);
+        match pending_agent(task, backend, entry, listed, &mut dir_ok) {
+            Ok(p) => pending.push(p),
+            Err(warning) => view.warnings.push(warning),
         }
-        let files = agent_files(task, &id);
-        let mut warnings = Vec::new();
-        let candidates = log_candidates(task, &entry, &files, &mut warnings);
-        let logs = existing_logs(task, &candidates, &mut dir_ok, &mut warnings);
-        pending.push(PendingAgent(Pending {
-            db_backed: backend == Backend::Sqlite,
-            id,
-            entry,
-            files,
-            logs,
-            warnings,
-        }));
     }
     (view, pending)
+}
+
+/// A task with no agents read yet.
+pub fn empty_view(task: &TaskDir, backend: Backend) -> TaskView {
+    TaskView {
+        task: task.clone(),
+        backend,
+        agents: Vec::new(),
+        active_count: None,
+        expected_active: None,
+        warnings: Vec::new(),
+        error: None,
+    }
+}
+
+/// One registry entry, ready for `agent_view`; `listed`: how many entries carry its id
+/// (more than one: skipped). `dir_ok` caches which log folders are safe, per task.
+/// `Err` is the warning saying why the entry was skipped.
+pub fn pending_agent(
+    task: &TaskDir,
+    backend: Backend,
+    entry: Value,
+    listed: usize,
+    dir_ok: &mut HashMap<PathBuf, bool>,
+) -> Result<PendingAgent, String> {
+    let Some(raw_id) = str_field(&entry, "id") else {
+        return Err("an agent entry has no string \"id\"; skipped".into());
+    };
+    let id = AgentId::parse(raw_id).map_err(|e| format!("{e}; skipped"))?;
+    if listed > 1 {
+        return Err(format!("agent id {id} is listed twice; skipped"));
+    }
+    let files = agent_files(task, &id);
+    let mut warnings = Vec::new();
+    let candidates = log_candidates(task, &entry, &files, &mut warnings);
+    let logs = existing_logs(task, &candidates, dir_ok, &mut warnings);
+    Ok(PendingAgent(Pending {
+        db_backed: backend == Backend::Sqlite,
+        id,
+        entry,
+        files,
+        logs,
+        warnings,
+    }))
 }
 
 /// An agent read from its registry, waiting for the round's writers scan.

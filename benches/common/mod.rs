@@ -202,7 +202,12 @@ pub fn cpu_secs(pid: u32) -> f64 {
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -214,7 +219,11 @@ pub fn time_line(what: &str, run: &Run, goal: Duration, cap: Duration) {
             t.as_secs_f64(),
             goal.as_secs_f64(),
             verdict(t <= goal),
-            if run.success { "" } else { " [exit status non-zero]" }
+            if run.success {
+                ""
+            } else {
+                " [exit status non-zero]"
+            }
         ),
         None => println!(
             "{what}: did not finish in {} s (goal <= {:.3} s) FAIL",

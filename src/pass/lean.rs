@@ -1,0 +1,266 @@
+//! A task registry read for deciding only: per agent the few fields the pass looks at, the
+//! rest skipped unparsed (no `Value` tree of the whole file is built or kept).
+
+use crate::model::{StatusClass, classify_status};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The parts of a registry the pass decides on.
+#[derive(Debug, Default)]
+pub struct LeanRegistry {
+    /// `active_count` when it is an integer.
+    pub active_count: Option<i64>,
+    /// `None` when `agents` is missing or not an array.
+    pub agents: Option<Vec<LeanAgent>>,
+}
+
+/// One `agents` entry: its string fields (a non-string counts as absent, as the full read
+/// treats it) and what `auto_cleanup_result.success` says.
+#[derive(Debug, Default)]
+pub struct LeanAgent {
+    pub id: Option<Box<str>>,
+    pub status: Option<Box<str>>,
+    pub last_update: Option<Box<str>>,
+    pub completed_at: Option<Box<str>>,
+    pub terminated_at: Option<Box<str>>,
+    pub cleanup_success: Option<bool>,
+    /// `tracked_files` when it is an object (rare, small).
+    pub tracked_files: Option<Box<Value>>,
+}
+
+impl LeanRegistry {
+    /// `active_count` as the statuses read say it should be.
+    pub fn expected_active(&self) -> Option<i64> {
+        self.agents.as_ref().map(|agents| {
+            agents
+                .iter()
+                .filter(|a| {
+                    a.status
+                        .as_deref()
+                        .is_some_and(|s| classify_status(s) == StatusClass::Active)
+                })
+                .count() as i64
+        })
+    }
+}
+
+impl LeanAgent {
+    /// The small entry `observe` reads its fields from.
+    pub fn into_entry(self) -> Value {
+        let mut map = Map::new();
+        for (key, value) in [
+            ("id", self.id),
+            ("status", self.status),
+            ("last_update", self.last_update),
+            ("completed_at", self.completed_at),
+            ("terminated_at", self.terminated_at),
+        ] {
+            if let Some(v) = value {
+                map.insert(key.into(), Value::String(v.into()));
+            }
+        }
+        if let Some(success) = self.cleanup_success {
+            let mut record = Map::new();
+            record.insert("success".into(), Value::Bool(success));
+            map.insert("auto_cleanup_result".into(), Value::Object(record));
+        }
+        if let Some(tracked) = self.tracked_files {
+            map.insert("tracked_files".into(), *tracked);
+        }
+        Value::Object(map)
+    }
+}
+
+/// Parses registry bytes; `Err` when they are not a JSON object (the caller then reads the
+/// file the full, tolerant way, which names the problem).
+pub fn parse(bytes: &[u8]) -> serde_json::Result<LeanRegistry> {
+    serde_json::from_slice::<LeanRegistry>(bytes)
+}
+
+/// From an already parsed registry value (the tolerant read's).
+pub fn from_value(value: &Value) -> LeanRegistry {
+    LeanRegistry {
+        active_count: value.get("active_count").and_then(Value::as_i64),
+        agents: value
+            .get("agents")
+            .and_then(Value::as_array)
+            .map(|a| lean_agents(a)),
+    }
+}
+
+/// From a state DB's agent rows (no `active_count` there).
+pub fn from_rows(rows: &[Value]) -> LeanRegistry {
+    LeanRegistry {
+        active_count: None,
+        agents: Some(lean_agents(rows)),
+    }
+}
+
+fn lean_agents(agents: &[Value]) -> Vec<LeanAgent> {
+    agents
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e.get(k).and_then(Value::as_str).map(Box::from);
+            LeanAgent {
+                id: s("id"),
+                status: s("status"),
+                last_update: s("last_update"),
+                completed_at: s("completed_at"),
+                terminated_at: s("terminated_at"),
+                cleanup_success: e
+                    .get("auto_cleanup_result")
+                    .and_then(|r| r.get("success"))
+                    .and_then(Value::as_bool),
+                tracked_files: e
+                    .get("tracked_files")
+                    .filter(|t| t.is_object())
+                    .map(|t| Box::new(t.clone())),
+            }
+        })
+        .collect()
+}
+
+/// Any JSON value, kept only when it is a string.
+struct MaybeStr(Option<Box<str>>);
+
+impl<'de> Deserialize<'de> for MaybeStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok(MaybeStr(match v {
+            Value::String(s) => Some(s.into()),
+            _ => None,
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for LeanRegistry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LeanRegistry;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a registry object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LeanRegistry, A::Error> {
+                let mut out = LeanRegistry::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "active_count" => out.active_count = map.next_value::<Value>()?.as_i64(),
+                        "agents" => out.agents = map.next_value::<MaybeAgents>()?.0,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `agents`: the entries when it is an array, `None` otherwise.
+struct MaybeAgents(Option<Vec<LeanAgent>>);
+
+impl<'de> Deserialize<'de> for MaybeAgents {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MaybeAgents;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeAgents, A::Error> {
+                let mut agents = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(agent) = seq.next_element::<LeanAgent>()? {
+                    agents.push(agent);
+                }
+                Ok(MaybeAgents(Some(agents)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeAgents, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(MaybeAgents(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeAgents, E> {
+                Ok(MaybeAgents(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeAgents, E> {
+                Ok(MaybeAgents(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeAgents, E> {
+                Ok(MaybeAgents(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeAgents, E> {
+                Ok(MaybeAgents(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<MaybeAgents, E> {
+                Ok(MaybeAgents(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<MaybeAgents, E> {
+                Ok(MaybeAgents(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for LeanAgent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LeanAgent;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LeanAgent, A::Error> {
+                let mut a = LeanAgent::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "id" => a.id = map.next_value::<MaybeStr>()?.0,
+                        "status" => a.status = map.next_value::<MaybeStr>()?.0,
+                        "last_update" => a.last_update = map.next_value::<MaybeStr>()?.0,
+                        "completed_at" => a.completed_at = map.next_value::<MaybeStr>()?.0,
+                        "terminated_at" => a.terminated_at = map.next_value::<MaybeStr>()?.0,
+                        "auto_cleanup_result" => {
+                            let record = map.next_value::<Value>()?;
+                            a.cleanup_success = record.get("success").and_then(Value::as_bool);
+                        }
+                        "tracked_files" => {
+                            let t = map.next_value::<Value>()?;
+                            a.tracked_files = t.is_object().then(|| Box::new(t));
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(a)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LeanAgent, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LeanAgent::default())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LeanAgent, E> {
+                Ok(LeanAgent::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LeanAgent, E> {
+                Ok(LeanAgent::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LeanAgent, E> {
+                Ok(LeanAgent::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LeanAgent, E> {
+                Ok(LeanAgent::default())
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<LeanAgent, E> {
+                Ok(LeanAgent::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<LeanAgent, E> {
+                Ok(LeanAgent::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
