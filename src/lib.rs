@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dbtasks;
 pub mod decide;
 pub mod demo;
+pub mod fs;
 pub mod instance;
 pub mod journal;
 pub mod late;
@@ -21,3 +22,8 @@ pub mod registry;
 pub mod report;
 pub mod watch;
 pub mod workspace;
+
+/// Unit tests find `../shared` (and skip without it) by the same rule as the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/shared.rs"]
+pub(crate) mod test_shared;
