@@ -264,3 +264,48 @@ impl<'de> Deserialize<'de> for LeanAgent {
         d.deserialize_any(V)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lean read must see what the full read sees, whatever shape an agent wrote.
+    fn same_as_full(text: &str) {
+        let lean = parse(text.as_bytes()).expect("lean parse");
+        let full = from_value(&serde_json::from_str::<Value>(text).unwrap());
+        assert_eq!(lean.active_count, full.active_count, "{text}");
+        assert_eq!(lean.expected_active(), full.expected_active(), "{text}");
+        let entries = |r: LeanRegistry| {
+            r.agents
+                .map(|a| a.into_iter().map(LeanAgent::into_entry).collect::<Vec<_>>())
+        };
+        assert_eq!(entries(lean), entries(full), "{text}");
+    }
+
+    #[test]
+    fn hostile_shapes_read_as_the_full_parse_reads_them() {
+        for text in [
+            r#"{"agents":[{"id":"a-1","status":"working","x":{"deep":[1,2.50,1e400]}}],"active_count":1}"#,
+            r#"{"agents":{"id":"not-an-array"},"active_count":"3"}"#,
+            r#"{"agents":[1, "s", null, true, [1], 12345678901234567890123]}"#,
+            r#"{"agents":[{"id":7,"status":["x"],"last_update":{"a":1}}]}"#,
+            r#"{"agents":[{"id":"a","id":"b","status":"completed","status":"working"}]}"#,
+            r#"{"agents":[{"id":"a","auto_cleanup_result":{"success":true,"errors":[]}},
+                          {"id":"b","auto_cleanup_result":"yes"},
+                          {"id":"c","auto_cleanup_result":{"success":"true"}},
+                          {"id":"d","tracked_files":{"log_file":"logs/d.jsonl"}},
+                          {"id":"e","tracked_files":["logs/e.jsonl"]}]}"#,
+            r#"{"active_count":2.0,"agents":null}"#,
+            r#"{"active_count":-4}"#,
+        ] {
+            same_as_full(text);
+        }
+    }
+
+    #[test]
+    fn a_registry_that_is_not_an_object_is_left_to_the_full_read() {
+        for text in ["[]", "\"x\"", "3", "{\"agents\":[", ""] {
+            assert!(parse(text.as_bytes()).is_err(), "{text}");
+        }
+    }
+}

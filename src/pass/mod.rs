@@ -406,3 +406,6 @@ pub(crate) fn first_status(d: &Decision) -> Option<&'static str> {
         _ => None,
     })
 }
+
+#[cfg(test)]
+mod tests;
