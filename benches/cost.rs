@@ -75,19 +75,28 @@ fn two_tiny_registries(cap: Duration) {
     let base = tmp.path().join("ws");
     let mut total = 0;
     for t in 0..2 {
-        let mut agents = Vec::new();
-        let mut size = 0usize;
-        let mut a = 0usize;
         // Each entry is a cleaned finished agent with nothing left: the pass only reads.
-        while size < 30_000_000 {
-            let id = format!("t{t}-{a:07}-{a:06x}");
-            let e = json!({"id": id, "status": "completed",
-                           "auto_cleanup_result": {"success": true}});
-            size += serde_json::to_string(&e).unwrap().len() + 1;
-            agents.push(e);
+        // Written as text directly: building 350,000 `Value`s here would dwarf the run.
+        let task = task_name("tiny", t);
+        let dir = base.join(&task);
+        fs::create_dir_all(&dir).unwrap();
+        let mut text = format!("{{\"task_id\": \"{task}\", \"agents\": [");
+        let mut a = 0usize;
+        while text.len() < 30_000_000 {
+            if a > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(&format!(
+                "{{\"id\": \"t{t}-{a:07}-{a:06x}\", \"status\": \"completed\", \
+                 \"auto_cleanup_result\": {{\"success\": true}}}}"
+            ));
             a += 1;
         }
-        total += write_registry(&base, &task_name("tiny", t), agents, true);
+        text.push_str(&format!(
+            "], \"total_spawned\": {a}, \"active_count\": 0, \"completed_count\": {a}}}"
+        ));
+        fs::write(dir.join("AGENT_REGISTRY.json"), &text).unwrap();
+        total += text.len() as u64;
     }
     let run = run_capped(once(tmp.path(), &base), cap);
     rss_line(

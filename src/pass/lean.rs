@@ -1,7 +1,7 @@
 //! A task registry read for deciding only: per agent the few fields the pass looks at, the
 //! rest skipped unparsed (no `Value` tree of the whole file is built or kept).
 
-use crate::model::{StatusClass, classify_status};
+use crate::model::{ACTIVE_STATUSES, StatusClass, TERMINAL_STATUSES, classify_status};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -21,13 +21,40 @@ pub struct LeanRegistry {
 #[derive(Debug, Default)]
 pub struct LeanAgent {
     pub id: Option<Box<str>>,
-    pub status: Option<Box<str>>,
+    pub status: Option<Status>,
     pub last_update: Option<Box<str>>,
     pub completed_at: Option<Box<str>>,
     pub terminated_at: Option<Box<str>>,
     pub cleanup_success: Option<bool>,
     /// `tracked_files` when it is an object (rare, small).
     pub tracked_files: Option<Box<Value>>,
+}
+
+/// A status: the known ones shared, any other kept as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Known(&'static str),
+    Other(Box<str>),
+}
+
+impl Status {
+    fn new(s: Box<str>) -> Status {
+        match ACTIVE_STATUSES
+            .iter()
+            .chain(TERMINAL_STATUSES)
+            .find(|k| **k == &*s)
+        {
+            Some(k) => Status::Known(k),
+            None => Status::Other(s),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Status::Known(s) => s,
+            Status::Other(s) => s,
+        }
+    }
 }
 
 impl LeanRegistry {
@@ -38,8 +65,8 @@ impl LeanRegistry {
                 .iter()
                 .filter(|a| {
                     a.status
-                        .as_deref()
-                        .is_some_and(|s| classify_status(s) == StatusClass::Active)
+                        .as_ref()
+                        .is_some_and(|s| classify_status(s.as_str()) == StatusClass::Active)
                 })
                 .count() as i64
         })
@@ -52,7 +79,7 @@ impl LeanAgent {
         let mut map = Map::new();
         for (key, value) in [
             ("id", self.id),
-            ("status", self.status),
+            ("status", self.status.map(|s| s.as_str().into())),
             ("last_update", self.last_update),
             ("completed_at", self.completed_at),
             ("terminated_at", self.terminated_at),
@@ -105,7 +132,7 @@ fn lean_agents(agents: &[Value]) -> Vec<LeanAgent> {
             let s = |k: &str| e.get(k).and_then(Value::as_str).map(Box::from);
             LeanAgent {
                 id: s("id"),
-                status: s("status"),
+                status: s("status").map(Status::new),
                 last_update: s("last_update"),
                 completed_at: s("completed_at"),
                 terminated_at: s("terminated_at"),
@@ -219,7 +246,7 @@ impl<'de> Deserialize<'de> for LeanAgent {
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "id" => a.id = map.next_value::<MaybeStr>()?.0,
-                        "status" => a.status = map.next_value::<MaybeStr>()?.0,
+                        "status" => a.status = map.next_value::<MaybeStr>()?.0.map(Status::new),
                         "last_update" => a.last_update = map.next_value::<MaybeStr>()?.0,
                         "completed_at" => a.completed_at = map.next_value::<MaybeStr>()?.0,
                         "terminated_at" => a.terminated_at = map.next_value::<MaybeStr>()?.0,

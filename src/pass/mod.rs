@@ -5,10 +5,10 @@ use crate::act;
 use crate::config::Config;
 use crate::dbtasks::{db_task_dirs, open_base_db};
 use crate::decide::{Action, Decision, Policy, decide_orphan};
-use crate::observe::{self, Backend, TmuxView, World};
+use crate::observe::{self, TmuxView, World};
 use crate::procs::{ProcTable, Tmux};
 use crate::registry::{ReadOptions, UpdateOptions};
-use crate::workspace::{TaskDir, discover_tasks, global_registry};
+use crate::workspace::{discover_tasks, global_registry};
 use cache::{CleanTask, session_hash};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -165,7 +165,7 @@ impl Reaper {
             written_tasks: Vec::new(),
         };
         let use_cache = scope.is_none() && tmux.is_ok();
-        let mut old_clean = std::mem::take(&mut self.clean_tasks);
+        let mut still_clean: HashSet<PathBuf> = HashSet::new();
         let mut jobs = Vec::new();
         for task in found_tasks {
             // The DB owns a task when it has agent rows for it; JSON otherwise.
@@ -175,22 +175,24 @@ impl Reaper {
                 .and_then(|db| db.rows.get(&task.task_id))
                 .filter(|rows| !rows.is_empty())
                 .map(Vec::as_slice);
+            // Still clean: counted, not listed (the daemon has nothing to do with it).
             if rows.is_none()
                 && use_cache
-                && let Some(clean) = old_clean.remove(&task.dir)
+                && let Some(clean) = self.clean_tasks.get(&task.dir)
                 && clean.still_holds(&task.registry(), &live_hashes)
             {
                 report.totals.tasks += 1;
                 report.totals.agents_seen += clean.agents;
-                report.tasks.push(clean_report(&task, clean.agents));
-                self.clean_tasks.insert(task.dir, clean);
+                still_clean.insert(task.dir);
                 continue;
             }
+            // Looked at again: it is cached anew only if it is still clean.
+            self.clean_tasks.remove(&task.dir);
             jobs.push(stream::Job { task, rows });
         }
-        if scope.is_some() {
-            // Tasks outside the scope keep what earlier passes knew of them.
-            self.clean_tasks.extend(old_clean);
+        if scope.is_none() {
+            // Gone or changed tasks leave the cache; the changed ones may come back below.
+            self.clean_tasks.retain(|dir, _| still_clean.contains(dir));
         }
         let pane_ancestors = match &tmux {
             Ok(snapshot) => crate::procs::table::pane_ancestors(
@@ -366,20 +368,6 @@ impl Reaper {
                 }
             })
             .collect()
-    }
-}
-
-/// The report of a task skipped as still clean.
-fn clean_report(task: &TaskDir, agents: usize) -> TaskReport {
-    TaskReport {
-        task_id: task.task_id.clone(),
-        dir: task.dir.clone(),
-        backend: Backend::Json.name(),
-        error: None,
-        warnings: Vec::new(),
-        registry_written: false,
-        agents: Vec::new(),
-        quiet: agents,
     }
 }
 

@@ -116,12 +116,7 @@ pub fn one_task(shared: &Shared<'_>, job: Job<'_>) -> Step {
     view.active_count = lean.active_count;
     view.expected_active = lean.expected_active();
     let agents = lean.agents.unwrap_or_default();
-    let mut listed: HashMap<Box<str>, u32> = HashMap::new();
-    for a in &agents {
-        if let Some(id) = &a.id {
-            *listed.entry(id.clone()).or_default() += 1;
-        }
-    }
+    let listed = id_counts(&agents);
     let mut dir_ok = HashMap::new();
     let mut decisions = Vec::new();
     let mut quiet = 0;
@@ -129,12 +124,8 @@ pub fn one_task(shared: &Shared<'_>, job: Job<'_>) -> Step {
     let mut sessions = Vec::new();
     let no_writers = HashMap::new();
     let now = shared.world.now;
-    for lean_agent in agents {
-        let n = lean_agent
-            .id
-            .as_ref()
-            .and_then(|id| listed.get(id).copied())
-            .unwrap_or(0) as usize;
+    for (lean_agent, n) in agents.into_iter().zip(listed) {
+        let n = usize::from(n);
         let pending = match pending_agent(&task, backend, lean_agent.into_entry(), n, &mut dir_ok) {
             Ok(p) => p,
             Err(warning) => {
@@ -163,7 +154,6 @@ pub fn one_task(shared: &Shared<'_>, job: Job<'_>) -> Step {
         view.agents.push(agent);
         decisions.push(decision);
     }
-    drop(listed);
     let must_hold = backend == Backend::Sqlite
         || decisions
             .iter()
@@ -196,6 +186,24 @@ pub fn one_task(shared: &Shared<'_>, job: Job<'_>) -> Step {
             sessions,
         });
     finish(shared, view, decisions, quiet, clean, execute)
+}
+
+/// Per entry, how many entries carry its id (0: none, 2: two or more), without a copy of
+/// the ids: one sort of their indexes.
+fn id_counts(agents: &[super::lean::LeanAgent]) -> Vec<u8> {
+    let id = |i: u32| agents[i as usize].id.as_deref();
+    let mut order: Vec<u32> = (0..agents.len() as u32)
+        .filter(|&i| id(i).is_some())
+        .collect();
+    order.sort_unstable_by(|&a, &b| id(a).cmp(&id(b)));
+    let mut counts = vec![0u8; agents.len()];
+    for run in order.chunk_by(|&a, &b| id(a) == id(b)) {
+        let n = if run.len() > 1 { 2 } else { 1 };
+        for &i in run {
+            counts[i as usize] = n;
+        }
+    }
+    counts
 }
 
 /// Acts on a task that waits for nobody (when executing) and reduces it to its report.
