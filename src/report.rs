@@ -100,7 +100,7 @@ fn task_head(task: &TaskReport, out: &mut String) {
         "\n{}  ({}, {} agent(s))",
         task.task_id,
         task.backend,
-        task.agents.len() + task.quiet
+        task.agents.len()
     );
     if let Some(e) = &task.error {
         let _ = writeln!(out, "  skipped: {e}");

@@ -1,29 +1,27 @@
-//! One reconcile pass over every workspace base: tasks streamed one at a time (observe,
-//! decide, act, drop), then the live work that spans tasks (stops, settle waits).
+//! One reconcile pass over every workspace base: observe once, decide per agent, then act and record.
 
-use crate::act;
+use crate::act::{self, Outcome};
 use crate::config::Config;
 use crate::dbtasks::{db_task_dirs, open_base_db};
-use crate::decide::{Action, Decision, Policy, decide_orphan};
-use crate::observe::{self, TmuxView, World};
+use crate::decide::{Action, Decision, Policy, SessionFact, decide, decide_orphan};
+use crate::model::StatusClass;
+use crate::observe::{
+    self, AgentView, Backend, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
+    scan_writers, task_view,
+};
 use crate::procs::{ProcTable, Tmux};
-use crate::registry::{ReadOptions, UpdateOptions};
+use crate::registry::{UpdateOptions, recover_sidecar};
 use crate::workspace::{discover_tasks, global_registry};
-use cache::{CleanTask, session_hash};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 mod cache;
-mod held;
 mod lean;
 mod read;
 mod reports;
-mod stream;
-mod writers;
 
-use reports::fill_task;
+use reports::fill_report;
 pub use reports::{AgentReport, OrphanReport, PassReport, TaskReport, Totals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +47,10 @@ pub struct Reaper {
     /// Journal of multi-step file operations (appends to an existing archive, copies);
     /// without one, a log whose archive already exists is left for a pass that has one.
     pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
+    /// Sessions agents ran in (kept in the state dir when there is one).
+    pub pane_map: crate::procs::panemap::PaneMap,
     /// Task folders whose registries a full pass found wholly cleaned (the steady state).
-    clean_tasks: HashMap<PathBuf, CleanTask>,
+    clean_tasks: HashMap<PathBuf, cache::CleanTask>,
 }
 
 impl Reaper {
@@ -63,6 +63,7 @@ impl Reaper {
             progress: None,
             journal: None,
             state_dbs: HashMap::new(),
+            pane_map: crate::procs::panemap::PaneMap::in_memory(),
             clean_tasks: HashMap::new(),
         }
     }
@@ -81,7 +82,7 @@ impl Reaper {
 
     fn update_options(&self) -> UpdateOptions {
         UpdateOptions {
-            read: ReadOptions::default(),
+            read: crate::registry::json_file::read_options(&self.config, false),
             lock_timeout: self.config.lock_timeout,
         }
     }
@@ -92,10 +93,6 @@ impl Reaper {
 
     /// A pass over the task folders in `scope` only (all when `None`). Orphan sessions are
     /// judged only in full passes: a partial view cannot tell who owns a session.
-    ///
-    /// Tasks stream through a few workers (see `stream`): each is read, observed, decided
-    /// and, unless it holds agents to stop or logs to wait for, acted on and dropped before
-    /// the next. The held ones (live work) are stopped together afterwards.
     pub fn run_scoped(&mut self, mode: Mode, scope: Option<&HashSet<PathBuf>>) -> PassReport {
         let now = (self.clock)();
         let policy = self.policy();
@@ -109,19 +106,22 @@ impl Reaper {
                 ProcTable::default()
             }
         };
-        let live_sessions: HashSet<String> = match &tmux {
+        // Full passes skip the registries still known clean (see `cache`).
+        let live_sessions: Vec<u64> = match &tmux {
             Ok(snapshot) => snapshot
                 .sessions
                 .keys()
-                .filter(|n| n.starts_with("agent_"))
-                .cloned()
+                .map(|n| cache::session_hash(n))
                 .collect(),
-            Err(_) => HashSet::new(),
+            Err(_) => Vec::new(),
         };
-        let live_hashes: Vec<u64> = live_sessions.iter().map(|s| session_hash(s)).collect();
-        // Find every task; full passes skip the ones still known clean.
+        let use_cache = scope.is_none() && tmux.is_ok();
+        let mut still_clean: Vec<PathBuf> = Vec::new();
+        let mut keys: HashMap<PathBuf, read::FileKey> = HashMap::new();
+        // Observe every task of every base.
+        let mut views: Vec<TaskView> = Vec::new();
+        let mut pending: Vec<Vec<PendingAgent>> = Vec::new();
         self.state_dbs.clear();
-        let mut found_tasks = Vec::new();
         for base in &self.config.workspace_bases {
             let mut tasks = match discover_tasks(base) {
                 Ok(t) => t,
@@ -138,208 +138,210 @@ impl Reaper {
                 }
             };
             if let Some(db) = &db {
-                let known: HashSet<PathBuf> = tasks.iter().map(|t| t.dir.clone()).collect();
                 for task in db_task_dirs(base, &db.rows) {
-                    if !known.contains(&task.dir) {
+                    if !tasks.iter().any(|t| t.dir == task.dir) {
                         tasks.push(task);
                     }
                 }
             }
-            found_tasks.extend(
-                tasks
-                    .into_iter()
-                    .filter(|t| scope.is_none_or(|s| s.contains(&t.dir))),
-            );
+            for task in tasks {
+                if scope.is_some_and(|s| !s.contains(&task.dir)) {
+                    continue;
+                }
+                // The DB owns a task when it has agent rows for it; JSON otherwise.
+                let rows = db
+                    .as_ref()
+                    .and_then(|db| db.rows.get(&task.task_id))
+                    .filter(|rows| !rows.is_empty());
+                if rows.is_none()
+                    && use_cache
+                    && self
+                        .clean_tasks
+                        .get(&task.dir)
+                        .is_some_and(|c| c.still_holds(&task.registry(), &live_sessions))
+                {
+                    still_clean.push(task.dir);
+                    continue;
+                }
+                if let Mode::Execute { .. } = mode
+                    && let Err(e) = recover_sidecar(&task.registry(), &self.update_options())
+                {
+                    errors.push(e.to_string());
+                }
+                let (view, agents) = match rows {
+                    Some(rows) => task_view(
+                        &task,
+                        Backend::Sqlite,
+                        Ok(serde_json::json!({ "agents": rows })),
+                    ),
+                    None => {
+                        let (root, key) = read::read_small(
+                            &task.registry(),
+                            &crate::registry::json_file::read_options(
+                                &self.config,
+                                matches!(mode, Mode::Execute { .. }),
+                            ),
+                        );
+                        if let Some(key) = key {
+                            keys.insert(task.dir.clone(), key);
+                        }
+                        task_view(&task, Backend::Json, root)
+                    }
+                };
+                views.push(view);
+                pending.push(agents);
+            }
             if let Some(db) = db {
                 self.state_dbs.insert(base.clone(), db);
             }
         }
+        let writers = scan_writers(pending.iter().flatten());
+        let procs = crate::procs::SetContext::new(&table, tmux.as_ref().ok(), &writers);
+        let env = std::cell::OnceCell::new();
+        let world = World {
+            tmux: &tmux,
+            table: &table,
+            procs: &procs,
+            pane_map: &self.pane_map,
+            env: &env,
+            gone_since: &self.gone_since,
+            settle: self.config.settle,
+            now,
+        };
+        for (view, agents) in views.iter_mut().zip(pending) {
+            view.agents = agents
+                .into_iter()
+                .map(|p| agent_view(p, &world, &writers))
+                .collect();
+        }
+        self.remember_sessions(&views, &tmux, now, scope.is_some());
+        // Tasks read again leave the cache (they come back below if still clean); in full
+        // passes so do tasks that are gone.
+        let kept: Vec<&cache::CleanTask> = still_clean
+            .iter()
+            .filter_map(|d| self.clean_tasks.get(d))
+            .collect();
+        let ambiguous = cache::ambiguous(&views, &kept);
+        let skipped_agents: usize = kept.iter().map(|c| c.ids.len()).sum();
+        let skipped_tasks = kept.len();
+        if scope.is_none() {
+            let keep: HashSet<PathBuf> = still_clean.into_iter().collect();
+            self.clean_tasks.retain(|dir, _| keep.contains(dir));
+        } else {
+            for view in &views {
+                self.clean_tasks.remove(&view.task.dir);
+            }
+        }
+        observe::remember_panes(&views, &ambiguous, &mut self.pane_map);
+        let decisions: Vec<Vec<Decision>> = views
+            .iter()
+            .map(|v| {
+                v.agents
+                    .iter()
+                    .map(|a| match ambiguous.get(&a.id) {
+                        Some(why) => Decision::ambiguous(why),
+                        None => {
+                            crate::dbtasks::for_backend(v.backend, decide(&a.facts, &policy, now))
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        errors.extend(
+            ambiguous.iter().map(|(id, why)| {
+                format!("agent id {id} is ambiguous ({why}): nothing done for it")
+            }),
+        );
+        let orphans = match scope {
+            None => self.orphans(&views, &tmux, &policy, now),
+            Some(_) => Vec::new(),
+        };
         let mut report = PassReport {
             mode: if mode == Mode::Plan { "plan" } else { "once" },
             bases: self.config.workspace_bases.clone(),
             tmux_error: tmux.as_ref().err().cloned(),
             tasks: Vec::new(),
-            orphans: Vec::new(),
+            orphans,
             errors,
             totals: Totals::default(),
             written_tasks: Vec::new(),
         };
-        let use_cache = scope.is_none() && tmux.is_ok();
-        let mut still_clean: HashSet<PathBuf> = HashSet::new();
-        let mut jobs = Vec::new();
-        for task in found_tasks {
-            // The DB owns a task when it has agent rows for it; JSON otherwise.
-            let rows = self
-                .state_dbs
-                .get(&task.base)
-                .and_then(|db| db.rows.get(&task.task_id))
-                .filter(|rows| !rows.is_empty())
-                .map(Vec::as_slice);
-            // Still clean: counted, not listed (the daemon has nothing to do with it).
-            if rows.is_none()
-                && use_cache
-                && let Some(clean) = self.clean_tasks.get(&task.dir)
-                && clean.still_holds(&task.registry(), &live_hashes)
-            {
-                report.totals.tasks += 1;
-                report.totals.agents_seen += clean.agents;
-                still_clean.insert(task.dir);
-                continue;
-            }
-            // Looked at again: it is cached anew only if it is still clean.
-            self.clean_tasks.remove(&task.dir);
-            jobs.push(stream::Job { task, rows });
-        }
-        if scope.is_none() {
-            // Gone or changed tasks leave the cache; the changed ones may come back below.
-            self.clean_tasks.retain(|dir, _| still_clean.contains(dir));
-        }
-        let pane_ancestors = match &tmux {
-            Ok(snapshot) => crate::procs::table::pane_ancestors(
-                &table,
-                snapshot
-                    .sessions
-                    .values()
-                    .flat_map(|s| s.panes.iter().filter_map(|p| p.pid)),
-            ),
-            Err(_) => HashSet::new(),
-        };
-        let writers = writers::Writers::default();
-        let shared = stream::Shared {
-            world: World {
-                tmux: &tmux,
-                table: &table,
-                pane_ancestors: &pane_ancestors,
-                gone_since: &self.gone_since,
-                settle: self.config.settle,
-                now,
-            },
-            writers: &writers,
-            policy: policy.clone(),
-            mode,
-            config: &self.config,
-            read: ReadOptions::default(),
-            update: self.update_options(),
-            journal: self.journal.as_ref(),
-            live_sessions: &live_sessions,
-            old_gone: &self.gone_since,
-            big_read: Mutex::new(()),
-            found: Mutex::new(stream::Found::default()),
-        };
-        let progress = Mutex::new(self.progress.take());
-        let steps = stream::run_all(&shared, jobs, io_threads(), &progress);
-        let found = shared.found.into_inner().unwrap_or_else(|e| e.into_inner());
-        self.progress = progress.into_inner().unwrap_or_else(|e| e.into_inner());
-        report.errors.extend(found.errors);
-        let mut transitions: HashMap<PathBuf, Vec<(String, String)>> = HashMap::new();
-        let mut held_views = Vec::new();
-        let mut held_decisions = Vec::new();
-        let mut held_quiet = Vec::new();
-        for step in steps {
-            match step {
-                stream::Step::Done {
-                    report: task,
-                    totals,
-                    transitions: t,
-                    clean,
-                } => {
-                    if let Some(clean) = clean {
-                        self.clean_tasks.insert(task.dir.clone(), clean.sorted());
-                    }
-                    if let Some(base) = self.base_of(&task.dir) {
-                        transitions.entry(base).or_default().extend(t);
-                    }
-                    report.totals.add(&totals);
-                    report.tasks.push(task);
-                }
-                stream::Step::Held {
-                    view,
-                    decisions,
-                    quiet,
-                } => {
-                    held_views.push(view);
-                    held_decisions.push(decisions);
-                    held_quiet.push(quiet);
-                }
-            }
-        }
-        self.remember_sessions(found.gone, &found.seen_gone, &tmux, scope.is_some());
-        if scope.is_none() {
-            report.orphans =
-                self.orphans(&found.known_sessions, !found.unread, &tmux, &policy, now);
-        }
         // Acting may revise the decisions (a second look after stops and settle waits).
-        if let Mode::Execute { wait_for_settle } = mode {
-            let (decisions, outcomes) = self.act(
-                &mut held_views,
-                held_decisions,
-                (&table, &pane_ancestors),
-                &mut report,
-                wait_for_settle,
-            );
-            let written = std::mem::take(&mut report.written_tasks);
-            for (t, view) in held_views.iter().enumerate() {
-                let task = fill_task(
-                    &mut report.totals,
-                    view,
-                    &decisions[t],
-                    Some(&outcomes[t]),
-                    written.get(t).copied().unwrap_or(false),
-                    held_quiet[t],
+        let (decisions, outcomes) = match mode {
+            Mode::Plan => (decisions, None),
+            Mode::Execute { wait_for_settle } => {
+                let (decisions, outcomes) = self.act(
+                    &mut views,
+                    decisions,
+                    (&table, &procs),
+                    &mut report,
+                    wait_for_settle,
                 );
-                transitions
-                    .entry(view.task.base.clone())
-                    .or_default()
-                    .extend(stream::transitions(view, &outcomes[t]));
-                report.tasks.push(task);
-            }
-            for base in &self.config.workspace_bases {
-                let path = global_registry(base);
-                let changes = transitions.remove(base).unwrap_or_default();
-                if let Err(e) = act::update_global(&path, &changes, &self.update_options(), now) {
-                    report.errors.push(e);
+                act::forget_cleaned(
+                    &views,
+                    &decisions,
+                    &outcomes,
+                    // Ids of a base or registry that could not be read may still run.
+                    scope.is_none() && report.errors.is_empty(),
+                    &mut self.pane_map,
+                );
+                if let Err(e) = self.pane_map.save() {
+                    report.errors.push(e.to_string());
                 }
+                (decisions, Some(outcomes))
             }
+        };
+        fill_report(&mut report, &views, &decisions, outcomes);
+        // Still-clean tasks are counted, not listed: nothing was or is to be done there.
+        report.totals.tasks += skipped_tasks;
+        report.totals.agents_seen += skipped_agents;
+        if tmux.is_ok() {
+            self.clean_tasks.extend(cache::newly_clean(
+                &views,
+                &decisions,
+                &report.written_tasks,
+                &keys,
+            ));
         }
-        report.totals.errors += report.errors.len();
         report
-    }
-
-    /// The configured base a task folder belongs to.
-    fn base_of(&self, dir: &std::path::Path) -> Option<PathBuf> {
-        self.config
-            .workspace_bases
-            .iter()
-            .find(|b| dir.starts_with(b))
-            .cloned()
     }
 
     /// Keeps `gone_since` for the sessions of agents still active in some registry.
     fn remember_sessions(
         &mut self,
-        gone: HashMap<String, SystemTime>,
-        seen: &HashSet<String>,
+        views: &[TaskView],
         tmux: &TmuxView,
+        now: SystemTime,
         scoped: bool,
     ) {
-        if tmux.is_err() {
+        let Ok(snapshot) = tmux else {
             return;
-        }
+        };
         // Sessions of tasks outside this pass keep what earlier passes saw.
+        let seen: HashSet<String> = views
+            .iter()
+            .flat_map(|v| &v.agents)
+            .map(AgentView::session_name)
+            .collect();
         let mut keep: HashMap<String, SystemTime> = self
             .gone_since
             .iter()
             .filter(|(name, _)| scoped && !seen.contains(*name))
             .map(|(n, t)| (n.clone(), *t))
             .collect();
-        keep.extend(gone);
+        for agent in views.iter().flat_map(|v| &v.agents) {
+            let name = agent.session_name();
+            if agent.facts.class == StatusClass::Active && !snapshot.sessions.contains_key(&name) {
+                let since = self.gone_since.get(&name).copied().unwrap_or(now);
+                keep.insert(name, since);
+            }
+        }
         self.gone_since = keep;
     }
 
     fn orphans(
         &self,
-        known: &HashSet<String>,
-        all_read: bool,
+        views: &[TaskView],
         tmux: &TmuxView,
         policy: &Policy,
         now: SystemTime,
@@ -347,7 +349,13 @@ impl Reaper {
         let Ok(snapshot) = tmux else {
             return Vec::new();
         };
+        let known: HashSet<String> = views
+            .iter()
+            .flat_map(|v| &v.agents)
+            .map(AgentView::session_name)
+            .collect();
         // An unreadable registry may list any session: then nothing counts as an orphan.
+        let all_read = views.iter().all(|v| v.error.is_none());
         snapshot
             .sessions
             .values()
@@ -369,23 +377,242 @@ impl Reaper {
             })
             .collect()
     }
+
+    /// Carries out the decisions; returns them as revised while acting and, per task and
+    /// agent, what happened.
+    fn act(
+        &mut self,
+        views: &mut [TaskView],
+        mut decisions: Vec<Vec<Decision>>,
+        (table, procs): (&ProcTable, &crate::procs::SetContext<'_>),
+        report: &mut PassReport,
+        wait_for_settle: bool,
+    ) -> (Vec<Vec<Decision>>, Vec<Vec<Outcome>>) {
+        let now = (self.clock)();
+        let policy = self.policy();
+        let mut outcomes: Vec<Vec<Outcome>> = views
+            .iter()
+            .map(|v| vec![Outcome::default(); v.agents.len()])
+            .collect();
+        // 1. Stop every agent that needs it, all at once.
+        let stopped = act::stop_agents(
+            views,
+            &decisions,
+            procs,
+            self.tmux.as_ref(),
+            &self.config,
+            &mut outcomes,
+        );
+        act::stop_orphans(&mut report.orphans, table, self.tmux.as_ref(), &self.config);
+        // 2. Stopped agents get a second look (their session and processes are gone now);
+        // in `once`, so do logs written moments ago, after waiting for them to settle.
+        for &(t, a) in &stopped {
+            let agent = &mut views[t].agents[a];
+            agent.facts.session = SessionFact::Gone {
+                since: now - policy.zombie_grace,
+            };
+            agent.facts.live_processes = outcomes[t][a].survivors;
+            agent.facts.live_writers = 0;
+            if let Some(status) = first_status(&decisions[t][a]) {
+                agent.facts.status = status.to_string();
+                agent.facts.class = StatusClass::Terminal;
+            }
+        }
+        self.look_again(views, &mut decisions, &stopped);
+        if wait_for_settle {
+            let wait = youngest_settle_wait(views, &decisions, self.config.settle, (self.clock)());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+                let waiting: Vec<(usize, usize)> = views
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(t, view)| {
+                        let decisions = &decisions[t];
+                        (0..view.agents.len())
+                            .filter(move |&a| {
+                                decisions[a].waiting.is_some()
+                                    && !view.agents[a].facts.logs.is_empty()
+                            })
+                            .map(move |a| (t, a))
+                    })
+                    .collect();
+                self.look_again(views, &mut decisions, &waiting);
+            }
+        }
+        // 3. DB-backed tasks' transitions, one transaction per base; a DB held by another
+        // writer skips its tasks this round.
+        let skip = self.apply_db_transitions(views, &decisions, &mut outcomes, now, report);
+        // 4. Files, then the registries: tasks are independent, so a few at a time.
+        let written = self.apply_tasks(views, &decisions, &mut outcomes, now, &skip);
+        for result in written {
+            match result {
+                Ok(written) => report.written_tasks.push(written),
+                Err(e) => {
+                    report.errors.extend(e);
+                    report.written_tasks.push(false);
+                }
+            }
+        }
+        for base in &self.config.workspace_bases {
+            let path = global_registry(base);
+            if let Err(e) =
+                act::update_global(&path, views, &outcomes, base, &self.update_options(), now)
+            {
+                report.errors.push(e);
+            }
+        }
+        (decisions, outcomes)
+    }
 }
 
-/// Task workers: mostly waiting on renames and fsyncs, not CPU, so more threads than
-/// cores keep the disk busy (`cargo bench --bench cost`). `AGENT_REAPER_IO_THREADS`
-/// overrides it.
-pub(super) fn io_threads() -> usize {
-    std::env::var("AGENT_REAPER_IO_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .clamp(2, 8)
-                * 4
-        })
-        .max(1)
+impl Reaper {
+    /// Re-stats the logs of `which` agents (one writers scan for all) and decides again:
+    /// the first decision's status change stays, the file work is the new one's.
+    fn look_again(
+        &self,
+        views: &mut [TaskView],
+        decisions: &mut [Vec<Decision>],
+        which: &[(usize, usize)],
+    ) {
+        if which.is_empty() {
+            return;
+        }
+        let now = (self.clock)();
+        let policy = self.policy();
+        let ids = which
+            .iter()
+            .flat_map(|&(t, a)| views[t].agents[a].log_ids.iter().copied())
+            .collect();
+        let writers = crate::procs::openfiles::writers_of(&ids);
+        for &(t, a) in which {
+            let agent = &mut views[t].agents[a];
+            refresh_logs(agent, &writers, self.config.settle, now);
+            let second = decide(&agent.facts, &policy, now);
+            let first = &mut decisions[t][a];
+            first
+                .actions
+                .retain(|a| matches!(a, Action::SetStatus { .. }));
+            first.actions.extend(
+                second
+                    .actions
+                    .into_iter()
+                    .filter(|a| !matches!(a, Action::Stop { .. } | Action::SetStatus { .. })),
+            );
+            first.waiting = second.waiting;
+            first.recheck = second.recheck;
+        }
+    }
+
+    /// Writes the transitions of DB-backed tasks; returns the tasks to skip this round.
+    fn apply_db_transitions(
+        &self,
+        views: &[TaskView],
+        decisions: &[Vec<Decision>],
+        outcomes: &mut [Vec<Outcome>],
+        now: SystemTime,
+        report: &mut PassReport,
+    ) -> HashSet<usize> {
+        let mut skip = HashSet::new();
+        for (base, db) in &self.state_dbs {
+            let mut work = Vec::new();
+            let mut indexes = Vec::new();
+            for (t, (outs, view)) in outcomes.iter_mut().zip(views).enumerate() {
+                if view.backend == Backend::Sqlite && &view.task.base == base {
+                    work.push((view, decisions[t].as_slice(), outs.as_mut_slice()));
+                    indexes.push(t);
+                }
+            }
+            if let Err(e) =
+                crate::dbtasks::apply_transitions(&db.db, &mut work, &self.update_options(), now)
+            {
+                report.errors.push(format!(
+                    "{e}; {} task(s) of {} wait for the next round",
+                    indexes.len(),
+                    base.display()
+                ));
+                skip.extend(indexes);
+            }
+        }
+        skip
+    }
+
+    /// Runs `act::apply_task` for every readable task on a few threads; per task, whether
+    /// its registry was written or the error.
+    fn apply_tasks(
+        &mut self,
+        views: &[TaskView],
+        decisions: &[Vec<Decision>],
+        outcomes: &mut [Vec<Outcome>],
+        now: SystemTime,
+        skip: &HashSet<usize>,
+    ) -> Vec<Result<bool, Option<String>>> {
+        // Mostly waiting on renames and fsyncs, not CPU: more threads than cores keep the
+        // disk busy (`cargo bench --bench pass`, 2 cores: 10,000 agents in 2.2-2.5 s with 8
+        // threads, 2.5-3.4 s with 4). `AGENT_REAPER_IO_THREADS` overrides it.
+        let threads = std::env::var("AGENT_REAPER_IO_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+                    .clamp(2, 8)
+                    * 4
+            })
+            .max(1);
+        let total = views.len();
+        let config = &self.config;
+        let opts = self.update_options();
+        let journal = self.journal.as_ref();
+        let progress = std::sync::Mutex::new((0usize, self.progress.take()));
+        let mut jobs: Vec<(usize, &mut Vec<Outcome>)> = outcomes.iter_mut().enumerate().collect();
+        let chunk = jobs.len().div_ceil(threads).max(1);
+        let mut results: Vec<(usize, Result<bool, Option<String>>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .chunks_mut(chunk)
+                .map(|part| {
+                    let (progress, opts) = (&progress, &opts);
+                    scope.spawn(move || {
+                        let mut done = Vec::new();
+                        for (t, outs) in part.iter_mut() {
+                            let view = &views[*t];
+                            let result = if view.error.is_some() {
+                                Err(None)
+                            } else if skip.contains(t) {
+                                Ok(false)
+                            } else {
+                                act::apply_task(
+                                    view,
+                                    &decisions[*t],
+                                    outs,
+                                    config,
+                                    opts,
+                                    journal,
+                                    now,
+                                )
+                                .map_err(Some)
+                            };
+                            done.push((*t, result));
+                            let mut p = progress.lock().expect("progress lock");
+                            p.0 += 1;
+                            let n = p.0;
+                            if let Some(f) = p.1.as_mut() {
+                                f(n, total);
+                            }
+                        }
+                        done
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("task thread panicked"))
+                .collect()
+        });
+        self.progress = progress.into_inner().expect("progress lock").1;
+        results.sort_by_key(|(t, _)| *t);
+        results.into_iter().map(|(_, r)| r).collect()
+    }
 }
 
 pub(crate) fn first_status(d: &Decision) -> Option<&'static str> {
@@ -393,6 +620,30 @@ pub(crate) fn first_status(d: &Decision) -> Option<&'static str> {
         Action::SetStatus { status, .. } => Some(*status),
         _ => None,
     })
+}
+
+/// How long until the youngest log that only waits for `settle` has settled.
+fn youngest_settle_wait(
+    views: &[TaskView],
+    decisions: &[Vec<Decision>],
+    settle: Duration,
+    now: SystemTime,
+) -> Duration {
+    let mut wait = Duration::ZERO;
+    for (view, ds) in views.iter().zip(decisions) {
+        for (agent, d) in view.agents.iter().zip(ds) {
+            if d.waiting.is_none() {
+                continue;
+            }
+            for log in &agent.facts.logs {
+                if let (crate::decide::FileState::Recent(_), Some(m)) = (&log.state, log.mtime) {
+                    let left = settle.saturating_sub(crate::model::age(now, m));
+                    wait = wait.max(left + Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    wait.min(settle + Duration::from_millis(20))
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub fn read_lean(
     if let Some((bytes, key)) = read_fast(path, opts.max_bytes)
         && let Ok(lean) = lean::parse(&bytes)
     {
+        // A version read is one a torn write may later be proved against.
+        crate::registry::seen::global().note(path, &bytes);
         return Ok((lean, Some(key)));
     }
     let key = registry_key(path);
@@ -74,4 +76,17 @@ fn read_fast(path: &Path, max_bytes: u64) -> Option<(Vec<u8>, FileKey)> {
         return None;
     }
     Some((bytes, key_of(&st)))
+}
+
+/// The registry as `observe::task_view` reads it, holding only the fields it looks at
+/// (so a pass keeps a small tree per task, not the whole file's), and the key of what
+/// was read.
+pub fn read_small(
+    path: &Path,
+    opts: &ReadOptions,
+) -> (Result<serde_json::Value, String>, Option<FileKey>) {
+    match read_lean(path, opts) {
+        Ok((lean, key)) => (Ok(lean.into_root()), key),
+        Err(e) => (Err(e), None),
+    }
 }

@@ -50,13 +50,6 @@ pub struct TaskReport {
     pub warnings: Vec<String>,
     pub registry_written: bool,
     pub agents: Vec<AgentReport>,
-    /// Agents with nothing to do, say or wait for, only counted (not listed) when acting.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub quiet: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,76 +93,60 @@ pub struct PassReport {
     pub written_tasks: Vec<bool>,
 }
 
-/// One task's report; adds its counts to `totals`.
-pub(super) fn fill_task(
-    totals: &mut Totals,
-    view: &TaskView,
-    decisions: &[Decision],
-    outcomes: Option<&[Outcome]>,
-    written: bool,
-    quiet: usize,
-) -> TaskReport {
-    let mut task = TaskReport {
-        task_id: view.task.task_id.clone(),
-        dir: view.task.dir.clone(),
-        backend: view.backend.name(),
-        error: view.error.clone(),
-        warnings: view.warnings.clone(),
-        registry_written: written,
-        agents: Vec::new(),
-        quiet,
-    };
-    totals.tasks += 1;
-    totals.agents_seen += quiet;
-    if view.error.is_some() {
-        totals.errors += 1;
-    }
-    for (a, agent) in view.agents.iter().enumerate() {
-        let d = &decisions[a];
-        let mut r = AgentReport {
-            id: agent.id.to_string(),
-            status: agent.registry_status.clone(),
-            new_status: first_status(d).map(String::from),
-            class: d.class,
-            actions: d.actions.clone(),
-            waiting: d.waiting.clone(),
-            recheck: d.recheck,
-            done: Vec::new(),
-            errors: Vec::new(),
-            warnings: agent.warnings.clone(),
+pub(super) fn fill_report(
+    report: &mut PassReport,
+    views: &[TaskView],
+    decisions: &[Vec<Decision>],
+    outcomes: Option<Vec<Vec<Outcome>>>,
+) {
+    let totals = &mut report.totals;
+    for (t, view) in views.iter().enumerate() {
+        let mut task = TaskReport {
+            task_id: view.task.task_id.clone(),
+            dir: view.task.dir.clone(),
+            backend: view.backend.name(),
+            error: view.error.clone(),
+            warnings: view.warnings.clone(),
+            registry_written: report.written_tasks.get(t).copied().unwrap_or(false),
+            agents: Vec::new(),
         };
-        if let Some(out) = outcomes.map(|o| &o[a]) {
-            r.done = out.done.clone();
-            r.errors = out.errors.clone();
-            if out.status_applied.is_none() {
-                r.new_status = None;
-            }
-            totals.files_archived += out.archived.len();
-            totals.prompts_deleted += usize::from(out.prompt_deleted);
-            totals.stopped += usize::from(out.stopped);
-            totals.cleaned += usize::from(out.recorded && out.errors.is_empty());
-            totals.errors += out.errors.len();
+        totals.tasks += 1;
+        if view.error.is_some() {
+            totals.errors += 1;
         }
-        totals.agents_seen += 1;
-        totals.zombies += usize::from(d.class == AgentClass::Zombie);
-        totals.stale += usize::from(d.class == AgentClass::Stale);
-        totals.settling += usize::from(r.waiting.is_some());
-        task.agents.push(r);
+        for (a, agent) in view.agents.iter().enumerate() {
+            let d = &decisions[t][a];
+            let mut r = AgentReport {
+                id: agent.id.to_string(),
+                status: agent.registry_status.clone(),
+                new_status: first_status(d).map(String::from),
+                class: d.class,
+                actions: d.actions.clone(),
+                waiting: d.waiting.clone(),
+                recheck: d.recheck,
+                done: Vec::new(),
+                errors: Vec::new(),
+                warnings: agent.warnings.clone(),
+            };
+            if let Some(out) = outcomes.as_ref().map(|o| &o[t][a]) {
+                r.done = out.done.clone();
+                r.errors = out.errors.clone();
+                if out.status_applied.is_none() {
+                    r.new_status = None;
+                }
+                totals.files_archived += out.archived.len();
+                totals.prompts_deleted += usize::from(out.prompt_deleted);
+                totals.stopped += usize::from(out.stopped);
+                totals.cleaned += usize::from(out.recorded && out.errors.is_empty());
+                totals.errors += out.errors.len();
+            }
+            totals.agents_seen += 1;
+            totals.zombies += usize::from(d.class == AgentClass::Zombie);
+            totals.stale += usize::from(d.class == AgentClass::Stale);
+            totals.settling += usize::from(r.waiting.is_some());
+            task.agents.push(r);
+        }
+        report.tasks.push(task);
     }
-    task
-}
-
-impl Totals {
-    pub(super) fn add(&mut self, o: &Totals) {
-        self.tasks += o.tasks;
-        self.agents_seen += o.agents_seen;
-        self.cleaned += o.cleaned;
-        self.zombies += o.zombies;
-        self.stale += o.stale;
-        self.stopped += o.stopped;
-        self.files_archived += o.files_archived;
-        self.prompts_deleted += o.prompts_deleted;
-        self.settling += o.settling;
-        self.errors += o.errors;
-    }
+    report.totals.errors += report.errors.len();
 }
