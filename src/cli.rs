@@ -179,6 +179,17 @@ pub fn run(cli: Cli) -> Result<()> {
     let _guard = crate::logging::init(log_file.as_deref())?;
     match cli.command {
         Command::Validate => {
+            // A hook whose program cannot run would fail every transition: refuse it here.
+            let mut bad = Vec::new();
+            for check in crate::hooks::check_programs(&config.hooks) {
+                match check {
+                    Ok((name, program)) => println!("hook {name:?}: runs {}", program.display()),
+                    Err(e) => bad.push(e),
+                }
+            }
+            if !bad.is_empty() {
+                bail!("{}", bad.join("\n"));
+            }
             println!("configuration OK");
             match &cli.config {
                 Some(p) => println!("  file: {}", p.display()),

@@ -33,6 +33,20 @@ pub enum Mode {
     Execute { wait_for_settle: bool },
 }
 
+impl Mode {
+    /// `once` (the one caller that waits for settle) exits after its pass: it waits for its
+    /// hooks too; the daemon does not.
+    fn hook_mode(self) -> crate::hooks::HookMode {
+        match self {
+            Mode::Plan => crate::hooks::HookMode::List,
+            Mode::Execute {
+                wait_for_settle: true,
+            } => crate::hooks::HookMode::RunAndWait,
+            Mode::Execute { .. } => crate::hooks::HookMode::Run,
+        }
+    }
+}
+
 /// Long-lived pass state: configuration, seams, and what earlier rounds saw.
 pub struct Reaper {
     pub config: Config,
@@ -51,6 +65,8 @@ pub struct Reaper {
     pub pane_map: crate::procs::panemap::PaneMap,
     /// Task folders whose registries a full pass found wholly cleaned (the steady state).
     clean_tasks: HashMap<PathBuf, cache::CleanTask>,
+    /// Transition hooks: their worker threads and pending runs (started on first use).
+    pub hooks: crate::hooks::Hooks,
 }
 
 impl Reaper {
@@ -65,6 +81,7 @@ impl Reaper {
             state_dbs: HashMap::new(),
             pane_map: crate::procs::panemap::PaneMap::in_memory(),
             clean_tasks: HashMap::new(),
+            hooks: crate::hooks::Hooks::default(),
         }
     }
 
@@ -265,6 +282,7 @@ impl Reaper {
             errors,
             totals: Totals::default(),
             written_tasks: Vec::new(),
+            hooks: Vec::new(),
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         let (decisions, outcomes) = match mode {
@@ -303,6 +321,13 @@ impl Reaper {
                 &keys,
             ));
         }
+        // Hooks see only what this pass committed (in `plan`: what it would commit).
+        report.hooks = self.hooks.after_pass(
+            &self.config,
+            mode.hook_mode(),
+            report.transitions(),
+            &mut report.errors,
+        );
         report
     }
 

@@ -98,7 +98,7 @@ impl World {
         self.sandbox.dir.path().join("home")
     }
 
-    fn pystub(&self) -> PathBuf {
+    pub fn pystub(&self) -> PathBuf {
         self.sandbox.dir.path().join("pystub")
     }
 

@@ -10,5 +10,6 @@ mod common;
 
 mod baselock;
 mod harness;
+mod hooks2026;
 mod json2025;
 mod sqlite2026;
