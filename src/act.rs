@@ -372,7 +372,7 @@ pub fn apply_task(
             log_files_archived: !out.archived.is_empty(),
             verified_no_zombies: no_zombies,
             errors: out.errors.clone(),
-            archived_files: archived_files(&out.archived, files.archives_of(agent)),
+            archived_files: archived_files(&out.archived, files.archives_of(agent, &out.archived)),
             escalated_to_sigkill: out.escalated,
             defunct_processes: out.defunct.clone(),
             processes_checked: if out.checked.is_empty() {

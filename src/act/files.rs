@@ -198,13 +198,22 @@ impl<'a> TaskFiles<'a> {
 
     /// The archives of `agent`'s logs present in the archive folder now (by the logs'
     /// conventional names): what an earlier pass archived counts in a later record.
-    pub(super) fn archives_of(&mut self, agent: &crate::observe::AgentView) -> Vec<PathBuf> {
+    /// `this_pass` (archives this pass just made, all in this archive folder) are not
+    /// looked up again: a lookup per log in a folder of 100,000 archives is what a
+    /// backlog's pass spent a tenth of its time on.
+    pub(super) fn archives_of(
+        &mut self,
+        agent: &crate::observe::AgentView,
+        this_pass: &[PathBuf],
+    ) -> Vec<PathBuf> {
         let logs = crate::workspace::agent_files(&self.view.task, &agent.id).logs;
         let Ok(archiver) = self.archiver() else {
             return Vec::new();
         };
         logs.iter()
-            .filter_map(|(_, log)| archiver.existing(log.file_name()?).ok().flatten())
+            .filter_map(|(_, log)| log.file_name())
+            .filter(|name| !this_pass.iter().any(|p| p.file_name() == Some(*name)))
+            .filter_map(|name| archiver.existing(name).ok().flatten())
             .collect()
     }
 
