@@ -1,5 +1,8 @@
 //! One round's snapshot of the world: registries, files, tmux and /proc, turned into `AgentFacts`.
 
+pub mod tail;
+pub mod tracked;
+
 use crate::decide::{AgentFacts, FileFact, FileState, SessionFact, StreamEnd};
 use crate::model::{AgentId, StatusClass, age, classify_status, parse_timestamp};
 use crate::procs::openfiles::{FileId, writers_of};
@@ -10,14 +13,10 @@ use crate::workspace::{AgentFiles, LogKind, TaskDir, agent_files, resolve_inside
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-/// How far back from the end of a stream log we look for its last line.
-const STREAM_TAIL_BYTES: u64 = 1 << 20;
-const SHORT_TAIL_BYTES: u64 = 64 << 10;
+use tail::{LastLine, STREAM_TAIL_CAP, last_line};
 
 /// One agent as seen this round.
 #[derive(Debug, Clone)]
@@ -94,29 +93,32 @@ fn time_field(entry: &Value, key: &str) -> Option<SystemTime> {
     str_field(entry, key).and_then(parse_timestamp)
 }
 
-/// How a stream log ends: with `{"type":"result", ...}` or not (missing counts as not).
+/// How a stream log ends: with `{"type":"result", ...}` or not (missing, not a regular
+/// file, or a last line longer than the cap counts as not).
 pub fn stream_end(path: &Path) -> StreamEnd {
-    let Ok(mut file) = fs::File::open(path) else {
+    let Some(file) = open_regular(path) else {
         return StreamEnd::NoResult;
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    // Most result lines fit in a small tail; a long one gets a second, larger read.
-    for tail_bytes in [SHORT_TAIL_BYTES, STREAM_TAIL_BYTES] {
-        let start = len.saturating_sub(tail_bytes);
-        let mut tail = Vec::new();
-        if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut tail).is_err() {
-            return StreamEnd::NoResult;
-        }
-        let trimmed = tail.trim_ascii_end();
-        let line_start = trimmed.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
-        let line = match line_start {
-            Some(i) => &trimmed[i..],
-            None if start == 0 => trimmed,
-            None => continue,
-        };
-        return result_line(line);
+    match last_line(&file, len, STREAM_TAIL_CAP) {
+        Ok(LastLine::Line(line)) => result_line(&line),
+        Ok(LastLine::Empty | LastLine::TooLong) | Err(_) => StreamEnd::NoResult,
     }
-    StreamEnd::NoResult
+}
+
+/// Opens an agent-written file for reading without following a symlink or blocking on a
+/// FIFO, and keeps it only if it is a regular file.
+fn open_regular(path: &Path) -> Option<fs::File> {
+    use rustix::fs::{Mode, OFlags, openat};
+    let fd = openat(
+        rustix::fs::CWD,
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let file = fs::File::from(fd);
+    file.metadata().ok()?.file_type().is_file().then_some(file)
 }
 
 fn result_line(line: &[u8]) -> StreamEnd {
@@ -126,38 +128,6 @@ fn result_line(line: &[u8]) -> StreamEnd {
         },
         _ => StreamEnd::NoResult,
     }
-}
-
-/// The agent's log files: the conventional ones plus `tracked_files` that stay inside the task.
-fn log_candidates(
-    task: &TaskDir,
-    entry: &Value,
-    files: &AgentFiles,
-    warnings: &mut Vec<String>,
-) -> Vec<(LogKind, PathBuf)> {
-    let mut logs = files.logs.clone();
-    if let Some(tracked) = entry.get("tracked_files").and_then(Value::as_object) {
-        for (key, kind) in [
-            ("log_file", LogKind::Stream),
-            ("progress_file", LogKind::Progress),
-            ("findings_file", LogKind::Findings),
-            ("deploy_log", LogKind::Deploy),
-        ] {
-            let Some(raw) = tracked.get(key).and_then(Value::as_str) else {
-                continue;
-            };
-            match resolve_inside(&task.dir, raw) {
-                Ok(path) if !logs.iter().any(|(_, p)| p == &path) => logs.push((kind, path)),
-                Ok(_) => {}
-                // Paths from another machine are common; only say so when it is local and outside.
-                Err(e) if Path::new(raw).exists() => {
-                    warnings.push(format!("tracked_files.{key}: {e}"));
-                }
-                Err(_) => {}
-            }
-        }
-    }
-    logs
 }
 
 /// Stats the logs that exist (regular files below no symlink), without judging them yet.
@@ -294,8 +264,15 @@ pub fn task_view(
         }
         let files = agent_files(task, &id);
         let mut warnings = Vec::new();
-        let candidates = log_candidates(task, &entry, &files, &mut warnings);
-        let logs = existing_logs(task, &candidates, &mut dir_ok, &mut warnings);
+        // tracked_files can only confirm the agent's own files: the files are always these.
+        warnings.extend(tracked::check(
+            id.as_str(),
+            &entry,
+            &task.task_id,
+            &task.dir,
+            &files,
+        ));
+        let logs = existing_logs(task, &files.logs, &mut dir_ok, &mut warnings);
         pending.push(PendingAgent(Pending {
             db_backed: backend == Backend::Sqlite,
             id,
@@ -471,4 +448,38 @@ pub fn refresh_logs(
     }
     view.facts.logs = facts;
     view.log_ids = ids;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ten_megabyte_result_line_is_a_normal_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a_stream.jsonl");
+        let mut text = String::from(
+            "{\"type\":\"assistant\"}\n{\"type\":\"result\",\"is_error\":false,\"result\":\"",
+        );
+        text.push_str(&"r".repeat(10 << 20));
+        text.push_str("\"}\n");
+        fs::write(&path, text).unwrap();
+        assert_eq!(stream_end(&path), StreamEnd::Result { is_error: false });
+    }
+
+    #[test]
+    fn a_fifo_a_symlink_or_a_folder_is_no_result_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert_eq!(stream_end(&fifo), StreamEnd::NoResult);
+        let target = dir.path().join("real");
+        fs::write(&target, "{\"type\":\"result\"}\n").unwrap();
+        assert_eq!(stream_end(&target), StreamEnd::Result { is_error: false });
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(stream_end(&link), StreamEnd::NoResult);
+        assert_eq!(stream_end(dir.path()), StreamEnd::NoResult);
+        assert_eq!(stream_end(Path::new("/dev/zero")), StreamEnd::NoResult);
+    }
 }
