@@ -57,6 +57,8 @@ struct Daemon {
     heartbeat: Heartbeat,
     /// The watchdog was withheld last tick (said once, not every tick).
     watchdog_withheld: bool,
+    /// Warnings about hostile or odd entries already logged: said once, not every pass.
+    warned: HashSet<String>,
 }
 
 pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
@@ -89,6 +91,7 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
             pending_config: None,
             heartbeat,
             watchdog_withheld: false,
+            warned: HashSet::new(),
         };
         daemon.main_loop(events_rx).await
     });
@@ -268,6 +271,7 @@ impl Daemon {
             reaper.config = config;
         }
         log_report(report, self.dry_run);
+        self.log_new_warnings(report);
         tracing::debug!(
             "pass over {} task(s) took {} ms",
             report.tasks.len(),
@@ -310,6 +314,38 @@ impl Daemon {
             tracing::info!("ready: {status}");
         } else {
             notify(&[NotifyState::Status(&status)]);
+        }
+    }
+
+    /// Task and agent warnings (a tracked_files entry ignored, a hostile id skipped) come
+    /// back every pass over the same registry; the log gets each once.
+    fn log_new_warnings(&mut self, report: &PassReport) {
+        const REMEMBERED: usize = 10_000;
+        if self.warned.len() > REMEMBERED {
+            self.warned.clear();
+        }
+        for task in &report.tasks {
+            let agent_warnings = task
+                .agents
+                .iter()
+                .flat_map(|a| a.warnings.iter().map(move |w| (Some(&a.id), w)));
+            for (agent, w) in task
+                .warnings
+                .iter()
+                .map(|w| (None, w))
+                .chain(agent_warnings)
+            {
+                let key = format!("{}\0{}", task.task_id, w);
+                if !self.warned.insert(key) {
+                    continue;
+                }
+                match agent {
+                    Some(id) => {
+                        tracing::warn!(agent_id = %id, task_id = %task.task_id, "{}/{id}: {w}", task.task_id)
+                    }
+                    None => tracing::warn!(task_id = %task.task_id, "{}: {w}", task.task_id),
+                }
+            }
         }
     }
 

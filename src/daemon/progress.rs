@@ -76,10 +76,10 @@ pub fn describe_stuck(last: &Beat, now: Instant) -> String {
     let running = now.saturating_duration_since(last.started);
     let quiet = now.saturating_duration_since(last.at);
     let applied = if last.tasks_total == 0 {
-        "still observing and stopping (no task applied yet)".to_string()
+        "no task finished yet".to_string()
     } else {
         format!(
-            "{} of {} task(s) applied",
+            "{} of {} task(s) finished",
             last.tasks_done, last.tasks_total
         )
     };
@@ -138,7 +138,7 @@ mod tests {
         hb.pass_started(t0);
         let text = describe_stuck(&hb.last(), t0 + Duration::from_secs(12));
         assert!(
-            text.contains("12.0s") && text.contains("no task applied"),
+            text.contains("12.0s") && text.contains("no task finished"),
             "{text}"
         );
         hb.task_done(4, 9, t0 + Duration::from_secs(2));
