@@ -374,12 +374,30 @@ fn symlinks_planted_at_the_daemons_own_names() {
             s.base().join(".daemon_health.tmp"),
             s.base().join(".daemon_health.tmp-reaper"),
             s.base().join("registry/GLOBAL_REGISTRY.json.reaper"),
-            s.base().join("registry/agent-reaper.lock"),
-            s.base().join("registry/.agent-reaper.lock"),
         ] {
             fs::create_dir_all(planted.parent().unwrap()).unwrap();
             symlink(&precious, &planted).unwrap();
         }
+        let text = pass(&s, form, |_| true);
+        decoy.assert_untouched(&format!("{form:?}\n{text}"));
+    }
+}
+
+/// A symlink at the per-base lock file under `<base>/registry/`: never opened through; the
+/// base is still cleaned (a planted name must not stop every cleanup of the base).
+#[test]
+fn a_symlink_planted_at_the_per_base_lock_file() {
+    for form in FORMS {
+        let s = Sandbox::new();
+        config(&s, "");
+        let decoy = Decoy::new(&s, VICTIM_TASK, &[]);
+        good_agent(&s);
+        fs::create_dir_all(s.base().join("registry")).unwrap();
+        symlink(
+            decoy.dir.join("precious.txt"),
+            s.base().join("registry/.agent-reaper.lock"),
+        )
+        .unwrap();
         let text = pass(&s, form, |_| true);
         decoy.assert_untouched(&format!("{form:?}\n{text}"));
     }
