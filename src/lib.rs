@@ -21,3 +21,8 @@ pub mod registry;
 pub mod report;
 pub mod watch;
 pub mod workspace;
+
+/// Unit tests find `../shared` (and skip without it) by the same rule as the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/shared.rs"]
+pub(crate) mod test_shared;

@@ -1,5 +1,8 @@
 //! The registry writer against the orchestrator's own locking discipline, in a real python3.
 
+#[path = "common/shared.rs"]
+mod shared;
+
 use agent_reaper::registry::{UpdateOptions, UpdateOutcome, read_registry, update_registry};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -36,10 +39,10 @@ for _ in range(rounds):
 fn python_and_rust_writers_interleave_without_losing_updates() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("AGENT_REGISTRY.json");
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
-        "../shared/fixtures/orchestrator-2025-10/.agent-workspace/\
-         TASK-20251018-213115-d9cfa244/AGENT_REGISTRY.json",
-    );
+    let Some(workspace) = shared::fixture_workspace() else {
+        return;
+    };
+    let fixture = workspace.join("TASK-20251018-213115-d9cfa244/AGENT_REGISTRY.json");
     let mut initial: Value = serde_json::from_slice(&std::fs::read(&fixture).unwrap()).unwrap();
     initial["py_count"] = 0.into();
     initial["rs_count"] = 0.into();

@@ -1,6 +1,8 @@
 //! Status transitions in the state DB: the rules' outcomes as rows, progress rows and progress lines.
 
 mod common_sqlite;
+#[path = "common/shared.rs"]
+mod shared;
 
 use agent_reaper::record::Applied;
 use agent_reaper::registry::sqlite::{
@@ -167,7 +169,10 @@ fn zombie_stale_and_completed_transitions_write_rows_and_progress() {
 
 #[test]
 fn our_progress_line_has_the_orchestrators_key_set_and_spacing() {
-    let files = fixture_progress_files();
+    let Some(workspace) = shared::fixture_workspace() else {
+        return;
+    };
+    let files = fixture_progress_files(&workspace);
     assert!(!files.is_empty(), "fixture progress files not found");
     let ours = progress_line(
         NOW,

@@ -699,8 +699,9 @@ mod tests {
 
     #[test]
     fn fixture_registries_survive_an_update_round_trip() {
-        let base = &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures/orchestrator-2025-10/.agent-workspace");
+        let Some(base) = crate::test_shared::fixture_workspace() else {
+            return;
+        };
         let src = base.join("TASK-20251017-215604-df6a3cbd/AGENT_REGISTRY.json");
         let original = std::fs::read_to_string(src).unwrap();
         let dir = tempfile::tempdir().unwrap();

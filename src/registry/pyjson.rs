@@ -183,7 +183,7 @@ mod tests {
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
-    fn fixture_registries() -> Vec<std::path::PathBuf> {
+    fn fixture_registries() -> Option<Vec<std::path::PathBuf>> {
         fn walk(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
             for entry in std::fs::read_dir(dir).unwrap() {
                 let path = entry.unwrap().path();
@@ -197,17 +197,18 @@ mod tests {
                 }
             }
         }
-        let base = &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures/orchestrator-2025-10/.agent-workspace");
+        let base = crate::test_shared::fixture_workspace()?;
         let mut found = Vec::new();
-        walk(base, &mut found);
+        walk(&base, &mut found);
         found.sort();
-        found
+        Some(found)
     }
 
     #[test]
     fn fixture_registries_round_trip_byte_identical() {
-        let files = fixture_registries();
+        let Some(files) = fixture_registries() else {
+            return;
+        };
         assert!(files.len() >= 6, "fixtures missing: {files:?}");
         for file in files {
             let bytes = std::fs::read(&file).unwrap();

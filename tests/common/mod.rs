@@ -11,16 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod shared;
+#[allow(unused_imports)]
+pub use shared::{fixture_workspace, fixtures_dir, orchestrator_src, shared_or_skip};
+
 pub const FIXTURE_TASK_ZOMBIE: &str = "TASK-20251017-215604-df6a3cbd";
 pub const FIXTURE_ZOMBIE_ID: &str = "jsonl_architecture_planner-215640-c3f469";
-
-/// `../shared/fixtures` next to the repository (CI lays shared/ beside the clone).
-pub fn fixtures_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AGENT_REAPER_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
-}
 
 /// Copies a tree, making everything writable (shared/ is read-only).
 pub fn copy_tree(from: &Path, to: &Path) {
@@ -65,14 +61,13 @@ impl Sandbox {
         s
     }
 
-    /// A sandbox whose workspace is a copy of the October 2025 orchestrator fixture.
-    pub fn with_fixture() -> Self {
+    /// A sandbox whose workspace is a copy of the October 2025 orchestrator fixture; `None`
+    /// (after the skip line) when the fixture is absent.
+    pub fn with_fixture() -> Option<Self> {
+        let fixture = fixture_workspace()?;
         let s = Sandbox::new();
-        copy_tree(
-            &fixtures_dir().join("orchestrator-2025-10/.agent-workspace"),
-            &s.base(),
-        );
-        s
+        copy_tree(&fixture, &s.base());
+        Some(s)
     }
 
     pub fn base(&self) -> PathBuf {

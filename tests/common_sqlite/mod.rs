@@ -253,12 +253,8 @@ pub fn dump(db: &Path) -> Vec<String> {
     out
 }
 
-/// The real orchestrator's progress files (2025-10 fixture).
-pub fn fixture_progress_files() -> Vec<PathBuf> {
-    let root = std::env::var_os("AGENT_REAPER_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-        .join("orchestrator-2025-10/.agent-workspace");
+/// The real orchestrator's progress files under `root` (the 2025-10 fixture workspace).
+pub fn fixture_progress_files(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for task in fs::read_dir(root).unwrap() {
         let progress = task.unwrap().path().join("progress");
