@@ -48,11 +48,7 @@ pub fn db_task_dirs(base: &Path, rows: &BTreeMap<String, Vec<Value>>) -> Vec<Tas
         .filter(|(id, _)| {
             std::fs::symlink_metadata(base.join(id)).is_ok_and(|m| m.file_type().is_dir())
         })
-        .map(|(id, _)| TaskDir {
-            base: base.to_path_buf(),
-            dir: base.join(id),
-            task_id: id.clone(),
-        })
+        .map(|(id, _)| TaskDir::new(base, id))
         .collect()
 }
 

@@ -1,9 +1,10 @@
 //! Workspace layout: finding task folders, and joining untrusted names into paths that stay inside.
 
+use crate::fs;
 use crate::model::AgentId;
-use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 pub const TASK_REGISTRY: &str = "AGENT_REGISTRY.json";
 pub const GLOBAL_REGISTRY: &str = "registry/GLOBAL_REGISTRY.json";
@@ -23,16 +24,89 @@ pub enum WorkspaceError {
 }
 
 /// One task folder: where its registry lies (never its `workspace` field).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `dir` is for display and reports only; every file operation goes through
+/// [`TaskDir::handle`], a directory handle opened beneath the base handle without following
+/// a symlink. The first open pins the folder's identity (dev, ino): a folder swapped in
+/// under the same name later is refused, not used. Handles are shared while in use and
+/// closed when the last user drops them, so 20,000 tasks do not hold 20,000 descriptors.
+#[derive(Debug, Clone)]
 pub struct TaskDir {
     pub base: PathBuf,
     pub dir: PathBuf,
     pub task_id: String,
+    handle: Arc<TaskHandle>,
 }
 
+#[derive(Debug, Default)]
+struct TaskHandle {
+    /// The base, opened once per discovery (opened on demand for tasks found elsewhere).
+    base: OnceLock<Arc<fs::Dir>>,
+    /// (dev, ino) of the task folder when first opened.
+    pinned: OnceLock<(u64, u64)>,
+    /// The open handle while someone uses it.
+    open: Mutex<Weak<fs::Dir>>,
+}
+
+impl PartialEq for TaskDir {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.base, &self.dir, &self.task_id) == (&other.base, &other.dir, &other.task_id)
+    }
+}
+
+impl Eq for TaskDir {}
+
 impl TaskDir {
+    /// A task folder `<base>/<task_id>` whose base handle is opened on first use.
+    pub fn new(base: &Path, task_id: &str) -> TaskDir {
+        TaskDir {
+            base: base.to_path_buf(),
+            dir: base.join(task_id),
+            task_id: task_id.to_string(),
+            handle: Arc::default(),
+        }
+    }
+
+    /// A task folder below an open base handle.
+    pub fn beneath(base_dir: &Arc<fs::Dir>, task_id: &str) -> TaskDir {
+        let task = TaskDir::new(base_dir.path(), task_id);
+        let _ = task.handle.base.set(Arc::clone(base_dir));
+        task
+    }
+
+    /// Display path of the task registry.
     pub fn registry(&self) -> PathBuf {
         self.dir.join(TASK_REGISTRY)
+    }
+
+    /// The base folder's handle.
+    pub fn base_handle(&self) -> Result<Arc<fs::Dir>, fs::FsError> {
+        if let Some(b) = self.handle.base.get() {
+            return Ok(Arc::clone(b));
+        }
+        let opened = Arc::new(fs::Dir::open_base(&self.base)?);
+        Ok(Arc::clone(self.handle.base.get_or_init(|| opened)))
+    }
+
+    /// The task folder's handle: `O_DIRECTORY|O_NOFOLLOW` beneath the base, the same
+    /// folder every time (identity pinned by the first open).
+    pub fn handle(&self) -> Result<Arc<fs::Dir>, fs::FsError> {
+        let mut open = self.handle.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = open.upgrade() {
+            return Ok(dir);
+        }
+        let dir = self.base_handle()?.open_dir(&self.task_id)?;
+        let id = dir.identity()?;
+        let pinned = *self.handle.pinned.get_or_init(|| id);
+        if pinned != id {
+            return Err(fs::FsError::Changed {
+                path: self.dir.clone(),
+                what: "the task folder was replaced by another folder".into(),
+            });
+        }
+        let dir = Arc::new(dir);
+        *open = Arc::downgrade(&dir);
+        Ok(dir)
     }
 }
 
@@ -43,30 +117,32 @@ fn is_task_dir_name(name: &str) -> bool {
 
 /// Task folders under `base`, sorted: real directories (not symlinks) named `TASK-*`
 /// that hold a regular-file (or, left for the reader to refuse, any) `AGENT_REGISTRY.json`.
+/// One `readdir` of the base and one `fstatat` per task folder.
 pub fn discover_tasks(base: &Path) -> Result<Vec<TaskDir>, WorkspaceError> {
-    let entries = fs::read_dir(base).map_err(|source| WorkspaceError::ListBase {
+    let list_err = |source: io::Error| WorkspaceError::ListBase {
         path: base.to_path_buf(),
         source,
-    })?;
+    };
+    let base_dir = Arc::new(fs::Dir::open_base(base).map_err(|e| list_err(e.into()))?);
+    let entries = base_dir.list().map_err(|e| list_err(e.into()))?;
     let mut tasks = Vec::new();
-    for entry in entries.flatten() {
-        let Ok(name) = entry.file_name().into_string() else {
+    for entry in entries {
+        let Some(name) = entry.name.to_str() else {
             continue;
         };
-        if !is_task_dir_name(&name) {
+        if !is_task_dir_name(name) {
             continue;
         }
-        // file_type() does not follow symlinks: a symlinked task folder is not ours.
-        if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            continue;
-        }
-        let dir = entry.path();
-        if fs::symlink_metadata(dir.join(TASK_REGISTRY)).is_ok() {
-            tasks.push(TaskDir {
-                base: base.to_path_buf(),
-                dir,
-                task_id: name,
-            });
+        // readdir's type does not follow symlinks: a symlinked task folder is not ours.
+        let is_dir = match entry.kind {
+            fs::EntryKind::Dir => true,
+            fs::EntryKind::Unknown => base_dir
+                .metadata(name)
+                .is_ok_and(|m| m.is_some_and(|m| m.kind == fs::EntryKind::Dir)),
+            _ => false,
+        };
+        if is_dir && base_dir.probe_exists(Path::new(name).join(TASK_REGISTRY)) {
+            tasks.push(TaskDir::beneath(&base_dir, name));
         }
     }
     tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
@@ -162,7 +238,7 @@ pub fn resolve_inside(task_dir: &Path, raw: &str) -> Result<PathBuf, WorkspaceEr
     let mut walk = task.clone();
     for part in rel.components() {
         walk.push(part.as_os_str());
-        match fs::symlink_metadata(&walk) {
+        match std::fs::symlink_metadata(&walk) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 return Err(WorkspaceError::ThroughSymlink { path: walk });
             }
@@ -176,6 +252,7 @@ pub fn resolve_inside(task_dir: &Path, raw: &str) -> Result<PathBuf, WorkspaceEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn discovery_takes_real_task_folders_only() {
@@ -194,6 +271,29 @@ mod tests {
             .map(|t| t.task_id)
             .collect();
         assert_eq!(ids, ["TASK-1", "TASK-3"]);
+    }
+
+    #[test]
+    fn a_task_handle_is_the_folder_first_opened_never_a_replacement() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base");
+        fs::create_dir_all(base.join("TASK-1")).unwrap();
+        fs::write(base.join("TASK-1").join(TASK_REGISTRY), "{}").unwrap();
+        let task = discover_tasks(&base).unwrap().remove(0);
+        let held = task.handle().unwrap();
+        // While in use, one shared handle.
+        assert!(Arc::ptr_eq(&held, &task.handle().unwrap()));
+        drop(held);
+        // Replaced by another folder: refused (the pinned identity differs).
+        fs::rename(base.join("TASK-1"), base.join("old")).unwrap();
+        fs::create_dir(base.join("TASK-1")).unwrap();
+        let err = task.handle().unwrap_err();
+        assert!(matches!(err, crate::fs::FsError::Changed { .. }), "{err}");
+        // Replaced by a symlink to the original: refused too.
+        fs::remove_dir(base.join("TASK-1")).unwrap();
+        std::os::unix::fs::symlink(base.join("old"), base.join("TASK-1")).unwrap();
+        let err = task.handle().unwrap_err();
+        assert!(matches!(err, crate::fs::FsError::Symlink { .. }), "{err}");
     }
 
     #[test]

@@ -1,0 +1,154 @@
+//! Opening agent-writable files: regular files only, hard links refused where it matters.
+
+use super::dir::{Dir, EntryKind};
+use super::error::FsError;
+use rustix::fs::{self as rfs, Mode, OFlags, Stat};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Which file a handle is, and what it looked like when checked: the crate's one file
+/// identity (settling, copy verification, unlink-if-unchanged, journal records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// (seconds, nanoseconds) since the epoch.
+    pub mtime: (i64, i64),
+}
+
+impl FileId {
+    // The field types differ between architectures; the casts are no-ops on x86_64 only.
+    #[allow(clippy::unnecessary_cast)]
+    pub fn of_stat(st: &Stat) -> FileId {
+        FileId {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+        }
+    }
+
+    pub fn of_metadata(m: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+
+    /// The same inode (whatever its content now).
+    pub fn same_file(&self, other: &FileId) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+}
+
+/// Why a file is opened; decides the access mode and whether hard links are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Read only (registries, a stream log's tail): hard links allowed, nothing changes.
+    Read,
+    /// Read a file that will then be moved, copied-then-deleted or deleted: `st_nlink == 1`.
+    ReadToMove,
+    /// Append to an existing file (a late write into its archive): `st_nlink == 1`.
+    Append,
+    /// Append, creating the file (mode 0644) when missing (the terminal progress line).
+    AppendOrCreate,
+    /// Read and write in place (a registry): `st_nlink == 1`.
+    ReadWrite,
+}
+
+impl Purpose {
+    fn flags(self) -> OFlags {
+        match self {
+            Purpose::Read | Purpose::ReadToMove => OFlags::RDONLY,
+            Purpose::Append => OFlags::WRONLY | OFlags::APPEND,
+            Purpose::AppendOrCreate => OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+            Purpose::ReadWrite => OFlags::RDWR,
+        }
+    }
+
+    fn single_link(self) -> bool {
+        !matches!(self, Purpose::Read)
+    }
+}
+
+/// An open regular file below a workspace base, with what it was when opened.
+#[derive(Debug)]
+pub struct RegularFile {
+    pub file: File,
+    /// At open time; call [`RegularFile::current`] for a fresh one.
+    pub id: FileId,
+    /// For messages only.
+    pub path: PathBuf,
+}
+
+impl RegularFile {
+    /// A fresh `fstat` of the open file.
+    pub fn current(&self) -> Result<FileId, FsError> {
+        let st = rfs::fstat(&self.file).map_err(|e| FsError::io(&self.path, e))?;
+        Ok(FileId::of_stat(&st))
+    }
+
+    pub fn sync(&self) -> Result<(), FsError> {
+        self.file.sync_all().map_err(|e| FsError::io(&self.path, e))
+    }
+}
+
+/// Every open of an agent-writable file: never follows, never blocks, never adopts a tty.
+const OPEN_FLAGS: OFlags = OFlags::NOFOLLOW
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY)
+    .union(OFlags::CLOEXEC);
+
+impl Dir {
+    /// Opens the regular file `rel` beneath this folder for `purpose`. Refused: symlinks
+    /// (final or on the way), FIFOs, sockets, devices, folders; for every purpose but
+    /// `Read`, a file with more than one hard link.
+    pub fn open_file(
+        &self,
+        rel: impl AsRef<Path>,
+        purpose: Purpose,
+    ) -> Result<RegularFile, FsError> {
+        let rel = rel.as_ref();
+        let fd = self.open_beneath(
+            rel,
+            purpose.flags() | OPEN_FLAGS,
+            Mode::from_raw_mode(0o644),
+        )?;
+        checked(File::from(fd), self.display(rel), purpose)
+    }
+
+    /// Creates `name` (one plain name) with `O_CREAT|O_EXCL|O_NOFOLLOW`, open read-write:
+    /// fails with [`FsError::Exists`] if anything, even a dangling symlink, has the name.
+    pub fn create_new(&self, name: impl AsRef<Path>, mode: u32) -> Result<RegularFile, FsError> {
+        let name = self.single_name(name.as_ref())?;
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OPEN_FLAGS;
+        let fd = self.open_beneath(Path::new(name), flags, Mode::from_raw_mode(mode as _))?;
+        checked(File::from(fd), self.display(name), Purpose::ReadWrite)
+    }
+}
+
+fn checked(file: File, path: PathBuf, purpose: Purpose) -> Result<RegularFile, FsError> {
+    let st = rfs::fstat(&file).map_err(|e| FsError::io(&path, e))?;
+    let kind = EntryKind::of_stat(&st);
+    if kind != EntryKind::File {
+        return Err(FsError::NotRegular {
+            path,
+            kind: kind.describe(),
+        });
+    }
+    if purpose.single_link() && st.st_nlink != 1 {
+        return Err(FsError::HardLinked {
+            path,
+            links: st.st_nlink as u64,
+        });
+    }
+    Ok(RegularFile {
+        file,
+        id: FileId::of_stat(&st),
+        path,
+    })
+}

@@ -1,0 +1,182 @@
+//! Renames, unlinks and creations between directory handles: never replacing what is not
+//! ours, never deleting a file swapped in after the check.
+
+use super::dir::{Dir, EntryKind};
+use super::error::FsError;
+use super::file::FileId;
+use rustix::fs::{self as rfs, AtFlags, RenameFlags};
+use rustix::io::Errno;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Moves `from/from_name` to `to/to_name` without replacing anything there
+/// (`renameat2(RENAME_NOREPLACE)`; where the filesystem rejects the flag, `link` then
+/// `unlink`, which refuses to replace too). Names are single components.
+/// Errors: [`FsError::Exists`] when the target is taken; `is_cross_device()` when the two
+/// folders are on different filesystems (the caller copies instead).
+pub fn rename_noreplace(
+    from: &Dir,
+    from_name: impl AsRef<Path>,
+    to: &Dir,
+    to_name: impl AsRef<Path>,
+) -> Result<(), FsError> {
+    let src = from.single_name(from_name.as_ref())?;
+    let dst = to.single_name(to_name.as_ref())?;
+    let res = match rfs::renameat_with(from, src, to, dst, RenameFlags::NOREPLACE) {
+        Err(Errno::INVAL | Errno::NOSYS) => link_then_unlink(from, src, to, dst),
+        other => other,
+    };
+    res.map_err(|e| match e {
+        Errno::EXIST => FsError::Exists {
+            path: to.display(dst),
+        },
+        e => FsError::io(from.display(src), e),
+    })
+}
+
+/// Not atomic, but a writer that opens the source in between opens the same inode.
+fn link_then_unlink(
+    from: &Dir,
+    src: &std::ffi::OsStr,
+    to: &Dir,
+    dst: &std::ffi::OsStr,
+) -> rustix::io::Result<()> {
+    rfs::linkat(from, src, to, dst, AtFlags::empty())?;
+    rfs::unlinkat(from, src, AtFlags::empty()).inspect_err(|_| {
+        // Two names for one file would be handled twice later; undo the link.
+        let _ = rfs::unlinkat(to, dst, AtFlags::empty());
+    })
+}
+
+/// How [`unlink_if_same`] judges that the file at the name is still the one checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Same inode (a prompt file: its content does not matter).
+    Inode,
+    /// Same inode, size and mtime (the source of a verified copy).
+    Unchanged,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnlinkOutcome {
+    Unlinked,
+    /// Nothing had the name any more.
+    Gone,
+}
+
+/// Unlinks `dir/name` only if it is still the file `expected` describes. A file swapped in
+/// after the caller's check is never deleted: the name is first renamed to a fresh private
+/// name (atomic), that file is checked, and either unlinked or renamed back.
+/// Not ours: [`FsError::Changed`], the file left at its name.
+pub fn unlink_if_same(
+    dir: &Dir,
+    name: impl AsRef<Path>,
+    expected: &FileId,
+    compare: Compare,
+) -> Result<UnlinkOutcome, FsError> {
+    let name = dir.single_name(name.as_ref())?;
+    let private = loop {
+        let candidate = fresh_name(name, "del");
+        match rfs::renameat_with(dir, name, dir, &candidate, RenameFlags::NOREPLACE) {
+            Ok(()) => break candidate,
+            Err(Errno::NOENT) => return Ok(UnlinkOutcome::Gone),
+            // Someone planted our fresh name: take another.
+            Err(Errno::EXIST) => continue,
+            // No RENAME_NOREPLACE here: fresh names are unique, a plain rename is safe.
+            Err(Errno::INVAL | Errno::NOSYS) => match rfs::renameat(dir, name, dir, &candidate) {
+                Ok(()) => break candidate,
+                Err(Errno::NOENT) => return Ok(UnlinkOutcome::Gone),
+                Err(e) => return Err(FsError::io(dir.display(name), e)),
+            },
+            Err(e) => return Err(FsError::io(dir.display(name), e)),
+        }
+    };
+    let now = rfs::statat(dir, &private, AtFlags::SYMLINK_NOFOLLOW);
+    let ours = match &now {
+        Ok(st) => {
+            let id = FileId::of_stat(st);
+            EntryKind::of_stat(st) == EntryKind::File
+                && match compare {
+                    Compare::Inode => id.same_file(expected),
+                    Compare::Unchanged => id == *expected,
+                }
+        }
+        Err(_) => false,
+    };
+    if ours {
+        rfs::unlinkat(dir, &private, AtFlags::empty())
+            .map_err(|e| FsError::io(dir.display(&private), e))?;
+        return Ok(UnlinkOutcome::Unlinked);
+    }
+    let what = match rfs::renameat_with(dir, &private, dir, name, RenameFlags::NOREPLACE) {
+        Ok(()) => "another file has the name now".to_string(),
+        Err(e) => format!(
+            "another file has the name now, and it could not be put back ({}): it is at {}",
+            std::io::Error::from(e),
+            dir.display(&private).display()
+        ),
+    };
+    Err(FsError::Changed {
+        path: dir.display(name),
+        what,
+    })
+}
+
+/// Writes `bytes` as `dir/name`, atomically and durably: a fresh name created
+/// `O_CREAT|O_EXCL|O_NOFOLLOW` (a symlink planted anywhere is never written through),
+/// written, fsynced, renamed over `name` (which replaces a symlink there, never its
+/// target), then the folder fsynced. For every file the daemon creates in a workspace.
+pub fn write_new_atomically(
+    dir: &Dir,
+    name: impl AsRef<Path>,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), FsError> {
+    let name = dir.single_name(name.as_ref())?;
+    let (tmp, mut file) = loop {
+        let candidate = fresh_name(name, "tmp");
+        match dir.create_new(&candidate, mode) {
+            Ok(f) => break (candidate, f),
+            Err(FsError::Exists { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let written = file
+        .file
+        .write_all(bytes)
+        .and_then(|()| file.file.sync_all())
+        .map_err(|e| FsError::io(dir.display(&tmp), e))
+        .and_then(|()| {
+            rfs::renameat(dir, &tmp, dir, name).map_err(|e| FsError::io(dir.display(name), e))
+        });
+    if let Err(e) = written {
+        let _ = rfs::unlinkat(dir, &tmp, AtFlags::empty());
+        return Err(e);
+    }
+    dir.sync()
+}
+
+/// fsync of a folder handle.
+pub fn sync_dir(dir: &Dir) -> Result<(), FsError> {
+    dir.sync()
+}
+
+/// `.<name>.agent-reaper-<what>.<pid>.<n>`: unique within this process, and never a name
+/// the orchestrator uses (hidden, and no `.json`/`.jsonl` ending).
+fn fresh_name(name: &std::ffi::OsStr, what: &str) -> OsString {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut s = OsString::from(".");
+    s.push(name);
+    s.push(format!(
+        ".agent-reaper-{what}.{}.{n}.{nanos}",
+        std::process::id()
+    ));
+    s
+}
