@@ -106,11 +106,7 @@ mod tests {
     const TASK: &str = "TASK-20261127-120000-0000aaaa";
 
     fn setup() -> (TaskDir, AgentFiles) {
-        let task = TaskDir {
-            base: "/ws".into(),
-            dir: format!("/ws/{TASK}").into(),
-            task_id: TASK.into(),
-        };
+        let task = TaskDir::new(Path::new("/ws"), TASK);
         let files = agent_files(&task, &AgentId::parse(ID).unwrap());
         (task, files)
     }
