@@ -212,14 +212,21 @@ fn progress_folder_symlinked_out_on_an_sqlite_task() {
 // ---------------------------------------------------------------- folders swapped during
 
 /// A finished agent whose session ignores SIGTERM (the trap writes `marker`): the pass
-/// waits on it between SIGTERM and SIGKILL, long enough to swap folders under it.
+/// waits on it between SIGTERM and SIGKILL, long enough to swap folders under it. Returns
+/// once the trap is in place (a SIGTERM before that would simply end it).
 fn stubborn_agent(s: &Sandbox, id: &str, marker: &Path) {
+    let ready = marker.with_extension("ready");
     s.start_session(
         &format!("agent_{id}"),
         &format!(
-            "bash -c 'trap \"echo term >> {}\" TERM; while :; do sleep 0.05; done'",
-            marker.display()
+            "bash -c 'trap \"echo term >> {}\" TERM; echo ready > {}; while :; do sleep 0.05; done'",
+            marker.display(),
+            ready.display()
         ),
+    );
+    assert!(
+        wait_until(DEADLINE, || ready.exists()),
+        "the stubborn agent never started"
     );
 }
 
