@@ -1,10 +1,8 @@
 //! Carrying out decisions: stopping agents, archiving logs, deleting prompts, writing registries.
 
-use crate::archive::{Archiver, latest_archive_of, sync_dirs};
 use crate::config::Config;
 use crate::decide::{Action, Decision, SessionFact};
 use crate::journal::Journal;
-use crate::late::{AppendOutcome, append_late_write};
 use crate::model::format_timestamp;
 use crate::observe::TaskView;
 use crate::pass::OrphanReport;
@@ -20,6 +18,8 @@ use std::time::SystemTime;
 
 /// Concurrent `tmux kill-session` calls at most.
 const KILL_THREADS: usize = 8;
+
+mod files;
 
 /// What happened to one agent this pass.
 #[derive(Debug, Clone)]
@@ -226,13 +226,6 @@ pub fn stop_orphans(
     }
 }
 
-fn archive_dir(config: &Config, view: &TaskView) -> PathBuf {
-    match &config.archive_dir {
-        Some(dir) => dir.join(&view.task.task_id),
-        None => view.task.dir.join("archive"),
-    }
-}
-
 /// Archives and deletes files, then records everything in the task registry under its lock.
 /// Returns whether the registry was written.
 pub fn apply_task(
@@ -246,71 +239,19 @@ pub fn apply_task(
 ) -> Result<bool, String> {
     // DB-backed tasks had their transitions written before (one transaction per base).
     let db_backed = view.backend == crate::observe::Backend::Sqlite;
-    let archive_to = archive_dir(config, view);
-    let mut archiver = Archiver::new(&archive_to);
+    let mut files = files::TaskFiles::new(view, config);
     let stamp = format_timestamp(now);
     let mut changes = Vec::new();
     let mut change_of = Vec::new();
-    let mut touched: Vec<PathBuf> = Vec::new();
     for (a, (agent, decision)) in view.agents.iter().zip(decisions).enumerate() {
         let out = &mut outcomes[a];
         let mut set_status = None;
         let mut record = false;
         for action in &decision.actions {
             match action {
-                // A log that reappeared after its agent was cleaned up holds late lines:
-                // they go to the end of the archive, not to a second file.
-                Action::Archive { path }
-                    if let Some(journal) = journal
-                        && agent.facts.cleanup_recorded
-                        && let Some(target) = latest_archive_of(
-                            &archive_to,
-                            path.file_name().unwrap_or_default(),
-                        ) =>
-                {
-                    let mut journal = journal.lock().expect("journal lock");
-                    match append_late_write(path, &target, &mut journal) {
-                        Ok(AppendOutcome::Appended { bytes, rescued }) => {
-                            if let Some(parent) = path.parent() {
-                                touched.push(parent.to_path_buf());
-                            }
-                            out.done.push(format!(
-                                "appended {} late byte(s) of {} to {}",
-                                bytes + rescued,
-                                in_task(view, path),
-                                in_task(view, &target)
-                            ));
-                            out.archived.push(target);
-                        }
-                        Ok(AppendOutcome::Changed) => out.done.push(format!(
-                            "{} changed while being appended; retried once it settles",
-                            in_task(view, path)
-                        )),
-                        Err(e) => out.errors.push(e.to_string()),
-                    }
-                }
-                Action::Archive { path } => match archive_journaled(&mut archiver, path, journal) {
-                    Ok(done) => {
-                        if let Some(parent) = path.parent() {
-                            touched.push(parent.to_path_buf());
-                        }
-                        out.done.push(format!(
-                            "archived {} -> {}",
-                            in_task(view, path),
-                            in_task(view, done.path())
-                        ));
-                        out.archived.push(done.path().to_path_buf());
-                    }
-                    Err(e) => out.errors.push(e.to_string()),
-                },
-                Action::DeletePrompt { path } => match std::fs::remove_file(path) {
-                    Ok(()) => {
-                        out.prompt_deleted = true;
-                        out.done.push(format!("deleted {}", in_task(view, path)));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => out.errors.push(format!("{}: {e}", path.display())),
-                },
+                // One archive per log: a log whose archive exists is appended to it.
+                Action::Archive { path } => files.archive(path, journal, out),
+                Action::DeletePrompt { path } => files.delete_prompt(path, out),
                 Action::SetStatus {
                     status,
                     termination_reason,
@@ -345,10 +286,7 @@ pub fn apply_task(
         change_of.push(a);
     }
     // The moves are made durable before the registry says they happened.
-    if !touched.is_empty() {
-        touched.push(archive_to.clone());
-        sync_dirs(touched.iter().map(PathBuf::as_path));
-    }
+    files.sync();
     if db_backed {
         // The DB holds no cleanup record: what is left on disk is the record.
         for (a, decision) in decisions.iter().enumerate() {
@@ -399,57 +337,6 @@ pub fn apply_task(
     }
 }
 
-/// Archives `path`; a copy to another filesystem is journaled first, so a crash between
-/// its rename and the unlink of the original is finished (not duplicated) at restart.
-fn archive_journaled(
-    archiver: &mut Archiver,
-    path: &Path,
-    journal: Option<&Mutex<Journal>>,
-) -> Result<crate::archive::Archived, crate::archive::ArchiveError> {
-    let step = journal
-        .filter(|_| archiver.crosses_filesystems(path))
-        .and_then(|j| {
-            let dest = archiver.next_name(path)?;
-            let mut partial = dest.clone().into_os_string();
-            partial.push(".partial");
-            let src_len = std::fs::symlink_metadata(path).ok()?.len();
-            let step = crate::journal::Step::Copy {
-                src: path.to_path_buf(),
-                partial: PathBuf::from(partial),
-                dest,
-                src_len,
-            };
-            let seq = j.lock().expect("journal lock").begin(&[step]);
-            match seq {
-                Ok(seqs) => Some((j, seqs)),
-                Err(e) => {
-                    tracing::warn!("journal: {e}; copying {} unjournaled", path.display());
-                    None
-                }
-            }
-        });
-    let result = archiver.archive(path);
-    if let Some((j, seqs)) = step {
-        let mut j = j.lock().expect("journal lock");
-        let recorded = match &result {
-            Ok(_) => j.finish(&seqs),
-            Err(_) => j.undo(&seqs),
-        };
-        if let Err(e) = recorded {
-            tracing::warn!("journal: {e}");
-        }
-    }
-    result
-}
-
-/// A path as the user reads it: relative to the task folder when inside it.
-fn in_task(view: &TaskView, path: &Path) -> String {
-    path.strip_prefix(&view.task.dir)
-        .unwrap_or(path)
-        .display()
-        .to_string()
-}
-
 fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -463,8 +350,13 @@ pub fn update_global(
     opts: &UpdateOptions,
     now: SystemTime,
 ) -> Result<bool, String> {
-    if std::fs::symlink_metadata(path).is_err() {
-        return Ok(false);
+    // `<base>/registry/` is reached beneath the base, never through a symlink.
+    let exists = crate::fs::open_parent_below(path, 2).and_then(|(dir, name)| dir.exists(name));
+    match exists {
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(e.to_string()),
     }
     let stamp = format_timestamp(now);
     let changes: Vec<GlobalChange> = views

@@ -198,7 +198,10 @@ pub fn run(cli: Cli) -> Result<()> {
             let state = crate::instance::state_dir(&config)?;
             let _lock = crate::instance::InstanceLock::acquire(&state)?;
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
-            reaper.journal = Some(crate::instance::open_journal(&state)?);
+            reaper.journal = Some(crate::instance::open_journal(
+                &state,
+                config.trusted_roots(),
+            )?);
             reaper.progress = progress_printer();
             let report = reaper.run(Mode::Execute {
                 wait_for_settle: true,

@@ -126,6 +126,16 @@ enum TermGrace {
 }
 
 impl Config {
+    /// The folders the daemon trusts as given (opened by path): the workspace bases and
+    /// `archive_dir`. Everything below them is reached through `crate::fs` handles.
+    pub fn trusted_roots(&self) -> Vec<PathBuf> {
+        self.workspace_bases
+            .iter()
+            .chain(self.archive_dir.as_ref())
+            .cloned()
+            .collect()
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

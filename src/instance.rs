@@ -71,10 +71,16 @@ impl InstanceLock {
     }
 }
 
-/// Opens the journal in `state_dir` and finishes or undoes what a crash left in it.
-pub fn open_journal(state_dir: &Path) -> Result<std::sync::Mutex<crate::journal::Journal>> {
+/// Opens the journal in `state_dir` and finishes or undoes what a crash left in it. The
+/// recorded paths are reopened beneath `roots` (the configured workspace bases and
+/// archive folder: [`crate::config::Config::trusted_roots`]), never through a symlink.
+pub fn open_journal(
+    state_dir: &Path,
+    roots: Vec<std::path::PathBuf>,
+) -> Result<std::sync::Mutex<crate::journal::Journal>> {
     let (mut journal, pending) = crate::journal::Journal::open(state_dir)
         .with_context(|| format!("opening the journal in {}", state_dir.display()))?;
+    journal.set_roots(roots);
     for recovered in crate::journal::recover(&mut journal, pending) {
         match &recovered.outcome {
             Ok(action) => tracing::info!(

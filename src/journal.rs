@@ -118,6 +118,8 @@ pub struct Journal {
     next_seq: u64,
     pending: BTreeMap<u64, Pending>,
     syncs: u64,
+    /// Trusted folders (workspace bases, `archive_dir`) the recorded paths lie below.
+    roots: Vec<PathBuf>,
 }
 
 impl Journal {
@@ -149,6 +151,7 @@ impl Journal {
             next_seq: 1,
             pending: BTreeMap::new(),
             syncs: 0,
+            roots: Vec::new(),
         };
         let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         if complete < data.len() {
@@ -183,6 +186,23 @@ impl Journal {
         }
         let pending = j.pending.values().cloned().collect();
         Ok((j, pending))
+    }
+
+    /// The trusted folders (workspace bases, `archive_dir`) below which recorded paths are
+    /// reopened at recovery: each path is resolved beneath the longest root it starts
+    /// with, no symlink followed below it. Set before [`recover`]. Without roots (tests),
+    /// a recorded path's parent folder is trusted as it is.
+    pub fn set_roots(&mut self, roots: Vec<PathBuf>) {
+        self.roots = roots;
+    }
+
+    /// The folder holding the recorded `path` (opened beneath its root) and its name.
+    /// A path below none of the roots is refused.
+    pub fn locate(
+        &self,
+        path: &Path,
+    ) -> Result<(crate::fs::Dir, std::ffi::OsString), crate::fs::FsError> {
+        crate::fs::open_parent_within(path, &self.roots)
     }
 
     /// Records the start of `steps` (all in one write and one fsync) and returns their
@@ -414,6 +434,8 @@ pub enum RecoverError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Fs(#[from] crate::fs::FsError),
 }
 
 /// One recovered step. On `Err` the step stays pending (and is retried at the next
@@ -453,7 +475,8 @@ pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
 }
 
 /// Copy steps: the source goes only once `dest` holds exactly its bytes; a `.partial`
-/// is dropped only while the source still exists.
+/// is dropped only while the source still exists. Paths are reopened beneath the
+/// journal's roots ([`Journal::locate`]).
 fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action, RecoverError> {
     let Step::Copy {
         src,
@@ -464,47 +487,56 @@ fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action, RecoverErr
     else {
         unreachable!("recover_copy called with {:?}", p.step);
     };
-    let src_here = exists(src)?;
-    let (action, done) = if exists(dest)? {
+    let src = Place::locate(journal, src)?;
+    let partial = Place::locate(journal, partial)?;
+    let dest = Place::locate(journal, dest)?;
+    let src_here = src.exists()?;
+    let (action, done) = if dest.exists()? {
         // A `.partial` beside a finished copy is left by the link fallback.
-        remove_if_exists(partial)?;
+        partial.remove_if_exists()?;
         match src_here {
             false => (Action::AlreadyDone, true),
             true => {
-                let (s, d) = (open_ro(src)?, open_ro(dest)?);
-                let (sl, dl) = (file_len(&s, src)?, file_len(&d, dest)?);
-                let same = |len| late::same_bytes(&s, 0, &d, 0, len).map_err(|e| ioe(dest, e));
+                let (s, d) = (src.open_ro()?, dest.open_ro()?);
+                let (sl, dl) = (s.id.size, d.id.size);
+                let same = |len| {
+                    late::same_bytes(&s.file, 0, &d.file, 0, len).map_err(|e| ioe(&dest.path, e))
+                };
                 if sl == dl && same(sl)? {
-                    unlink_durably(src)?;
+                    src.unlink_durably(&s.id)?;
                     (Action::Completed, true)
                 } else if dl == *src_len && sl > dl && same(dl)? {
                     // Our copy of a source that grew before its unlink: drop the copy so
                     // the retry archives the whole file once.
-                    unlink_durably(dest)?;
+                    dest.unlink_durably(&d.id)?;
                     (Action::Undone, false)
                 } else {
                     let reason = format!(
                         "{} differs from {}; both kept",
-                        dest.display(),
-                        src.display()
+                        dest.path.display(),
+                        src.path.display()
                     );
                     (Action::LeftAlone { reason }, false)
                 }
             }
         }
     } else if src_here {
-        remove_if_exists(partial)?;
+        partial.remove_if_exists()?;
         (Action::Undone, false)
     } else {
-        let reason = match exists(partial)? {
+        let reason = match partial.exists()? {
             // The source never goes before the rename, so this is someone else's doing;
             // the partial copy may be all that is left of it.
             true => format!(
                 "{} gone; partial copy {} kept",
-                src.display(),
-                partial.display()
+                src.path.display(),
+                partial.path.display()
             ),
-            false => format!("neither {} nor {} found", src.display(), dest.display()),
+            false => format!(
+                "neither {} nor {} found",
+                src.path.display(),
+                dest.path.display()
+            ),
         };
         (Action::LeftAlone { reason }, false)
     };
@@ -514,6 +546,68 @@ fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action, RecoverErr
         journal.undo(&[p.seq])?;
     }
     Ok(action)
+}
+
+/// A recorded path, reopened beneath the journal's roots: its folder (absent when the
+/// folder itself is gone) and its name.
+struct Place {
+    dir: Option<crate::fs::Dir>,
+    name: std::ffi::OsString,
+    path: PathBuf,
+}
+
+impl Place {
+    fn locate(journal: &Journal, path: &Path) -> Result<Place, RecoverError> {
+        let (dir, name) = match journal.locate(path) {
+            Ok((dir, name)) => (Some(dir), name),
+            Err(e) if e.is_not_found() => (None, std::ffi::OsString::new()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Place {
+            dir,
+            name,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn exists(&self) -> Result<bool, RecoverError> {
+        match &self.dir {
+            Some(dir) => Ok(dir.exists(&self.name)?),
+            None => Ok(false),
+        }
+    }
+
+    fn dir(&self) -> Result<&crate::fs::Dir, RecoverError> {
+        self.dir.as_ref().ok_or_else(|| {
+            ioe(
+                &self.path,
+                io::Error::new(io::ErrorKind::NotFound, "folder missing"),
+            )
+        })
+    }
+
+    fn open_ro(&self) -> Result<crate::fs::RegularFile, RecoverError> {
+        Ok(self
+            .dir()?
+            .open_file(&self.name, crate::fs::Purpose::ReadToMove)?)
+    }
+
+    fn remove_if_exists(&self) -> Result<(), RecoverError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        match dir.unlink(&self.name) {
+            Ok(()) => Ok(dir.sync()?),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Unlinks (only the file checked, unchanged) and fsyncs the folder, so the `done`
+    /// written next cannot outlive the name.
+    fn unlink_durably(&self, checked: &crate::fs::FileId) -> Result<(), RecoverError> {
+        let dir = self.dir()?;
+        crate::fs::unlink_if_same(dir, &self.name, checked, crate::fs::Compare::Unchanged)?;
+        Ok(dir.sync()?)
+    }
 }
 
 fn rec(seq: u64, op: Op) -> Record {
@@ -559,43 +653,4 @@ fn ioe(path: &Path, source: io::Error) -> RecoverError {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn exists(path: &Path) -> Result<bool, RecoverError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(ioe(path, e)),
-    }
-}
-
-fn open_ro(path: &Path) -> Result<File, RecoverError> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| ioe(path, e))
-}
-
-fn file_len(f: &File, path: &Path) -> Result<u64, RecoverError> {
-    f.metadata().map(|m| m.len()).map_err(|e| ioe(path, e))
-}
-
-fn remove_if_exists(path: &Path) -> Result<(), RecoverError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => sync_parent(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ioe(path, e)),
-    }
-}
-
-/// Unlinks and fsyncs the folder, so the `done` written next cannot outlive the name.
-fn unlink_durably(path: &Path) -> Result<(), RecoverError> {
-    std::fs::remove_file(path).map_err(|e| ioe(path, e))?;
-    sync_parent(path)
-}
-
-fn sync_parent(path: &Path) -> Result<(), RecoverError> {
-    let dir = crate::archive::parent_of(path);
-    sync_dir(dir).map_err(Into::into)
 }

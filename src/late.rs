@@ -43,10 +43,11 @@
 //! opened the source before our unlink and writes after our rescue read loses those
 //! bytes into the nameless inode; without a lock this window cannot be closed.
 
-use crate::archive::{FileState, parent_of};
-use std::fs::{File, Metadata, OpenOptions};
+use crate::fs::{self as cfs, Compare, Dir, FsError, Purpose, RegularFile, UnlinkOutcome};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::journal::{Action, Journal, JournalError, Pending, Step};
@@ -59,8 +60,12 @@ pub enum LateError {
         #[source]
         source: io::Error,
     },
-    #[error("{path}: not a regular file; left alone")]
+    #[error(
+        "{path}: not a regular file (a symlink or reached through one, a FIFO, device or folder); left alone"
+    )]
     NotRegular { path: PathBuf },
+    #[error(transparent)]
+    Fs(FsError),
     #[error("{src}: is the archive {archive} itself; left alone")]
     SameFile { src: PathBuf, archive: PathBuf },
     #[error("{src}: bytes appended to {archive} do not match; archive restored, source kept")]
@@ -69,6 +74,17 @@ pub enum LateError {
     Pending { archive: PathBuf, seq: u64 },
     #[error(transparent)]
     Journal(#[from] JournalError),
+}
+
+impl From<FsError> for LateError {
+    fn from(e: FsError) -> Self {
+        match e {
+            FsError::Symlink { path }
+            | FsError::NotRegular { path, .. }
+            | FsError::NotDir { path, .. } => LateError::NotRegular { path },
+            e => LateError::Fs(e),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +99,8 @@ pub enum AppendOutcome {
 
 /// Appends the settled late write `src` to the end of `archive` and unlinks `src`,
 /// journaled so that a crash at any point is finished or undone by [`recover_append`].
+/// Both parent folders are trusted as given (opened by path); the pass uses
+/// [`append_late_write_at`] with handles.
 pub fn append_late_write(
     src: &Path,
     archive: &Path,
@@ -92,7 +110,39 @@ pub fn append_late_write(
     Ok(out.expect("only a test hook stops an append half-way"))
 }
 
+/// [`append_late_write`] between directory handles: `src_dir/src_name` is appended to
+/// `archive_dir/archive_name`.
+pub fn append_late_write_at(
+    src_dir: &Dir,
+    src_name: &OsStr,
+    archive_dir: &Dir,
+    archive_name: &OsStr,
+    journal: &mut Journal,
+) -> Result<AppendOutcome, LateError> {
+    let src = Loc::new(src_dir, src_name);
+    let archive = Loc::new(archive_dir, archive_name);
+    let out = append_at(&src, &archive, journal, CHUNK, |_| false)?;
+    Ok(out.expect("only a test hook stops an append half-way"))
+}
+
 const CHUNK: usize = 1 << 20;
+
+/// A file as a (folder handle, name) pair, with its display path for messages and the journal.
+struct Loc<'a> {
+    dir: &'a Dir,
+    name: &'a OsStr,
+    path: PathBuf,
+}
+
+impl<'a> Loc<'a> {
+    fn new(dir: &'a Dir, name: &'a OsStr) -> Self {
+        Loc {
+            dir,
+            name,
+            path: dir.display(name),
+        }
+    }
+}
 
 /// Points where tests stop an append (simulating SIGKILL) or inject a writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,90 +159,107 @@ enum Stage {
     Unlinked,
 }
 
-/// The append, in chunks of `chunk` bytes; `hook` returning true stops it dead
-/// (`Ok(None)`), leaving files and journal as a SIGKILL at that point would.
+/// The parent of `path` opened by path (trusted), and the final name.
+fn trusted_parent(path: &Path) -> Result<(Dir, OsString), LateError> {
+    let name = path.file_name().ok_or_else(|| LateError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
+    })?;
+    let parent = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok((Dir::open_base(parent)?, name.to_os_string()))
+}
+
+/// [`append_at`] for two paths whose parents are trusted (tests).
 fn append_with(
     src: &Path,
     archive: &Path,
     journal: &mut Journal,
     chunk: usize,
+    hook: impl FnMut(Stage) -> bool,
+) -> Result<Option<AppendOutcome>, LateError> {
+    let (sdir, sname) = trusted_parent(src)?;
+    let (adir, aname) = trusted_parent(archive)?;
+    let src = Loc::new(&sdir, &sname);
+    let archive = Loc::new(&adir, &aname);
+    append_at(&src, &archive, journal, chunk, hook)
+}
+
+/// The append, in chunks of `chunk` bytes; `hook` returning true stops it dead
+/// (`Ok(None)`), leaving files and journal as a SIGKILL at that point would.
+fn append_at(
+    src: &Loc<'_>,
+    archive: &Loc<'_>,
+    journal: &mut Journal,
+    chunk: usize,
     mut hook: impl FnMut(Stage) -> bool,
 ) -> Result<Option<AppendOutcome>, LateError> {
-    let lstat = std::fs::symlink_metadata(src).map_err(|e| io_err(src, e))?;
-    if !lstat.is_file() {
-        return Err(LateError::NotRegular {
-            path: src.to_path_buf(),
-        });
-    }
-    let sf = open_nofollow(src, false)?;
-    let start = FileState::of(&meta(&sf, src)?);
-    // The name could have been swapped for another file since the lstat.
-    if !sf.metadata().is_ok_and(|m| m.is_file()) || start.id() != (lstat.dev(), lstat.ino()) {
-        return Err(LateError::NotRegular {
-            path: src.to_path_buf(),
-        });
-    }
+    // Regular files only, opened without following and without blocking.
+    let sf = src.dir.open_file(src.name, Purpose::Read)?;
+    let start = sf.id;
     // A step left pending by a failure mid-way may have left bytes past the length a
     // new step would record; recovery must settle it first.
     let busy = journal
         .pending()
-        .find(|p| matches!(&p.step, Step::Append { archive: a, .. } if a == archive));
+        .find(|p| matches!(&p.step, Step::Append { archive: a, .. } if *a == archive.path));
     if let Some(p) = busy {
         return Err(LateError::Pending {
-            archive: archive.to_path_buf(),
+            archive: archive.path.clone(),
             seq: p.seq,
         });
     }
-    let mut af = open_nofollow(archive, true)?;
-    let am = meta(&af, archive)?;
-    if !am.is_file() {
-        return Err(LateError::NotRegular {
-            path: archive.to_path_buf(),
-        });
-    }
-    if (am.dev(), am.ino()) == start.id() {
+    let seen = archive.dir.open_file(archive.name, Purpose::Read)?;
+    if seen.id.same_file(&start) {
         return Err(LateError::SameFile {
-            src: src.to_path_buf(),
-            archive: archive.to_path_buf(),
+            src: src.path.clone(),
+            archive: archive.path.clone(),
         });
     }
-    let archive_len = am.len();
+    // Appended to and deleted: one link each, or a link to an outside file would change.
+    let mut af = archive.dir.open_file(archive.name, Purpose::Append)?;
+    if !af.id.same_file(&seen.id) {
+        return Err(LateError::Fs(FsError::Changed {
+            path: archive.path.clone(),
+            what: "replaced while being opened".into(),
+        }));
+    }
+    if sf.links != 1 {
+        return Err(LateError::Fs(FsError::HardLinked {
+            path: src.path.clone(),
+            links: sf.links,
+        }));
+    }
+    let archive_len = af.id.size;
     let src_len = start.size;
     let step = Step::Append {
-        src: src.to_path_buf(),
-        archive: archive.to_path_buf(),
+        src: src.path.clone(),
+        archive: archive.path.clone(),
         archive_len,
         src_dev: start.dev,
         src_ino: start.ino,
         src_len,
-        src_birth_ns: birth_ns(&lstat),
+        src_birth_ns: birth_ns(&sf.file),
     };
     let seq = journal.begin(&[step])?[0];
     if hook(Stage::Begun) {
         return Ok(None);
     }
+    let apath = archive.path.as_path();
     let undo = |af: &File, journal: &mut Journal| -> Result<(), LateError> {
-        af.set_len(archive_len).map_err(|e| io_err(archive, e))?;
-        af.sync_all().map_err(|e| io_err(archive, e))?;
+        af.set_len(archive_len).map_err(|e| io_err(apath, e))?;
+        af.sync_all().map_err(|e| io_err(apath, e))?;
         journal.undo(&[seq])?;
         Ok(())
     };
     let mut unlinked = false;
     let mut run = || -> Result<Option<AppendOutcome>, LateError> {
-        if !copy_verified(
-            &sf,
-            &mut af,
-            src,
-            archive,
-            archive_len,
-            src_len,
-            chunk,
-            &mut hook,
-        )? {
+        if !copy_verified(&sf, &mut af, archive_len, src_len, chunk, &mut hook)? {
             return Ok(None);
         }
-        if FileState::of(&meta(&sf, src)?) != start {
-            undo(&af, journal)?;
+        if sf.current()? != start {
+            undo(&af.file, journal)?;
             return Ok(Some(AppendOutcome::Changed));
         }
         if hook(Stage::Copied) {
@@ -202,35 +269,32 @@ fn append_with(
         if hook(Stage::Marked) {
             return Ok(None);
         }
-        if FileState::of(&meta(&sf, src)?) != start {
+        if sf.current()? != start {
             // Grew since the copy: undo rather than keep a prefix, so the retry appends
             // the whole file once.
-            undo(&af, journal)?;
+            undo(&af.file, journal)?;
             return Ok(Some(AppendOutcome::Changed));
         }
-        match std::fs::symlink_metadata(src) {
-            Ok(m) if (m.dev(), m.ino()) == start.id() => {
-                std::fs::remove_file(src).map_err(|e| io_err(src, e))?;
+        match cfs::unlink_if_same(src.dir, src.name, &start, Compare::Inode) {
+            Ok(UnlinkOutcome::Unlinked | UnlinkOutcome::Gone) => {}
+            // Someone else replaced the name: the archive holds every byte of the inode
+            // we read, and the name is not ours to unlink any more.
+            Err(FsError::Changed { .. }) => {
+                tracing::warn!(path = %src.path.display(), "late write replaced during append; left alone")
             }
-            // Someone else moved or replaced the name: the archive holds every byte of
-            // the inode we read, and the name is not ours to unlink any more.
-            Ok(_) => {
-                tracing::warn!(path = %src.display(), "late write replaced during append; left alone")
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(src, e)),
+            Err(e) => return Err(e.into()),
         }
         unlinked = true;
         // `done` must not become durable before the unlink does, or a crash could bring
         // the name back with no pending step and the bytes would be appended twice.
-        sync_dir(parent_of(src))?;
+        src.dir.sync()?;
         if hook(Stage::Unlinked) {
             return Ok(None);
         }
         // An `open('a')` writer that opened before the unlink wrote into the inode we
         // still hold: carry those bytes over. Logged, not returned: the name is gone.
-        let rescued = rescue_tail(&sf, src_len, &mut af).unwrap_or_else(|e| {
-            tracing::error!(path = %archive.display(), error = %e, "could not carry over bytes written during unlink");
+        let rescued = rescue_tail(&sf.file, src_len, &mut af.file).unwrap_or_else(|e| {
+            tracing::error!(path = %apath.display(), error = %e, "could not carry over bytes written during unlink");
             0
         });
         journal.finish(&[seq])?;
@@ -242,7 +306,7 @@ fn append_with(
     match run() {
         // While the source is still there, undoing is always right; once it is gone the
         // step stays pending (it blocks this archive) until recovery settles it.
-        Err(e) if !unlinked => Err(undo_after(undo(&af, journal), e)),
+        Err(e) if !unlinked => Err(undo_after(undo(&af.file, journal), e)),
         r => r,
     }
 }
@@ -250,43 +314,45 @@ fn append_with(
 /// Copies exactly `src[..src_len]` to the archive's end (a writer's later bytes wait
 /// for the next round), fsyncs and verifies. False when the hook stopped it; a
 /// mismatch (other than the source changing, which the caller checks) is an error.
-#[allow(clippy::too_many_arguments)]
 fn copy_verified(
-    sf: &File,
-    af: &mut File,
-    src: &Path,
-    archive: &Path,
+    sf: &RegularFile,
+    af: &mut RegularFile,
     archive_len: u64,
     src_len: u64,
     chunk: usize,
     hook: &mut impl FnMut(Stage) -> bool,
 ) -> Result<bool, LateError> {
+    let (src, archive) = (sf.path.as_path(), af.path.clone());
     let mut buf = vec![0u8; chunk.min(src_len as usize)];
     let mut off = 0u64;
     while off < src_len {
         let want = buf.len().min((src_len - off) as usize);
         let got = sf
+            .file
             .read_at(&mut buf[..want], off)
             .map_err(|e| io_err(src, e))?;
         if got == 0 {
             break; // shrunk under us
         }
-        af.write_all(&buf[..got]).map_err(|e| io_err(archive, e))?;
+        af.file
+            .write_all(&buf[..got])
+            .map_err(|e| io_err(&archive, e))?;
         off += got as u64;
         if hook(Stage::Chunk) {
             return Ok(false);
         }
     }
-    af.sync_all().map_err(|e| io_err(archive, e))?;
+    af.sync()?;
     let verified = off == src_len
-        && meta(af, archive)?.len() == archive_len + src_len
-        && same_bytes(sf, 0, af, archive_len, src_len).map_err(|e| io_err(archive, e))?;
+        && af.current()?.size == archive_len + src_len
+        && same_bytes(&sf.file, 0, &af.file, archive_len, src_len)
+            .map_err(|e| io_err(&archive, e))?;
     if !verified {
-        let changed = meta(sf, src)?.len() != src_len;
+        let changed = sf.current()?.size != src_len;
         if !changed {
             return Err(LateError::VerifyFailed {
                 src: src.to_path_buf(),
-                archive: archive.to_path_buf(),
+                archive,
             });
         }
     }
@@ -294,7 +360,9 @@ fn copy_verified(
 }
 
 /// Settles one pending [`Step::Append`] after a crash (see the module doc) and records
-/// the result in the journal.
+/// the result in the journal. The recorded paths are reopened beneath the journal's
+/// trusted roots ([`Journal::locate`]), so a folder swapped for a symlink meanwhile is
+/// refused, not followed.
 pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, LateError> {
     let Step::Append {
         src,
@@ -314,39 +382,64 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
         journal.undo(&[p.seq])?;
         Ok(Action::LeftAlone { reason })
     };
-    let af = match open_nofollow(archive, true) {
-        Ok(f) => f,
-        Err(LateError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return left_alone(journal, format!("{} missing", archive.display()));
-        }
-        Err(e) => return Err(e),
+    let missing =
+        |journal: &mut Journal| left_alone(journal, format!("{} missing", archive.display()));
+    let (adir, aname) = match journal.locate(archive) {
+        Ok(found) => found,
+        Err(e) if e.is_not_found() => return missing(journal),
+        Err(e) => return Err(e.into()),
     };
-    let alen = meta(&af, archive)?.len();
+    let af = match adir.open_file(&aname, Purpose::Append) {
+        Ok(f) => f,
+        Err(e) if e.is_not_found() => return missing(journal),
+        Err(e) => return Err(e.into()),
+    };
+    let alen = af.id.size;
     // The source, if the same file is still at its name.
     let id = (*src_dev, *src_ino, *src_birth_ns);
-    let sf = if exists_same(src, id)? {
-        let f = open_nofollow(src, false)?;
-        let fm = meta(&f, src)?;
-        is_same(&fm, id).then_some((f, fm.len()))
-    } else {
-        None
+    let (sdir, sname) = match journal.locate(src) {
+        Ok((d, n)) => (Some(d), n),
+        Err(e) if e.is_not_found() => (None, OsString::new()),
+        Err(e) => return Err(e.into()),
     };
+    let open_same = |sdir: &Option<Dir>| -> Result<Option<RegularFile>, LateError> {
+        let Some(sdir) = sdir else { return Ok(None) };
+        match sdir.open_file(&sname, Purpose::Read) {
+            Ok(f) if is_same(&f, id) => Ok(Some(f)),
+            Ok(_) => Ok(None),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let sf = open_same(&sdir)?;
     let truncate = |len: u64| -> Result<(), LateError> {
-        af.set_len(len).map_err(|e| io_err(archive, e))?;
-        af.sync_all().map_err(|e| io_err(archive, e))
+        af.file.set_len(len).map_err(|e| io_err(archive, e))?;
+        af.file.sync_all().map_err(|e| io_err(archive, e))
     };
 
     if p.appended {
-        let Some((sf, len)) = sf else {
+        let Some(sf) = sf else {
             journal.finish(&[p.seq])?;
             return Ok(Action::AlreadyDone);
         };
+        let len = sf.id.size;
         let holds = alen >= archive_len + src_len
             && len >= src_len
-            && same_bytes(&sf, 0, &af, archive_len, src_len).map_err(|e| io_err(archive, e))?;
+            && same_bytes(&sf.file, 0, &af.file, archive_len, src_len)
+                .map_err(|e| io_err(archive, e))?;
         if holds && len == src_len {
-            std::fs::remove_file(src).map_err(|e| io_err(src, e))?;
-            sync_dir(parent_of(src))?;
+            let sdir = sdir.as_ref().expect("sf was opened in it");
+            match cfs::unlink_if_same(sdir, &sname, &sf.id, Compare::Unchanged) {
+                Ok(_) => {}
+                Err(FsError::Changed { .. }) => {
+                    return left_alone(
+                        journal,
+                        format!("{} changed during recovery; both kept", src.display()),
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+            sdir.sync()?;
             journal.finish(&[p.seq])?;
             return Ok(Action::Completed);
         }
@@ -370,9 +463,9 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
         // Only our copy can be there, so it is at most src_len bytes and a prefix of src.
         let ours = extra <= src_len
             && match &sf {
-                Some((f, len)) => {
-                    *len >= extra
-                        && same_bytes(f, 0, &af, archive_len, extra)
+                Some(f) => {
+                    f.id.size >= extra
+                        && same_bytes(&f.file, 0, &af.file, archive_len, extra)
                             .map_err(|e| io_err(archive, e))?
                 }
                 None => true,
@@ -392,9 +485,12 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
     }
     journal.undo(&[p.seq])?;
     drop(sf);
-    if exists_same(src, id)? {
+    if let Some(sdir) = &sdir
+        && open_same(&Some(sdir.try_clone()?))?.is_some()
+    {
         // It had settled when the step began; if it has changed since, the append says so.
-        return Ok(Action::Redone(append_late_write(src, archive, journal)?));
+        let out = append_late_write_at(sdir, &sname, &adir, &aname, journal)?;
+        return Ok(Action::Redone(out));
     }
     Ok(Action::Undone)
 }
@@ -442,57 +538,25 @@ fn rescue_tail(src: &File, copied: u64, out: &mut File) -> io::Result<u64> {
     Ok(off - copied)
 }
 
-/// Birth time in ns since the epoch, where the filesystem keeps one.
-fn birth_ns(m: &Metadata) -> Option<u64> {
-    let d = m
-        .created()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    u64::try_from(d.as_nanos()).ok()
+/// Birth time in ns since the epoch, where the filesystem keeps one (statx on the fd).
+fn birth_ns(f: &File) -> Option<u64> {
+    use rustix::fs::{AtFlags, StatxFlags, statx};
+    let st = statx(f, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME).ok()?;
+    if !StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::BTIME) {
+        return None;
+    }
+    let secs = u64::try_from(st.stx_btime.tv_sec).ok()?;
+    Some(secs * 1_000_000_000 + u64::from(st.stx_btime.tv_nsec))
 }
 
-/// Whether `m` is the recorded source: same dev/ino, and same birth time where both
+/// Whether `f` is the recorded source: same dev/ino, and same birth time where both
 /// sides know one.
-fn is_same(m: &Metadata, (dev, ino, birth): (u64, u64, Option<u64>)) -> bool {
-    let born_same = match (birth, birth_ns(m)) {
+fn is_same(f: &RegularFile, (dev, ino, birth): (u64, u64, Option<u64>)) -> bool {
+    let born_same = match (birth, birth_ns(&f.file)) {
         (Some(a), Some(b)) => a == b,
         _ => true,
     };
-    m.is_file() && (m.dev(), m.ino()) == (dev, ino) && born_same
-}
-
-fn exists_same(path: &Path, id: (u64, u64, Option<u64>)) -> Result<bool, LateError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) => Ok(is_same(&m, id)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_err(path, e)),
-    }
-}
-
-/// Opens read-only, or read-write for appending (reads verify the appended bytes).
-fn open_nofollow(path: &Path, append: bool) -> Result<File, LateError> {
-    OpenOptions::new()
-        .read(true)
-        .append(append)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => LateError::NotRegular {
-                path: path.to_path_buf(),
-            },
-            _ => io_err(path, e),
-        })
-}
-
-fn meta(f: &File, path: &Path) -> Result<Metadata, LateError> {
-    f.metadata().map_err(|e| io_err(path, e))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), LateError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_err(dir, e))
+    (f.id.dev, f.id.ino) == (dev, ino) && born_same
 }
 
 /// The original error wins; a failed undo leaves the step pending for recovery.
@@ -514,7 +578,7 @@ fn io_err(path: &Path, source: io::Error) -> LateError {
 mod tests {
     use super::*;
     use crate::journal::{self, Recovered};
-    use std::fs;
+    use std::fs::{self, OpenOptions};
 
     const OLD: &[u8] = b"{\"a\":1}\n{\"torn";
     const NEW: &[u8] = b"\"}\n{\"b\":2}\n{\"c\":3}\n";

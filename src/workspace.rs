@@ -235,15 +235,14 @@ pub fn resolve_inside(task_dir: &Path, raw: &str) -> Result<PathBuf, WorkspaceEr
     if rel.as_os_str().is_empty() {
         return Err(outside());
     }
-    let mut walk = task.clone();
-    for part in rel.components() {
-        walk.push(part.as_os_str());
-        match std::fs::symlink_metadata(&walk) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(WorkspaceError::ThroughSymlink { path: walk });
-            }
-            Ok(_) => {}
-            Err(_) => break,
+    // Looked at beneath the task folder's handle: a symlink anywhere below it (final or
+    // on the way) is refused; a missing tail is fine (it may come later).
+    if let Ok(dir) = fs::Dir::open_base(&task) {
+        let through = |path| Err(WorkspaceError::ThroughSymlink { path });
+        match dir.metadata(rel) {
+            Err(fs::FsError::Symlink { path }) => return through(path),
+            Ok(Some(entry)) if entry.kind == fs::EntryKind::Symlink => return through(candidate),
+            _ => {}
         }
     }
     Ok(candidate)

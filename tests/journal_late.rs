@@ -251,3 +251,36 @@ fn pending_step_on_the_archive_blocks_a_new_append() {
     restart(&t);
     assert_eq!(fs::read(&t.archive).unwrap(), both(OLD, NEW));
 }
+
+#[test]
+fn recovery_never_follows_a_folder_swapped_for_a_symlink_after_the_crash() {
+    let t = setup();
+    let root = t.src.parent().unwrap().parent().unwrap().to_path_buf();
+    let (mut j, _) = Journal::open(&t.state).unwrap();
+    begin(&t, &mut j);
+    // Killed mid-append: part of the copy is in the archive.
+    append_to(&t.archive, &NEW[..2]);
+    drop(j);
+    // Before the restart, `archive/` is swapped for a symlink to an outside folder
+    // holding a file of the same name and content.
+    let outside = root.join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("x_progress.jsonl"), both(OLD, &NEW[..2])).unwrap();
+    fs::rename(root.join("archive"), root.join("moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("archive")).unwrap();
+    let (mut j, pending) = Journal::open(&t.state).unwrap();
+    j.set_roots(vec![root.clone()]);
+    let rec = journal::recover(&mut j, pending);
+    let err = rec[0].outcome.as_ref().unwrap_err().to_string();
+    assert!(err.contains("symlink"), "{err}");
+    // Nothing outside was cut back or appended to; the late write is still whole.
+    assert_eq!(
+        fs::read(outside.join("x_progress.jsonl")).unwrap(),
+        both(OLD, &NEW[..2])
+    );
+    assert_eq!(fs::read(&t.src).unwrap(), NEW);
+    // A recorded path below none of the roots is refused too.
+    j.set_roots(vec![root.join("elsewhere")]);
+    let (sdir, _) = (j.locate(&t.src), ());
+    assert!(sdir.unwrap_err().to_string().contains("below none"));
+}

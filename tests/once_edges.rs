@@ -126,14 +126,13 @@ fn an_existing_archive_name_is_never_overwritten() {
     let name = format!("{ID}_progress.jsonl");
     fs::write(archive.join(&name), "older archive\n").unwrap();
     s.run_ok(&["once"]);
+    // One log, one archive: the new bytes go to its end (the older bytes kept), never
+    // to a numbered sibling the orchestrator would not read.
     assert_eq!(
         fs::read_to_string(archive.join(&name)).unwrap(),
-        "older archive\n"
+        "older archive\n{\"n\":1}\n"
     );
-    assert_eq!(
-        fs::read_to_string(archive.join(format!("{ID}_progress.1.jsonl"))).unwrap(),
-        "{\"n\":1}\n"
-    );
+    assert!(!archive.join(format!("{ID}_progress.1.jsonl")).exists());
 }
 
 #[test]
@@ -270,4 +269,88 @@ fn an_archive_dir_on_another_filesystem_gets_a_verified_copy() {
     let begun = text.matches("\"begin\"").count();
     let closed = text.matches("\"done\"").count() + text.matches("\"undone\"").count();
     assert_eq!((begun, closed), (1, 1), "{text}");
+}
+
+#[test]
+fn a_later_pass_appends_to_the_one_archive_of_a_log() {
+    let s = Sandbox::new();
+    let reg = finished_agent(&s);
+    let task = s.task(TASK);
+    s.run_ok(&["once"]);
+    let name = format!("{ID}_progress.jsonl");
+    let archive = task.join("archive");
+    assert_eq!(
+        fs::read_to_string(archive.join(&name)).unwrap(),
+        "{\"n\":1}\n"
+    );
+    // The orchestrator appends once more after the cleanup was recorded.
+    fs::write(task.join("progress").join(&name), "{\"n\":2}\n").unwrap();
+    age_files(&task);
+    s.run_ok(&["once"]);
+    assert_eq!(
+        fs::read_to_string(archive.join(&name)).unwrap(),
+        "{\"n\":1}\n{\"n\":2}\n"
+    );
+    assert!(!task.join("progress").join(&name).exists());
+    let mut names: Vec<String> = fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, std::slice::from_ref(&name), "one archive per log");
+    let record = &read_json(&reg)["agents"][0]["auto_cleanup_result"];
+    let listed = record["archived_files"].to_string();
+    assert!(listed.contains(&name), "{record}");
+}
+
+#[test]
+fn a_hard_linked_archive_costs_that_agent_only() {
+    let s = Sandbox::new();
+    let other = "worker-120001-bbbbbb";
+    let reg = write_task(
+        &s.base(),
+        TASK,
+        json!([
+            agent_entry(ID, "completed"),
+            agent_entry(other, "completed")
+        ]),
+    );
+    let task = s.task(TASK);
+    for id in [ID, other] {
+        fs::write(
+            task.join(format!("progress/{id}_progress.jsonl")),
+            format!("{{\"agent\":\"{id}\"}}\n"),
+        )
+        .unwrap();
+    }
+    // The archive name of the first agent's log is a hard link to a file outside.
+    let outside = s.base().parent().unwrap().join("outside-victim.jsonl");
+    fs::write(&outside, "precious\n").unwrap();
+    fs::create_dir_all(task.join("archive")).unwrap();
+    fs::hard_link(&outside, task.join(format!("archive/{ID}_progress.jsonl"))).unwrap();
+    age_files(&task);
+    let out = s.run(&["once"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "precious\n");
+    assert!(text.contains("hard links"), "{text}");
+    // Its log stays where it was, whole.
+    assert_eq!(
+        fs::read_to_string(task.join(format!("progress/{ID}_progress.jsonl"))).unwrap(),
+        format!("{{\"agent\":\"{ID}\"}}\n")
+    );
+    // The other agent in the same task is cleaned in the same pass.
+    assert_eq!(
+        fs::read_to_string(task.join(format!("archive/{other}_progress.jsonl"))).unwrap(),
+        format!("{{\"agent\":\"{other}\"}}\n")
+    );
+    let agents = read_json(&reg)["agents"].clone();
+    assert_eq!(
+        agents[1]["auto_cleanup_result"]["success"], true,
+        "{agents}"
+    );
+    assert_ne!(
+        agents[0]["auto_cleanup_result"]["success"], true,
+        "{agents}"
+    );
 }

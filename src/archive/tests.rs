@@ -2,6 +2,9 @@
 
 use super::*;
 use std::fs;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::symlink;
 
 fn write(p: &Path, bytes: &[u8]) {
@@ -23,26 +26,6 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn names_number_before_last_extension() {
-    let n = Names::new(OsStr::new("a_progress.jsonl"), MAX_NAME_TRIES);
-    assert_eq!(n.get(0), "a_progress.jsonl");
-    assert_eq!(n.get(1), "a_progress.1.jsonl");
-    assert_eq!(n.get(12), "a_progress.12.jsonl");
-    assert_eq!(
-        Names::new(OsStr::new("name"), MAX_NAME_TRIES).get(1),
-        "name.1"
-    );
-    assert_eq!(
-        Names::new(OsStr::new("x.tar.gz"), MAX_NAME_TRIES).get(2),
-        "x.tar.2.gz"
-    );
-    assert_eq!(
-        Names::new(OsStr::new(".hidden"), MAX_NAME_TRIES).get(1),
-        ".hidden.1"
-    );
-}
-
-#[test]
 fn same_fs_renames() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("logs/a_stream.jsonl");
@@ -59,47 +42,43 @@ fn same_fs_renames() {
 }
 
 #[test]
-fn name_clash_gets_numbered_sibling() {
+fn a_taken_name_is_never_replaced_nor_numbered() {
+    // One log, one archive: the caller appends to the existing archive instead
+    // (`crate::late`); the move itself refuses, whichever way it would go.
     let t = tempfile::tempdir().unwrap();
     let adir = t.path().join("archive");
     fs::create_dir(&adir).unwrap();
     write(&adir.join("x_progress.jsonl"), b"old archive\n");
     let src = t.path().join("x_progress.jsonl");
-
     write(&src, b"first\n");
-    let got = archive_file(&src, &adir).unwrap();
-    assert_eq!(got.path(), adir.join("x_progress.1.jsonl"));
-    assert_eq!(fs::read(got.path()).unwrap(), b"first\n");
-
-    write(&src, b"second\n");
-    let got = archive_file(&src, &adir).unwrap();
-    assert_eq!(got.path(), adir.join("x_progress.2.jsonl"));
-    assert_eq!(fs::read(got.path()).unwrap(), b"second\n");
-
-    assert_eq!(
-        fs::read(adir.join("x_progress.jsonl")).unwrap(),
-        b"old archive\n"
-    );
-    assert_eq!(
-        fs::read(adir.join("x_progress.1.jsonl")).unwrap(),
-        b"first\n"
-    );
-    assert!(!src.exists());
+    for strategy in [Strategy::Rename, Strategy::Copy] {
+        let err = archive_file_with(&src, &adir, strategy, |_| {}).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Taken { ref path } if *path == adir.join("x_progress.jsonl")),
+            "{strategy:?}: {err}"
+        );
+        assert_eq!(fs::read(&src).unwrap(), b"first\n");
+        assert_eq!(
+            fs::read(adir.join("x_progress.jsonl")).unwrap(),
+            b"old archive\n"
+        );
+        assert_eq!(entries(&adir), vec!["x_progress.jsonl"]);
+    }
 }
 
 #[test]
 fn link_fallback_never_replaces() {
     let t = tempfile::tempdir().unwrap();
-    let adir = t.path().join("archive");
-    fs::create_dir(&adir).unwrap();
-    write(&adir.join("f.jsonl"), b"kept\n");
-    let src = t.path().join("f.jsonl");
-    write(&src, b"new\n");
-    let got = archive_file_with(&src, &adir, Strategy::Link, MAX_NAME_TRIES, |_| {}).unwrap();
-    assert_eq!(got, Archived::Renamed(adir.join("f.1.jsonl")));
-    assert_eq!(fs::read(adir.join("f.jsonl")).unwrap(), b"kept\n");
-    assert_eq!(fs::read(got.path()).unwrap(), b"new\n");
-    assert!(!src.exists());
+    let dir = Dir::open_base(t.path()).unwrap();
+    write(&t.path().join("f.jsonl"), b"kept\n");
+    write(&t.path().join("g.jsonl"), b"new\n");
+    let err = crate::fs::link_then_unlink(&dir, OsStr::new("g.jsonl"), &dir, OsStr::new("f.jsonl"))
+        .unwrap_err();
+    assert_eq!(err, rustix::io::Errno::EXIST);
+    assert_eq!(fs::read(t.path().join("f.jsonl")).unwrap(), b"kept\n");
+    crate::fs::link_then_unlink(&dir, OsStr::new("g.jsonl"), &dir, OsStr::new("h.jsonl")).unwrap();
+    assert_eq!(fs::read(t.path().join("h.jsonl")).unwrap(), b"new\n");
+    assert!(!t.path().join("g.jsonl").exists());
 }
 
 #[test]
@@ -119,13 +98,20 @@ fn symlink_src_is_refused_and_target_untouched() {
             .file_type()
             .is_symlink()
     );
-    // The copy path refuses it too, even if handed a link.
-    let meta = fs::symlink_metadata(&target).unwrap();
+    // The copy path refuses it too.
     fs::create_dir_all(&adir).unwrap();
-    let dir = ArchiveDir::open(&adir).unwrap();
-    let names = Names::new(OsStr::new("link.jsonl"), MAX_NAME_TRIES);
-    let err = copy_into(&link, &meta, &dir, &names, 0, |_| {}).unwrap_err();
+    let err = archive_file_with(&link, &adir, Strategy::Copy, |_| {}).unwrap_err();
     assert!(matches!(err, ArchiveError::NotRegular { .. }), "{err}");
+    assert_eq!(entries(&adir), Vec::<String>::new());
+    // And a hard link (its other name could lie outside the workspace).
+    let hard = t.path().join("hard.jsonl");
+    fs::hard_link(&target, &hard).unwrap();
+    let err = archive_file(&hard, &adir).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::Fs(crate::fs::FsError::HardLinked { .. })),
+        "{err}"
+    );
+    assert_eq!(fs::read(&target).unwrap(), b"precious\n");
     assert_eq!(entries(&adir), Vec::<String>::new());
 }
 
@@ -180,17 +166,15 @@ fn copy_path_same_fs() {
     let t = tempfile::tempdir().unwrap();
     let adir = t.path().join("archive");
     fs::create_dir(&adir).unwrap();
-    write(&adir.join("c.jsonl"), b"old\n");
     // A stale .partial from a crash at the chosen name goes first.
-    write(&adir.join("c.1.jsonl.partial"), b"half");
+    write(&adir.join("c.jsonl.partial"), b"half");
     let src = t.path().join("c.jsonl");
     let data = payload(300_001);
     write(&src, &data);
-    let got = archive_file_with(&src, &adir, Strategy::Copy, MAX_NAME_TRIES, |_| {}).unwrap();
-    assert_eq!(got, Archived::Copied(adir.join("c.1.jsonl")));
+    let got = archive_file_with(&src, &adir, Strategy::Copy, |_| {}).unwrap();
+    assert_eq!(got, Archived::Copied(adir.join("c.jsonl")));
     assert_eq!(fs::read(got.path()).unwrap(), data);
-    assert_eq!(fs::read(adir.join("c.jsonl")).unwrap(), b"old\n");
-    assert_eq!(entries(&adir), vec!["c.1.jsonl", "c.jsonl"]);
+    assert_eq!(entries(&adir), vec!["c.jsonl"]);
     assert!(!src.exists());
 }
 
@@ -219,7 +203,7 @@ fn cross_fs_append_during_copy_keeps_original() {
     let src = tmp.path().join("q_progress.jsonl");
     write(&src, b"1\n");
     // Plain rename first: EXDEV must lead to the copy path, which runs the hook.
-    let err = archive_file_with(&src, &adir, Strategy::Rename, MAX_NAME_TRIES, |stage| {
+    let err = archive_file_with(&src, &adir, Strategy::Rename, |stage| {
         if stage == Stage::BeforeUnlink {
             append(&src, b"2\n");
         }
@@ -248,12 +232,12 @@ fn cross_fs_copies() {
     assert_eq!(entries(&adir), vec!["b_findings.jsonl"]);
     assert!(!src.exists());
 
-    // And a clash across filesystems gets a number, leaving the first untouched.
+    // A clash across filesystems is refused too (the caller appends), the first untouched.
     write(&src, b"again\n");
-    let got = archive_file(&src, &adir).unwrap();
-    assert_eq!(got, Archived::Copied(adir.join("b_findings.1.jsonl")));
+    let err = archive_file(&src, &adir).unwrap_err();
+    assert!(matches!(err, ArchiveError::Taken { .. }), "{err}");
     assert_eq!(fs::read(adir.join("b_findings.jsonl")).unwrap(), data);
-    assert_eq!(fs::read(got.path()).unwrap(), b"again\n");
+    assert_eq!(fs::read(&src).unwrap(), b"again\n");
 }
 
 fn append(p: &Path, bytes: &[u8]) {
@@ -267,7 +251,7 @@ fn append_during_copy_keeps_original() {
     let adir = t.path().join("archive");
     let src = t.path().join("p_progress.jsonl");
     write(&src, b"{\"n\":1}\n");
-    let err = archive_file_with(&src, &adir, Strategy::Copy, MAX_NAME_TRIES, |stage| {
+    let err = archive_file_with(&src, &adir, Strategy::Copy, |stage| {
         if stage == Stage::BeforeUnlink {
             append(&src, b"{\"n\":2}\n");
         }
@@ -282,7 +266,7 @@ fn append_during_copy_keeps_original() {
     assert!(entries(&adir).is_empty(), "{:?}", entries(&adir));
 
     // Once it settles, a retry archives everything.
-    let got = archive_file_with(&src, &adir, Strategy::Copy, MAX_NAME_TRIES, |_| {}).unwrap();
+    let got = archive_file_with(&src, &adir, Strategy::Copy, |_| {}).unwrap();
     assert_eq!(fs::read(got.path()).unwrap(), b"{\"n\":1}\n{\"n\":2}\n");
     assert!(!src.exists());
 }
@@ -295,7 +279,7 @@ fn write_through_old_fd_after_unlink_is_carried_over() {
     write(&src, b"a\n");
     // A writer that opened the file before the unlink and writes after it.
     let mut late = OpenOptions::new().append(true).open(&src).unwrap();
-    let got = archive_file_with(&src, &adir, Strategy::Copy, MAX_NAME_TRIES, |stage| {
+    let got = archive_file_with(&src, &adir, Strategy::Copy, |stage| {
         if stage == Stage::AfterUnlink {
             late.write_all(b"b\n").unwrap();
         }
@@ -312,47 +296,11 @@ fn source_removed_during_copy_keeps_the_copy() {
     let adir = t.path().join("archive");
     let src = t.path().join("r.jsonl");
     write(&src, b"only copy\n");
-    let got = archive_file_with(&src, &adir, Strategy::Copy, MAX_NAME_TRIES, |stage| {
+    let got = archive_file_with(&src, &adir, Strategy::Copy, |stage| {
         if stage == Stage::BeforeUnlink {
             fs::remove_file(&src).unwrap();
         }
     })
     .unwrap();
     assert_eq!(fs::read(got.path()).unwrap(), b"only copy\n");
-}
-
-#[test]
-fn no_free_name_after_all_tries() {
-    // A small limit keeps the test fast; the counting is the same as with 10,000.
-    const TRIES: u32 = 5;
-    let t = tempfile::tempdir().unwrap();
-    let adir = t.path().join("archive");
-    fs::create_dir(&adir).unwrap();
-    let names = Names::new(OsStr::new("z"), TRIES);
-    for n in 0..TRIES {
-        write(&adir.join(names.get(n)), b"");
-    }
-    let src = t.path().join("z");
-    write(&src, b"data\n");
-    for strategy in [Strategy::Rename, Strategy::Link, Strategy::Copy] {
-        let err = archive_file_with(&src, &adir, strategy, TRIES, |_| {}).unwrap_err();
-        assert!(
-            matches!(err, ArchiveError::NoFreeName { tries: TRIES, .. }),
-            "{strategy:?}: {err}"
-        );
-        assert_eq!(fs::read(&src).unwrap(), b"data\n");
-        assert_eq!(entries(&adir).len(), TRIES as usize);
-    }
-    // One more free slot and it lands there.
-    let got = archive_file_with(&src, &adir, Strategy::Rename, TRIES + 1, |_| {}).unwrap();
-    assert_eq!(got.path(), adir.join("z.5"));
-}
-
-#[test]
-fn default_limit_is_ten_thousand() {
-    assert_eq!(MAX_NAME_TRIES, 10_000);
-    assert_eq!(
-        Names::new(OsStr::new("a.jsonl"), MAX_NAME_TRIES).get(9_999),
-        "a.9999.jsonl"
-    );
 }

@@ -64,7 +64,7 @@ struct Daemon {
 pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
     let state = state_dir(&config)?;
     let _lock = InstanceLock::acquire(&state)?;
-    let journal = open_journal(&state)?;
+    let journal = open_journal(&state, config.trusted_roots())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

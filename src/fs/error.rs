@@ -23,6 +23,10 @@ pub enum FsError {
         "{name:?} below {dir}: not a plain relative name (empty, absolute, `.` or `..`, or a NUL byte); refused"
     )]
     BadName { dir: PathBuf, name: String },
+    #[error(
+        "{path}: lies below none of the configured workspace bases or archive folder; left alone"
+    )]
+    OutsideRoots { path: PathBuf },
     #[error("{path}: already exists; not replaced")]
     Exists { path: PathBuf },
     #[error("{path}: changed since it was checked ({what}); left alone, retried on a later pass")]
@@ -55,6 +59,7 @@ impl FsError {
             | FsError::NotDir { path, .. }
             | FsError::HardLinked { path, .. }
             | FsError::Exists { path }
+            | FsError::OutsideRoots { path }
             | FsError::Changed { path, .. }
             | FsError::TooLarge { path, .. }
             | FsError::Io { path, .. } => path,
@@ -91,6 +96,7 @@ impl FsError {
                 | FsError::NotDir { .. }
                 | FsError::HardLinked { .. }
                 | FsError::BadName { .. }
+                | FsError::OutsideRoots { .. }
         )
     }
 }

@@ -52,9 +52,11 @@ pub enum Purpose {
     Read,
     /// Read a file that will then be moved, copied-then-deleted or deleted: `st_nlink == 1`.
     ReadToMove,
-    /// Append to an existing file (a late write into its archive): `st_nlink == 1`.
+    /// Append to an existing file, reading it back to verify (a late write into its
+    /// archive): `st_nlink == 1`.
     Append,
-    /// Append, creating the file (mode 0644) when missing (the terminal progress line).
+    /// Append (and read), creating the file (mode 0644) when missing (the terminal
+    /// progress line): `st_nlink == 1`.
     AppendOrCreate,
     /// Read and write in place (a registry): `st_nlink == 1`.
     ReadWrite,
@@ -64,8 +66,8 @@ impl Purpose {
     fn flags(self) -> OFlags {
         match self {
             Purpose::Read | Purpose::ReadToMove => OFlags::RDONLY,
-            Purpose::Append => OFlags::WRONLY | OFlags::APPEND,
-            Purpose::AppendOrCreate => OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+            Purpose::Append => OFlags::RDWR | OFlags::APPEND,
+            Purpose::AppendOrCreate => OFlags::RDWR | OFlags::APPEND | OFlags::CREATE,
             Purpose::ReadWrite => OFlags::RDWR,
         }
     }
@@ -81,6 +83,8 @@ pub struct RegularFile {
     pub file: File,
     /// At open time; call [`RegularFile::current`] for a fresh one.
     pub id: FileId,
+    /// Hard links at open time.
+    pub links: u64,
     /// For messages only.
     pub path: PathBuf,
 }
@@ -149,6 +153,7 @@ fn checked(file: File, path: PathBuf, purpose: Purpose) -> Result<RegularFile, F
     Ok(RegularFile {
         file,
         id: FileId::of_stat(&st),
+        links: st.st_nlink as u64,
         path,
     })
 }

@@ -36,8 +36,9 @@ pub fn rename_noreplace(
     })
 }
 
+/// `link` then `unlink` (never replacing), for filesystems without `RENAME_NOREPLACE`.
 /// Not atomic, but a writer that opens the source in between opens the same inode.
-fn link_then_unlink(
+pub fn link_then_unlink(
     from: &Dir,
     src: &std::ffi::OsStr,
     to: &Dir,
@@ -143,9 +144,10 @@ pub fn write_new_atomically(
             Err(e) => return Err(e),
         }
     };
-    let written = file
-        .file
-        .write_all(bytes)
+    // Exactly `mode`, whatever the umask took away (a sidecar keeps its registry's mode).
+    let written = rfs::fchmod(&file.file, rfs::Mode::from_raw_mode(mode as _))
+        .map_err(std::io::Error::from)
+        .and_then(|()| file.file.write_all(bytes))
         .and_then(|()| file.file.sync_all())
         .map_err(|e| FsError::io(dir.display(&tmp), e))
         .and_then(|()| {

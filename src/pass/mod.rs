@@ -41,8 +41,8 @@ pub struct Reaper {
     pub progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
     /// This pass's state DBs, per base (newer orchestrators).
     pub state_dbs: HashMap<PathBuf, crate::dbtasks::BaseDb>,
-    /// Journal of multi-step file operations (late-write appends); without one, late
-    /// writes are archived beside the first archive under a numbered name.
+    /// Journal of multi-step file operations (appends to an existing archive, copies);
+    /// without one, a log whose archive already exists is left for a pass that has one.
     pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
 }
 

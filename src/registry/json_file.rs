@@ -4,9 +4,9 @@ use super::pyjson::to_python_json;
 use rustix::fs::{FlockOperation, OFlags, fcntl_getfl, fcntl_setfl, flock};
 use rustix::io::Errno;
 use serde_json::Value;
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Write as _};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -135,7 +135,7 @@ pub fn update_registry<T>(
         .unwrap_or(0o644);
     if let Err(source) = write_sidecar(&sidecar, text.as_bytes(), mode) {
         // The registry is untouched, so a partial sidecar is only litter.
-        let _ = std::fs::remove_file(&sidecar);
+        discard_sidecar(&sidecar);
         return Err(RegistryError::Write {
             path: sidecar,
             source,
@@ -157,7 +157,7 @@ pub fn recover_sidecar(
     opts: &UpdateOptions,
 ) -> Result<SidecarRecovery, RegistryError> {
     let sidecar = sidecar_path(path);
-    match std::fs::symlink_metadata(&sidecar) {
+    match entry_kind(&sidecar) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(SidecarRecovery::NoSidecar),
         Err(source) => {
             return Err(RegistryError::Open {
@@ -165,7 +165,7 @@ pub fn recover_sidecar(
                 source,
             });
         }
-        Ok(meta) if !meta.file_type().is_file() => {
+        Ok(kind) if kind != crate::fs::EntryKind::File => {
             warn_left_alone(
                 &sidecar,
                 "sidecar is not a regular file (symlink, FIFO or device); not followed",
@@ -237,33 +237,56 @@ fn open_error(path: &Path, source: std::io::Error) -> RegistryError {
     }
 }
 
-/// Opens without following a final symlink and without blocking on a FIFO, then insists on
-/// a regular file. `O_NOCTTY` keeps a tty planted at the path from becoming our terminal.
+/// How far above a registry file its trusted workspace base lies:
+/// `<base>/TASK-x/AGENT_REGISTRY.json`, `<base>/registry/GLOBAL_REGISTRY.json` (and their
+/// sidecars). The folder between is opened beneath the base, never through a symlink.
+const LEVELS_BELOW_BASE: usize = 2;
+
+/// The registry's folder (opened confined beneath its base) and its name.
+fn locate(path: &Path) -> std::io::Result<(crate::fs::Dir, std::ffi::OsString)> {
+    crate::fs::open_parent_below(path, LEVELS_BELOW_BASE).map_err(std::io::Error::from)
+}
+
+/// What is at `path` (not following anything), reached as [`locate`] does.
+fn entry_kind(path: &Path) -> std::io::Result<crate::fs::EntryKind> {
+    let (dir, name) = locate(path)?;
+    match dir.metadata(&name).map_err(std::io::Error::from)? {
+        Some(entry) => Ok(entry.kind),
+        None => Err(ErrorKind::NotFound.into()),
+    }
+}
+
+/// Opens through `crate::fs` (beneath the base, no symlink anywhere, `O_NONBLOCK` so a
+/// FIFO never blocks, `O_NOCTTY`), then insists on a regular file; for writing, also on
+/// one hard link (a link to an outside file would be rewritten with it).
 fn open_regular(path: &Path, write: bool) -> Result<File, RegistryError> {
-    let opened = OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path);
-    let file = match opened {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+    open_located(path, write).map(|(file, _, _)| file)
+}
+
+fn open_located(
+    path: &Path,
+    write: bool,
+) -> Result<(File, crate::fs::Dir, std::ffi::OsString), RegistryError> {
+    use crate::fs::{FsError, Purpose};
+    let (dir, name) = locate(path).map_err(|e| open_error(path, e))?;
+    let purpose = if write {
+        Purpose::ReadWrite
+    } else {
+        Purpose::Read
+    };
+    let file = match dir.open_file(&name, purpose) {
+        Ok(f) => f.file,
+        Err(FsError::Symlink { .. } | FsError::NotRegular { .. } | FsError::NotDir { .. }) => {
             return Err(RegistryError::NotRegular {
                 path: path.to_owned(),
             });
         }
-        Err(e) => return Err(open_error(path, e)),
+        Err(e) => return Err(open_error(path, e.into())),
     };
-    let meta = file.metadata().map_err(|e| open_error(path, e))?;
-    if !meta.file_type().is_file() {
-        return Err(RegistryError::NotRegular {
-            path: path.to_owned(),
-        });
-    }
     // O_NONBLOCK was only for the open itself; regular-file I/O should behave normally.
     let flags = fcntl_getfl(&file).map_err(|e| open_error(path, e.into()))?;
     fcntl_setfl(&file, flags - OFlags::NONBLOCK).map_err(|e| open_error(path, e.into()))?;
-    Ok(file)
+    Ok((file, dir, name))
 }
 
 /// Opens read-write and takes `flock(LOCK_EX)` on the registry itself, polling `LOCK_NB` like
@@ -278,7 +301,7 @@ fn lock_registry(path: &Path, opts: &UpdateOptions) -> Result<File, RegistryErro
         })
     };
     loop {
-        let file = open_regular(path, true)?;
+        let (file, dir, name) = open_located(path, true)?;
         loop {
             match flock(&file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => break,
@@ -295,11 +318,12 @@ fn lock_registry(path: &Path, opts: &UpdateOptions) -> Result<File, RegistryErro
         // A writer that renamed a new file over the path while we waited left our lock on
         // an inode nobody reads any more: writing there would lose the update.
         let ours = file.metadata().map_err(|e| open_error(path, e))?;
-        match std::fs::symlink_metadata(path) {
-            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => return Ok(file),
+        match dir.metadata(&name) {
+            Ok(Some(now)) if now.id.dev == ours.dev() && now.id.ino == ours.ino() => {
+                return Ok(file);
+            }
             Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(open_error(path, e)),
+            Err(e) => return Err(open_error(path, e.into())),
         }
         if let Some(err) = timed_out(start) {
             return Err(err);
@@ -413,44 +437,29 @@ fn reserve(file: &File, len: u64) -> std::io::Result<()> {
     }
 }
 
-/// Durable before the registry is touched: content fsynced and its directory entry too,
-/// or a power cut mid-write could leave a torn registry and no sidecar.
+/// Durable before the registry is touched: written under a fresh `O_EXCL|O_NOFOLLOW` name,
+/// fsynced, renamed over `<registry>.reaper` (a symlink planted there is replaced, never
+/// written through), folder fsynced; or a power cut mid-write could leave a torn registry
+/// and no sidecar.
 fn write_sidecar(sidecar: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(sidecar)?;
-    if !file.metadata()?.file_type().is_file() {
-        return Err(std::io::Error::other("sidecar path is not a regular file"));
-    }
-    // A stale sidecar keeps its old mode through O_CREAT; the umask may have cut ours.
-    let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    sync_parent_dir(sidecar)
-}
-
-fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    let (dir, name) = locate(sidecar)?;
+    crate::fs::write_new_atomically(&dir, &name, bytes, mode).map_err(std::io::Error::from)
 }
 
 /// Called once the registry is consistent, so failures only leave a stale sidecar, which
 /// the next recover_sidecar removes: worth a warning, not an error.
 fn discard_sidecar(sidecar: &Path) {
-    let removed = match std::fs::remove_file(sidecar) {
-        Ok(()) => sync_parent_dir(sidecar),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = removed {
-        tracing::warn!(path = %sidecar.display(), error = %e, "could not remove registry sidecar");
+    let removed = locate(sidecar).and_then(|(dir, name)| match dir.unlink(&name) {
+        Ok(()) => dir.sync().map_err(std::io::Error::from),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    });
+    match removed {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %sidecar.display(), error = %e, "could not remove registry sidecar")
+        }
     }
 }
 
@@ -686,15 +695,24 @@ mod tests {
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "keep").unwrap();
         std::os::unix::fs::symlink(&victim, sidecar_path(&path)).unwrap();
-        let err = update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap_err();
-        assert!(matches!(err, RegistryError::Write { .. }), "{err}");
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), SAMPLE);
-
-        // The failed write cleared the planted link; a stale regular sidecar is overwritten.
-        std::fs::write(sidecar_path(&path), "junk").unwrap();
+        // The sidecar is written under a fresh O_EXCL name and renamed over the planted
+        // link: the link is replaced, never written through, and the update goes on.
         update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_ne!(std::fs::read_to_string(&path).unwrap(), SAMPLE);
+        assert!(std::fs::symlink_metadata(sidecar_path(&path)).is_err());
+
+        // A stale regular sidecar is replaced the same way.
+        std::fs::write(sidecar_path(&path), "junk").unwrap();
+        update_registry(&path, &fast(), |v| v["x"] = 2.into()).unwrap();
         assert!(!sidecar_path(&path).exists());
+        // Nothing but the registry and the victim is left (no temporary names).
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["AGENT_REGISTRY.json", "victim"]);
     }
 
     #[test]

@@ -3,9 +3,9 @@
 use super::SqliteError;
 use crate::registry::pyjson::to_python_json;
 use serde_json::Value;
-use std::fs::OpenOptions;
+use std::ffi::OsStr;
 use std::io::Write as _;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// The message we store for a transition: who did it and why, since the DB has no reason column.
@@ -36,34 +36,43 @@ pub fn progress_line(
     )
 }
 
-/// Appends `line` to the progress file at `path` (resolved safely by the caller).
+/// Appends `line` to the progress file at `path`: `<base>/<task>/progress/<id>_progress.jsonl`,
+/// reached beneath the base without following a symlink (see [`append_progress_line_in`]).
+pub fn append_progress_line(path: &Path, line: &str) -> Result<(), SqliteError> {
+    // The base is three levels up: <base>/<task>/progress/<file>.
+    let (dir, name) = crate::fs::open_parent_below(path, 3).map_err(|e| SqliteError::Append {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    append_progress_line_in(&dir, &name, line)
+}
+
+/// Appends `line` to `dir/name` (the task's `progress/` handle).
 ///
 /// `O_APPEND` with one write, as the agents' own `open(..., 'a')` writers do, so lines do
-/// not interleave; created if the agent never reported; a symlink is refused. If the file
-/// ends in a torn line (a writer died mid-line), a newline first keeps ours parseable.
-pub fn append_progress_line(path: &Path, line: &str) -> Result<(), SqliteError> {
+/// not interleave; created if the agent never reported; a symlink, FIFO, device or a file
+/// with another hard link is refused (`crate::fs`). If the file ends in a torn line (a
+/// writer died mid-line), a newline first keeps ours parseable.
+pub fn append_progress_line_in(
+    dir: &crate::fs::Dir,
+    name: &OsStr,
+    line: &str,
+) -> Result<(), SqliteError> {
+    let path = dir.display(name);
     let fail = |source| SqliteError::Append {
-        path: path.to_path_buf(),
+        path: path.clone(),
         source,
     };
     // Readable too: the last byte tells whether the file ends in a torn line.
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(fail)?;
-    let meta = file.metadata().map_err(fail)?;
-    if !meta.is_file() {
-        return Err(fail(std::io::Error::other("not a regular file")));
-    }
+    let opened = dir
+        .open_file(name, crate::fs::Purpose::AppendOrCreate)
+        .map_err(|e| fail(e.into()))?;
+    let file = opened.file;
+    let len = opened.id.size;
     let mut buf = Vec::with_capacity(line.len() + 1);
-    if meta.len() > 0 {
+    if len > 0 {
         let mut last = [0u8; 1];
-        file.read_exact_at(&mut last, meta.len() - 1)
-            .map_err(fail)?;
+        file.read_exact_at(&mut last, len - 1).map_err(fail)?;
         if last[0] != b'\n' {
             buf.push(b'\n');
         }
@@ -126,6 +135,34 @@ mod tests {
         assert_eq!(
             terminal_message("terminated", Some("session_not_found")),
             "agent-reaper: marked terminated (session_not_found)"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_progress_folder_or_hard_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        let task = dir.path().join("base/TASK-1");
+        std::fs::create_dir_all(&task).unwrap();
+        std::os::unix::fs::symlink(&outside, task.join("progress")).unwrap();
+        let err = append_progress_line(&task.join("progress/a_progress.jsonl"), "{}\n");
+        assert!(err.unwrap_err().to_string().contains("symlink"));
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+        // A hard link to an outside file in place of the progress file.
+        std::fs::remove_file(task.join("progress")).unwrap();
+        std::fs::create_dir(task.join("progress")).unwrap();
+        std::fs::write(outside.join("victim"), "keep\n").unwrap();
+        std::fs::hard_link(
+            outside.join("victim"),
+            task.join("progress/a_progress.jsonl"),
+        )
+        .unwrap();
+        let err = append_progress_line(&task.join("progress/a_progress.jsonl"), "{}\n");
+        assert!(err.unwrap_err().to_string().contains("hard links"));
+        assert_eq!(
+            std::fs::read_to_string(outside.join("victim")).unwrap(),
+            "keep\n"
         );
     }
 }

@@ -1,0 +1,268 @@
+//! The file side of one task's cleanup, all through the task's directory handle: archiving
+//! an agent's logs (one archive per log: later bytes are appended to it, journaled),
+//! and deleting its prompt only if it is still the file that was checked.
+
+use super::Outcome;
+use crate::archive::{ArchiveError, Archived, Archiver, sync_dirs};
+use crate::config::Config;
+use crate::fs::{self, Compare, Dir, FsError, Purpose, UnlinkOutcome};
+use crate::journal::{Journal, Step};
+use crate::late::{AppendOutcome, append_late_write_at};
+use crate::observe::TaskView;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// One task's file work in one pass; folders are opened once and fsynced together.
+pub(super) struct TaskFiles<'a> {
+    view: &'a TaskView,
+    config: &'a Config,
+    task: Option<Result<Arc<Dir>, String>>,
+    archiver: Option<Result<Archiver, String>>,
+    /// Source folders by their path relative to the task folder ("" = the task folder).
+    dirs: HashMap<PathBuf, Arc<Dir>>,
+    /// Folders whose entries changed: fsynced before the registry records the moves.
+    touched: Vec<Arc<Dir>>,
+}
+
+impl<'a> TaskFiles<'a> {
+    pub(super) fn new(view: &'a TaskView, config: &'a Config) -> Self {
+        TaskFiles {
+            view,
+            config,
+            task: None,
+            archiver: None,
+            dirs: HashMap::new(),
+            touched: Vec::new(),
+        }
+    }
+
+    fn task(&mut self) -> Result<Arc<Dir>, String> {
+        let task = &self.view.task;
+        self.task
+            .get_or_insert_with(|| task.handle().map_err(|e| e.to_string()))
+            .clone()
+    }
+
+    /// The archive folder: `<task>/archive/`, or `<archive_dir>/<task id>/` (the configured
+    /// folder is trusted and opened by path; the task's folder in it is opened beneath it).
+    fn archiver(&mut self) -> Result<&mut Archiver, String> {
+        if self.archiver.is_none() {
+            let made = match &self.config.archive_dir {
+                Some(root) => Dir::open_base(root)
+                    .map(|d| Archiver::new(Arc::new(d), &self.view.task.task_id))
+                    .map_err(|e| e.to_string()),
+                None => self.task().map(|t| Archiver::new(t, "archive")),
+            };
+            self.archiver = Some(made);
+        }
+        match self.archiver.as_mut().expect("set above") {
+            Ok(a) => Ok(a),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// `path` (below the task folder) as its folder's handle and its name.
+    fn locate(&mut self, path: &Path) -> Result<(Arc<Dir>, OsString), String> {
+        let rel = path.strip_prefix(&self.view.task.dir).map_err(|_| {
+            format!(
+                "{}: not inside the task folder {}; left alone",
+                path.display(),
+                self.view.task.dir.display()
+            )
+        })?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| format!("{}: no file name; left alone", path.display()))?
+            .to_os_string();
+        let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        if let Some(dir) = self.dirs.get(&parent) {
+            return Ok((Arc::clone(dir), name));
+        }
+        let task = self.task()?;
+        let dir = if parent.as_os_str().is_empty() {
+            task
+        } else {
+            Arc::new(task.open_dir(&parent).map_err(|e| e.to_string())?)
+        };
+        self.dirs.insert(parent, Arc::clone(&dir));
+        Ok((dir, name))
+    }
+
+    /// Archives one log: moved into the archive, or, when the archive already holds a
+    /// file of that name (a late write, a second pass, a crash between archive and
+    /// record), appended to it through the journal, exactly once.
+    pub(super) fn archive(
+        &mut self,
+        path: &Path,
+        journal: Option<&Mutex<Journal>>,
+        out: &mut Outcome,
+    ) {
+        if let Err(e) = self.try_archive(path, journal, out) {
+            out.errors.push(e);
+        }
+    }
+
+    fn try_archive(
+        &mut self,
+        path: &Path,
+        journal: Option<&Mutex<Journal>>,
+        out: &mut Outcome,
+    ) -> Result<(), String> {
+        let (src_dir, name) = self.locate(path)?;
+        let existing = self
+            .archiver()?
+            .existing(&name)
+            .map_err(|e| e.to_string())?;
+        if existing.is_none() {
+            let archiver = self.archiver()?;
+            match archive_journaled(archiver, &src_dir, &name, journal) {
+                Ok(done) => {
+                    self.touched.push(Arc::clone(&src_dir));
+                    out.done.push(format!(
+                        "archived {} -> {}",
+                        self.in_task(path),
+                        self.in_task(done.path())
+                    ));
+                    out.archived.push(done.path().to_path_buf());
+                    return Ok(());
+                }
+                // Archived by someone else between the look and the move: append below.
+                Err(ArchiveError::Taken { .. }) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        self.append(path, &src_dir, &name, journal, out)
+    }
+
+    /// Appends the bytes of `src_dir/name` to its archive and unlinks it (journaled).
+    fn append(
+        &mut self,
+        path: &Path,
+        src_dir: &Dir,
+        name: &OsStr,
+        journal: Option<&Mutex<Journal>>,
+        out: &mut Outcome,
+    ) -> Result<(), String> {
+        let archiver = self.archiver()?;
+        let adir = archiver.open().map_err(|e| e.to_string())?;
+        let target = adir.display(name);
+        let Some(journal) = journal else {
+            return Err(format!(
+                "{}: {} already holds this log's archive; appending to it needs the journal (a state dir); left for a later pass",
+                path.display(),
+                target.display()
+            ));
+        };
+        let mut journal = journal.lock().expect("journal lock");
+        match append_late_write_at(src_dir, name, adir, name, &mut journal) {
+            Ok(AppendOutcome::Appended { bytes, rescued }) => {
+                out.done.push(format!(
+                    "appended {} late byte(s) of {} to {}",
+                    bytes + rescued,
+                    self.in_task(path),
+                    self.in_task(&target)
+                ));
+                out.archived.push(target);
+            }
+            Ok(AppendOutcome::Changed) => out.done.push(format!(
+                "{} changed while being appended; retried once it settles",
+                self.in_task(path)
+            )),
+            Err(e) => return Err(e.to_string()),
+        }
+        Ok(())
+    }
+
+    /// Deletes the prompt file if it is still a regular file with one link, and only the
+    /// very file checked (a file swapped in after the check is never deleted).
+    pub(super) fn delete_prompt(&mut self, path: &Path, out: &mut Outcome) {
+        let result = self.locate(path).and_then(|(dir, name)| {
+            let checked = match dir.open_file(&name, Purpose::ReadToMove) {
+                Ok(f) => f.id,
+                Err(e) if e.is_not_found() => return Ok(UnlinkOutcome::Gone),
+                Err(e) => return Err(e.to_string()),
+            };
+            fs::unlink_if_same(&dir, &name, &checked, Compare::Inode).map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(UnlinkOutcome::Unlinked) => {
+                out.prompt_deleted = true;
+                out.done.push(format!("deleted {}", self.in_task(path)));
+            }
+            Ok(UnlinkOutcome::Gone) => {}
+            Err(e) => out.errors.push(e),
+        }
+    }
+
+    /// Makes this task's moves durable (one fsync per folder) before the registry records them.
+    pub(super) fn sync(&mut self) {
+        if self.touched.is_empty() {
+            return;
+        }
+        let archive = match self.archiver.as_mut() {
+            Some(Ok(a)) => a.open().ok(),
+            _ => None,
+        };
+        sync_dirs(self.touched.iter().map(|d| &**d).chain(archive));
+    }
+
+    /// A path as the user reads it: relative to the task folder when inside it.
+    fn in_task(&self, path: &Path) -> String {
+        path.strip_prefix(&self.view.task.dir)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+}
+
+/// Archives `src_dir/name`; a copy to another filesystem is journaled first, so a crash
+/// between its rename and the unlink of the original is finished (not duplicated) at restart.
+fn archive_journaled(
+    archiver: &mut Archiver,
+    src_dir: &Dir,
+    name: &OsStr,
+    journal: Option<&Mutex<Journal>>,
+) -> Result<Archived, ArchiveError> {
+    let step = match journal {
+        Some(j) if archiver.crosses_filesystems(src_dir) => {
+            let src_len = src_dir
+                .metadata(name)?
+                .map(|m| m.id.size)
+                .ok_or_else(|| FsError::io(src_dir.display(name), std::io::ErrorKind::NotFound))?;
+            let adir = archiver.open()?;
+            let mut partial = name.to_os_string();
+            partial.push(".partial");
+            let step = Step::Copy {
+                src: src_dir.display(name),
+                partial: adir.display(&partial),
+                dest: adir.display(name),
+                src_len,
+            };
+            match j.lock().expect("journal lock").begin(&[step]) {
+                Ok(seqs) => Some((j, seqs)),
+                Err(e) => {
+                    tracing::warn!(
+                        "journal: {e}; copying {} unjournaled",
+                        src_dir.display(name).display()
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let result = archiver.archive(src_dir, name);
+    if let Some((j, seqs)) = step {
+        let mut j = j.lock().expect("journal lock");
+        let recorded = match &result {
+            Ok(_) => j.finish(&seqs),
+            Err(_) => j.undo(&seqs),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!("journal: {e}");
+        }
+    }
+    result
+}
