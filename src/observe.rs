@@ -139,7 +139,7 @@ fn stat_regular(task_dir: &Dir, task: &TaskDir, path: &Path) -> Result<Option<Lo
             mtime: mtime_of(&entry.id),
         })),
         Ok(Some(entry)) => Err(format!(
-            "{}: is a {}, not a regular file (symlink?); left alone",
+            "{}: is a {}, not a regular file; left alone",
             path.display(),
             entry.kind.describe()
         )),

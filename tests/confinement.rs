@@ -544,6 +544,15 @@ fn fifos_sockets_devices_and_folders_in_place_of_logs_and_registries() {
         age_files(&s.task(GOOD_TASK));
         let text = pass(&s, form, |_| true);
         decoy.assert_untouched(&format!("{form:?}\n{text}"));
+        // Each odd log costs its agent a warning naming it.
+        for id in &ids[..4] {
+            let name = format!("logs/{id}_stream.jsonl");
+            assert!(
+                text.lines()
+                    .any(|l| l.contains(&name) && l.contains("not a regular file")),
+                "{form:?}: no warning names {name}\n{text}"
+            );
+        }
         for n in ["f1f0", "50c0", "d1d0", "2e00"] {
             assert!(
                 text.contains(&format!("TASK-20261127-120000-0000{n}")),
@@ -898,5 +907,35 @@ fn nothing_outside_src_fs_touches_files_by_path() {
     assert!(
         stale.is_empty(),
         "FS_ALLOWED names files that no longer need it: {stale:?}"
+    );
+}
+
+// ---------------------------------------------------------------- bounded reads
+
+/// A vanished agent whose stream log ends in a 10 MB result line finished normally: it is
+/// marked completed, not terminated (the tail is read backwards past 1 MB).
+#[test]
+fn a_ten_megabyte_result_line_is_a_normal_finish() {
+    let s = Sandbox::new();
+    config(&s, "");
+    good_agent(&s);
+    let id = "verbose-120000-abcdef";
+    let reg = write_task(&s.base(), VICTIM_TASK, json!([agent_entry(id, "working")]));
+    let mut text = String::from(
+        "{\"type\":\"assistant\"}\n{\"type\":\"result\",\"is_error\":false,\"result\":\"",
+    );
+    text.push_str(&"x".repeat(10 << 20));
+    text.push_str("\"}\n");
+    fs::write(
+        s.task(VICTIM_TASK).join(format!("logs/{id}_stream.jsonl")),
+        text,
+    )
+    .unwrap();
+    age_files(&s.task(VICTIM_TASK));
+    let out = pass(&s, Form::Once, |_| true);
+    assert_eq!(
+        read_json(&reg)["agents"][0]["status"],
+        "completed",
+        "a normal finish read as something else\n{out}"
     );
 }
