@@ -272,7 +272,7 @@ pub fn apply_task(
             log_files_archived: !out.archived.is_empty(),
             verified_no_zombies: no_zombies,
             errors: out.errors.clone(),
-            archived_files: out.archived.iter().map(|p| path_string(p)).collect(),
+            archived_files: archived_files(&out.archived, files.archives_of(agent)),
             escalated_to_sigkill: out.escalated,
             defunct_processes: out.defunct.clone(),
         });
@@ -287,6 +287,9 @@ pub fn apply_task(
     }
     // The moves are made durable before the registry says they happened.
     files.sync();
+    if outcomes.iter().any(|o| !o.archived.is_empty()) {
+        crate::failpoint::hit(crate::failpoint::AFTER_ARCHIVE);
+    }
     if db_backed {
         // The DB holds no cleanup record: what is left on disk is the record.
         for (a, decision) in decisions.iter().enumerate() {
@@ -337,6 +340,21 @@ pub fn apply_task(
     }
 }
 
+/// What the record lists as archived: this pass's archives, then the archives of the
+/// agent's logs already in its archive folder (a pass that died before recording, or one
+/// that archived a log while another still settled). Each is checked to be there now: the
+/// record lists what exists, not what was once attempted.
+fn archived_files(this_pass: &[PathBuf], on_disk: Vec<PathBuf>) -> Vec<String> {
+    let mut files: Vec<String> = this_pass.iter().map(|p| path_string(p)).collect();
+    for path in on_disk {
+        let listed = path_string(&path);
+        if !files.contains(&listed) {
+            files.push(listed);
+        }
+    }
+    files
+}
+
 fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -365,7 +383,13 @@ pub fn update_global(
         .filter(|(v, _)| v.task.base == base)
         .flat_map(|(v, outs)| v.agents.iter().zip(outs))
         .filter_map(|(agent, out)| {
-            let status = out.status_applied.as_deref()?;
+            // This pass's transition, else the task registry's terminal status: a mirror an
+            // unlocked global rewrite wiped is restored (entries already terminal stay as
+            // they are), so `active_agents` does not count finished agents forever.
+            let status = out
+                .status_applied
+                .as_deref()
+                .unwrap_or(agent.registry_status.as_str());
             let status = crate::model::TERMINAL_STATUSES
                 .iter()
                 .find(|s| **s == status)?;

@@ -48,6 +48,8 @@ pub struct Config {
     pub session_poll_interval: Duration,
     pub shutdown_timeout: Duration,
     pub lock_timeout: Duration,
+    /// Registries larger than this many bytes are reported and skipped, not read.
+    pub max_registry_size: u64,
     pub kill_orphan_sessions: bool,
     pub delete_prompt_files: bool,
     pub health_file: bool,
@@ -75,6 +77,7 @@ impl Default for Config {
             session_poll_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(10),
+            max_registry_size: 64 << 20,
             kill_orphan_sessions: false,
             delete_prompt_files: true,
             health_file: true,
@@ -108,6 +111,7 @@ struct RawConfig {
     session_poll_interval: Option<String>,
     shutdown_timeout: Option<String>,
     lock_timeout: Option<String>,
+    max_registry_size: Option<ByteSize>,
     kill_orphan_sessions: Option<bool>,
     delete_prompt_files: Option<bool>,
     health_file: Option<bool>,
@@ -116,6 +120,14 @@ struct RawConfig {
     tmux_socket: Option<String>,
     tmux_timeout: Option<String>,
     term_grace: Option<TermGrace>,
+}
+
+/// A size as a number of bytes or a string such as `"64MiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +199,20 @@ impl Config {
             Some(s) if s.contains('/') => Some(TmuxSocketSetting::Path(PathBuf::from(s))),
             Some(s) => Some(TmuxSocketSetting::Name(s)),
         };
+        let max_registry_size = match raw.max_registry_size {
+            None => d.max_registry_size,
+            Some(ByteSize::Bytes(n)) => n,
+            Some(ByteSize::Text(t)) => {
+                parse_size(&t).map_err(|reason| invalid("max_registry_size", t, &reason))?
+            }
+        };
+        if max_registry_size == 0 {
+            return Err(invalid(
+                "max_registry_size",
+                "0".into(),
+                "must be larger than zero, e.g. \"64MiB\"",
+            ));
+        }
         let config = Config {
             workspace_bases: raw.workspace_bases.unwrap_or_default(),
             discover_workspaces: raw.discover_workspaces.unwrap_or(d.discover_workspaces),
@@ -209,6 +235,7 @@ impl Config {
             )?,
             shutdown_timeout: dur("shutdown_timeout", raw.shutdown_timeout, d.shutdown_timeout)?,
             lock_timeout: dur("lock_timeout", raw.lock_timeout, d.lock_timeout)?,
+            max_registry_size,
             kill_orphan_sessions: raw.kill_orphan_sessions.unwrap_or(d.kill_orphan_sessions),
             delete_prompt_files: raw.delete_prompt_files.unwrap_or(d.delete_prompt_files),
             health_file: raw.health_file.unwrap_or(d.health_file),
@@ -237,6 +264,32 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// `"64MiB"`, `"512KiB"`, `"1GiB"`, `"10MB"`, `"4096"` (bytes): a size in bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let hint = "write e.g. \"64MiB\", \"512KiB\" or a number of bytes";
+    if digits == 0 {
+        return Err(format!("expected a number at the start; {hint}"));
+    }
+    let number: u64 = text[..digits]
+        .parse()
+        .map_err(|_| format!("number too large in {text:?}"))?;
+    let unit: u64 = match text[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown unit {other:?}; {hint}")),
+    };
+    number
+        .checked_mul(unit)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// `"200ms"`, `"2s"`, `"110m"`, `"1h"`, `"1d"`; also combined like `"1h30m"`.
@@ -296,6 +349,30 @@ mod tests {
         assert_eq!(config.settle, defaults.settle);
         assert_eq!(config.max_inactivity, defaults.max_inactivity);
         assert_eq!(config.term_grace, defaults.term_grace);
+        assert_eq!(config.max_registry_size, defaults.max_registry_size);
+    }
+
+    #[test]
+    fn max_registry_size_takes_bytes_or_units() {
+        assert_eq!(parse("").unwrap().max_registry_size, 64 << 20);
+        assert_eq!(
+            parse("max_registry_size = \"128MiB\"")
+                .unwrap()
+                .max_registry_size,
+            128 << 20
+        );
+        assert_eq!(
+            parse("max_registry_size = 5000").unwrap().max_registry_size,
+            5000
+        );
+        let err = parse("max_registry_size = \"64 megs\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_registry_size") && err.contains("MiB"),
+            "{err}"
+        );
+        assert!(parse("max_registry_size = 0").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dbtasks;
 pub mod decide;
 pub mod demo;
+pub mod failpoint;
 pub mod fs;
 pub mod instance;
 pub mod journal;

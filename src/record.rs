@@ -3,6 +3,7 @@
 use crate::model::{StatusClass, classify_status};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 
 /// The orchestrator's `auto_cleanup_result` keys, plus what only we can tell.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -69,7 +70,8 @@ fn merge_record(existing: Option<&Value>, new: &CleanupRecord) -> Value {
         merged.tmux_session_killed |= flag("tmux_session_killed");
         merged.prompt_file_deleted |= flag("prompt_file_deleted");
         merged.log_files_archived |= flag("log_files_archived");
-        if merged.escalated_to_sigkill.is_none() && flag("escalated_to_sigkill") {
+        // A SIGKILL an earlier pass sent stays sent, whatever this pass had to do.
+        if flag("escalated_to_sigkill") {
             merged.escalated_to_sigkill = Some(true);
         }
     }
@@ -77,12 +79,21 @@ fn merge_record(existing: Option<&Value>, new: &CleanupRecord) -> Value {
     serde_json::to_value(merged).expect("record serialises")
 }
 
-/// Applies one change to the agent entry with the same id in `agents`.
-pub fn apply_change(agents: &mut [Value], change: &AgentChange) -> Applied {
-    let Some(entry) = agents
-        .iter_mut()
-        .find(|a| a.get("id").and_then(Value::as_str) == Some(change.id.as_str()))
-    else {
+/// Where each id sits in `agents` (the first entry when an id repeats, as a scan would find),
+/// built once per edit so that applying many changes stays linear in the registry's size.
+pub fn index_by_id(agents: &[Value]) -> HashMap<&str, usize> {
+    let mut index = HashMap::with_capacity(agents.len());
+    for (i, agent) in agents.iter().enumerate() {
+        if let Some(id) = agent.get("id").and_then(Value::as_str) {
+            index.entry(id).or_insert(i);
+        }
+    }
+    index
+}
+
+/// Applies `change` to `agents[at]` (`None`: no such entry).
+fn apply_at(agents: &mut [Value], at: Option<usize>, change: &AgentChange) -> Applied {
+    let Some(entry) = at.and_then(|i| agents.get_mut(i)) else {
         return Applied::Missing;
     };
     let Some(obj) = entry.as_object_mut() else {
@@ -127,8 +138,16 @@ pub fn edit_task_registry(root: &mut Value, changes: &[AgentChange]) -> Vec<Appl
     };
     let mut applied = Vec::with_capacity(changes.len());
     if let Some(agents) = obj.get_mut("agents").and_then(Value::as_array_mut) {
-        for change in changes {
-            applied.push(apply_change(agents, change));
+        // One pass over the agents finds every change's entry: linear, not a scan per change.
+        let at: Vec<Option<usize>> = {
+            let index = index_by_id(agents);
+            changes
+                .iter()
+                .map(|c| index.get(c.id.as_str()).copied())
+                .collect()
+        };
+        for (change, at) in changes.iter().zip(at) {
+            applied.push(apply_at(agents, at, change));
         }
     } else {
         applied.resize(changes.len(), Applied::Missing);
@@ -186,14 +205,25 @@ pub fn edit_global_registry(root: &mut Value, changes: &[GlobalChange]) {
             set(entry, at, json!(change.now));
         }
     }
-    let active = count_active(
-        agents
-            .values()
-            .map(|a| a.get("status").and_then(Value::as_str)),
-    );
+    let active = global_active_agents(agents);
     if obj.contains_key("active_agents") {
         set(obj, "active_agents", json!(active));
     }
+}
+
+/// `active_agents` as the orchestrator keeps it: `deploy_headless_agent` adds an entry
+/// without a status and counts it, and only a later move to a terminal status uncounts it.
+/// So an entry without a status is active; one with a status counts by that status.
+pub fn global_active_agents(agents: &Map<String, Value>) -> i64 {
+    agents
+        .values()
+        .filter(|a| match a.get("status") {
+            None | Some(Value::Null) => true,
+            Some(s) => s
+                .as_str()
+                .is_some_and(|s| classify_status(s) == StatusClass::Active),
+        })
+        .count() as i64
 }
 
 /// `active_count` that a registry should hold, from the statuses it lists.
@@ -311,5 +341,106 @@ mod tests {
         );
         assert_eq!(root["agents"]["a"]["status"], "terminated");
         assert_eq!(root["active_agents"], 0);
+    }
+
+    #[test]
+    fn a_later_pass_never_takes_back_what_an_earlier_one_did() {
+        let mut root = registry();
+        let mut first = zombie_change();
+        let rec = first.cleanup.as_mut().unwrap();
+        rec.tmux_session_killed = true;
+        rec.prompt_file_deleted = true;
+        rec.escalated_to_sigkill = Some(true);
+        rec.errors = vec!["first attempt failed".into()];
+        edit_task_registry(&mut root, &[first]);
+        // The second pass found the session gone and nothing left to stop or delete.
+        let mut later = zombie_change();
+        later.expect_status = "terminated".into();
+        later.set_status = None;
+        later.cleanup = Some(CleanupRecord {
+            success: true,
+            verified_no_zombies: true,
+            escalated_to_sigkill: Some(false),
+            archived_files: vec!["/w/archive/a_stream.jsonl".into()],
+            ..Default::default()
+        });
+        edit_task_registry(&mut root, &[later]);
+        let r = &root["agents"][0]["auto_cleanup_result"];
+        assert_eq!(r["tmux_session_killed"], true);
+        assert_eq!(r["prompt_file_deleted"], true);
+        assert_eq!(r["escalated_to_sigkill"], true);
+        assert_eq!(r["log_files_archived"], true);
+        assert_eq!(r["errors"], json!([]), "errors are the latest attempt's");
+        assert_eq!(r["success"], true);
+        assert_eq!(
+            r["archived_files"],
+            json!(["/w/archive/a_progress.jsonl", "/w/archive/a_stream.jsonl"])
+        );
+    }
+
+    #[test]
+    fn global_entries_without_a_status_are_active_as_the_orchestrator_counts_them() {
+        // deploy_headless_agent adds entries with no status and counts them active.
+        let mut root: Value = serde_json::from_str(
+            r#"{"active_agents":0,"agents":{
+                "a":{"task_id":"T","type":"x"},
+                "b":{"task_id":"T","status":"working"},
+                "c":{"task_id":"T","status":"completed"},
+                "d":{"task_id":"T","status":null}}}"#,
+        )
+        .unwrap();
+        edit_global_registry(&mut root, &[]);
+        assert_eq!(root["active_agents"], 3);
+        edit_global_registry(
+            &mut root,
+            &[GlobalChange {
+                id: "a".into(),
+                status: "terminated",
+                now: "2026-11-27T10:00:00.000000".into(),
+            }],
+        );
+        assert_eq!(root["agents"]["a"]["status"], "terminated");
+        assert_eq!(root["active_agents"], 2);
+    }
+
+    #[test]
+    fn forty_thousand_agents_edit_in_one_linear_pass() {
+        let n = 40_000;
+        let agents: Vec<Value> = (0..n)
+            .map(|i| json!({"id": format!("a-{i}"), "status": "completed", "progress": 100}))
+            .collect();
+        let mut root = json!({"agents": agents, "active_count": 0});
+        let changes: Vec<AgentChange> = (0..n)
+            .map(|i| AgentChange {
+                id: format!("a-{i}"),
+                expect_status: "completed".into(),
+                set_status: None,
+                cleanup: Some(CleanupRecord {
+                    success: true,
+                    ..Default::default()
+                }),
+                now: "2026-11-27T10:00:00.000000".into(),
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let applied = edit_task_registry(&mut root, &changes);
+        let took = start.elapsed();
+        println!("edit of {n} agents: {took:?} (goal: well under 1 s in release)");
+        assert!(applied.iter().all(|a| *a == Applied::Done));
+        assert_eq!(
+            root["agents"][n - 1]["auto_cleanup_result"]["success"],
+            true
+        );
+    }
+
+    #[test]
+    fn a_repeated_id_is_edited_at_its_first_entry_as_before() {
+        let mut root: Value = serde_json::from_str(
+            r#"{"agents":[{"id":"a","status":"working"},{"id":"a","status":"working"}]}"#,
+        )
+        .unwrap();
+        edit_task_registry(&mut root, &[zombie_change()]);
+        assert_eq!(root["agents"][0]["status"], "terminated");
+        assert_eq!(root["agents"][1]["status"], "working");
     }
 }

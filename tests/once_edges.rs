@@ -271,6 +271,221 @@ fn an_archive_dir_on_another_filesystem_gets_a_verified_copy() {
     assert_eq!((begun, closed), (1, 1), "{text}");
 }
 
+/// `n` numbered JSONL lines, `from` on.
+fn lines(tag: &str, from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("{{\"{tag}\":{i}}}\n"))
+        .collect()
+}
+
+fn append(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+/// The archive folder's files, by name.
+fn archive_names(task: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(task.join("archive"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// One archive per log, holding every line written to it exactly once, in order; and a
+/// record that lists both archives.
+fn assert_one_archive_each_line_once(s: &Sandbox, progress: &str, stream: &str) {
+    let task = s.task(TASK);
+    assert_eq!(
+        archive_names(&task),
+        [format!("{ID}_progress.jsonl"), format!("{ID}_stream.jsonl")],
+        "one archive file per log, no numbered sibling"
+    );
+    let archived = |name: &str| fs::read_to_string(task.join("archive").join(name)).unwrap();
+    assert_eq!(archived(&format!("{ID}_progress.jsonl")), progress);
+    assert_eq!(archived(&format!("{ID}_stream.jsonl")), stream);
+    let reg = read_json(&task.join("AGENT_REGISTRY.json"));
+    let record = &reg["agents"][0]["auto_cleanup_result"];
+    assert_eq!(record["success"], true, "{record}");
+    assert_eq!(record["log_files_archived"], true, "{record}");
+    let listed: Vec<&str> = record["archived_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for name in ["progress", "stream"] {
+        let path = task.join(format!("archive/{ID}_{name}.jsonl"));
+        assert!(
+            listed.contains(&path.to_str().unwrap()),
+            "record lists {path:?}: {record}"
+        );
+    }
+    assert_eq!(listed.len(), 2, "{record}");
+}
+
+#[test]
+fn progress_arriving_while_the_stream_settles_ends_in_one_archive_per_log() {
+    let s = Sandbox::new();
+    s.write_config("settle = \"300ms\"\n");
+    finished_agent(&s);
+    let task = s.task(TASK);
+    let progress_log = task.join(format!("progress/{ID}_progress.jsonl"));
+    let stream_log = task.join(format!("logs/{ID}_stream.jsonl"));
+    fs::write(&progress_log, lines("p", 0, 3)).unwrap();
+    age_files(&task);
+    // The stream log is still being written (never settled during the first pass)...
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, stream_log) = (stop.clone(), stream_log.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                append(&stream_log, &lines("s", n, 1));
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(40));
+            }
+            n
+        })
+    };
+    wait_until(std::time::Duration::from_secs(5), || stream_log.exists());
+    let out = s.run_ok(&["once"]);
+    assert!(
+        task.join(format!("archive/{ID}_progress.jsonl")).exists(),
+        "the settled progress log went first: {out}"
+    );
+    let reg = read_json(&task.join("AGENT_REGISTRY.json"));
+    assert!(
+        reg["agents"][0].get("auto_cleanup_result").is_none(),
+        "no record while a log still settles: {reg}"
+    );
+    // ...and the orchestrator appends more progress meanwhile (a new file at the old name).
+    append(&progress_log, &lines("p", 3, 2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let streamed = writer.join().unwrap();
+    age_files(&task);
+    s.run_ok(&["once"]);
+    assert_one_archive_each_line_once(&s, &lines("p", 0, 5), &lines("s", 0, streamed));
+    // A third pass has nothing left to add.
+    s.run_ok(&["once"]);
+    assert_one_archive_each_line_once(&s, &lines("p", 0, 5), &lines("s", 0, streamed));
+}
+
+#[test]
+fn a_kill_between_archive_and_record_ends_in_one_archive_per_log_and_a_full_record() {
+    let s = Sandbox::new();
+    finished_agent(&s);
+    let task = s.task(TASK);
+    let progress_log = task.join(format!("progress/{ID}_progress.jsonl"));
+    fs::write(&progress_log, lines("p", 0, 3)).unwrap();
+    fs::write(
+        task.join(format!("logs/{ID}_stream.jsonl")),
+        lines("s", 0, 4),
+    )
+    .unwrap();
+    age_files(&task);
+    let out = s
+        .cmd(&["once"])
+        .env("AGENT_REAPER_FAILPOINT", "after-archive")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "killed at the failpoint: {out:?}"
+    );
+    assert_eq!(archive_names(&task).len(), 2, "archived before the kill");
+    let reg = read_json(&task.join("AGENT_REGISTRY.json"));
+    assert!(reg["agents"][0].get("auto_cleanup_result").is_none());
+    // The orchestrator appends one more progress line before the reaper comes back.
+    append(&progress_log, &lines("p", 3, 1));
+    age_files(&task);
+    s.run_ok(&["once"]);
+    assert_one_archive_each_line_once(&s, &lines("p", 0, 4), &lines("s", 0, 4));
+}
+
+#[test]
+fn a_torn_tail_of_our_own_write_is_repaired_by_a_later_process() {
+    let s = Sandbox::new();
+    let reg = finished_agent(&s);
+    let before_ours = read_json(&reg);
+    s.run_ok(&["once"]);
+    let ours = fs::read(&reg).unwrap();
+    assert!(read_json(&reg)["agents"][0]["auto_cleanup_result"].is_object());
+    // The orchestrator's unlocked open('w') + json.dump of what it read before our write,
+    // its truncate landing before our in-place write and its data after: its shorter
+    // document, then the rest of ours.
+    let mut theirs = before_ours.clone();
+    theirs["agents"][0]["progress"] = json!(99);
+    let short = agent_reaper::registry::pyjson::to_python_json(&theirs);
+    assert!(short.len() < ours.len());
+    let mut torn = ours.clone();
+    torn[..short.len()].copy_from_slice(short.as_bytes());
+    fs::write(&reg, &torn).unwrap();
+    assert!(
+        serde_json::from_slice::<Value>(&torn).is_err(),
+        "Extra data"
+    );
+
+    // `plan` says so and changes nothing.
+    let out = s.run(&["plan"]);
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("torn"), "{said}");
+    assert_eq!(fs::read(&reg).unwrap(), torn);
+
+    // A new process (memory empty) proves it from `<registry>.reaper-seen` and cuts it.
+    let out = s.run(&["once"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("repaired torn registry"), "{stderr}");
+    let now = read_json(&reg);
+    assert_eq!(
+        now["agents"][0]["progress"], 99,
+        "the orchestrator's document kept"
+    );
+    // Its rewrite dropped our record; the new one lists what is on disk.
+    let record = &now["agents"][0]["auto_cleanup_result"];
+    assert_eq!(record["success"], true, "{record}");
+    assert_eq!(
+        record["archived_files"],
+        json!([s
+            .task(TASK)
+            .join(format!("archive/{ID}_progress.jsonl"))
+            .to_string_lossy()]),
+        "{record}"
+    );
+}
+
+#[test]
+fn a_registry_over_max_registry_size_is_reported_with_the_key_to_raise() {
+    let s = Sandbox::new();
+    let reg = finished_agent(&s);
+    let before = fs::read(&reg).unwrap();
+    s.write_config("max_registry_size = 100\n");
+    let out = s.run(&["once"]);
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("max_registry_size") && said.contains(&format!("{} bytes", before.len())),
+        "{said}"
+    );
+    assert_eq!(fs::read(&reg).unwrap(), before);
+    assert!(
+        s.task(TASK)
+            .join(format!("progress/{ID}_progress.jsonl"))
+            .exists()
+    );
+}
+
 #[test]
 fn a_later_pass_appends_to_the_one_archive_of_a_log() {
     let s = Sandbox::new();

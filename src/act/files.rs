@@ -196,6 +196,18 @@ impl<'a> TaskFiles<'a> {
         }
     }
 
+    /// The archives of `agent`'s logs present in the archive folder now (by the logs'
+    /// conventional names): what an earlier pass archived counts in a later record.
+    pub(super) fn archives_of(&mut self, agent: &crate::observe::AgentView) -> Vec<PathBuf> {
+        let logs = crate::workspace::agent_files(&self.view.task, &agent.id).logs;
+        let Ok(archiver) = self.archiver() else {
+            return Vec::new();
+        };
+        logs.iter()
+            .filter_map(|(_, log)| archiver.existing(log.file_name()?).ok().flatten())
+            .collect()
+    }
+
     /// Makes this task's moves durable (one fsync per folder) before the registry records them.
     pub(super) fn sync(&mut self) {
         if self.touched.is_empty() {

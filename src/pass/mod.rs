@@ -10,7 +10,7 @@ use crate::observe::{
     scan_writers, task_view,
 };
 use crate::procs::{ProcTable, Tmux};
-use crate::registry::{ReadOptions, UpdateOptions, recover_sidecar};
+use crate::registry::{UpdateOptions, recover_sidecar};
 use crate::workspace::{discover_tasks, global_registry};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -73,7 +73,7 @@ impl Reaper {
 
     fn update_options(&self) -> UpdateOptions {
         UpdateOptions {
-            read: ReadOptions::default(),
+            read: crate::registry::json_file::read_options(&self.config, false),
             lock_timeout: self.config.lock_timeout,
         }
     }
@@ -146,7 +146,13 @@ impl Reaper {
                     None => task_view(
                         &task,
                         Backend::Json,
-                        observe::read_task(&task, &ReadOptions::default()),
+                        observe::read_task(
+                            &task,
+                            &crate::registry::json_file::read_options(
+                                &self.config,
+                                matches!(mode, Mode::Execute { .. }),
+                            ),
+                        ),
                     ),
                 };
                 views.push(view);

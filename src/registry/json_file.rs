@@ -1,6 +1,8 @@
 //! One JSON registry file: flock on the file itself, tolerant reads, in-place writes with a crash sidecar.
 
-use super::pyjson::to_python_json;
+use super::cas::{CAS_ROUNDS, CasFile, edit_in_place};
+use super::seen;
+use super::torn::find_torn_tail;
 use rustix::fs::{FlockOperation, OFlags, fcntl_getfl, fcntl_setfl, flock};
 use rustix::io::Errno;
 use serde_json::Value;
@@ -20,7 +22,9 @@ pub enum RegistryError {
     },
     #[error("{path}: not a regular file (symlink, FIFO or device); skipped")]
     NotRegular { path: PathBuf },
-    #[error("{path}: {size} bytes is over the {limit}-byte limit; skipped")]
+    #[error(
+        "{path}: {size} bytes is over the {limit}-byte limit; skipped (raise max_registry_size in the config to read it)"
+    )]
     TooLarge {
         path: PathBuf,
         size: u64,
@@ -36,6 +40,14 @@ pub enum RegistryError {
         attempts: u32,
         reason: String,
     },
+    #[error(
+        "{path}: a complete document followed by {extra} byte(s) of a longer version this daemon saw (a torn unlocked write); left untouched here, `once` or `run` repair it"
+    )]
+    Torn { path: PathBuf, extra: usize },
+    #[error(
+        "{path}: changed by an unlocked writer {rounds} time(s) in a row between our read and our write; skipped this round"
+    )]
+    Contended { path: PathBuf, rounds: u32 },
     #[error("{path}: top level is not a JSON object; left untouched")]
     NotObject { path: PathBuf },
     #[error("{path}: write failed: {source}")]
@@ -51,7 +63,11 @@ pub struct ReadOptions {
     /// Reads of an empty or half-written file before giving up (unlocked writers).
     pub attempts: u32,
     pub retry_delay: Duration,
+    /// `max_registry_size`: larger registries are reported and skipped.
     pub max_bytes: u64,
+    /// Reads may repair a provably torn registry under its lock, waiting this long for it;
+    /// `None` (plan) never writes.
+    pub repair_torn: Option<Duration>,
 }
 
 impl Default for ReadOptions {
@@ -60,7 +76,18 @@ impl Default for ReadOptions {
             attempts: 5,
             retry_delay: Duration::from_millis(50),
             max_bytes: 64 * 1024 * 1024,
+            repair_torn: None,
         }
+    }
+}
+
+/// Read options from the config. `repair`: the reader acts (not `plan`), so a provably
+/// torn registry is cut back under the lock while being read.
+pub fn read_options(config: &crate::config::Config, repair: bool) -> ReadOptions {
+    ReadOptions {
+        max_bytes: config.max_registry_size,
+        repair_torn: repair.then_some(config.lock_timeout),
+        ..ReadOptions::default()
     }
 }
 
@@ -100,55 +127,189 @@ pub enum SidecarRecovery {
 
 /// Reads and parses without the lock, retrying empty/half-written content.
 /// Refuses symlinks (`O_NOFOLLOW`), FIFOs and devices, and files over `max_bytes`.
+/// A provably torn registry (see `torn`) is repaired under the lock when
+/// `opts.repair_torn` allows it, and reported as `Torn` otherwise.
 pub fn read_registry(path: &Path, opts: &ReadOptions) -> Result<Value, RegistryError> {
     let file = open_regular(path, false)?;
-    read_parsed(&file, path, opts).map(|(_, value)| value)
+    let unparsable = match read_parsed(&file, path, opts) {
+        Ok((bytes, value)) => {
+            seen::global().note(path, &bytes);
+            return Ok(value);
+        }
+        Err(e @ RegistryError::Unparsable { .. }) => e,
+        Err(e) => return Err(e),
+    };
+    let bytes = read_all(&file, path, opts.max_bytes)?;
+    let versions = seen::global().versions_with_persisted(path);
+    let Some(torn) = find_torn_tail(&bytes, &versions) else {
+        return Err(unparsable);
+    };
+    let Some(lock_timeout) = opts.repair_torn else {
+        return Err(RegistryError::Torn {
+            path: path.to_owned(),
+            extra: torn.extra,
+        });
+    };
+    drop(file);
+    let update = UpdateOptions {
+        read: opts.clone(),
+        lock_timeout,
+    };
+    let file = lock_registry(path, &update)?;
+    read_locked(&file, path, opts).map(|(_, value)| value)
 }
 
 /// Locks the file, reads it under the lock, lets `edit` change it, and writes it back in
-/// place (sidecar, fsync, seek/write/truncate, fsync, remove sidecar) only if the value changed.
+/// place (sidecar, fsync, compare, write/truncate, fsync, remove sidecar) only if the value
+/// changed. The compare is the CAS of DESIGN.md §3: when an unlocked writer changed the file
+/// since it was read, `edit` runs again on the new content (so it may run more than once).
 pub fn update_registry<T>(
     path: &Path,
     opts: &UpdateOptions,
-    edit: impl FnOnce(&mut Value) -> T,
+    mut edit: impl FnMut(&mut Value) -> T,
 ) -> Result<(UpdateOutcome, T), RegistryError> {
     let file = lock_registry(path, opts)?;
-    let (original, mut value) = read_parsed(&file, path, &opts.read)?;
-    let before = value.clone();
-    let result = edit(&mut value);
-    if value == before {
-        return Ok((UpdateOutcome::Unchanged, result));
-    }
-    let mut text = to_python_json(&value);
-    if original.ends_with(b"\n") {
-        text.push('\n');
-    }
-    // Values can differ only in number spelling (`1E5` vs `100000.0`) and print the same.
-    if text.as_bytes() == original.as_slice() {
-        return Ok((UpdateOutcome::Unchanged, result));
-    }
-
-    let sidecar = sidecar_path(path);
+    let read = read_locked(&file, path, &opts.read)?;
     let mode = file
         .metadata()
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o644);
-    if let Err(source) = write_sidecar(&sidecar, text.as_bytes(), mode) {
-        // The registry is untouched, so a partial sidecar is only litter.
-        discard_sidecar(&sidecar);
-        return Err(RegistryError::Write {
-            path: sidecar,
-            source,
-        });
+    let mut locked = Locked {
+        file: &file,
+        path,
+        read: &opts.read,
+        sidecar: sidecar_path(path),
+        mode,
+    };
+    edit_in_place(&mut locked, path, read, CAS_ROUNDS, &mut edit)
+}
+
+/// Reads under the lock; a provably torn registry is cut back to its document first.
+fn read_locked(
+    file: &File,
+    path: &Path,
+    opts: &ReadOptions,
+) -> Result<(Vec<u8>, Value), RegistryError> {
+    match read_parsed(file, path, opts) {
+        Ok((bytes, value)) => {
+            seen::global().note(path, &bytes);
+            Ok((bytes, value))
+        }
+        Err(e @ RegistryError::Unparsable { .. }) => match repair_torn(file, path, opts)? {
+            Some(read) => Ok(read),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
     }
-    // On failure the sidecar stays: it is what recover_sidecar restores from.
-    write_in_place(&file, text.as_bytes()).map_err(|source| RegistryError::Write {
-        path: path.to_owned(),
-        source,
-    })?;
-    discard_sidecar(&sidecar);
-    drop(file);
-    Ok((UpdateOutcome::Written, result))
+}
+
+/// Truncates a provably torn registry to its document (we hold the lock), fsyncs and says
+/// so. The bytes are compared once more right before the cut: an unlocked writer may have
+/// rewritten the file since the proof.
+fn repair_torn(
+    file: &File,
+    path: &Path,
+    opts: &ReadOptions,
+) -> Result<Option<(Vec<u8>, Value)>, RegistryError> {
+    let versions = seen::global().versions_with_persisted(path);
+    for _ in 0..CAS_ROUNDS {
+        let bytes = read_all(file, path, opts.max_bytes)?;
+        let Some(torn) = find_torn_tail(&bytes, &versions) else {
+            return Ok(None);
+        };
+        if read_all(file, path, opts.max_bytes)? != bytes {
+            continue;
+        }
+        file.set_len(torn.keep as u64)
+            .and_then(|()| file.sync_all())
+            .map_err(|source| RegistryError::Write {
+                path: path.to_owned(),
+                source,
+            })?;
+        tracing::warn!(
+            path = %path.display(),
+            extra = torn.extra,
+            "repaired torn registry {}: cut {} byte(s) a shorter unlocked write left of a longer version",
+            path.display(),
+            torn.extra
+        );
+        let kept = bytes[..torn.keep].to_vec();
+        seen::global().note(path, &kept);
+        return Ok(Some((kept, torn.document)));
+    }
+    Ok(None)
+}
+
+/// The locked registry for the CAS loop.
+struct Locked<'a> {
+    file: &'a File,
+    path: &'a Path,
+    read: &'a ReadOptions,
+    sidecar: PathBuf,
+    mode: u32,
+}
+
+impl CasFile for Locked<'_> {
+    fn stage(&mut self, text: &[u8]) -> Result<(), RegistryError> {
+        if let Err(source) = write_sidecar(&self.sidecar, text, self.mode) {
+            // The registry is untouched, so a partial sidecar is only litter.
+            discard_sidecar(&self.sidecar);
+            return Err(RegistryError::Write {
+                path: self.sidecar.clone(),
+                source,
+            });
+        }
+        // Blocks for a longer registry are allocated now, before the comparison, so a full
+        // disk fails here (registry intact) and the write after the comparison is quick.
+        reserve(self.file, text.len() as u64).map_err(|source| {
+            discard_sidecar(&self.sidecar);
+            RegistryError::Write {
+                path: self.path.to_owned(),
+                source,
+            }
+        })?;
+        // Known before any byte of it can reach the registry: a torn tail of it is provable,
+        // after a restart too.
+        seen::global().note(self.path, text);
+        seen::global().persist(self.path);
+        Ok(())
+    }
+
+    fn unstage(&mut self) {
+        discard_sidecar(&self.sidecar);
+    }
+
+    fn reread(&mut self) -> Result<Vec<u8>, RegistryError> {
+        read_all(self.file, self.path, self.read.max_bytes)
+    }
+
+    fn reread_parsed(&mut self) -> Result<(Vec<u8>, Value), RegistryError> {
+        read_locked(self.file, self.path, self.read)
+    }
+
+    fn write(&mut self, text: &[u8], current_len: usize) -> Result<(), RegistryError> {
+        // A shorter document is padded with spaces to the old length and cut after: until
+        // the cut, an unlocked reader sees our document and trailing whitespace (valid JSON),
+        // not our document followed by the old one's tail ("Extra data").
+        let file = self.file;
+        let written = if current_len <= text.len() {
+            file.write_all_at(text, 0)
+                .and_then(|()| file.set_len(text.len() as u64))
+        } else {
+            let mut padded = text.to_vec();
+            padded.resize(current_len, b' ');
+            file.write_all_at(&padded, 0)
+                .and_then(|()| file.set_len(text.len() as u64))
+        }
+        .and_then(|()| file.sync_all());
+        // On failure the sidecar stays: it is what recover_sidecar restores from.
+        written.map_err(|source| RegistryError::Write {
+            path: self.path.to_owned(),
+            source,
+        })?;
+        discard_sidecar(&self.sidecar);
+        Ok(())
+    }
 }
 
 /// Finishes or discards what a crash left in `<registry>.reaper`.
@@ -176,7 +337,14 @@ pub fn recover_sidecar(
     }
 
     let file = lock_registry(path, opts)?;
-    match read_parsed(&file, path, &opts.read) {
+    // What we were writing is a version we saw: a shorter unlocked write over it is provably
+    // torn, and cut back rather than overwritten with our older content.
+    if let Ok(sidecar_file) = open_regular(&sidecar, false)
+        && let Ok(bytes) = read_all(&sidecar_file, &sidecar, opts.read.max_bytes)
+    {
+        seen::global().note(path, &bytes);
+    }
+    match read_locked(&file, path, &opts.read) {
         Ok(_) => {
             discard_sidecar(&sidecar);
             return Ok(SidecarRecovery::StaleSidecarRemoved);
@@ -212,6 +380,13 @@ pub fn recover_sidecar(
     ) {
         warn_left_alone(&sidecar, "neither the registry nor the sidecar parses");
         return Ok(SidecarRecovery::LeftAlone);
+    }
+    // Compare-and-swap here too: an unlocked writer that rewrote the registry since it was
+    // found broken has the newer content; then the sidecar is what is stale.
+    let broken = read_all(&file, path, opts.read.max_bytes)?;
+    if serde_json::from_slice::<Value>(&broken).is_ok() {
+        discard_sidecar(&sidecar);
+        return Ok(SidecarRecovery::StaleSidecarRemoved);
     }
     write_in_place(&file, &bytes).map_err(|source| RegistryError::Write {
         path: path.to_owned(),
@@ -468,268 +643,4 @@ fn warn_left_alone(sidecar: &Path, why: &str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::SystemTime;
-
-    const SAMPLE: &str = "{\n  \"task_id\": \"TASK-1\",\n  \"agents\": [\n    {\n      \"id\": \"a-1\",\n      \"status\": \"working\",\n      \"progress\": 32.690331,\n      \"note\": \"\\u26a0 caf\\u00e9\"\n    }\n  ],\n  \"active_count\": 1,\n  \"zeta\": {}\n}";
-
-    fn fast() -> UpdateOptions {
-        UpdateOptions {
-            read: ReadOptions {
-                attempts: 3,
-                retry_delay: Duration::from_millis(5),
-                max_bytes: 1 << 20,
-            },
-            lock_timeout: Duration::from_millis(300),
-        }
-    }
-
-    fn registry(dir: &tempfile::TempDir, content: &str) -> PathBuf {
-        let path = dir.path().join("AGENT_REGISTRY.json");
-        std::fs::write(&path, content).unwrap();
-        path
-    }
-
-    fn mtime(path: &Path) -> SystemTime {
-        std::fs::metadata(path).unwrap().modified().unwrap()
-    }
-
-    #[test]
-    fn empty_and_half_written_are_unparsable_and_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        for content in ["", "  \n", &SAMPLE[..SAMPLE.len() / 2]] {
-            let path = registry(&dir, content);
-            let err = read_registry(&path, &fast().read).unwrap_err();
-            assert!(
-                matches!(err, RegistryError::Unparsable { attempts: 3, .. }),
-                "{err}"
-            );
-            let err = update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap_err();
-            assert!(matches!(err, RegistryError::Unparsable { .. }), "{err}");
-            assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
-            assert!(!sidecar_path(&path).exists());
-        }
-    }
-
-    #[test]
-    fn read_outcomes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, SAMPLE);
-        let value = read_registry(&path, &fast().read).unwrap();
-        assert_eq!(value["agents"][0]["status"], "working");
-        assert_eq!(
-            recover_sidecar(&path, &fast()).unwrap(),
-            SidecarRecovery::NoSidecar
-        );
-
-        let path = registry(&dir, "[1, 2]");
-        let err = read_registry(&path, &fast().read).unwrap_err();
-        assert!(matches!(err, RegistryError::NotObject { .. }), "{err}");
-
-        let path = registry(&dir, SAMPLE);
-        let opts = ReadOptions {
-            max_bytes: 10,
-            ..fast().read
-        };
-        let err = read_registry(&path, &opts).unwrap_err();
-        assert!(
-            matches!(err, RegistryError::TooLarge { limit: 10, .. }),
-            "{err}"
-        );
-        assert!(err.to_string().contains("AGENT_REGISTRY.json"));
-    }
-
-    #[test]
-    fn symlink_and_fifo_are_not_regular() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = registry(&dir, SAMPLE);
-        let link = dir.path().join("link.json");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        let fifo = dir.path().join("fifo.json");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-        let dev_null = Path::new("/dev/null");
-
-        for path in [
-            &link,
-            &fifo,
-            &dir.path().to_path_buf(),
-            &dev_null.to_path_buf(),
-        ] {
-            let err = read_registry(path, &fast().read).unwrap_err();
-            assert!(matches!(err, RegistryError::NotRegular { .. }), "{err}");
-        }
-        for path in [&link, &fifo] {
-            let err = update_registry(path, &fast(), |v| v["x"] = 1.into()).unwrap_err();
-            assert!(matches!(err, RegistryError::NotRegular { .. }), "{err}");
-        }
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), SAMPLE);
-    }
-
-    #[test]
-    fn update_changes_one_field_and_keeps_the_rest_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, SAMPLE);
-        let (outcome, ret) = update_registry(&path, &fast(), |v| {
-            v["agents"][0]["status"] = "completed".into();
-            v["active_count"] = 0.into();
-            7
-        })
-        .unwrap();
-        assert_eq!((outcome, ret), (UpdateOutcome::Written, 7));
-        let expected = SAMPLE
-            .replace("\"working\"", "\"completed\"")
-            .replace("\"active_count\": 1", "\"active_count\": 0");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
-        assert!(!sidecar_path(&path).exists());
-    }
-
-    #[test]
-    fn update_keeps_a_trailing_newline_only_if_there_was_one() {
-        let dir = tempfile::tempdir().unwrap();
-        for ending in ["", "\n"] {
-            let path = registry(&dir, &format!("{SAMPLE}{ending}"));
-            update_registry(&path, &fast(), |v| v["new"] = true.into()).unwrap();
-            let text = std::fs::read_to_string(&path).unwrap();
-            assert!(
-                text.ends_with(&format!("\"new\": true\n}}{ending}")),
-                "{text:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn unchanged_edit_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        // Compact, non-Python formatting: a rewrite would show.
-        let content = r#"{"b":1,"a":[1.50,"x"]}"#;
-        let path = registry(&dir, content);
-        let before = mtime(&path);
-        std::thread::sleep(Duration::from_millis(20));
-        let (outcome, ()) = update_registry(&path, &fast(), |v| {
-            v["a"][1] = "x".into();
-        })
-        .unwrap();
-        assert_eq!(outcome, UpdateOutcome::Unchanged);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
-        assert_eq!(mtime(&path), before);
-        assert!(!sidecar_path(&path).exists());
-    }
-
-    #[test]
-    fn lock_held_elsewhere_times_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, SAMPLE);
-        // flock belongs to the open file description, so a second open conflicts even here.
-        let holder = File::open(&path).unwrap();
-        flock(&holder, FlockOperation::LockExclusive).unwrap();
-        let err = update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap_err();
-        match &err {
-            RegistryError::LockTimeout { waited, .. } => {
-                assert!(*waited >= fast().lock_timeout)
-            }
-            other => panic!("expected LockTimeout, got {other}"),
-        }
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), SAMPLE);
-        drop(holder);
-        let (outcome, ()) = update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap();
-        assert_eq!(outcome, UpdateOutcome::Written);
-    }
-
-    #[test]
-    fn recover_restores_an_unparsable_registry() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, &SAMPLE[..40]);
-        let restored = SAMPLE.replace("working", "completed");
-        std::fs::write(sidecar_path(&path), &restored).unwrap();
-        assert_eq!(
-            recover_sidecar(&path, &fast()).unwrap(),
-            SidecarRecovery::Restored
-        );
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), restored);
-        assert!(!sidecar_path(&path).exists());
-    }
-
-    #[test]
-    fn recover_removes_a_stale_sidecar() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, SAMPLE);
-        std::fs::write(sidecar_path(&path), "{\"other\": 1}").unwrap();
-        let before = mtime(&path);
-        assert_eq!(
-            recover_sidecar(&path, &fast()).unwrap(),
-            SidecarRecovery::StaleSidecarRemoved
-        );
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), SAMPLE);
-        assert_eq!(mtime(&path), before);
-        assert!(!sidecar_path(&path).exists());
-    }
-
-    #[test]
-    fn recover_leaves_alone_when_nothing_parses_or_sidecar_is_a_symlink() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, "{\"half");
-        std::fs::write(sidecar_path(&path), "{\"also half").unwrap();
-        assert_eq!(
-            recover_sidecar(&path, &fast()).unwrap(),
-            SidecarRecovery::LeftAlone
-        );
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"half");
-        assert!(sidecar_path(&path).exists());
-
-        std::fs::remove_file(sidecar_path(&path)).unwrap();
-        let elsewhere = dir.path().join("elsewhere.json");
-        std::fs::write(&elsewhere, SAMPLE).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, sidecar_path(&path)).unwrap();
-        assert_eq!(
-            recover_sidecar(&path, &fast()).unwrap(),
-            SidecarRecovery::LeftAlone
-        );
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"half");
-    }
-
-    #[test]
-    fn update_refuses_a_symlinked_sidecar() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, SAMPLE);
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, "keep").unwrap();
-        std::os::unix::fs::symlink(&victim, sidecar_path(&path)).unwrap();
-        // The sidecar is written under a fresh O_EXCL name and renamed over the planted
-        // link: the link is replaced, never written through, and the update goes on.
-        update_registry(&path, &fast(), |v| v["x"] = 1.into()).unwrap();
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
-        assert_ne!(std::fs::read_to_string(&path).unwrap(), SAMPLE);
-        assert!(std::fs::symlink_metadata(sidecar_path(&path)).is_err());
-
-        // A stale regular sidecar is replaced the same way.
-        std::fs::write(sidecar_path(&path), "junk").unwrap();
-        update_registry(&path, &fast(), |v| v["x"] = 2.into()).unwrap();
-        assert!(!sidecar_path(&path).exists());
-        // Nothing but the registry and the victim is left (no temporary names).
-        let mut names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["AGENT_REGISTRY.json", "victim"]);
-    }
-
-    #[test]
-    fn fixture_registries_survive_an_update_round_trip() {
-        let Some(base) = crate::test_shared::fixture_workspace() else {
-            return;
-        };
-        let src = base.join("TASK-20251017-215604-df6a3cbd/AGENT_REGISTRY.json");
-        let original = std::fs::read_to_string(src).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = registry(&dir, &original);
-        update_registry(&path, &fast(), |v| v["active_count"] = 12345.into()).unwrap();
-        update_registry(&path, &fast(), |v| {
-            v["active_count"] =
-                serde_json::from_str::<Value>(&original).unwrap()["active_count"].clone()
-        })
-        .unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
-    }
-}
+mod tests;

@@ -1,8 +1,13 @@
 //! Registry I/O: the orchestrator's JSON registries, read tolerantly and written under its lock.
 
+pub mod cas;
 pub mod json_file;
 pub mod pyjson;
+#[cfg(test)]
+mod repair_tests;
+pub mod seen;
 pub mod sqlite;
+pub mod torn;
 
 pub use json_file::{
     ReadOptions, RegistryError, SidecarRecovery, UpdateOptions, UpdateOutcome, read_registry,

@@ -8,4 +8,5 @@
 mod common;
 
 mod harness;
+mod json2025;
 mod sqlite2026;
