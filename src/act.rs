@@ -6,7 +6,12 @@ use crate::journal::Journal;
 use crate::model::format_timestamp;
 use crate::observe::TaskView;
 use crate::pass::OrphanReport;
-use crate::procs::{KillSession, ProcTable, StopPolicy, StopRequest, Tmux, stop_all};
+use crate::procs::evidence::fresh_sets;
+use crate::procs::openfiles::FileId;
+use crate::procs::stop::stop_all_rescanning;
+use crate::procs::{
+    Evidence, KillSession, ProcTable, SetContext, StopPolicy, StopRequest, Tmux, cgroup, stop_all,
+};
 use crate::record::{
     AgentChange, Applied, CleanupRecord, GlobalChange, edit_global_registry, edit_task_registry,
 };
@@ -35,6 +40,8 @@ pub struct Outcome {
     pub prompt_deleted: bool,
     pub recorded: bool,
     pub status_applied: Option<String>,
+    /// What the last search for its processes looked at (empty: the observation's).
+    pub checked: Vec<String>,
     pub done: Vec<String>,
     pub errors: Vec<String>,
 }
@@ -52,6 +59,7 @@ impl Default for Outcome {
             prompt_deleted: false,
             recorded: false,
             status_applied: None,
+            checked: Vec::new(),
             done: Vec::new(),
             errors: Vec::new(),
         }
@@ -82,17 +90,36 @@ pub fn kill_sessions(tmux: &dyn Tmux, names: &[String]) -> Vec<Result<KillSessio
     })
 }
 
+/// The cgroups that hold one agent's pane processes and nothing else (see `procs::cgroup`).
+fn own_cgroups(procs: &SetContext<'_>, agent: &crate::observe::AgentView) -> Vec<PathBuf> {
+    if agent.pane_pids.is_empty() {
+        return Vec::new();
+    }
+    let own = agent.session_name();
+    let set: HashSet<i32> = agent.processes.iter().map(|k| k.pid).collect();
+    let others: Vec<i32> = procs
+        .all_panes()
+        .filter(|(name, _)| *name != own)
+        .map(|(_, pid)| pid)
+        .chain(procs.protected.iter().copied())
+        .collect();
+    cgroup::agent_cgroups(&cgroup::Roots::default(), &agent.pane_pids, &set, &others)
+}
+
 /// Stops every agent whose decision says so; returns their (task, agent) indexes.
+/// Processes first (rescanning for newcomers), then the sessions, then one fresh look
+/// after the last signal: only that look may say nothing of an agent is left.
 pub fn stop_agents(
     views: &[TaskView],
     decisions: &[Vec<Decision>],
-    (table, pane_ancestors): (&ProcTable, &HashSet<i32>),
+    procs: &SetContext<'_>,
     tmux: &dyn Tmux,
     config: &Config,
     outcomes: &mut [Vec<Outcome>],
 ) -> Vec<(usize, usize)> {
     let mut which = Vec::new();
     let mut requests = Vec::new();
+    let mut evidence: Vec<&Evidence> = Vec::new();
     for (t, view) in views.iter().enumerate() {
         for (a, agent) in view.agents.iter().enumerate() {
             if decisions[t][a]
@@ -101,10 +128,10 @@ pub fn stop_agents(
                 .any(|x| matches!(x, Action::Stop { .. }))
             {
                 which.push((t, a));
-                requests.push(StopRequest {
-                    agent: agent.id.clone(),
-                    processes: agent.processes.clone(),
-                });
+                let mut request = StopRequest::new(agent.id.clone(), agent.processes.clone());
+                request.cgroups = own_cgroups(procs, agent);
+                requests.push(request);
+                evidence.push(&agent.evidence);
             }
         }
     }
@@ -114,7 +141,17 @@ pub fn stop_agents(
     let policy = StopPolicy {
         term_steps: config.term_grace.clone(),
     };
-    let reports = stop_all(&requests, table, &policy);
+    let logs: HashSet<FileId> = evidence
+        .iter()
+        .flat_map(|e| e.logs.iter().copied())
+        .collect();
+    let read_env = evidence.iter().any(|e| e.has_sessions());
+    let mut env_cache = crate::procs::environ::EnvCache::default();
+    let mut rescan = || {
+        let env = read_env.then_some(&mut env_cache);
+        fresh_sets(procs, &evidence, &logs, env)
+    };
+    let reports = stop_all_rescanning(&requests, procs.table, &policy, &mut rescan);
     // Sessions go after their processes, so nothing gets a SIGHUP mid-shutdown.
     let sessions: Vec<(usize, String)> = which
         .iter()
@@ -129,36 +166,62 @@ pub fn stop_agents(
         .collect();
     let names: Vec<String> = sessions.iter().map(|(_, n)| n.clone()).collect();
     let kills = kill_sessions(tmux, &names);
-    for (&(t, a), report) in which.iter().zip(&reports) {
+    // The fresh look after the last signal (kill-session's SIGHUP included).
+    let last_look = rescan();
+    for (i, (&(t, a), report)) in which.iter().zip(&reports).enumerate() {
         let out = &mut outcomes[t][a];
         out.stopped = true;
         out.escalated = Some(report.escalated_to_sigkill);
-        out.survivors = report.survivors.len();
+        out.checked = evidence[i].checked(read_env);
+        let left: Vec<String> = match &last_look {
+            Some((fresh, sets)) => sets[i]
+                .iter()
+                .filter_map(|k| fresh.get(k.pid).filter(|p| p.state != 'Z'))
+                .map(|p| {
+                    let argv0 = p.cmdline.first().map(String::as_str).unwrap_or("?");
+                    format!("{} ({argv0})", p.pid)
+                })
+                .collect(),
+            None => vec!["/proc unreadable after the stop: nothing verified".into()],
+        };
+        out.survivors = left.len().max(report.survivors.len());
         // A pane's defunct process waits for tmux (its parent) to reap it, which tmux does on
         // its own time; like init's, that is not the agent's leftover.
-        out.reaped = report.survivors.is_empty()
+        out.reaped = out.survivors == 0
             && report
                 .defunct
                 .iter()
-                .all(|(_, ppid)| *ppid <= 1 || pane_ancestors.contains(ppid));
+                .all(|(_, ppid)| *ppid <= 1 || procs.protected.contains(ppid));
         out.defunct = report
             .defunct
             .iter()
             .map(|(pid, ppid)| format!("{pid} (parent {ppid})"))
             .collect();
         out.done.push(format!(
-            "stopped {} process(es){}",
+            "stopped {} process(es){}{}",
             report.signalled.len(),
+            match report.joined {
+                0 => String::new(),
+                n => format!(" ({n} joined while stopping)"),
+            },
             if report.escalated_to_sigkill {
                 ", escalated to SIGKILL"
             } else {
                 ""
             }
         ));
+        for dir in &report.cgroups_killed {
+            out.done
+                .push(format!("killed cgroup {} (cgroup.kill)", dir.display()));
+        }
+        out.errors.extend(report.cgroup_errors.iter().cloned());
         for (key, why) in &report.refused {
             out.done.push(format!("left pid {} alone: {why}", key.pid));
         }
-        if !report.survivors.is_empty() {
+        if !left.is_empty() {
+            out.errors
+                .push(format!("still running after the stop: {}", left.join(", ")));
+        } else if !report.survivors.is_empty() {
             out.errors.push(format!(
                 "{} process(es) survived SIGKILL",
                 report.survivors.len()
@@ -185,6 +248,41 @@ pub fn stop_agents(
     which
 }
 
+/// Forgets the remembered sessions of agents that are cleaned with nothing left running,
+/// and (in a full pass that read every registry) of ids no registry lists any more.
+pub fn forget_cleaned(
+    views: &[TaskView],
+    decisions: &[Vec<Decision>],
+    outcomes: &[Vec<Outcome>],
+    full_pass: bool,
+    map: &mut crate::procs::panemap::PaneMap,
+) {
+    let mut listed: HashSet<&str> = HashSet::new();
+    for (t, view) in views.iter().enumerate() {
+        for (a, agent) in view.agents.iter().enumerate() {
+            listed.insert(agent.id.as_str());
+            let out = &outcomes[t][a];
+            let nothing_left = agent.facts.live_processes == 0 && out.survivors == 0;
+            let cleaned = decisions[t][a].class == crate::decide::AgentClass::Cleaned
+                || (out.recorded && out.errors.is_empty());
+            if cleaned && nothing_left {
+                map.forget(agent.id.as_str());
+            }
+        }
+        listed.extend(view.duplicates.iter().map(|d| d.as_str()));
+    }
+    if full_pass && views.iter().all(|v| v.error.is_none()) {
+        let gone: Vec<String> = map
+            .ids()
+            .filter(|id| !listed.contains(id))
+            .map(String::from)
+            .collect();
+        for id in gone {
+            map.forget(&id);
+        }
+    }
+}
+
 /// Stops the orphan sessions marked `stop`: their panes' process trees (as for an agent),
 /// then the sessions.
 pub fn stop_orphans(
@@ -199,15 +297,17 @@ pub fn stop_orphans(
     }
     let requests: Vec<StopRequest> = chosen
         .iter()
-        .map(|o| StopRequest {
-            // Only a label for the report: the set comes from the panes, not from the name.
-            agent: crate::model::AgentId::parse(o.session.trim_start_matches("agent_"))
-                .unwrap_or_else(|_| crate::model::AgentId::parse("orphan").expect("valid id")),
-            processes: table
-                .descendants_and_self(o.pane_pids.iter().copied().filter(|&p| p > 1))
-                .into_iter()
-                .filter_map(|pid| table.get(pid).map(|p| p.key()))
-                .collect(),
+        .map(|o| {
+            StopRequest::new(
+                // Only a label for the report: the set comes from the panes, not from the name.
+                crate::model::AgentId::parse(o.session.trim_start_matches("agent_"))
+                    .unwrap_or_else(|_| crate::model::AgentId::parse("orphan").expect("valid id")),
+                table
+                    .descendants_and_self(o.pane_pids.iter().copied().filter(|&p| p > 1))
+                    .into_iter()
+                    .filter_map(|pid| table.get(pid).map(|p| p.key()))
+                    .collect(),
+            )
         })
         .collect();
     let policy = StopPolicy {
@@ -275,6 +375,11 @@ pub fn apply_task(
             archived_files: archived_files(&out.archived, files.archives_of(agent)),
             escalated_to_sigkill: out.escalated,
             defunct_processes: out.defunct.clone(),
+            processes_checked: if out.checked.is_empty() {
+                agent.checked.clone()
+            } else {
+                out.checked.clone()
+            },
         });
         changes.push(AgentChange {
             id: agent.id.to_string(),

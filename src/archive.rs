@@ -368,18 +368,15 @@ fn copy_into(
             return Err(e.into());
         }
     }
-    match fs::unlink_if_same(src_dir, name, &start, Compare::Unchanged) {
+    // By inode: bytes a writer adds through an open descriptor from here on reach the
+    // copy through `rescue_tail` below.
+    match fs::unlink_if_same(src_dir, name, &start, Compare::Inode) {
         Ok(UnlinkOutcome::Unlinked) => {}
-        // Someone else moved or deleted the name while we copied. Our copy holds every
-        // byte of the inode we read, so keep it.
-        Ok(UnlinkOutcome::Gone) => return Ok(Archived::Copied(dest)),
-        Err(FsError::Changed { .. }) => {
-            if src.current().is_ok_and(|now| now == start) {
-                // Our inode is as copied; another file took the name, not ours to unlink.
-                tracing::warn!(path = %src.path.display(), "source name replaced during copy; copy kept, name left alone");
-                return Ok(Archived::Copied(dest));
-            }
-            return Err(changed(dir));
+        // Someone else moved, deleted or replaced the name while we copied. Our copy
+        // holds every byte of the inode we read, so keep it; the name is not ours.
+        Ok(UnlinkOutcome::Gone) | Err(FsError::Changed { .. }) => {
+            tracing::warn!(path = %src.path.display(), "source name moved or replaced during copy; copy kept, name left alone");
+            return Ok(Archived::Copied(dest));
         }
         Err(e) => {
             remove_best_effort(dir, name);

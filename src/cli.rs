@@ -179,6 +179,17 @@ pub fn run(cli: Cli) -> Result<()> {
     let _guard = crate::logging::init(log_file.as_deref())?;
     match cli.command {
         Command::Validate => {
+            // A hook whose program cannot run would fail every transition: refuse it here.
+            let mut bad = Vec::new();
+            for check in crate::hooks::check_programs(&config.hooks) {
+                match check {
+                    Ok((name, program)) => println!("hook {name:?}: runs {}", program.display()),
+                    Err(e) => bad.push(e),
+                }
+            }
+            if !bad.is_empty() {
+                bail!("{}", bad.join("\n"));
+            }
             println!("configuration OK");
             match &cli.config {
                 Some(p) => println!("  file: {}", p.display()),
@@ -197,11 +208,26 @@ pub fn run(cli: Cli) -> Result<()> {
             // One reaper per state directory: `once` beside a running daemon would race it.
             let state = crate::instance::state_dir(&config)?;
             let _lock = crate::instance::InstanceLock::acquire(&state)?;
+            // One reaper per workspace base, whatever its state directory: wait for another
+            // (a daemon, an admin's `once`) up to lock_timeout, then say who holds it.
+            let _bases = crate::instance::BaseLocks::acquire(
+                &config.workspace_bases,
+                Some(config.lock_timeout),
+                |base, holder| {
+                    eprintln!(
+                        "agent-reaper: another agent-reaper (pid {holder}) is reaping {}; \
+                         waiting up to {:?} (lock_timeout)",
+                        base.display(),
+                        config.lock_timeout
+                    )
+                },
+            )?;
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
             reaper.journal = Some(crate::instance::open_journal(
                 &state,
                 config.trusted_roots(),
             )?);
+            reaper.pane_map = crate::instance::load_pane_map(&state);
             reaper.progress = progress_printer();
             let report = reaper.run(Mode::Execute {
                 wait_for_settle: true,
@@ -211,12 +237,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plan { json } => {
             check_bases(&config)?;
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
+            // Read, never written: a plan changes nothing.
+            if let Ok(state) = crate::instance::state_dir(&config) {
+                reaper.pane_map = crate::instance::load_pane_map(&state).read_only();
+            }
             let report = reaper.run(Mode::Plan);
             print(&report, json, crate::report::plan)
         }
         Command::Status { json } => {
             check_bases(&config)?;
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
+            if let Ok(state) = crate::instance::state_dir(&config) {
+                reaper.pane_map = crate::instance::load_pane_map(&state).read_only();
+            }
             let report = reaper.run(Mode::Plan);
             print(&report, json, crate::report::status)
         }

@@ -4,6 +4,8 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod hooks;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
@@ -22,6 +24,9 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// A `[[hooks]]` table; the reason names it (`hooks[0]: ...`).
+    #[error("{path}: {reason}")]
+    Hook { path: PathBuf, reason: String },
 }
 
 /// Where the tmux client connects: `-L name` or `-S path`.
@@ -59,6 +64,10 @@ pub struct Config {
     pub tmux_timeout: Duration,
     /// Waits after SIGTERM before SIGKILL, one after the other.
     pub term_grace: Vec<Duration>,
+    /// Commands run after transitions are committed (`[[hooks]]`).
+    pub hooks: Vec<hooks::HookSpec>,
+    /// Hook runs at the same time at most (runs of one task never overlap).
+    pub hook_concurrency: usize,
 }
 
 impl Default for Config {
@@ -90,6 +99,8 @@ impl Default for Config {
                 Duration::from_secs(1),
                 Duration::from_secs(2),
             ],
+            hooks: Vec::new(),
+            hook_concurrency: hooks::DEFAULT_CONCURRENCY,
         }
     }
 }
@@ -120,6 +131,8 @@ struct RawConfig {
     tmux_socket: Option<String>,
     tmux_timeout: Option<String>,
     term_grace: Option<TermGrace>,
+    hooks: Option<Vec<hooks::RawHook>>,
+    hook_concurrency: Option<usize>,
 }
 
 /// A size as a number of bytes or a string such as `"64MiB"`.
@@ -244,7 +257,21 @@ impl Config {
             tmux_socket,
             tmux_timeout: dur("tmux_timeout", raw.tmux_timeout, d.tmux_timeout)?,
             term_grace,
+            hooks: hooks::parse_hooks(raw.hooks.unwrap_or_default(), parse_duration).map_err(
+                |reason| ConfigError::Hook {
+                    path: origin.to_path_buf(),
+                    reason,
+                },
+            )?,
+            hook_concurrency: raw.hook_concurrency.unwrap_or(d.hook_concurrency),
         };
+        if config.hook_concurrency == 0 {
+            return Err(invalid(
+                "hook_concurrency",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
         if config.compress {
             return Err(invalid(
                 "compress",

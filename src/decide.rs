@@ -66,6 +66,9 @@ pub struct AgentFacts {
     pub session: SessionFact,
     /// Live (not defunct) processes of the agent's process set.
     pub live_processes: usize,
+    /// Processes holding one of the agent's logs open for writing (in its set or not):
+    /// something still writes for it, so it is not dead.
+    pub live_writers: usize,
     pub stream_end: StreamEnd,
     /// The agent's logs that exist now.
     pub logs: Vec<FileFact>,
@@ -138,6 +141,15 @@ impl Decision {
             waiting: Some(why.into()),
             recheck: None,
         }
+    }
+
+    /// Nothing is done for an ambiguous id (two tasks list it, or its session name is
+    /// shared): whose agent it is cannot be told.
+    pub fn ambiguous(why: &str) -> Self {
+        Decision::wait(
+            AgentClass::Unknown,
+            format!("ambiguous agent id ({why}): nothing done for it"),
+        )
     }
 
     fn recheck_after(mut self, after: Duration) -> Self {
@@ -239,7 +251,8 @@ fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decisi
             "tmux did not answer: nothing destructive this round",
         ),
         SessionFact::Alive { panes_exited, .. } => {
-            let (class, reason, termination) = if panes_exited && facts.live_processes == 0 {
+            let dead = facts.live_processes == 0 && facts.live_writers == 0;
+            let (class, reason, termination) = if panes_exited && dead {
                 (
                     AgentClass::Zombie,
                     StopReason::ProcessExited,
@@ -272,8 +285,8 @@ fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decisi
                 recheck: None,
             }
         }
-        SessionFact::Gone { .. } if facts.live_processes > 0 => {
-            // Processes that left the session still work for the agent.
+        SessionFact::Gone { .. } if facts.live_processes > 0 || facts.live_writers > 0 => {
+            // Processes that left the session (or write its logs) still work for the agent.
             if idle_for(policy.max_inactivity) {
                 Decision {
                     class: AgentClass::Stale,

@@ -29,6 +29,7 @@ fn facts(status: &str, session: SessionFact) -> AgentFacts {
         cleanup_recorded: false,
         session,
         live_processes: 0,
+        live_writers: 0,
         stream_end: StreamEnd::NoResult,
         logs: vec![FileFact {
             path: "/w/TASK-1/progress/a_progress.jsonl".into(),
@@ -142,6 +143,26 @@ fn terminal_with_live_session_waits_for_result_or_grace() {
     f.stream_end = StreamEnd::NoResult;
     f.finished_at = Some(now() - 2 * MIN);
     assert_eq!(decide(&f, &policy(), now()).actions.len(), 1);
+}
+
+#[test]
+fn a_live_writer_of_its_log_keeps_an_agent_from_being_a_zombie() {
+    // Every pane exited, but `tee` (or a helper) still writes the stream log.
+    let mut f = facts("working", alive());
+    f.session = SessionFact::Alive {
+        panes_exited: true,
+        window_activity: Some(now() - MIN),
+    };
+    f.live_writers = 1;
+    assert_eq!(decide(&f, &policy(), now()).class, AgentClass::Active);
+    f.live_writers = 0;
+    assert_eq!(decide(&f, &policy(), now()).class, AgentClass::Zombie);
+    // Session gone long ago, a writer still at it: not a zombie either.
+    let mut f = facts("working", gone_since(60 * MIN));
+    f.live_writers = 1;
+    let d = decide(&f, &policy(), now());
+    assert_eq!(d.class, AgentClass::Active);
+    assert!(d.actions.is_empty());
 }
 
 #[test]

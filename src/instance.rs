@@ -1,4 +1,4 @@
-//! The state directory: where it is, the lock that makes one reaper per directory, and its journal.
+//! The state directory (where it is, its lock, its journal) and the lock per workspace base that makes one reaper per base.
 
 use crate::config::Config;
 use anyhow::{Context, Result, bail};
@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// `state_dir` from the config, else `$STATE_DIRECTORY` (systemd `StateDirectory=`), else
 /// `$XDG_STATE_HOME/agent-reaper`, else `~/.local/state/agent-reaper`.
@@ -96,4 +97,393 @@ pub fn open_journal(
         }
     }
     Ok(std::sync::Mutex::new(journal))
+}
+
+/// Loads the remembered pane map from `state_dir` (see `procs::panemap`); a bad file is
+/// reported and replaced by an empty map.
+pub fn load_pane_map(state_dir: &Path) -> crate::procs::panemap::PaneMap {
+    let (map, problem) = crate::procs::panemap::PaneMap::load(state_dir);
+    if let Some(e) = problem {
+        tracing::warn!("{e}");
+    }
+    map
+}
+
+/// The lock file of a workspace base, under `<base>/registry/`.
+pub const BASE_LOCK: &str = ".agent-reaper.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BaseLockError {
+    /// The lock file or `registry/` cannot be used (a symlink, hard link, FIFO, no access...).
+    #[error("base lock: {0}")]
+    Fs(#[from] crate::fs::FsError),
+    #[error("{path}: cannot lock: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "workspace base {base} is being reaped by another agent-reaper (pid {holder}, lock {path}); \
+         gave up after {waited:?} (lock_timeout); run again once it is done (a daemon holds \
+         the lock while it runs: stop it, or use `plan`, which takes no lock)"
+    )]
+    Held {
+        base: PathBuf,
+        path: PathBuf,
+        holder: String,
+        waited: Duration,
+    },
+}
+
+impl BaseLockError {
+    /// The lock could not be created because the filesystem is mounted read-only.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, BaseLockError::Fs(crate::fs::FsError::Io { source, .. })
+            if source.raw_os_error() == Some(libc::EROFS))
+    }
+}
+
+/// An exclusive `flock` on `<base>/registry/.agent-reaper.lock`, held until dropped (the
+/// kernel drops it when the process dies). Any reaper that changes a base holds it, whatever
+/// its state directory: the system service and an admin's `once` would otherwise race on the
+/// same files. The holder's pid is written in the file for the other's message.
+#[derive(Debug)]
+pub struct BaseLock {
+    base: PathBuf,
+    _file: File,
+}
+
+impl BaseLock {
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Takes the lock of `base`, retrying every 100 ms: up to `wait`, or for ever when `None`.
+    /// `on_wait(holder pid)` is called once, when the lock is first found held.
+    pub fn acquire(
+        base: &Path,
+        wait: Option<Duration>,
+        mut on_wait: impl FnMut(&str),
+    ) -> Result<BaseLock, BaseLockError> {
+        let path = base.join("registry").join(BASE_LOCK);
+        let (registry, file) = open_base_lock(base)?;
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    let holder = read_holder(&registry);
+                    if !told {
+                        on_wait(&holder);
+                        told = true;
+                    }
+                    if wait.is_some_and(|w| started.elapsed() >= w) {
+                        return Err(BaseLockError::Held {
+                            base: base.to_path_buf(),
+                            path,
+                            holder,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(BaseLockError::Lock {
+                        path,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        // Ours now: say who holds it (opened for appending: an empty file is written from
+        // its start). A failure here costs only the other side's message.
+        let pid = format!("{}\n", std::process::id());
+        if rustix::fs::ftruncate(&file, 0).is_ok() {
+            let _ = (&file).write_all(pid.as_bytes());
+        }
+        Ok(BaseLock {
+            base: base.to_path_buf(),
+            _file: file,
+        })
+    }
+}
+
+/// The base locks one reaper holds, taken in a fixed order (sorted canonical paths) so two
+/// reapers with overlapping bases cannot each hold one the other waits for.
+#[derive(Debug, Default)]
+pub struct BaseLocks {
+    held: Vec<BaseLock>,
+    /// Bases left out of passes because another reaper holds them (told once each).
+    waiting: std::collections::HashSet<PathBuf>,
+}
+
+impl BaseLocks {
+    /// Takes the lock of every existing base in `bases` (a missing base has nothing to reap).
+    /// `on_wait(base, holder pid)` is called once per base found held.
+    pub fn acquire(
+        bases: &[PathBuf],
+        wait: Option<Duration>,
+        mut on_wait: impl FnMut(&Path, &str),
+    ) -> Result<BaseLocks, BaseLockError> {
+        let mut locks = BaseLocks::default();
+        locks.sync(bases, wait, &mut on_wait)?;
+        Ok(locks)
+    }
+
+    /// Holds exactly the locks of `bases`: takes the missing ones (all or none: on an error
+    /// the ones taken by this call are let go), drops the others.
+    pub fn sync(
+        &mut self,
+        bases: &[PathBuf],
+        wait: Option<Duration>,
+        mut on_wait: impl FnMut(&Path, &str),
+    ) -> Result<(), BaseLockError> {
+        let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut wanted: Vec<(PathBuf, &PathBuf)> = bases
+            .iter()
+            .filter(|b| b.is_dir())
+            .map(|b| (key(b), b))
+            .collect();
+        wanted.sort();
+        wanted.dedup_by(|a, b| a.0 == b.0);
+        let mut taken = Vec::new();
+        for (canonical, base) in &wanted {
+            if self.held.iter().any(|l| key(&l.base) == *canonical) {
+                continue;
+            }
+            match BaseLock::acquire(base, wait, |holder| on_wait(base, holder)) {
+                Ok(lock) => taken.push(lock),
+                // Nothing can be changed on a read-only base, so no reaper can race another
+                // there; the pass reports what it cannot do.
+                Err(e) if e.is_read_only() => {
+                    tracing::warn!("{e}; the base is read-only: reaped without its lock")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.held
+            .retain(|l| wanted.iter().any(|(c, _)| *c == key(&l.base)));
+        self.held.extend(taken);
+        Ok(())
+    }
+
+    pub fn bases(&self) -> impl Iterator<Item = &Path> {
+        self.held.iter().map(BaseLock::base)
+    }
+
+    /// Lets go of the locks of bases no longer in `bases` (a reload removed them); new ones
+    /// are taken by [`BaseLocks::servable`] at the next pass.
+    pub fn keep_only(&mut self, bases: &[PathBuf]) {
+        let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let wanted: Vec<PathBuf> = bases.iter().map(|b| key(b)).collect();
+        self.held.retain(|l| wanted.contains(&key(&l.base)));
+        self.waiting.retain(|b| bases.contains(b));
+    }
+
+    /// The bases a daemon pass may work on now, never waiting: those it holds, those whose
+    /// lock it can take at once (a base created since the start), missing and read-only
+    /// ones (nothing to race on). A base another reaper holds is left out until it is free;
+    /// that is logged once, and again when it is taken.
+    pub fn servable(&mut self, bases: &[PathBuf]) -> Vec<PathBuf> {
+        let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut out = Vec::with_capacity(bases.len());
+        for base in bases {
+            let canonical = key(base);
+            if !base.is_dir() || self.held.iter().any(|l| key(&l.base) == canonical) {
+                out.push(base.clone());
+                continue;
+            }
+            match BaseLock::acquire(base, Some(Duration::ZERO), |_| {}) {
+                Ok(lock) => {
+                    if self.waiting.remove(base) {
+                        tracing::info!("{}: lock taken, reaping it now", base.display());
+                    }
+                    self.held.push(lock);
+                    out.push(base.clone());
+                }
+                Err(e) if e.is_read_only() => out.push(base.clone()),
+                Err(e) => {
+                    if self.waiting.insert(base.clone()) {
+                        match &e {
+                            BaseLockError::Held { holder, .. } => tracing::warn!(
+                                "waiting for {}: another agent-reaper (pid {holder}) is reaping \
+                                 it; left out until it is free",
+                                base.display()
+                            ),
+                            e => tracing::warn!("{e}; {} left out", base.display()),
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Opens (creating) `<base>/registry/.agent-reaper.lock` through the confinement module:
+/// no symlink at `registry` or at the file is followed, and only a regular file with one link
+/// is used (an agent can write the workspace, and must not make us create or lock a file
+/// elsewhere). The base itself is configured by the operator and trusted. `registry/` is
+/// created if missing, as the orchestrator itself creates it. Returns the folder too, to
+/// read the holder's pid from.
+fn open_base_lock(base: &Path) -> Result<(crate::fs::Dir, File), BaseLockError> {
+    let registry = crate::fs::Dir::open_base(base)?.create_dir_all_beneath("registry", 0o755)?;
+    let lock = registry.open_file(BASE_LOCK, crate::fs::Purpose::AppendOrCreate)?;
+    Ok((registry, lock.file))
+}
+
+/// The pid the holder wrote (bounded read; "unknown" if it wrote nothing readable yet).
+fn read_holder(registry: &crate::fs::Dir) -> String {
+    let mut buf = [0u8; 32];
+    let n = registry
+        .open_file(BASE_LOCK, crate::fs::Purpose::Read)
+        .ok()
+        .and_then(|f| rustix::io::pread(&f.file, &mut buf, 0).ok())
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        text
+    } else {
+        "unknown".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lock let go is free again once no process shares its descriptor: a child another
+    /// test forks meanwhile holds a copy until it execs, so "free" is awaited, not assumed.
+    const RELEASED: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_second_holder_waits_then_names_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = BaseLock::acquire(dir.path(), Some(Duration::ZERO), |_| panic!()).unwrap();
+        let lock = dir.path().join("registry").join(BASE_LOCK);
+        assert_eq!(
+            std::fs::read_to_string(&lock).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        let mut seen = Vec::new();
+        let err = BaseLock::acquire(dir.path(), Some(Duration::from_millis(250)), |h| {
+            seen.push(h.to_string())
+        })
+        .unwrap_err();
+        assert_eq!(seen, [std::process::id().to_string()], "told once");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        assert!(
+            matches!(err, BaseLockError::Held { waited, .. } if waited >= Duration::from_millis(250))
+        );
+        drop(first);
+        BaseLock::acquire(dir.path(), Some(RELEASED), |_| {}).unwrap();
+    }
+
+    #[test]
+    fn links_at_the_lock_or_registry_are_refused_and_nothing_is_created_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        // A symlink where the lock file goes.
+        let base = dir.path().join("a");
+        std::fs::create_dir_all(base.join("registry")).unwrap();
+        let target = outside.path().join("victim");
+        std::fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, base.join("registry").join(BASE_LOCK)).unwrap();
+        let err = BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).unwrap_err();
+        assert!(
+            matches!(err, BaseLockError::Fs(crate::fs::FsError::Symlink { .. })),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        // A hard link to an outside file.
+        let base = dir.path().join("b");
+        std::fs::create_dir_all(base.join("registry")).unwrap();
+        std::fs::hard_link(&target, base.join("registry").join(BASE_LOCK)).unwrap();
+        let err = BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BaseLockError::Fs(crate::fs::FsError::HardLinked { .. })
+            ),
+            "{err}"
+        );
+        // `registry` itself a symlink to elsewhere.
+        let base = dir.path().join("c");
+        std::fs::create_dir_all(&base).unwrap();
+        std::os::unix::fs::symlink(outside.path(), base.join("registry")).unwrap();
+        assert!(BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).is_err());
+        assert!(!outside.path().join(BASE_LOCK).exists());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    }
+
+    #[test]
+    fn sync_takes_new_bases_and_lets_go_of_removed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let missing = dir.path().join("missing");
+        let mut locks = BaseLocks::acquire(
+            &[b.clone(), missing.clone()],
+            Some(Duration::ZERO),
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(locks.bases().collect::<Vec<_>>(), [b.as_path()]);
+        assert!(!missing.exists(), "a missing base is not created");
+        locks
+            .sync(
+                std::slice::from_ref(&a),
+                Some(Duration::ZERO),
+                |_, _| panic!(),
+            )
+            .unwrap();
+        assert_eq!(locks.bases().collect::<Vec<_>>(), [a.as_path()]);
+        // b is free again; a is held.
+        BaseLock::acquire(&b, Some(RELEASED), |_| {}).unwrap();
+        assert!(BaseLock::acquire(&a, Some(Duration::ZERO), |_| {}).is_err());
+    }
+
+    #[test]
+    fn a_pass_serves_free_bases_and_leaves_out_one_held_elsewhere_until_it_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        let missing = dir.path().join("missing");
+        let mut ours = BaseLocks::default();
+        let other = BaseLock::acquire(&a, Some(Duration::ZERO), |_| {}).unwrap();
+        // b does not exist yet: kept (the pass reports it), nothing created.
+        let all = [a.clone(), b.clone(), missing.clone()];
+        assert_eq!(ours.servable(&all), [b.clone(), missing.clone()]);
+        assert!(!b.exists());
+        // b appears: its lock is taken at once.
+        std::fs::create_dir_all(&b).unwrap();
+        assert_eq!(ours.servable(&all), [b.clone(), missing.clone()]);
+        assert_eq!(ours.bases().collect::<Vec<_>>(), [b.as_path()]);
+        // a is let go by the other reaper: served from then on.
+        drop(other);
+        assert!(wait_for(|| ours.servable(&all).len() == 3));
+        assert!(BaseLock::acquire(&a, Some(Duration::ZERO), |_| {}).is_err());
+        // A reload drops a: its lock is let go.
+        ours.keep_only(std::slice::from_ref(&b));
+        assert_eq!(ours.bases().collect::<Vec<_>>(), [b.as_path()]);
+        BaseLock::acquire(&a, Some(RELEASED), |_| {}).unwrap();
+    }
+
+    fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + RELEASED;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
 }

@@ -32,6 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::late::{self, AppendOutcome, LateError};
 
+mod copy;
+use copy::recover_copy;
+
 /// The journal's file name inside the state dir.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 /// Size past which the journal is compacted after a `done`.
@@ -472,142 +475,6 @@ pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
             }
         })
         .collect()
-}
-
-/// Copy steps: the source goes only once `dest` holds exactly its bytes; a `.partial`
-/// is dropped only while the source still exists. Paths are reopened beneath the
-/// journal's roots ([`Journal::locate`]).
-fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action, RecoverError> {
-    let Step::Copy {
-        src,
-        partial,
-        dest,
-        src_len,
-    } = &p.step
-    else {
-        unreachable!("recover_copy called with {:?}", p.step);
-    };
-    let src = Place::locate(journal, src)?;
-    let partial = Place::locate(journal, partial)?;
-    let dest = Place::locate(journal, dest)?;
-    let src_here = src.exists()?;
-    let (action, done) = if dest.exists()? {
-        // A `.partial` beside a finished copy is left by the link fallback.
-        partial.remove_if_exists()?;
-        match src_here {
-            false => (Action::AlreadyDone, true),
-            true => {
-                let (s, d) = (src.open_ro()?, dest.open_ro()?);
-                let (sl, dl) = (s.id.size, d.id.size);
-                let same = |len| {
-                    late::same_bytes(&s.file, 0, &d.file, 0, len).map_err(|e| ioe(&dest.path, e))
-                };
-                if sl == dl && same(sl)? {
-                    src.unlink_durably(&s.id)?;
-                    (Action::Completed, true)
-                } else if dl == *src_len && sl > dl && same(dl)? {
-                    // Our copy of a source that grew before its unlink: drop the copy so
-                    // the retry archives the whole file once.
-                    dest.unlink_durably(&d.id)?;
-                    (Action::Undone, false)
-                } else {
-                    let reason = format!(
-                        "{} differs from {}; both kept",
-                        dest.path.display(),
-                        src.path.display()
-                    );
-                    (Action::LeftAlone { reason }, false)
-                }
-            }
-        }
-    } else if src_here {
-        partial.remove_if_exists()?;
-        (Action::Undone, false)
-    } else {
-        let reason = match partial.exists()? {
-            // The source never goes before the rename, so this is someone else's doing;
-            // the partial copy may be all that is left of it.
-            true => format!(
-                "{} gone; partial copy {} kept",
-                src.path.display(),
-                partial.path.display()
-            ),
-            false => format!(
-                "neither {} nor {} found",
-                src.path.display(),
-                dest.path.display()
-            ),
-        };
-        (Action::LeftAlone { reason }, false)
-    };
-    if done {
-        journal.finish(&[p.seq])?;
-    } else {
-        journal.undo(&[p.seq])?;
-    }
-    Ok(action)
-}
-
-/// A recorded path, reopened beneath the journal's roots: its folder (absent when the
-/// folder itself is gone) and its name.
-struct Place {
-    dir: Option<crate::fs::Dir>,
-    name: std::ffi::OsString,
-    path: PathBuf,
-}
-
-impl Place {
-    fn locate(journal: &Journal, path: &Path) -> Result<Place, RecoverError> {
-        let (dir, name) = match journal.locate(path) {
-            Ok((dir, name)) => (Some(dir), name),
-            Err(e) if e.is_not_found() => (None, std::ffi::OsString::new()),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Place {
-            dir,
-            name,
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn exists(&self) -> Result<bool, RecoverError> {
-        match &self.dir {
-            Some(dir) => Ok(dir.exists(&self.name)?),
-            None => Ok(false),
-        }
-    }
-
-    fn dir(&self) -> Result<&crate::fs::Dir, RecoverError> {
-        self.dir.as_ref().ok_or_else(|| {
-            ioe(
-                &self.path,
-                io::Error::new(io::ErrorKind::NotFound, "folder missing"),
-            )
-        })
-    }
-
-    fn open_ro(&self) -> Result<crate::fs::RegularFile, RecoverError> {
-        Ok(self
-            .dir()?
-            .open_file(&self.name, crate::fs::Purpose::ReadToMove)?)
-    }
-
-    fn remove_if_exists(&self) -> Result<(), RecoverError> {
-        let Some(dir) = &self.dir else { return Ok(()) };
-        match dir.unlink(&self.name) {
-            Ok(()) => Ok(dir.sync()?),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Unlinks (only the file checked, unchanged) and fsyncs the folder, so the `done`
-    /// written next cannot outlive the name.
-    fn unlink_durably(&self, checked: &crate::fs::FileId) -> Result<(), RecoverError> {
-        let dir = self.dir()?;
-        crate::fs::unlink_if_same(dir, &self.name, checked, crate::fs::Compare::Unchanged)?;
-        Ok(dir.sync()?)
-    }
 }
 
 fn rec(seq: u64, op: Op) -> Record {

@@ -10,6 +10,7 @@ pub mod decide;
 pub mod demo;
 pub mod failpoint;
 pub mod fs;
+pub mod hooks;
 pub mod instance;
 pub mod journal;
 pub mod late;

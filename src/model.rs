@@ -57,10 +57,17 @@ impl AgentId {
         &self.0
     }
 
-    /// The tmux session the orchestrator starts for this agent.
+    /// The tmux session the orchestrator starts for this agent, as tmux stores it: tmux
+    /// replaces `.` and `:` in session names with `_` (`api.v2-1` runs as `agent_api_v2-1`),
+    /// so two ids can share one session name (see `procs::ambiguity`).
     pub fn session_name(&self) -> String {
-        format!("agent_{}", self.0)
+        stored_session_name(&format!("agent_{}", self.0))
     }
+}
+
+/// A session name as tmux stores it: `.` and `:` become `_` (tmux's `session_check_name`).
+pub fn stored_session_name(requested: &str) -> String {
+    requested.replace(['.', ':'], "_")
 }
 
 impl fmt::Display for AgentId {
@@ -177,6 +184,17 @@ mod tests {
             AgentId::parse(&"x".repeat(10_000)),
             Err(ModelError::IdTooLong(10_000))
         );
+    }
+
+    #[test]
+    fn session_names_are_what_tmux_stores() {
+        let id = AgentId::parse("api.v2-120000-abcdef").unwrap();
+        assert_eq!(id.session_name(), "agent_api_v2-120000-abcdef");
+        assert_eq!(
+            AgentId::parse("a_b").unwrap().session_name(),
+            AgentId::parse("a.b").unwrap().session_name()
+        );
+        assert_eq!(stored_session_name("x:y.z"), "x_y_z");
     }
 
     #[test]

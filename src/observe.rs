@@ -6,9 +6,12 @@ pub mod tracked;
 use crate::decide::{AgentFacts, FileFact, FileState, SessionFact, StreamEnd};
 use crate::fs::{Dir, EntryKind, Purpose};
 use crate::model::{AgentId, StatusClass, age, classify_status, parse_timestamp};
+use crate::procs::environ::EnvIndex;
 use crate::procs::openfiles::{FileId, writers_of};
-use crate::procs::table::agent_processes_excluding;
-use crate::procs::{ProcKey, ProcTable, TmuxError, TmuxSnapshot};
+use crate::procs::panemap::PaneMap;
+use crate::procs::{
+    Evidence, ProcKey, ProcTable, SessionIdentity, SetContext, TmuxError, TmuxSnapshot, agent_set,
+};
 use crate::registry::{ReadOptions, read_registry};
 use crate::workspace::{AgentFiles, LogKind, TaskDir, agent_files};
 use serde_json::Value;
@@ -27,6 +30,12 @@ pub struct AgentView {
     pub files: AgentFiles,
     pub pane_pids: Vec<i32>,
     pub processes: Vec<ProcKey>,
+    /// What ties processes to this agent (panes, sessions now and remembered, logs).
+    pub evidence: Evidence,
+    /// Its session as seen alive this round, for the remembered pane map.
+    pub seen_session: Option<SessionIdentity>,
+    /// What the search for its processes looked at (for the record).
+    pub checked: Vec<String>,
     /// Identities of the logs in `facts.logs`, same order.
     pub log_ids: Vec<FileId>,
     pub warnings: Vec<String>,
@@ -70,6 +79,8 @@ pub struct TaskView {
     pub expected_active: Option<i64>,
     /// Entries we could not use (bad id, duplicate, not an object).
     pub warnings: Vec<String>,
+    /// Ids listed more than once (skipped here; ambiguous for the whole pass).
+    pub duplicates: Vec<AgentId>,
     /// The registry could not be read: the task is skipped this round.
     pub error: Option<String>,
 }
@@ -113,6 +124,8 @@ pub struct LogStat {
     pub path: PathBuf,
     pub id: FileId,
     pub mtime: Option<SystemTime>,
+    /// Hard links to it: more than one, and its writers are not evidence of the agent.
+    pub nlink: u64,
 }
 
 fn mtime_of(id: &crate::fs::FileId) -> Option<SystemTime> {
@@ -137,6 +150,7 @@ fn stat_regular(task_dir: &Dir, task: &TaskDir, path: &Path) -> Result<Option<Lo
             path: path.to_path_buf(),
             id: (entry.id.dev, entry.id.ino),
             mtime: mtime_of(&entry.id),
+            nlink: entry.nlink,
         })),
         Ok(Some(entry)) => Err(format!(
             "{}: is a {}, not a regular file; left alone",
@@ -200,8 +214,12 @@ pub fn file_state(
 pub struct World<'a> {
     pub tmux: &'a TmuxView,
     pub table: &'a ProcTable,
-    /// tmux servers and other ancestors of panes: never part of an agent's process set.
-    pub pane_ancestors: &'a HashSet<i32>,
+    /// Who may never be in an agent's set (tmux, init, the daemon, other sessions' panes).
+    pub procs: &'a SetContext<'a>,
+    /// Sessions agents ran in, remembered from earlier passes.
+    pub pane_map: &'a PaneMap,
+    /// The round's environment read: made by the first agent that needs it.
+    pub env: &'a std::cell::OnceCell<EnvIndex>,
     /// When each session was first seen gone (kept across rounds by the daemon).
     pub gone_since: &'a HashMap<String, SystemTime>,
     pub settle: Duration,
@@ -234,6 +252,7 @@ pub fn task_view(
         active_count: None,
         expected_active: None,
         warnings: Vec::new(),
+        duplicates: Vec::new(),
         error: None,
     };
     let root = match registry {
@@ -282,6 +301,7 @@ pub fn task_view(
         if seen.get(raw_id).copied().unwrap_or(0) > 1 {
             view.warnings
                 .push(format!("agent id {id} is listed twice; skipped"));
+            view.duplicates.push(id);
             continue;
         }
         let files = agent_files(task, &id);
@@ -346,11 +366,12 @@ pub fn agent_view(
     let status = str_field(&entry, "status").unwrap_or("").to_string();
     let session_name = id.session_name();
     let stream_log = files.stream_log().map(Path::to_path_buf);
+    let mut seen_session = None;
     let (session, pane_pids) = match world.tmux {
         Err(_) => (SessionFact::Unknown, Vec::new()),
         Ok(snapshot) => match snapshot.sessions.get(&session_name) {
             Some(info) => {
-                let pane_pids: Vec<i32> = info.panes.iter().filter_map(|p| p.pid).collect();
+                let pane_pids: Vec<i32> = info.live_pane_pids();
                 let panes_exited = info.panes.iter().all(|p| {
                     p.dead
                         || p.pid
@@ -358,6 +379,17 @@ pub fn agent_view(
                             .is_none_or(|proc| proc.state == 'Z')
                 });
                 let window_activity = info.panes.iter().filter_map(|p| p.window_activity).max();
+                if let (Some(server), Some(session_id)) = (&snapshot.server, info.id) {
+                    seen_session = Some(SessionIdentity {
+                        server: server.clone(),
+                        session_id,
+                        pane_ids: info.panes.iter().filter_map(|p| p.id).collect(),
+                        panes: pane_pids
+                            .iter()
+                            .filter_map(|p| world.table.get(*p).map(|i| i.key()))
+                            .collect(),
+                    });
+                }
                 (
                     SessionFact::Alive {
                         panes_exited,
@@ -378,17 +410,41 @@ pub fn agent_view(
             ),
         },
     };
-    let processes = agent_processes_excluding(
-        world.table,
-        &pane_pids,
-        stream_log.as_deref(),
-        &id,
-        world.pane_ancestors,
-    );
+    let mut evidence = Evidence::new(id.clone());
+    evidence.panes = pane_pids
+        .iter()
+        .filter_map(|p| world.table.get(*p).map(|i| i.key()))
+        .collect();
+    evidence.sessions = world.pane_map.get(&id).to_vec();
+    if let Some(seen) = &seen_session
+        && !evidence.sessions.contains(seen)
+    {
+        evidence.sessions.push(seen.clone());
+    }
+    // A log hard-linked to some other file (st_nlink > 1) would make that file's writers
+    // look like the agent's: only a log that is its own file is evidence.
+    evidence.logs = logs.iter().filter(|l| l.nlink == 1).map(|l| l.id).collect();
+    // Environments are read only where they can change the verdict: the agent looks dead
+    // (session gone or every pane exited) and some session of it is known.
+    let looks_dead = match session {
+        SessionFact::Gone { .. } => true,
+        SessionFact::Alive { panes_exited, .. } => panes_exited,
+        SessionFact::Unknown => false,
+    };
+    let env = (looks_dead && evidence.has_sessions())
+        .then(|| world.env.get_or_init(|| world.procs.read_environments()));
+    let processes = agent_set(world.procs, &evidence, env);
+    let checked = evidence.checked(env.is_some());
     let live_processes = processes
         .iter()
         .filter(|k| world.table.get(k.pid).is_some_and(|p| p.state != 'Z'))
         .count();
+    let live_writers = evidence
+        .logs
+        .iter()
+        .flat_map(|l| writers.get(l).into_iter().flatten())
+        .collect::<HashSet<_>>()
+        .len();
     let mut log_facts = Vec::new();
     let mut log_ids = Vec::new();
     for log in logs {
@@ -428,6 +484,7 @@ pub fn agent_view(
                 .unwrap_or(false),
         session,
         live_processes,
+        live_writers,
         stream_end: end,
         logs: log_facts,
         prompt,
@@ -440,6 +497,9 @@ pub fn agent_view(
         files,
         pane_pids,
         processes,
+        evidence,
+        seen_session,
+        checked,
         log_ids,
         warnings,
         task,
@@ -480,6 +540,35 @@ pub fn refresh_logs(
     }
     view.facts.logs = facts;
     view.log_ids = ids;
+}
+
+/// Ids no pass can act on safely: listed by two tasks (or twice by one), or sharing a
+/// tmux session name with another id (`procs::ambiguity`), each with why.
+pub fn ambiguous_agents(views: &[TaskView]) -> std::collections::BTreeMap<AgentId, String> {
+    crate::procs::ambiguity::ambiguous_ids(views.iter().flat_map(|v| {
+        let task = v.task.task_id.as_str();
+        v.agents
+            .iter()
+            .map(|a| &a.id)
+            .chain(v.duplicates.iter().flat_map(|d| [d, d]))
+            .map(move |id| (task, id))
+    }))
+}
+
+/// Remembers the sessions agents were seen alive in (not those of ambiguous ids, whose
+/// session may be another agent's), so their helpers are found after the session ends.
+pub fn remember_panes(
+    views: &[TaskView],
+    ambiguous: &std::collections::BTreeMap<AgentId, String>,
+    map: &mut PaneMap,
+) {
+    for agent in views.iter().flat_map(|v| &v.agents) {
+        if let Some(seen) = &agent.seen_session
+            && !ambiguous.contains_key(&agent.id)
+        {
+            map.observe(&agent.id, seen.clone());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,10 @@ pub struct CleanupRecord {
     /// Defunct processes left behind, as `"<pid> (parent <ppid>)"`: the parent must reap them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub defunct_processes: Vec<String>,
+    /// What the search for the agent's processes looked at: `verified_no_zombies` speaks
+    /// for these checks only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes_checked: Vec<String>,
 }
 
 /// One agent's changes, applied under the registry lock.

@@ -129,6 +129,46 @@ fn orphans(report: &PassReport, out: &mut String) {
     }
 }
 
+/// Transition hooks: one line per run (`plan`: would run / pending retry; `once`: outcome).
+fn hooks(report: &PassReport, out: &mut String) {
+    if report.hooks.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nHooks:");
+    for h in &report.hooks {
+        let attempt = h
+            .attempt
+            .map(|n| format!(" (attempt {n})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {} for {}/{} -> {}: {}{attempt}",
+            h.hook, h.task_id, h.agent_id, h.status, h.state
+        );
+        let _ = writeln!(out, "      {}", shell_words(&h.argv));
+        if let Some(d) = &h.detail {
+            let _ = writeln!(out, "      {d}");
+        }
+    }
+}
+
+/// An argv shown the way a shell user would type it (display only; nothing runs a shell).
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@+%".contains(&b));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `plan`: every action per task and agent. Agents with nothing to do are listed by class only.
 pub fn plan(report: &PassReport) -> String {
     let mut out = String::new();
@@ -145,6 +185,7 @@ pub fn plan(report: &PassReport) -> String {
         }
     }
     orphans(report, &mut out);
+    hooks(report, &mut out);
     let actions: usize = report
         .tasks
         .iter()
@@ -188,6 +229,7 @@ pub fn once(report: &PassReport) -> String {
         }
     }
     orphans(report, &mut out);
+    hooks(report, &mut out);
     for e in &report.errors {
         let _ = writeln!(out, "error: {e}");
     }

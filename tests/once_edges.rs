@@ -140,30 +140,39 @@ fn a_log_held_open_for_writing_is_not_archived() {
     let s = Sandbox::new();
     finished_agent(&s);
     let log = s.task(TASK).join(format!("progress/{ID}_progress.jsonl"));
-    // A writer that holds the log open (like tee) but writes nothing more.
-    let mut holder = Command::new("sh")
-        .arg("-c")
-        .arg("exec 3>>\"$1\"; echo ready; exec sleep 60")
-        .arg("sh")
-        .arg(&log)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
+    // A writer that holds the log open but writes nothing more, in a user's own tmux
+    // session: not the agent's process (another session's pane tree), so it is left
+    // running and the log waits for it. (A writer outside any other session would be in
+    // the agent's process set and stopped first.)
+    let ready = s.dir.path().join("ready");
+    s.start_session(
+        "user-shell",
+        &format!(
+            "exec 3>>'{}'; : > '{}'; exec sleep 60",
+            log.display(),
+            ready.display()
+        ),
+    );
+    assert!(wait_until(std::time::Duration::from_secs(10), || ready.exists()));
     age_files(&s.task(TASK));
     let out = s.run_ok(&["once"]);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    assert!(
+        s.tmux()
+            .args(["kill-session", "-t", "=user-shell"])
+            .status()
+            .unwrap()
+            .success()
+    );
     assert!(log.exists(), "archived while open for writing");
     assert!(out.contains("open for writing"), "{out}");
     let reg = read_json(&s.task(TASK).join("AGENT_REGISTRY.json"));
     assert!(reg["agents"][0].get("auto_cleanup_result").is_none());
     // Once the writer is gone, the next pass archives it.
+    let id = agent_reaper::procs::openfiles::file_id(&log).unwrap();
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        agent_reaper::procs::openfiles::writers_of(&std::collections::HashSet::from([id]))
+            .is_empty()
+    }));
     s.run_ok(&["once"]);
     assert!(!log.exists());
 }

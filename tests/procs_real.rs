@@ -1,10 +1,11 @@
 //! procs against real tmux servers (private sockets) and real processes.
 
 use agent_reaper::model::AgentId;
+use agent_reaper::procs::evidence::fresh_sets;
 use agent_reaper::procs::openfiles::{file_id, writers_of};
 use agent_reaper::procs::{
-    KillSession, ProcTable, StopPolicy, StopRequest, Tmux, TmuxClient, TmuxSocket, agent_processes,
-    stop_all,
+    Evidence, KillSession, ProcTable, SessionIdentity, SetContext, StopPolicy, StopRequest, Tmux,
+    TmuxClient, TmuxSocket, agent_processes, agent_set, stop_all,
 };
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -178,14 +179,11 @@ fn term_ignoring_process_is_sigkilled() {
     wait_for("trap installed", 10, || ready.exists());
 
     let table = ProcTable::scan().unwrap();
-    let set = agent_processes(&table, &[pid], None, &id("ign-1"));
+    let set = agent_processes(&table, &[pid], &id("ign-1"));
     assert!(set.iter().any(|k| k.pid == pid));
     let t = Instant::now();
     let reports = stop_all(
-        &[StopRequest {
-            agent: id("ign-1"),
-            processes: set,
-        }],
+        &[StopRequest::new(id("ign-1"), set)],
         &table,
         &quick_policy(),
     );
@@ -218,13 +216,10 @@ fn three_level_tree_in_tmux_is_stopped_and_session_killed() {
     assert!(tree.len() >= 3, "{tree:?}");
     let _pids = Pids(tree.clone());
 
-    let set = agent_processes(&table, &[pane], None, &id("tree-1"));
+    let set = agent_processes(&table, &[pane], &id("tree-1"));
     assert_eq!(set.iter().map(|k| k.pid).collect::<Vec<_>>(), tree);
     let r = &stop_all(
-        &[StopRequest {
-            agent: id("tree-1"),
-            processes: set,
-        }],
+        &[StopRequest::new(id("tree-1"), set)],
         &table,
         &StopPolicy::default(),
     )[0];
@@ -246,65 +241,82 @@ fn three_level_tree_in_tmux_is_stopped_and_session_killed() {
     );
 }
 
-/// Processes naming `needle`, leaving out tmux itself: the server's argv is the first
-/// session's command, which names the log too (and is never part of an agent's set).
-fn pids_naming(table: &ProcTable, needle: &str) -> Vec<i32> {
-    let is_tmux = |p: &agent_reaper::procs::ProcInfo| {
-        p.cmdline
-            .first()
-            .is_some_and(|a| a.rsplit('/').next().is_some_and(|n| n.starts_with("tmux")))
-    };
-    let mut v: Vec<i32> = table
-        .iter()
-        .filter(|p| p.state != 'Z' && !is_tmux(p) && p.cmdline.iter().any(|a| a.contains(needle)))
-        .map(|p| p.pid)
-        .collect();
-    v.sort();
-    v
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[test]
-fn double_forked_process_naming_the_log_is_found_and_stopped() {
+fn a_double_forked_writer_of_the_log_is_in_the_set_and_processes_naming_it_are_not() {
     let srv = Server::new();
     let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
     let log: PathBuf = dir.path().join("logs/fork-1_stream.jsonl");
-    // Escapes the pane's tree: a subshell starts a setsid'd sh in the background and exits,
-    // so the sh is reparented away from tmux. Its argv ($0) names the stream log.
+    std::fs::write(&log, b"{}\n").unwrap();
+    let escapee_pid = dir.path().join("escapee.pid");
+    // Escapes the pane's tree and session: a subshell starts a setsid'd sh that holds the
+    // log open for appending, and exits, so the sh is reparented away from tmux.
     let cmd = format!(
-        "(setsid sh -c 'sleep 300; :' '{}' </dev/null >/dev/null 2>&1 &); sleep 300; :",
-        log.display()
+        "(setsid sh -c 'exec 3>>\"$0\"; echo $$ > \"$1\"; sleep 300; :' '{}' '{}' </dev/null >/dev/null 2>&1 &); sleep 300; :",
+        log.display(),
+        escapee_pid.display()
     );
     srv.new_session("agent_fork-1", &cmd);
     let pane = srv.pane_pids("agent_fork-1")[0];
-    let needle = log.to_string_lossy().into_owned();
-    let mut table = ProcTable::scan().unwrap();
-    // The pane's own shell names the log too; the escapee is the one outside its tree.
-    let escapee = |table: &ProcTable| {
-        let inside = descendants(table, pane);
-        pids_naming(table, &needle)
-            .into_iter()
-            .find(|p| *p != pane && !inside.contains(p))
+    // Bystanders that only name the log: a reader of it, a process with it in argv, and a
+    // reader of its `.bak`.
+    let spawn = |args: &[&str]| {
+        Command::new(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
     };
-    wait_for("the escaped process and its sleep", 10, || {
+    let log_s = log.to_string_lossy().into_owned();
+    let bak = format!("{log_s}.bak");
+    std::fs::write(&bak, b"x\n").unwrap();
+    let mut bystanders = [
+        spawn(&["tail", "-f", &log_s]),
+        spawn(&["sh", "-c", "sleep 300; :", &log_s]),
+        spawn(&["tail", "-f", &bak]),
+    ];
+    let by: Vec<i32> = bystanders.iter().map(|c| c.id() as i32).collect();
+    let mut guard = Pids(by.clone());
+    let log_id = agent_reaper::procs::openfiles::file_id(&log).unwrap();
+    let mut table = ProcTable::scan().unwrap();
+    let mut writers = Default::default();
+    wait_for("the escapee to hold the log", 10, || {
         table = ProcTable::scan().unwrap();
-        escapee(&table).is_some_and(|p| !table.children_of(p).is_empty())
+        writers = writers_of(&HashSet::from([log_id]));
+        read_pid(&escapee_pid).is_some_and(|p| {
+            writers
+                .get(&log_id)
+                .is_some_and(|w: &Vec<i32>| w.contains(&p))
+                && !table.children_of(p).is_empty()
+        })
     });
-    let escaped = escapee(&table).unwrap();
+    let escaped = read_pid(&escapee_pid).unwrap();
     let escaped_child = table.children_of(escaped)[0];
-    let _pids = Pids(vec![escaped, escaped_child, pane]);
+    guard.0.extend([escaped, escaped_child, pane]);
     assert!(!descendants(&table, pane).contains(&escaped));
 
-    let set = agent_processes(&table, &[pane], Some(&log), &id("fork-1"));
+    let snap = srv.client.snapshot().unwrap();
+    let ctx = SetContext::new(&table, Some(&snap), &writers);
+    let mut ev = Evidence::new(id("fork-1"));
+    ev.panes = vec![table.get(pane).unwrap().key()];
+    ev.logs = vec![log_id];
+    let set = agent_set(&ctx, &ev, None);
     let pids: Vec<i32> = set.iter().map(|k| k.pid).collect();
     assert!(
-        pids.contains(&escaped) && pids.contains(&escaped_child),
+        pids.contains(&escaped) && pids.contains(&escaped_child) && pids.contains(&pane),
         "{pids:?}"
     );
+    for b in &by {
+        assert!(!pids.contains(b), "bystander {b} in the set {pids:?}");
+    }
     let r = &stop_all(
-        &[StopRequest {
-            agent: id("fork-1"),
-            processes: set,
-        }],
+        &[StopRequest::new(id("fork-1"), set)],
         &table,
         &quick_policy(),
     )[0];
@@ -312,11 +324,117 @@ fn double_forked_process_naming_the_log_is_found_and_stopped() {
     for p in [escaped, escaped_child, pane] {
         assert!(!alive(p), "pid {p} survived");
     }
-    // An orphan whose new parent never reaps it stays defunct and is reported with that parent.
-    for (pid, ppid) in &r.defunct {
-        assert!(pids.contains(pid));
-        assert!(*ppid > 0);
+    for b in &by {
+        assert!(alive(*b), "bystander {b} was stopped");
     }
+    drop(guard);
+    for b in &mut bystanders {
+        let _ = b.wait();
+    }
+}
+
+#[test]
+fn the_environment_names_the_pane_after_its_session_ended_but_not_once_cleared() {
+    let srv = Server::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, cleared) = (dir.path().join("kept.pid"), dir.path().join("cleared.pid"));
+    let setsid = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v setsid"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    // Two MCP-server-like helpers, double-forked out of the pane with setsid: one keeps the
+    // environment it inherited, the other starts from an empty one. Neither holds a log.
+    let cmd = format!(
+        "(setsid sh -c 'echo $$ > \"$0\"; exec sleep 300' '{}' </dev/null >/dev/null 2>&1 &); \
+         (env -i {setsid} sh -c 'echo $$ > \"$0\"; exec sleep 300' '{}' </dev/null >/dev/null 2>&1 &); \
+         sleep 300; :",
+        kept.display(),
+        cleared.display()
+    );
+    srv.new_session("agent_env-1", &cmd);
+    // An unrelated process in another pane of the same server.
+    srv.new_session("work", "sleep 300; :");
+    wait_for("both helpers", 10, || {
+        read_pid(&kept).is_some() && read_pid(&cleared).is_some()
+    });
+    let (kept_pid, cleared_pid) = (read_pid(&kept).unwrap(), read_pid(&cleared).unwrap());
+    let other_pane = srv.pane_pids("work")[0];
+    let mut guard = Pids(vec![kept_pid, cleared_pid, other_pane]);
+    // What the daemon remembers while the session lives.
+    let snap = srv.client.snapshot().unwrap();
+    let session = &snap.sessions["agent_env-1"];
+    let table = ProcTable::scan().unwrap();
+    let identity = SessionIdentity {
+        server: snap.server.clone().unwrap(),
+        session_id: session.id.unwrap(),
+        pane_ids: session.panes.iter().filter_map(|p| p.id).collect(),
+        panes: session
+            .live_pane_pids()
+            .iter()
+            .filter_map(|p| table.get(*p).map(|i| i.key()))
+            .collect(),
+    };
+    let pane = session.live_pane_pids()[0];
+    guard.0.push(pane);
+    // The session ends; the helpers are orphans now.
+    assert_eq!(
+        srv.client.kill_session("agent_env-1").unwrap(),
+        KillSession::Killed
+    );
+    wait_for("the pane to exit", 10, || !alive(pane));
+
+    let snap = srv.client.snapshot().unwrap();
+    let mut ev = Evidence::new(id("env-1"));
+    ev.sessions = vec![identity];
+    let writers = Default::default();
+    let table = ProcTable::scan().unwrap();
+    let ctx = SetContext::new(&table, Some(&snap), &writers);
+    let env = ctx.read_environments();
+    let set = agent_set(&ctx, &ev, Some(&env));
+    let pids: Vec<i32> = set.iter().map(|k| k.pid).collect();
+    // (The pane's own `sleep` may still be on its way out: it is the agent's too.)
+    assert!(pids.contains(&kept_pid), "{pids:?}");
+    assert!(
+        !pids.contains(&cleared_pid) && !pids.contains(&other_pane),
+        "{pids:?}"
+    );
+    for p in &pids {
+        assert!(
+            *p == kept_pid || table.get(*p).is_some_and(|i| i.sid == pane),
+            "{p} is neither the helper nor in the pane's session: {pids:?}"
+        );
+    }
+    // The same through a rescan, as the stopper makes it; then stopped.
+    let logs = HashSet::new();
+    let (_, sets) = fresh_sets(&ctx, &[&ev], &logs, Some(&mut Default::default())).unwrap();
+    assert!(sets[0].iter().any(|k| k.pid == kept_pid), "{:?}", sets[0]);
+    assert!(
+        !sets[0].iter().any(|k| k.pid == cleared_pid),
+        "{:?}",
+        sets[0]
+    );
+    let r = &stop_all(
+        &[StopRequest::new(id("env-1"), set)],
+        &table,
+        &quick_policy(),
+    )[0];
+    assert!(r.survivors.is_empty(), "{r:?}");
+    assert!(
+        !alive(kept_pid),
+        "the helper with the pane's environment survived"
+    );
+    assert!(
+        alive(cleared_pid),
+        "the helper with a cleared environment was stopped"
+    );
+    assert!(alive(other_pane), "another pane's process was stopped");
+    drop(guard);
 }
 
 #[test]
@@ -349,7 +467,7 @@ fn parent_agent_token_is_not_in_the_set_and_survives() {
         all.iter().all(|&p| !table.children_of(p).is_empty())
     });
 
-    let set = agent_processes(&table, &[], None, &id(target));
+    let set = agent_processes(&table, &[], &id(target));
     let pids: Vec<i32> = set.iter().map(|k| k.pid).collect();
     assert!(pids.contains(&all[0]));
     assert!(
@@ -357,10 +475,7 @@ fn parent_agent_token_is_not_in_the_set_and_survives() {
         "{pids:?}"
     );
     let r = &stop_all(
-        &[StopRequest {
-            agent: id(target),
-            processes: set,
-        }],
+        &[StopRequest::new(id(target), set)],
         &table,
         &quick_policy(),
     )[0];

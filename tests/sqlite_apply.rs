@@ -99,6 +99,19 @@ fn zombie_stale_and_completed_transitions_write_rows_and_progress() {
     );
     append_lines(base, &changes, &results);
     drop(db);
+    // Both tasks with a transition have `updated_at` bumped, as `update_agent_status` does.
+    let conn = orchestrator_conn(&db_path);
+    for task in [TASK_A, TASK_B] {
+        let updated: String = conn
+            .query_row(
+                "SELECT updated_at FROM tasks WHERE task_id = ?1",
+                [task],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(updated, NOW, "{task}");
+    }
+    drop(conn);
 
     let w = agent_row(&db_path, WORKING);
     assert_eq!(w.status.as_deref(), Some("terminated"));
@@ -329,4 +342,58 @@ fn dump_agents(db: &Path) -> Vec<(String, Option<String>, Option<String>)> {
         .unwrap()
         .map(Result::unwrap)
         .collect()
+}
+
+#[test]
+fn the_other_stores_are_written_while_the_db_write_lock_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = build_state_db(dir.path());
+    let mut seen = None;
+    let results = open(&db_path)
+        .apply_detailed_then(
+            &[change(TASK_A, WORKING, "working", "failed", None)],
+            NOW,
+            |results| {
+                // An orchestrator writer (no wait) cannot get in while we write the others.
+                let other = orchestrator_conn(&db_path);
+                other.busy_timeout(std::time::Duration::ZERO).unwrap();
+                let blocked = other
+                    .execute("UPDATE tasks SET description = 'x'", [])
+                    .is_err();
+                // Nor does a reader see the new row before the commit.
+                let status: String = other
+                    .query_row(
+                        "SELECT status FROM agents WHERE agent_id = ?1",
+                        [WORKING],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                seen = Some((results.to_vec(), blocked, status));
+            },
+        )
+        .unwrap();
+    let (inside, blocked, status_inside) = seen.expect("before_commit ran");
+    assert_eq!(inside, results);
+    assert!(blocked, "another writer got in before the commit");
+    assert_eq!(status_inside, "working");
+    assert_eq!(
+        agent_row(&db_path, WORKING).status.as_deref(),
+        Some("failed")
+    );
+
+    // A transaction that fails before it (a change that cannot apply) never runs it.
+    orchestrator_conn(&db_path)
+        .execute_batch(
+            "CREATE TRIGGER no_insert BEFORE INSERT ON agent_progress_latest \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+    let mut ran = false;
+    let err = open(&db_path).apply_detailed_then(
+        &[change(TASK_A, RUNNING_BAD_FILES, "running", "failed", None)],
+        NOW,
+        |_| ran = true,
+    );
+    assert!(err.is_err());
+    assert!(!ran);
 }

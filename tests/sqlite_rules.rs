@@ -51,15 +51,15 @@ fn db_backed_agents_go_through_the_rules() {
     let before_completed_at = agent_row(&db, WORKING_DONE_AT).completed_at;
     s.run_ok(&["once"]);
 
-    // Zombie: working, no session.
+    // Zombie: working, no session: `failed`, as the 2026 orchestrators' own detectors mark it.
     let row = agent_row(&db, WORKING);
-    assert_eq!(row.status.as_deref(), Some("terminated"));
+    assert_eq!(row.status.as_deref(), Some("failed"));
     let (_, status, _, message) = latest_progress(&db, TASK_A, WORKING).unwrap();
-    assert_eq!(status, "terminated");
+    assert_eq!(status, "failed");
     assert!(message.contains("session_not_found"), "{message}");
     // The terminal progress line went to the agent's progress log.
     let last = progress_lines(&s, TASK_A, WORKING).pop().unwrap();
-    assert_eq!(last["status"], "terminated");
+    assert_eq!(last["status"], "failed");
     assert_eq!(last["agent_id"], WORKING);
     // completed_at that was already set is kept.
     assert_eq!(
@@ -72,16 +72,16 @@ fn db_backed_agents_go_through_the_rules() {
         agent_row(&db, COMPLETED).status.as_deref(),
         Some("completed")
     );
-    // Stale: stopped and terminated.
+    // Stale: stopped and marked failed.
     assert!(!s.session_exists(&format!("agent_{STALE}")));
     let (_, status, _, message) = latest_progress(&db, TASK_B, STALE).unwrap();
-    assert_eq!(status, "terminated");
+    assert_eq!(status, "failed");
     assert!(message.contains("inactivity_timeout"), "{message}");
 
     // The next pass archives that line (it settled); after that, a pass changes nothing.
     s.run_ok(&["once"]);
     let last = progress_lines(&s, TASK_A, WORKING).pop().unwrap();
-    assert_eq!(last["status"], "terminated");
+    assert_eq!(last["status"], "failed");
     assert!(
         !s.task(TASK_A)
             .join(format!("progress/{WORKING}_progress.jsonl"))
@@ -132,10 +132,7 @@ fn a_writer_holding_the_db_past_the_timeout_skips_the_round_and_nothing_is_writt
     drop(holder.stdin.take());
     assert!(holder.wait().unwrap().success());
     s.run_ok(&["once"]);
-    assert_eq!(
-        agent_row(&db, WORKING).status.as_deref(),
-        Some("terminated")
-    );
+    assert_eq!(agent_row(&db, WORKING).status.as_deref(), Some("failed"));
 }
 
 #[test]

@@ -50,7 +50,7 @@ impl<'a> TaskFiles<'a> {
     fn archiver(&mut self) -> Result<&mut Archiver, String> {
         if self.archiver.is_none() {
             let made = match &self.config.archive_dir {
-                Some(root) => Dir::open_base(root)
+                Some(root) => Dir::open_or_create_base(root)
                     .map(|d| Archiver::new(Arc::new(d), &self.view.task.task_id))
                     .map_err(|e| e.to_string()),
                 None => self.task().map(|t| Archiver::new(t, "archive")),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::instance::{InstanceLock, open_journal, state_dir};
+use crate::instance::{BaseLocks, InstanceLock, open_journal, state_dir};
 
 /// Events arriving this close together are handled in one pass.
 const COALESCE: Duration = Duration::from_millis(100);
@@ -59,11 +59,27 @@ struct Daemon {
     watchdog_withheld: bool,
     /// Warnings about hostile or odd entries already logged: said once, not every pass.
     warned: HashSet<String>,
+    /// The lock of every workspace base served (none in a dry run).
+    base_locks: BaseLocks,
 }
 
 pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
     let state = state_dir(&config)?;
     let _lock = InstanceLock::acquire(&state)?;
+    // One reaper per workspace base: wait (for ever) for another reaper working on one of
+    // ours, and hold the bases while running. A dry run changes nothing and takes none.
+    let base_locks = if dry_run {
+        BaseLocks::default()
+    } else {
+        BaseLocks::acquire(&config.workspace_bases, None, |base, holder| {
+            let msg = format!(
+                "waiting for {}: another agent-reaper (pid {holder}) is reaping it",
+                base.display()
+            );
+            tracing::warn!("{msg}");
+            notify(&[NotifyState::Status(&msg)]);
+        })?
+    };
     let journal = open_journal(&state, config.trusted_roots())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -76,6 +92,7 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
         let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
         reaper.journal = Some(journal);
         reaper.progress = Some(heartbeat.reaper_callback());
+        reaper.pane_map = crate::instance::load_pane_map(&state);
         let mut daemon = Daemon {
             reaper: Some(reaper),
             cli,
@@ -92,6 +109,7 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
             heartbeat,
             watchdog_withheld: false,
             warned: HashSet::new(),
+            base_locks,
         };
         daemon.main_loop(events_rx).await
     });
@@ -249,6 +267,10 @@ impl Daemon {
             return;
         };
         let scope = self.schedule.take_due(Instant::now());
+        // A base created since the start is taken now; one another reaper holds waits.
+        if !self.dry_run {
+            reaper.config.workspace_bases = self.base_locks.servable(&self.config.workspace_bases);
+        }
         let mode = if self.dry_run {
             Mode::Plan
         } else {
@@ -358,6 +380,9 @@ impl Daemon {
         match resolve_config(&self.cli) {
             Ok(config) => {
                 let rewatch = config.workspace_bases != self.config.workspace_bases;
+                // Removed bases are let go; new ones are taken at the next pass (or wait
+                // there while another reaper holds them).
+                self.base_locks.keep_only(&config.workspace_bases);
                 tracing::info!("configuration reloaded");
                 self.config = config.clone();
                 match self.reaper.as_mut() {

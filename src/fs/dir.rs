@@ -25,7 +25,9 @@ impl Resolve {
         static PROBED: OnceLock<Resolve> = OnceLock::new();
         *PROBED.get_or_init(|| {
             let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-            match rfs::openat2(rfs::CWD, "/", flags, Mode::empty(), ResolveFlags::BENEATH) {
+            // A relative name: with RESOLVE_BENEATH an absolute one is refused (EXDEV) even
+            // where the kernel has openat2, which would hide it.
+            match rfs::openat2(rfs::CWD, ".", flags, Mode::empty(), ResolveFlags::BENEATH) {
                 Ok(_) => Resolve::Openat2,
                 // ENOSYS: kernel < 5.6; EPERM: a seccomp filter that predates openat2.
                 Err(e) => {
@@ -118,6 +120,23 @@ impl Dir {
     /// by absolute path. Symlinks in it are followed (the admin chose it); nothing below is.
     pub fn open_base(path: &Path) -> Result<Dir, FsError> {
         Dir::open_base_with(path, Resolve::detect())
+    }
+
+    /// [`Dir::open_base`], creating the folder and its parents (mode 0755) when missing:
+    /// for a configured folder of the daemon's own (`archive_dir`).
+    pub fn open_or_create_base(path: &Path) -> Result<Dir, FsError> {
+        match Dir::open_base(path) {
+            Err(e) if e.is_not_found() => {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(path)
+                    .map_err(|e| FsError::io(path, e))?;
+                Dir::open_base(path)
+            }
+            other => other,
+        }
     }
 
     /// [`Dir::open_base`] with a chosen resolver (tests force [`Resolve::Walk`]).

@@ -45,6 +45,18 @@ impl FileId {
     }
 }
 
+/// Birth time of an open file in ns since the epoch (`statx` on the descriptor), where
+/// the filesystem keeps one: tells a file from a newer one that reused its inode number.
+pub fn birth_ns(f: &File) -> Option<u64> {
+    use rustix::fs::{AtFlags, StatxFlags, statx};
+    let st = statx(f, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME).ok()?;
+    if !StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::BTIME) {
+        return None;
+    }
+    let secs = u64::try_from(st.stx_btime.tv_sec).ok()?;
+    Some(secs * 1_000_000_000 + u64::from(st.stx_btime.tv_nsec))
+}
+
 /// Why a file is opened; decides the access mode and whether hard links are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {

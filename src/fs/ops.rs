@@ -135,6 +135,19 @@ pub fn write_new_atomically(
     bytes: &[u8],
     mode: u32,
 ) -> Result<(), FsError> {
+    replace_file(dir, name, bytes, mode, true)
+}
+
+/// [`write_new_atomically`] with the two fsyncs optional (`durable: false` for files that
+/// are only evidence, such as the registry's `.reaper-seen`): still never written through
+/// a planted symlink, still all or nothing for readers.
+pub fn replace_file(
+    dir: &Dir,
+    name: impl AsRef<Path>,
+    bytes: &[u8],
+    mode: u32,
+    durable: bool,
+) -> Result<(), FsError> {
     let name = dir.single_name(name.as_ref())?;
     let (tmp, mut file) = loop {
         let candidate = fresh_name(name, "tmp");
@@ -148,7 +161,13 @@ pub fn write_new_atomically(
     let written = rfs::fchmod(&file.file, rfs::Mode::from_raw_mode(mode as _))
         .map_err(std::io::Error::from)
         .and_then(|()| file.file.write_all(bytes))
-        .and_then(|()| file.file.sync_all())
+        .and_then(|()| {
+            if durable {
+                file.file.sync_all()
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|e| FsError::io(dir.display(&tmp), e))
         .and_then(|()| {
             rfs::renameat(dir, &tmp, dir, name).map_err(|e| FsError::io(dir.display(name), e))
@@ -157,7 +176,7 @@ pub fn write_new_atomically(
         let _ = rfs::unlinkat(dir, &tmp, AtFlags::empty());
         return Err(e);
     }
-    dir.sync()
+    if durable { dir.sync() } else { Ok(()) }
 }
 
 /// fsync of a folder handle.

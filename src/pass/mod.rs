@@ -30,6 +30,20 @@ pub enum Mode {
     Execute { wait_for_settle: bool },
 }
 
+impl Mode {
+    /// `once` (the one caller that waits for settle) exits after its pass: it waits for its
+    /// hooks too; the daemon does not.
+    fn hook_mode(self) -> crate::hooks::HookMode {
+        match self {
+            Mode::Plan => crate::hooks::HookMode::List,
+            Mode::Execute {
+                wait_for_settle: true,
+            } => crate::hooks::HookMode::RunAndWait,
+            Mode::Execute { .. } => crate::hooks::HookMode::Run,
+        }
+    }
+}
+
 /// Long-lived pass state: configuration, seams, and what earlier rounds saw.
 pub struct Reaper {
     pub config: Config,
@@ -44,6 +58,10 @@ pub struct Reaper {
     /// Journal of multi-step file operations (appends to an existing archive, copies);
     /// without one, a log whose archive already exists is left for a pass that has one.
     pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
+    /// Sessions agents ran in (kept in the state dir when there is one).
+    pub pane_map: crate::procs::panemap::PaneMap,
+    /// Transition hooks: their worker threads and pending runs (started on first use).
+    pub hooks: crate::hooks::Hooks,
 }
 
 impl Reaper {
@@ -56,6 +74,8 @@ impl Reaper {
             progress: None,
             journal: None,
             state_dbs: HashMap::new(),
+            pane_map: crate::procs::panemap::PaneMap::in_memory(),
+            hooks: crate::hooks::Hooks::default(),
         }
     }
 
@@ -163,20 +183,14 @@ impl Reaper {
             }
         }
         let writers = scan_writers(pending.iter().flatten());
-        let pane_ancestors = match &tmux {
-            Ok(snapshot) => crate::procs::table::pane_ancestors(
-                &table,
-                snapshot
-                    .sessions
-                    .values()
-                    .flat_map(|s| s.panes.iter().filter_map(|p| p.pid)),
-            ),
-            Err(_) => HashSet::new(),
-        };
+        let procs = crate::procs::SetContext::new(&table, tmux.as_ref().ok(), &writers);
+        let env = std::cell::OnceCell::new();
         let world = World {
             tmux: &tmux,
             table: &table,
-            pane_ancestors: &pane_ancestors,
+            procs: &procs,
+            pane_map: &self.pane_map,
+            env: &env,
             gone_since: &self.gone_since,
             settle: self.config.settle,
             now,
@@ -188,15 +202,27 @@ impl Reaper {
                 .collect();
         }
         self.remember_sessions(&views, &tmux, now, scope.is_some());
+        let ambiguous = observe::ambiguous_agents(&views);
+        observe::remember_panes(&views, &ambiguous, &mut self.pane_map);
         let decisions: Vec<Vec<Decision>> = views
             .iter()
             .map(|v| {
                 v.agents
                     .iter()
-                    .map(|a| decide(&a.facts, &policy, now))
+                    .map(|a| match ambiguous.get(&a.id) {
+                        Some(why) => Decision::ambiguous(why),
+                        None => {
+                            crate::dbtasks::for_backend(v.backend, decide(&a.facts, &policy, now))
+                        }
+                    })
                     .collect()
             })
             .collect();
+        errors.extend(
+            ambiguous.iter().map(|(id, why)| {
+                format!("agent id {id} is ambiguous ({why}): nothing done for it")
+            }),
+        );
         let orphans = match scope {
             None => self.orphans(&views, &tmux, &policy, now),
             Some(_) => Vec::new(),
@@ -210,6 +236,7 @@ impl Reaper {
             errors,
             totals: Totals::default(),
             written_tasks: Vec::new(),
+            hooks: Vec::new(),
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         let (decisions, outcomes) = match mode {
@@ -218,14 +245,32 @@ impl Reaper {
                 let (decisions, outcomes) = self.act(
                     &mut views,
                     decisions,
-                    (&table, &pane_ancestors),
+                    (&table, &procs),
                     &mut report,
                     wait_for_settle,
                 );
+                act::forget_cleaned(
+                    &views,
+                    &decisions,
+                    &outcomes,
+                    // Ids of a base or registry that could not be read may still run.
+                    scope.is_none() && report.errors.is_empty(),
+                    &mut self.pane_map,
+                );
+                if let Err(e) = self.pane_map.save() {
+                    report.errors.push(e.to_string());
+                }
                 (decisions, Some(outcomes))
             }
         };
         fill_report(&mut report, &views, &decisions, outcomes);
+        // Hooks see only what this pass committed (in `plan`: what it would commit).
+        report.hooks = self.hooks.after_pass(
+            &self.config,
+            mode.hook_mode(),
+            report.transitions(),
+            &mut report.errors,
+        );
         report
     }
 
@@ -307,7 +352,7 @@ impl Reaper {
         &mut self,
         views: &mut [TaskView],
         mut decisions: Vec<Vec<Decision>>,
-        (table, pane_ancestors): (&ProcTable, &HashSet<i32>),
+        (table, procs): (&ProcTable, &crate::procs::SetContext<'_>),
         report: &mut PassReport,
         wait_for_settle: bool,
     ) -> (Vec<Vec<Decision>>, Vec<Vec<Outcome>>) {
@@ -321,7 +366,7 @@ impl Reaper {
         let stopped = act::stop_agents(
             views,
             &decisions,
-            (table, pane_ancestors),
+            procs,
             self.tmux.as_ref(),
             &self.config,
             &mut outcomes,
@@ -335,6 +380,7 @@ impl Reaper {
                 since: now - policy.zombie_grace,
             };
             agent.facts.live_processes = outcomes[t][a].survivors;
+            agent.facts.live_writers = 0;
             if let Some(status) = first_status(&decisions[t][a]) {
                 agent.facts.status = status.to_string();
                 agent.facts.class = StatusClass::Terminal;
@@ -444,7 +490,9 @@ impl Reaper {
                     indexes.push(t);
                 }
             }
-            if let Err(e) = crate::dbtasks::apply_transitions(&db.db, &mut work, now) {
+            if let Err(e) =
+                crate::dbtasks::apply_transitions(&db.db, &mut work, &self.update_options(), now)
+            {
                 report.errors.push(format!(
                     "{e}; {} task(s) of {} wait for the next round",
                     indexes.len(),

@@ -91,6 +91,46 @@ pub struct PassReport {
     /// Per task, in order: whether its registry was written (filled while acting).
     #[serde(skip)]
     pub written_tasks: Vec<bool>,
+    /// Transition hooks this pass ran, queued or (in `plan`) would run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::hooks::HookReport>,
+}
+
+impl PassReport {
+    /// The transitions this report says were committed (in `plan`: decided), for hooks.
+    /// `reason` is the termination reason, else the agent's class (`zombie`, `finished`...).
+    pub fn transitions(&self) -> Vec<crate::hooks::Transition> {
+        let mut out = Vec::new();
+        for task in &self.tasks {
+            let base = task.dir.parent().unwrap_or(&task.dir);
+            for agent in &task.agents {
+                let Some(status) = &agent.new_status else {
+                    continue;
+                };
+                let reason = agent
+                    .actions
+                    .iter()
+                    .find_map(|a| match a {
+                        Action::SetStatus {
+                            termination_reason: Some(r),
+                            ..
+                        } => Some(r.to_string()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| format!("{:?}", agent.class).to_lowercase());
+                out.push(crate::hooks::Transition {
+                    values: crate::config::hooks::Values {
+                        task_id: task.task_id.clone(),
+                        agent_id: agent.id.clone(),
+                        status: status.clone(),
+                        reason,
+                        workspace_base: base.to_string_lossy().into_owned(),
+                    },
+                });
+            }
+        }
+        out
+    }
 }
 
 pub(super) fn fill_report(

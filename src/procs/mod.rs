@@ -1,12 +1,19 @@
-//! Process truth: tmux sessions, the /proc table, open files and stopping an agent's processes.
+//! Process truth: tmux sessions, the /proc table, open files, an agent's process set and stopping it.
 
+pub mod ambiguity;
+pub mod cgroup;
+pub mod environ;
+pub mod evidence;
 pub mod openfiles;
+pub mod panemap;
 pub mod stop;
 pub mod table;
 pub mod tmux;
 
+pub use evidence::{Evidence, SessionIdentity, SetContext, agent_processes, agent_set};
 pub use stop::{StopPolicy, StopReport, StopRequest, stop_all};
-pub use table::{ProcInfo, ProcKey, ProcTable, agent_processes};
+pub use table::{ProcInfo, ProcKey, ProcTable};
 pub use tmux::{
-    KillSession, PaneInfo, SessionInfo, Tmux, TmuxClient, TmuxError, TmuxSnapshot, TmuxSocket,
+    KillSession, PaneInfo, SessionInfo, Tmux, TmuxClient, TmuxError, TmuxServer, TmuxSnapshot,
+    TmuxSocket,
 };

@@ -1,9 +1,10 @@
-//! Stopping processes: pidfd-verified SIGTERM, escalating waits, SIGKILL for survivors.
+//! Stopping processes: pidfd-verified SIGTERM, escalating waits, rescans for newcomers, SIGKILL for survivors.
 
 use super::table::{ProcKey, ProcTable, StatFields, read_stat};
 use crate::model::AgentId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -24,12 +25,32 @@ impl Default for StopPolicy {
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How long a defunct process may take to be reaped by its (new) parent before it is reported.
 const REAP_WAIT: Duration = Duration::from_millis(500);
+/// Rescans for processes that joined a set while it was being stopped (forks, double forks,
+/// new writers of the logs), after the SIGTERMs and again after the SIGKILLs. A forker
+/// outrunning this many rounds is SIGKILLed; what it forks after that is a survivor.
+const MAX_ROUNDS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct StopRequest {
     pub agent: AgentId,
     pub processes: Vec<ProcKey>,
+    /// cgroups that hold this agent's processes and nothing else: `cgroup.kill` stops them.
+    pub cgroups: Vec<PathBuf>,
 }
+
+impl StopRequest {
+    pub fn new(agent: AgentId, processes: Vec<ProcKey>) -> Self {
+        StopRequest {
+            agent,
+            processes,
+            cgroups: Vec::new(),
+        }
+    }
+}
+
+/// A fresh look while stopping: a new process table and every request's set in it (same
+/// order as the requests). `None` when /proc cannot be read: no newcomers then.
+pub type Rescan<'a> = dyn FnMut() -> Option<(ProcTable, Vec<Vec<ProcKey>>)> + 'a;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StopReport {
@@ -41,6 +62,12 @@ pub struct StopReport {
     pub defunct: Vec<(i32, i32)>,
     /// Processes left alone, with why (pid reused, protected, another user's, ...).
     pub refused: Vec<(ProcKey, String)>,
+    /// Processes that joined the set while it was being stopped (found by a rescan).
+    pub joined: usize,
+    /// cgroups stopped with `cgroup.kill`.
+    pub cgroups_killed: Vec<PathBuf>,
+    /// `cgroup.kill` failures (the processes were then signalled one by one).
+    pub cgroup_errors: Vec<String>,
 }
 
 impl StopReport {
@@ -71,6 +98,8 @@ pub trait ProcessOps {
     /// Waits up to `timeout` until at least one handle reports exit; returns, for every
     /// handle, whether its process has exited (a zombie counts as exited).
     fn wait_any(&self, handles: &[&Self::Handle], timeout: Duration) -> Vec<bool>;
+    /// Writes `1` to the cgroup's `cgroup.kill`.
+    fn kill_cgroup(&self, dir: &Path) -> std::io::Result<()>;
 }
 
 /// The real thing: pidfd_open / pidfd_send_signal / poll(2).
@@ -100,6 +129,10 @@ impl ProcessOps for RealOps {
             Sig::Cont => rustix::process::Signal::CONT,
         };
         Ok(rustix::process::pidfd_send_signal(handle, sig)?)
+    }
+
+    fn kill_cgroup(&self, dir: &Path) -> std::io::Result<()> {
+        super::cgroup::kill(dir)
     }
 
     fn wait_any(&self, handles: &[&OwnedFd], timeout: Duration) -> Vec<bool> {
@@ -132,7 +165,17 @@ pub fn stop_all(
     table: &ProcTable,
     policy: &StopPolicy,
 ) -> Vec<StopReport> {
-    stop_all_with(&RealOps, requests, table, policy)
+    stop_all_with(&RealOps, requests, table, policy, &mut || None)
+}
+
+/// [`stop_all`], rescanning for processes that join the sets meanwhile.
+pub fn stop_all_rescanning(
+    requests: &[StopRequest],
+    table: &ProcTable,
+    policy: &StopPolicy,
+    rescan: &mut Rescan<'_>,
+) -> Vec<StopReport> {
+    stop_all_with(&RealOps, requests, table, policy, rescan)
 }
 
 /// Why a process must not be signalled, if it must not. The uid rule: only processes of the
@@ -164,80 +207,186 @@ struct Target<H> {
     exited: bool,
 }
 
+/// The processes being stopped, which requests own them, and the reports so far.
+struct Stopper<'r, O: ProcessOps> {
+    ops: &'r O,
+    protected: Vec<i32>,
+    euid: u32,
+    targets: Vec<Target<O::Handle>>,
+    /// Target index of each process, so one process listed by two agents is signalled once.
+    index: HashMap<ProcKey, Option<usize>>,
+    /// Per request, the target indices it owns.
+    owned: Vec<Vec<usize>>,
+    reports: Vec<StopReport>,
+}
+
+impl<O: ProcessOps> Stopper<'_, O> {
+    /// Opens (pidfd, start time verified) the processes of `sets` not seen before; returns
+    /// the new targets. Zombies are skipped: they are dead already.
+    fn add(&mut self, sets: &[Vec<ProcKey>], table: &ProcTable, joined: bool) -> Vec<usize> {
+        let mut new = Vec::new();
+        for (ri, set) in sets.iter().enumerate() {
+            for key in set {
+                if let Some(known) = self.index.get(key) {
+                    if let Some(ti) = *known
+                        && !self.owned[ri].contains(&ti)
+                    {
+                        self.owned[ri].push(ti);
+                        self.reports[ri].signalled.push(*key);
+                    }
+                    continue;
+                }
+                if table.get(key.pid).is_some_and(|p| p.state == 'Z') {
+                    continue;
+                }
+                let report = &mut self.reports[ri];
+                let slot = prepare(self.ops, key, table, &self.protected, self.euid, report).map(
+                    |handle| {
+                        self.targets.push(Target {
+                            key: *key,
+                            handle,
+                            exited: false,
+                        });
+                        self.targets.len() - 1
+                    },
+                );
+                if let Some(ti) = slot {
+                    self.owned[ri].push(ti);
+                    report.signalled.push(*key);
+                    report.joined += usize::from(joined);
+                    new.push(ti);
+                }
+                self.index.insert(*key, slot);
+            }
+        }
+        new
+    }
+
+    fn signal(&mut self, which: &[usize], sig: Sig, table: &ProcTable) {
+        for &ti in which {
+            let t = &mut self.targets[ti];
+            if t.exited {
+                continue;
+            }
+            if self.ops.signal(&t.handle, sig).is_err() {
+                // ESRCH: gone between open and signal. Anything else is found out by waiting.
+                t.exited = self
+                    .ops
+                    .stat(t.key.pid)
+                    .is_none_or(|s| s.start_time != t.key.start_time);
+            }
+            // A stopped process only acts on SIGTERM once continued.
+            if sig == Sig::Term
+                && table
+                    .get(t.key.pid)
+                    .is_some_and(|p| matches!(p.state, 'T' | 't'))
+            {
+                let _ = self.ops.signal(&t.handle, Sig::Cont);
+            }
+        }
+    }
+
+    /// Waits through `steps` (each a longer wait), ending early once every target exited.
+    fn wait_steps(&mut self, steps: &[Duration]) {
+        let mut deadline = Instant::now();
+        for step in steps {
+            deadline += *step;
+            wait_until(self.ops, &mut self.targets, deadline);
+        }
+    }
+
+    fn pending(&self) -> Vec<usize> {
+        (0..self.targets.len())
+            .filter(|&i| !self.targets[i].exited)
+            .collect()
+    }
+
+    /// Marks the requests owning any of `which` as escalated.
+    fn escalated(&mut self, which: &[usize]) {
+        for (ri, owned) in self.owned.iter().enumerate() {
+            if owned.iter().any(|t| which.contains(t)) {
+                self.reports[ri].escalated_to_sigkill = true;
+            }
+        }
+    }
+}
+
 /// `stop_all` over injected OS calls.
 pub fn stop_all_with<O: ProcessOps>(
     ops: &O,
     requests: &[StopRequest],
     table: &ProcTable,
     policy: &StopPolicy,
+    rescan: &mut Rescan<'_>,
 ) -> Vec<StopReport> {
-    let protected = table.ancestors_and_self(std::process::id() as i32);
-    let euid = nix::unistd::geteuid().as_raw();
-    let mut reports = vec![StopReport::default(); requests.len()];
-    let mut targets: Vec<Target<O::Handle>> = Vec::new();
-    // Target index of each process, so one process listed by two agents is signalled once.
-    let mut index: HashMap<ProcKey, Option<usize>> = HashMap::new();
-    // Per request, the target indices it owns.
-    let mut owned: Vec<Vec<usize>> = vec![Vec::new(); requests.len()];
-
+    let mut st = Stopper {
+        ops,
+        protected: table.ancestors_and_self(std::process::id() as i32),
+        euid: nix::unistd::geteuid().as_raw(),
+        targets: Vec::new(),
+        index: HashMap::new(),
+        owned: vec![Vec::new(); requests.len()],
+        reports: vec![StopReport::default(); requests.len()],
+    };
+    let sets: Vec<Vec<ProcKey>> = requests.iter().map(|r| r.processes.clone()).collect();
+    let first = st.add(&sets, table, false);
+    // An agent in its own cgroup is stopped whole by the kernel: nothing forks past it.
+    let mut by_cgroup: HashSet<usize> = HashSet::new();
     for (ri, req) in requests.iter().enumerate() {
-        for key in &req.processes {
-            if let Some(known) = index.get(key) {
-                if let Some(ti) = *known {
-                    owned[ri].push(ti);
-                    reports[ri].signalled.push(*key);
+        let mut killed = false;
+        for dir in &req.cgroups {
+            match ops.kill_cgroup(dir) {
+                Ok(()) => {
+                    killed = true;
+                    st.reports[ri].cgroups_killed.push(dir.clone());
                 }
-                continue;
+                Err(e) => st.reports[ri]
+                    .cgroup_errors
+                    .push(format!("{}: {e}", dir.join("cgroup.kill").display())),
             }
-            let slot = prepare(ops, key, table, &protected, euid, &mut reports[ri]).map(|handle| {
-                targets.push(Target {
-                    key: *key,
-                    handle,
-                    exited: false,
-                });
-                targets.len() - 1
-            });
-            if let Some(ti) = slot {
-                owned[ri].push(ti);
-                reports[ri].signalled.push(*key);
-            }
-            index.insert(*key, slot);
+        }
+        if killed {
+            by_cgroup.extend(st.owned[ri].iter().copied());
         }
     }
-
     // Every SIGTERM goes out before any waiting, so N agents cost one grace period.
-    for t in &mut targets {
-        if ops.signal(&t.handle, Sig::Term).is_err() {
-            // ESRCH: gone between open and signal. Anything else is found out by waiting.
-            t.exited = ops
-                .stat(t.key.pid)
-                .is_none_or(|s| s.start_time != t.key.start_time);
+    let term: Vec<usize> = first
+        .iter()
+        .copied()
+        .filter(|t| !by_cgroup.contains(t))
+        .collect();
+    st.signal(&term, Sig::Term, table);
+    st.wait_steps(&policy.term_steps);
+
+    // Newcomers get the same treatment; later rounds wait the first step only, so a
+    // continuous forker cannot stretch the stop round after round.
+    let first_step: Vec<Duration> = policy.term_steps.iter().take(1).copied().collect();
+    for _ in 0..MAX_ROUNDS {
+        let Some((fresh, sets)) = rescan() else { break };
+        let new = st.add(&sets, &fresh, true);
+        if new.is_empty() {
+            break;
         }
-        // A stopped process only acts on SIGTERM once continued.
-        if table
-            .get(t.key.pid)
-            .is_some_and(|p| matches!(p.state, 'T' | 't'))
-        {
-            let _ = ops.signal(&t.handle, Sig::Cont);
-        }
+        st.signal(&new, Sig::Term, &fresh);
+        st.wait_steps(&first_step);
     }
 
-    let start = Instant::now();
-    let mut deadline = start;
-    for step in &policy.term_steps {
-        deadline += *step;
-        wait_until(ops, &mut targets, deadline);
-    }
-
-    let mut escalated = vec![false; targets.len()];
-    for (ti, t) in targets.iter().enumerate() {
-        if !t.exited {
-            escalated[ti] = true;
-            let _ = ops.signal(&t.handle, Sig::Kill);
+    let survivors = st.pending();
+    if !survivors.is_empty() {
+        st.escalated(&survivors);
+        st.signal(&survivors, Sig::Kill, table);
+        wait_until(ops, &mut st.targets, Instant::now() + KILL_WAIT);
+        // What forked between the last scan and its SIGKILL.
+        for _ in 0..MAX_ROUNDS {
+            let Some((fresh, sets)) = rescan() else { break };
+            let new = st.add(&sets, &fresh, true);
+            if new.is_empty() {
+                break;
+            }
+            st.escalated(&new);
+            st.signal(&new, Sig::Kill, &fresh);
+            wait_until(ops, &mut st.targets, Instant::now() + KILL_WAIT);
         }
-    }
-    if escalated.iter().any(|&e| e) {
-        wait_until(ops, &mut targets, Instant::now() + KILL_WAIT);
     }
 
     // Exited ones that are still zombies: nobody can kill them, their parent must reap.
@@ -245,7 +394,7 @@ pub fn stop_all_with<O: ProcessOps>(
     // only what is still defunct after a short while is reported.
     // One whose parent is itself being stopped here is not reported: once that parent is
     // gone it belongs to init, which reaps it.
-    let stopped: HashSet<i32> = targets.iter().map(|t| t.key.pid).collect();
+    let stopped: HashSet<i32> = st.targets.iter().map(|t| t.key.pid).collect();
     let zombies = |targets: &[Target<O::Handle>]| {
         let mut found: BTreeMap<usize, (i32, i32)> = BTreeMap::new();
         for (ti, t) in targets.iter().enumerate() {
@@ -260,16 +409,21 @@ pub fn stop_all_with<O: ProcessOps>(
         found
     };
     let reap_deadline = Instant::now() + REAP_WAIT;
-    let mut defunct = zombies(&targets);
+    let mut defunct = zombies(&st.targets);
     // Only a living parent can still reap one; init's are not waited for.
     while defunct.values().any(|(_, ppid)| *ppid > 1) && Instant::now() < reap_deadline {
         std::thread::sleep(Duration::from_millis(10));
-        defunct = zombies(&targets);
+        defunct = zombies(&st.targets);
     }
 
+    let Stopper {
+        targets,
+        owned,
+        mut reports,
+        ..
+    } = st;
     for (ri, report) in reports.iter_mut().enumerate() {
         for &ti in &owned[ri] {
-            report.escalated_to_sigkill |= escalated[ti];
             if !targets[ti].exited {
                 report.survivors.push(targets[ti].key);
             }
@@ -348,183 +502,5 @@ fn wait_until<O: ProcessOps>(ops: &O, targets: &mut [Target<O::Handle>], deadlin
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::procs::table::ProcInfo;
-    use std::cell::RefCell;
-
-    /// A scripted world: per pid, the start time seen on re-read, whether it exits on TERM.
-    #[derive(Default)]
-    struct Fake {
-        now_start: HashMap<i32, u64>,
-        ignores_term: Vec<i32>,
-        zombie_after_exit: Vec<i32>,
-        sent: RefCell<Vec<(i32, Sig)>>,
-        dead: RefCell<Vec<i32>>,
-    }
-
-    impl ProcessOps for Fake {
-        type Handle = i32;
-        fn open(&self, pid: i32) -> std::io::Result<i32> {
-            Ok(pid)
-        }
-        fn stat(&self, pid: i32) -> Option<StatFields> {
-            let dead = self.dead.borrow().contains(&pid);
-            if dead && !self.zombie_after_exit.contains(&pid) {
-                return None;
-            }
-            Some(StatFields {
-                pid,
-                state: if dead { 'Z' } else { 'S' },
-                ppid: 1,
-                pgid: pid,
-                sid: pid,
-                start_time: *self.now_start.get(&pid)?,
-            })
-        }
-        fn signal(&self, h: &i32, sig: Sig) -> std::io::Result<()> {
-            self.sent.borrow_mut().push((*h, sig));
-            if sig == Sig::Kill || (sig == Sig::Term && !self.ignores_term.contains(h)) {
-                self.dead.borrow_mut().push(*h);
-            }
-            Ok(())
-        }
-        fn wait_any(&self, handles: &[&i32], _timeout: Duration) -> Vec<bool> {
-            let dead = self.dead.borrow();
-            handles.iter().map(|h| dead.contains(h)).collect()
-        }
-    }
-
-    fn info(pid: i32, uid: u32) -> ProcInfo {
-        ProcInfo {
-            pid,
-            ppid: 1,
-            pgid: pid,
-            sid: pid,
-            state: 'S',
-            start_time: 100,
-            uid,
-            cmdline: vec![],
-        }
-    }
-
-    fn key(pid: i32) -> ProcKey {
-        ProcKey {
-            pid,
-            start_time: 100,
-        }
-    }
-
-    fn req(pids: &[i32]) -> StopRequest {
-        StopRequest {
-            agent: AgentId::parse("a-1").unwrap(),
-            processes: pids.iter().map(|&p| key(p)).collect(),
-        }
-    }
-
-    fn quick() -> StopPolicy {
-        StopPolicy {
-            term_steps: vec![Duration::from_millis(1)],
-        }
-    }
-
-    fn uid() -> u32 {
-        nix::unistd::geteuid().as_raw()
-    }
-
-    #[test]
-    fn pid_reused_after_the_scan_is_not_signalled() {
-        let table = ProcTable::from_procs(vec![info(1000, uid()), info(1001, uid())]);
-        let fake = Fake {
-            // 1001 exited and its pid went to a new process after the table was read.
-            now_start: HashMap::from([(1000, 100), (1001, 555)]),
-            ..Default::default()
-        };
-        let r = &stop_all_with(&fake, &[req(&[1000, 1001])], &table, &quick())[0];
-        assert_eq!(*fake.sent.borrow(), vec![(1000, Sig::Term)]);
-        assert_eq!(r.signalled, vec![key(1000)]);
-        assert_eq!(r.refused.len(), 1);
-        assert_eq!(r.refused[0].0, key(1001));
-        assert!(r.refused[0].1.contains("reused"));
-        assert!(!r.escalated_to_sigkill);
-        assert!(r.verified_no_zombies());
-    }
-
-    #[test]
-    fn protected_foreign_and_unknown_pids_are_refused() {
-        let me = std::process::id() as i32;
-        let mut mine = info(me, uid());
-        mine.ppid = 1000;
-        let table = ProcTable::from_procs(vec![
-            info(1, 0),
-            info(1000, uid()),
-            mine,
-            info(2000, uid() + 1),
-        ]);
-        let fake = Fake {
-            now_start: HashMap::from([(1, 100), (1000, 100), (me, 100), (2000, 100)]),
-            ..Default::default()
-        };
-        let r = &stop_all_with(&fake, &[req(&[1, 1000, me, 2000, 3000])], &table, &quick())[0];
-        let refused: Vec<i32> = r.refused.iter().map(|(k, _)| k.pid).collect();
-        // uid rule does not apply as root.
-        let expected: Vec<i32> = if uid() == 0 {
-            vec![1, 1000, me, 3000]
-        } else {
-            vec![1, 1000, me, 2000, 3000]
-        };
-        assert_eq!(refused, expected);
-        let signalled: Vec<i32> = r.signalled.iter().map(|k| k.pid).collect();
-        assert_eq!(signalled, if uid() == 0 { vec![2000] } else { vec![] });
-    }
-
-    #[test]
-    fn term_ignorers_get_sigkill_and_zombies_are_reported() {
-        let table = ProcTable::from_procs(vec![
-            info(1000, uid()),
-            info(1001, uid()),
-            info(1002, uid()),
-        ]);
-        let fake = Fake {
-            now_start: HashMap::from([(1000, 100), (1001, 100), (1002, 100)]),
-            ignores_term: vec![1001],
-            zombie_after_exit: vec![1002],
-            ..Default::default()
-        };
-        let reports = stop_all_with(&fake, &[req(&[1000]), req(&[1001, 1002])], &table, &quick());
-        assert!(!reports[0].escalated_to_sigkill);
-        assert!(reports[1].escalated_to_sigkill);
-        assert_eq!(reports[1].defunct, vec![(1002, 1)]);
-        // Reported, but left to init: nothing of the agent runs.
-        assert!(reports[1].verified_no_zombies());
-        let waiting_on_parent = StopReport {
-            defunct: vec![(1002, 999)],
-            ..Default::default()
-        };
-        assert!(!waiting_on_parent.verified_no_zombies());
-        assert!(reports[0].verified_no_zombies());
-        let sent = fake.sent.borrow();
-        // All TERMs before any KILL.
-        assert_eq!(
-            *sent,
-            vec![
-                (1000, Sig::Term),
-                (1001, Sig::Term),
-                (1002, Sig::Term),
-                (1001, Sig::Kill)
-            ]
-        );
-    }
-
-    #[test]
-    fn a_process_shared_by_two_agents_is_signalled_once() {
-        let table = ProcTable::from_procs(vec![info(1000, uid())]);
-        let fake = Fake {
-            now_start: HashMap::from([(1000, 100)]),
-            ..Default::default()
-        };
-        let reports = stop_all_with(&fake, &[req(&[1000]), req(&[1000])], &table, &quick());
-        assert_eq!(fake.sent.borrow().len(), 1);
-        assert_eq!(reports[0].signalled, reports[1].signalled);
-    }
-}
+#[path = "stop_tests.rs"]
+mod tests;

@@ -1,12 +1,13 @@
 //! The /proc process table, read once per round, and an agent's process set within it.
 
-use crate::model::AgentId;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// A process identity that survives pid reuse: the same pid with another start time is another process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ProcKey {
     pub pid: i32,
     /// Field 22 of `/proc/<pid>/stat`, clock ticks since boot.
@@ -126,13 +127,16 @@ fn split_cmdline(raw: &[u8]) -> Vec<String> {
 pub struct ProcTable {
     procs: HashMap<i32, ProcInfo>,
     children: HashMap<i32, Vec<i32>>,
+    /// Members of each process group and of each session, by pgid / sid.
+    by_pgid: HashMap<i32, Vec<i32>>,
+    by_sid: HashMap<i32, Vec<i32>>,
     /// Processes whose cmdline could tie them to some agent by name: computed once per
     /// table, so finding thousands of agents' sets does not read every cmdline each time.
     named: Vec<i32>,
 }
 
-/// What a cmdline must contain to name an agent: its id token or a stream log.
-const NAME_MARKERS: [&str; 2] = ["Agent ID: ", "_stream.jsonl"];
+/// What a cmdline must contain to name an agent (older orchestrators put the prompt in argv).
+pub const ID_MARKER: &str = "Agent ID: ";
 
 impl ProcTable {
     /// Reads every process under /proc once. Processes that exit during the scan are skipped.
@@ -161,20 +165,39 @@ impl ProcTable {
         for c in children.values_mut() {
             c.sort_unstable();
         }
+        let mut by_pgid: HashMap<i32, Vec<i32>> = HashMap::new();
+        let mut by_sid: HashMap<i32, Vec<i32>> = HashMap::new();
+        for p in &procs {
+            by_pgid.entry(p.pgid).or_default().push(p.pid);
+            by_sid.entry(p.sid).or_default().push(p.pid);
+        }
         let named = procs
             .iter()
-            .filter(|p| {
-                p.cmdline
-                    .iter()
-                    .any(|arg| NAME_MARKERS.iter().any(|m| arg.contains(m)))
-            })
+            .filter(|p| p.cmdline.iter().any(|arg| arg.contains(ID_MARKER)))
             .map(|p| p.pid)
             .collect();
         ProcTable {
             procs: procs.into_iter().map(|p| (p.pid, p)).collect(),
             children,
+            by_pgid,
+            by_sid,
             named,
         }
+    }
+
+    /// Members of process group `pgid`.
+    pub fn group_members(&self, pgid: i32) -> &[i32] {
+        self.by_pgid.get(&pgid).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Members of session `sid`.
+    pub fn session_members(&self, sid: i32) -> &[i32] {
+        self.by_sid.get(&sid).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Processes whose argv holds `Agent ID: ` somewhere (to be checked exactly).
+    pub fn naming_some_agent(&self) -> impl Iterator<Item = &ProcInfo> {
+        self.named.iter().filter_map(|pid| self.procs.get(pid))
     }
 
     pub fn get(&self, pid: i32) -> Option<&ProcInfo> {
@@ -232,114 +255,6 @@ impl ProcTable {
         }
         seen
     }
-}
-
-fn is_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
-}
-
-/// True when `arg` holds `Agent ID: <id>` with the id not continued by another id character
-/// (so `Agent ID: abc` does not match `Agent ID: abcx`, and `Parent Agent: abc` never matches).
-pub fn names_agent_id(arg: &str, id: &str) -> bool {
-    holds_token(arg, &format!("Agent ID: {id}"))
-}
-
-/// `names_agent_id` with the `Agent ID: <id>` needle built once by the caller.
-fn holds_token(arg: &str, needle: &str) -> bool {
-    let bytes = arg.as_bytes();
-    let mut from = 0;
-    while let Some(off) = arg[from..].find(needle) {
-        let at = from + off;
-        let end = at + needle.len();
-        // `Parent Agent ID: <id>` names the parent, not this agent.
-        let parent = arg[..at].ends_with("Parent ") || arg[..at].ends_with("parent ");
-        if !parent && bytes.get(end).is_none_or(|&b| !is_id_byte(b)) {
-            return true;
-        }
-        from += off + 1;
-    }
-    false
-}
-
-/// The agent's processes: the pane pids and all their descendants, plus processes whose
-/// cmdline names `stream_log` or holds the exact token `Agent ID: <id>` (and theirs).
-/// Pane pids missing from the table are ignored (already exited), and so is pid 1.
-pub fn agent_processes(
-    table: &ProcTable,
-    pane_pids: &[i32],
-    stream_log: Option<&Path>,
-    id: &AgentId,
-) -> Vec<ProcKey> {
-    agent_processes_excluding(table, pane_pids, stream_log, id, &HashSet::new())
-}
-
-fn is_tmux(p: &ProcInfo) -> bool {
-    p.cmdline.first().is_some_and(|argv0| {
-        let name = argv0.rsplit('/').next().unwrap_or(argv0);
-        name == "tmux" || name.starts_with("tmux:")
-    })
-}
-
-/// Every ancestor of every pane (the tmux servers, init): never an agent's process, though a
-/// tmux server's argv is the first `new-session` command it ran and so names that agent's
-/// stream log. Taken as a root, it would pull in every session's panes.
-pub fn pane_ancestors(
-    table: &ProcTable,
-    all_pane_pids: impl IntoIterator<Item = i32>,
-) -> HashSet<i32> {
-    let mut out = HashSet::new();
-    for pane in all_pane_pids {
-        let mut pid = table.get(pane).map(|p| p.ppid);
-        while let Some(p) = pid {
-            if p <= 0 || !out.insert(p) {
-                break;
-            }
-            pid = table.get(p).map(|i| i.ppid);
-        }
-    }
-    out
-}
-
-/// [`agent_processes`], never starting from a pid in `exclude` (see [`pane_ancestors`]).
-pub fn agent_processes_excluding(
-    table: &ProcTable,
-    pane_pids: &[i32],
-    stream_log: Option<&Path>,
-    id: &AgentId,
-    exclude: &HashSet<i32>,
-) -> Vec<ProcKey> {
-    let log = stream_log
-        .map(|p| p.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty());
-    let needle = format!("Agent ID: {id}");
-    let mut roots: Vec<i32> = pane_pids.to_vec();
-    // A stream log not named `*_stream.jsonl` (from tracked_files) needs the full scan.
-    let all_named = log.as_deref().is_some_and(|l| !l.contains(NAME_MARKERS[1]));
-    let candidates: Box<dyn Iterator<Item = &ProcInfo>> = if all_named {
-        Box::new(table.iter())
-    } else {
-        Box::new(table.named.iter().filter_map(|pid| table.get(*pid)))
-    };
-    for p in candidates {
-        // tmux itself (server or a client mid-launch) carries agents' commands in its argv.
-        if is_tmux(p) {
-            continue;
-        }
-        let hit = p.cmdline.iter().any(|arg| {
-            log.as_deref().is_some_and(|l| arg.contains(l)) || holds_token(arg, &needle)
-        });
-        if hit {
-            roots.push(p.pid);
-        }
-    }
-    // pid 1 (or a bogus 0/negative pane pid) as a root would pull in every process on the box.
-    roots.retain(|&p| p > 1 && !exclude.contains(&p));
-    let set: BTreeSet<ProcKey> = table
-        .descendants_and_self(roots)
-        .into_iter()
-        .filter_map(|pid| table.get(pid).map(ProcInfo::key))
-        .collect();
-    set.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -429,60 +344,6 @@ mod tests {
         }
     }
 
-    fn pids(keys: &[ProcKey]) -> Vec<i32> {
-        keys.iter().map(|k| k.pid).collect()
-    }
-
-    #[test]
-    fn agent_set_walks_descendants_and_matches_tokens() {
-        let id = AgentId::parse("impl-120000-abcdef").unwrap();
-        let log = Path::new("/w/TASK-1/logs/impl-120000-abcdef_stream.jsonl");
-        let t = ProcTable::from_procs(vec![
-            p(1, 0, &["init"]),
-            p(10, 1, &["tmux"]),
-            p(20, 10, &["bash", "-c", "claude | tee x"]),
-            p(21, 20, &["claude"]),
-            p(22, 21, &["node"]),
-            p(
-                23,
-                20,
-                &["tee", "/w/TASK-1/logs/impl-120000-abcdef_stream.jsonl"],
-            ),
-            // Double-forked out of the tree, names the log inside a longer argument.
-            p(
-                30,
-                1,
-                &[
-                    "python3",
-                    "-c",
-                    "open('/w/TASK-1/logs/impl-120000-abcdef_stream.jsonl')",
-                ],
-            ),
-            p(31, 30, &["sleep"]),
-            // Prompt in argv holding the exact token.
-            p(
-                40,
-                1,
-                &[
-                    "claude",
-                    "-p",
-                    "You are... Agent ID: impl-120000-abcdef\nGo",
-                ],
-            ),
-            // Child agent naming its parent: must not match.
-            p(50, 1, &["claude", "-p", "Parent Agent: impl-120000-abcdef"]),
-            // Longer id with our id as prefix: must not match.
-            p(60, 1, &["claude", "-p", "Agent ID: impl-120000-abcdefx"]),
-            p(61, 1, &["claude", "-p", "Agent ID: impl-120000-abcdef.2"]),
-            p(70, 1, &["unrelated"]),
-        ]);
-        let got = agent_processes(&t, &[20, 999, 1, 0], Some(log), &id);
-        assert_eq!(pids(&got), vec![20, 21, 22, 23, 30, 31, 40]);
-        assert!(got.windows(2).all(|w| w[0] < w[1]));
-        // Without panes or log, only the token match.
-        assert_eq!(pids(&agent_processes(&t, &[], None, &id)), vec![40]);
-    }
-
     #[test]
     fn descendant_walk_is_cycle_safe() {
         // A corrupt snapshot (pid reuse mid-scan) can make a ppid loop.
@@ -490,17 +351,5 @@ mod tests {
         assert_eq!(t.descendants_and_self([5]).len(), 2);
         assert_eq!(t.descendants_and_self([7]).len(), 1);
         assert_eq!(t.ancestors_and_self(5), vec![5, 6]);
-    }
-
-    #[test]
-    fn agent_id_token_boundaries() {
-        assert!(names_agent_id("Agent ID: a-1", "a-1"));
-        assert!(names_agent_id("x Agent ID: a-1, y", "a-1"));
-        assert!(names_agent_id("Agent ID: a-1x Agent ID: a-1\n", "a-1"));
-        assert!(!names_agent_id("Agent ID: a-1x", "a-1"));
-        assert!(!names_agent_id("Agent ID: a-1_", "a-1"));
-        assert!(!names_agent_id("Parent Agent: a-1", "a-1"));
-        assert!(!names_agent_id("agent id: a-1", "a-1"));
-        assert!(!names_agent_id("Parent Agent ID: a-1", "a-1"));
     }
 }

@@ -36,11 +36,23 @@ impl Default for TmuxClient {
 pub struct TmuxSnapshot {
     /// By session name. "no server running" is a definite answer: an empty map.
     pub sessions: BTreeMap<String, SessionInfo>,
+    /// The server that answered (`None` when none runs): what its panes' `TMUX` names.
+    pub server: Option<TmuxServer>,
+}
+
+/// A tmux server as its panes' environment names it: `TMUX=<socket>,<server pid>,<session>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct TmuxServer {
+    pub socket: PathBuf,
+    pub pid: i32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionInfo {
     pub name: String,
+    /// `#{session_id}` without its `$`: unique for the server's lifetime, and the third
+    /// field of `TMUX` in every pane's environment.
+    pub id: Option<u32>,
     pub created: Option<SystemTime>,
     pub activity: Option<SystemTime>,
     pub panes: Vec<PaneInfo>,
@@ -69,6 +81,8 @@ impl SessionInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PaneInfo {
     pub pid: Option<i32>,
+    /// `#{pane_id}` without its `%`, as `TMUX_PANE=%<n>` names it.
+    pub id: Option<u32>,
     pub dead: bool,
     pub window_activity: Option<SystemTime>,
 }
@@ -109,7 +123,8 @@ pub trait Tmux: Send + Sync {
 /// session names, and the name is the last field anyway, so a stray separator inside it
 /// cannot shift the other fields.
 const SEP: char = '\t';
-const PANE_FORMAT: &str = "#{session_created}\t#{session_activity}\t#{pane_pid}\t#{pane_dead}\t#{window_activity}\t#{session_name}";
+const PANE_FORMAT: &str = "#{session_created}\t#{session_activity}\t#{pane_pid}\t#{pane_dead}\t#{window_activity}\t#{session_id}\t#{pane_id}\t#{pid}\t#{socket_path}\t#{session_name}";
+const PANE_FIELDS: usize = 10;
 
 /// What a finished tmux run said.
 struct Output {
@@ -255,6 +270,18 @@ fn epoch(field: &str) -> Result<Option<SystemTime>, String> {
     Ok(Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)))
 }
 
+/// `$3` -> 3, `%12` -> 12; empty -> `None` (a tmux without the format).
+fn prefixed_number(field: &str, prefix: char) -> Result<Option<u32>, String> {
+    if field.is_empty() {
+        return Ok(None);
+    }
+    field
+        .strip_prefix(prefix)
+        .and_then(|n| n.parse().ok())
+        .map(Some)
+        .ok_or_else(|| format!("bad id {field:?}"))
+}
+
 /// Parses `list-panes -a -F PANE_FORMAT` output: one line per pane, grouped by session.
 pub fn parse_snapshot(stdout: &str) -> Result<TmuxSnapshot, TmuxError> {
     let mut snap = TmuxSnapshot::default();
@@ -263,11 +290,11 @@ pub fn parse_snapshot(stdout: &str) -> Result<TmuxSnapshot, TmuxError> {
             continue;
         }
         let bad = |why: &str| TmuxError::BadOutput(format!("{why} in line {line:?}"));
-        let f: Vec<&str> = line.splitn(6, SEP).collect();
-        if f.len() != 6 {
+        let f: Vec<&str> = line.splitn(PANE_FIELDS, SEP).collect();
+        if f.len() != PANE_FIELDS {
             return Err(bad("too few fields"));
         }
-        let name = f[5];
+        let name = f[9];
         if name.is_empty() {
             return Err(bad("empty session name"));
         }
@@ -283,17 +310,36 @@ pub fn parse_snapshot(stdout: &str) -> Result<TmuxSnapshot, TmuxError> {
             _ => return Err(bad("bad pane_dead")),
         };
         let window_activity = epoch(f[4]).map_err(|e| bad(&e))?;
+        let session_id = prefixed_number(f[5], '$').map_err(|e| bad(&e))?;
+        let pane_id = prefixed_number(f[6], '%').map_err(|e| bad(&e))?;
+        // A tmux too old for `#{pid}`/`#{socket_path}` prints them empty: no environment
+        // evidence then, everything else works.
+        let server_pid = match f[7] {
+            "" => None,
+            p => Some(p.parse::<i32>().map_err(|_| bad("bad server pid"))?),
+        };
+        if snap.server.is_none()
+            && let Some(pid) = server_pid
+            && !f[8].is_empty()
+        {
+            snap.server = Some(TmuxServer {
+                socket: PathBuf::from(f[8]),
+                pid,
+            });
+        }
         let session = snap
             .sessions
             .entry(name.to_string())
             .or_insert_with(|| SessionInfo {
                 name: name.to_string(),
+                id: session_id,
                 created,
                 activity,
                 panes: Vec::new(),
             });
         session.panes.push(PaneInfo {
             pid,
+            id: pane_id,
             dead,
             window_activity,
         });
@@ -346,7 +392,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = fake(
             &dir,
-            "printf '100\\t200\\t42\\t0\\t300\\tagent_a\\n100\\t200\\t43\\t1\\t250\\tagent_a\\n5\\t6\\t7\\t0\\t8\\tweird\\tname x\\n'",
+            "printf '100\\t200\\t42\\t0\\t300\\t$1\\t%%4\\t9\\t/s\\tagent_a\\n100\\t200\\t43\\t1\\t250\\t$1\\t%%5\\t9\\t/s\\tagent_a\\n5\\t6\\t7\\t0\\t8\\t$2\\t%%6\\t9\\t/s\\tweird\\tname x\\n'",
         );
         let s = c.snapshot().unwrap();
         assert_eq!(s.sessions.len(), 2);
@@ -358,6 +404,15 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(300))
         );
         assert!(s.sessions.contains_key("weird\tname x"));
+        assert_eq!(a.id, Some(1));
+        assert_eq!(a.panes[1].id, Some(5));
+        assert_eq!(
+            s.server,
+            Some(TmuxServer {
+                socket: "/s".into(),
+                pid: 9
+            })
+        );
     }
 
     #[test]
@@ -402,8 +457,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = fake(&dir, "echo 'garbage'");
         assert!(matches!(c.snapshot(), Err(TmuxError::BadOutput(_))));
-        let c = fake(&dir, "printf '1\\t2\\tx\\t0\\t3\\tagent_a\\n'");
+        let c = fake(
+            &dir,
+            "printf '1\\t2\\tx\\t0\\t3\\t$1\\t%%1\\t9\\t/s\\tagent_a\\n'",
+        );
         assert!(matches!(c.snapshot(), Err(TmuxError::BadOutput(_))));
+        let c = fake(
+            &dir,
+            "printf '1\\t2\\t3\\t0\\t3\\t$1\\t%%1\\tx\\t/s\\tagent_a\\n'",
+        );
+        assert!(matches!(c.snapshot(), Err(TmuxError::BadOutput(_))));
+    }
+
+    #[test]
+    fn an_old_tmux_without_server_formats_still_gives_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = fake(&dir, "printf '1\\t2\\t3\\t0\\t3\\t\\t\\t\\t\\tagent_a\\n'");
+        let s = c.snapshot().unwrap();
+        assert_eq!(s.server, None);
+        assert_eq!(s.sessions["agent_a"].id, None);
+        assert_eq!(s.sessions["agent_a"].live_pane_pids(), vec![3]);
     }
 
     #[test]

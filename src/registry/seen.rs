@@ -144,25 +144,8 @@ const LEVELS_BELOW_BASE: usize = 2;
 /// beneath the base, then a rename over `dest` (a symlink planted there is replaced, never
 /// written through). No fsync: this is evidence, not data.
 fn replace_file(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
     let (dir, name) = crate::fs::open_parent_below(dest, LEVELS_BELOW_BASE)?;
-    let mut tmp = std::ffi::OsString::from(".");
-    tmp.push(&name);
-    tmp.push(format!(".tmp-{}-{}", std::process::id(), next_tmp()));
-    let mut file = dir.create_new(&tmp, 0o600)?;
-    let written = file
-        .file
-        .write_all(bytes)
-        .and_then(|()| rustix::fs::renameat(&dir, &tmp, &dir, &name).map_err(Into::into));
-    if written.is_err() {
-        let _ = dir.unlink(&tmp);
-    }
-    written
-}
-
-fn next_tmp() -> u64 {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    crate::fs::replace_file(&dir, &name, bytes, 0o600, false).map_err(Into::into)
 }
 
 /// Reads `<registry>.reaper-seen`; anything odd (missing, not a regular file, another

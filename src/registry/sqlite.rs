@@ -15,7 +15,9 @@ mod index;
 mod progress;
 
 pub use index::discover_bases;
-pub use progress::{append_progress_line, progress_line, terminal_message};
+pub use progress::{
+    append_progress_line, append_progress_line_in, progress_line, terminal_message,
+};
 
 use crate::record::Applied;
 use rusqlite::config::DbConfig;
@@ -318,14 +320,29 @@ impl StateDb {
     /// Applies a round's transitions in one `BEGIN IMMEDIATE` transaction, all or nothing.
     ///
     /// Per change: the orchestrator's `update_agent_status` columns, compare-and-set on
-    /// `expect_status` (a row whose status moved is left as is), and the
-    /// `agent_progress_latest` upsert. A writer holding the DB past the busy timeout gives one
+    /// `expect_status` (a row whose status moved is left as is), the
+    /// `agent_progress_latest` upsert, and `tasks.updated_at` of each task with a written
+    /// transition (its dashboard sorts and its staleness checks read it). A writer holding the DB past the busy timeout gives one
     /// [`SqliteError::Busy`] and nothing written: the caller skips the round. After `Ok`, the
     /// caller appends [`progress_line`] for each `Done` with a progress value.
     pub fn apply_detailed(
         &mut self,
         changes: &[DbChange],
         now: &str,
+    ) -> Result<Vec<DbApplied>, SqliteError> {
+        self.apply_detailed_then(changes, now, |_| {})
+    }
+
+    /// [`StateDb::apply_detailed`], running `before_commit` with the results while the
+    /// transaction still holds the DB's write lock: what else must say the same (the progress
+    /// line, a JSON registry) is written before any orchestrator writer can act on the new
+    /// rows. Not run when the transaction fails before it (busy, an error): then nothing is
+    /// written anywhere.
+    pub fn apply_detailed_then(
+        &mut self,
+        changes: &[DbChange],
+        now: &str,
+        before_commit: impl FnOnce(&[DbApplied]),
     ) -> Result<Vec<DbApplied>, SqliteError> {
         let path = self.path.clone();
         let started = Instant::now();
@@ -339,6 +356,7 @@ impl StateDb {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| err("begin immediate", e))?;
         let mut out = Vec::with_capacity(changes.len());
+        let mut touched_tasks: Vec<&str> = Vec::new();
         {
             let mut update = tx
                 .prepare_cached(
@@ -425,8 +443,30 @@ impl StateDb {
                     applied: Applied::Done,
                     progress: Some(progress),
                 });
+                if !touched_tasks.contains(&change.task_id.as_str()) {
+                    touched_tasks.push(&change.task_id);
+                }
+            }
+            // As `update_agent_status` does; a DB without a `tasks` table (an older schema)
+            // has nothing to bump.
+            let has_tasks: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks')",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(|e| err("reading the schema", e))?;
+            if has_tasks && !touched_tasks.is_empty() {
+                let mut bump = tx
+                    .prepare_cached("UPDATE tasks SET updated_at = ?1 WHERE task_id = ?2")
+                    .map_err(|e| err("preparing the task update", e))?;
+                for task in &touched_tasks {
+                    bump.execute(params![now, task])
+                        .map_err(|e| err("updating a task", e))?;
+                }
             }
         }
+        before_commit(&out);
         tx.commit().map_err(|e| err("commit", e))?;
         Ok(out)
     }

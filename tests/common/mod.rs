@@ -167,7 +167,9 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
 }
 
-/// Every file under `root` with its bytes, for before/after comparisons.
+/// Every file under `root` with its bytes, for before/after comparisons. The reapers' own
+/// base lock (`registry/.agent-reaper.lock`, created by the first `once`) is left out: it is
+/// no workspace content.
 pub fn snapshot_tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
@@ -178,6 +180,9 @@ pub fn snapshot_tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if ft.is_dir() {
                 walk(&path, root, out);
             } else if ft.is_file() {
+                if path.ends_with("registry/.agent-reaper.lock") {
+                    continue;
+                }
                 out.insert(
                     path.strip_prefix(root).unwrap().to_path_buf(),
                     fs::read(&path).unwrap(),

@@ -98,7 +98,7 @@ impl World {
         self.sandbox.dir.path().join("home")
     }
 
-    fn pystub(&self) -> PathBuf {
+    pub fn pystub(&self) -> PathBuf {
         self.sandbox.dir.path().join("pystub")
     }
 
@@ -160,6 +160,27 @@ impl World {
     pub fn reaper(&self, args: &[&str]) -> Command {
         let mut cmd = self.sandbox.cmd(args);
         cmd.env("HOME", self.home());
+        cmd
+    }
+
+    /// The real binary on this world's base with another state directory (a second
+    /// reaper: the system service beside an admin's shell).
+    pub fn reaper_with_state_dir(&self, state_dir: &std::path::Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-reaper"));
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.sandbox.config_path())
+            .arg("--workspace-base")
+            .arg(self.base())
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("HOME", self.home())
+            .env("TMUX_TMPDIR", self.sandbox.tmux_tmpdir())
+            .env_remove("TMUX")
+            .env_remove("CLAUDE_ORCHESTRATOR_WORKSPACE")
+            .env_remove("AGENT_REAPER_CONFIG")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET");
         cmd
     }
 
