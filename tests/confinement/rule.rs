@@ -20,6 +20,17 @@ const FS_ALLOWED: &[(&str, &str)] = &[
     ("src/journal.rs", "the journal file in the state dir"),
     ("src/procs/openfiles.rs", "/proc/<pid>/fd readers"),
     ("src/procs/table.rs", "/proc readers"),
+    ("src/procs/environ.rs", "/proc/<pid>/environ readers"),
+    (
+        "src/procs/cgroup.rs",
+        "/proc/<pid>/cgroup and the cgroup filesystem (cgroup.procs, cgroup.kill)",
+    ),
+    ("src/procs/panemap.rs", "<state dir>/pane-map.json"),
+    ("src/hooks/pending.rs", "<state dir>/hooks-pending.json"),
+    (
+        "src/config/hooks.rs",
+        "finds a hook program on $PATH (the admin's config, not a workspace)",
+    ),
     (
         "src/watch.rs",
         "whether a configured base exists, to watch it or poll",
@@ -31,16 +42,6 @@ const FS_ALLOWED: &[(&str, &str)] = &[
     (
         "src/registry/sqlite/index.rs",
         "the cross-project index in the user's home, not a workspace",
-    ),
-    (
-        "src/dbtasks.rs",
-        "an lstat of <base>/<task id> to list DB-backed task folders; the folder itself is \
-         only ever opened through TaskDir::handle",
-    ),
-    (
-        "src/registry/seen.rs",
-        "renameat of single names relative to a crate::fs directory handle (`.reaper-seen`); \
-         should become a crate::fs call",
     ),
     (
         "src/registry/sqlite.rs",
