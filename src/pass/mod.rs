@@ -16,6 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+mod cache;
+mod lean;
+mod read;
 mod reports;
 
 use reports::fill_report;
@@ -60,6 +63,8 @@ pub struct Reaper {
     pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
     /// Sessions agents ran in (kept in the state dir when there is one).
     pub pane_map: crate::procs::panemap::PaneMap,
+    /// Task folders whose registries a full pass found wholly cleaned (the steady state).
+    clean_tasks: HashMap<PathBuf, cache::CleanTask>,
     /// Transition hooks: their worker threads and pending runs (started on first use).
     pub hooks: crate::hooks::Hooks,
 }
@@ -75,6 +80,7 @@ impl Reaper {
             journal: None,
             state_dbs: HashMap::new(),
             pane_map: crate::procs::panemap::PaneMap::in_memory(),
+            clean_tasks: HashMap::new(),
             hooks: crate::hooks::Hooks::default(),
         }
     }
@@ -117,6 +123,18 @@ impl Reaper {
                 ProcTable::default()
             }
         };
+        // Full passes skip the registries still known clean (see `cache`).
+        let live_sessions: Vec<u64> = match &tmux {
+            Ok(snapshot) => snapshot
+                .sessions
+                .keys()
+                .map(|n| cache::session_hash(n))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let use_cache = scope.is_none() && tmux.is_ok();
+        let mut still_clean: Vec<PathBuf> = Vec::new();
+        let mut keys: HashMap<PathBuf, read::FileKey> = HashMap::new();
         // Observe every task of every base.
         let mut views: Vec<TaskView> = Vec::new();
         let mut pending: Vec<Vec<PendingAgent>> = Vec::new();
@@ -147,33 +165,45 @@ impl Reaper {
                 if scope.is_some_and(|s| !s.contains(&task.dir)) {
                     continue;
                 }
-                if let Mode::Execute { .. } = mode
-                    && let Err(e) = recover_sidecar(&task.registry(), &self.update_options())
-                {
-                    errors.push(e.to_string());
-                }
                 // The DB owns a task when it has agent rows for it; JSON otherwise.
                 let rows = db
                     .as_ref()
                     .and_then(|db| db.rows.get(&task.task_id))
                     .filter(|rows| !rows.is_empty());
+                if rows.is_none()
+                    && use_cache
+                    && self
+                        .clean_tasks
+                        .get(&task.dir)
+                        .is_some_and(|c| c.still_holds(&task.registry(), &live_sessions))
+                {
+                    still_clean.push(task.dir);
+                    continue;
+                }
+                if let Mode::Execute { .. } = mode
+                    && let Err(e) = recover_sidecar(&task.registry(), &self.update_options())
+                {
+                    errors.push(e.to_string());
+                }
                 let (view, agents) = match rows {
                     Some(rows) => task_view(
                         &task,
                         Backend::Sqlite,
                         Ok(serde_json::json!({ "agents": rows })),
                     ),
-                    None => task_view(
-                        &task,
-                        Backend::Json,
-                        observe::read_task(
-                            &task,
+                    None => {
+                        let (root, key) = read::read_small(
+                            &task.registry(),
                             &crate::registry::json_file::read_options(
                                 &self.config,
                                 matches!(mode, Mode::Execute { .. }),
                             ),
-                        ),
-                    ),
+                        );
+                        if let Some(key) = key {
+                            keys.insert(task.dir.clone(), key);
+                        }
+                        task_view(&task, Backend::Json, root)
+                    }
                 };
                 views.push(view);
                 pending.push(agents);
@@ -202,7 +232,23 @@ impl Reaper {
                 .collect();
         }
         self.remember_sessions(&views, &tmux, now, scope.is_some());
-        let ambiguous = observe::ambiguous_agents(&views);
+        // Tasks read again leave the cache (they come back below if still clean); in full
+        // passes so do tasks that are gone.
+        let kept: Vec<&cache::CleanTask> = still_clean
+            .iter()
+            .filter_map(|d| self.clean_tasks.get(d))
+            .collect();
+        let ambiguous = cache::ambiguous(&views, &kept);
+        let skipped_agents: usize = kept.iter().map(|c| c.ids.len()).sum();
+        let skipped_tasks = kept.len();
+        if scope.is_none() {
+            let keep: HashSet<PathBuf> = still_clean.into_iter().collect();
+            self.clean_tasks.retain(|dir, _| keep.contains(dir));
+        } else {
+            for view in &views {
+                self.clean_tasks.remove(&view.task.dir);
+            }
+        }
         observe::remember_panes(&views, &ambiguous, &mut self.pane_map);
         let decisions: Vec<Vec<Decision>> = views
             .iter()
@@ -264,6 +310,17 @@ impl Reaper {
             }
         };
         fill_report(&mut report, &views, &decisions, outcomes);
+        // Still-clean tasks are counted, not listed: nothing was or is to be done there.
+        report.totals.tasks += skipped_tasks;
+        report.totals.agents_seen += skipped_agents;
+        if tmux.is_ok() {
+            self.clean_tasks.extend(cache::newly_clean(
+                &views,
+                &decisions,
+                &report.written_tasks,
+                &keys,
+            ));
+        }
         // Hooks see only what this pass committed (in `plan`: what it would commit).
         report.hooks = self.hooks.after_pass(
             &self.config,
@@ -613,3 +670,6 @@ fn youngest_settle_wait(
     }
     wait.min(settle + Duration::from_millis(20))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! Bench: what one `agent-reaper once` costs on large histories (issue 12), as
+//! `measured X (goal Y)` lines: 40,000 finished agents in one registry (time, peak RSS),
+//! two 30 MB registries of tiny entries (peak RSS), 10,000 finished agents in 100 tasks
+//! (time; then the cleaned tree again, nothing to do), and a 10 MB stream result line.
+//!
+//! `cargo bench --bench cost` runs all; `cargo bench --bench cost -- 40k tiny 10k result`
+//! picks some. Each run is capped (`REAPER_BENCH_CAP_SECS`, 60 s): "did not finish in N s".
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::fs;
+use std::time::Duration;
+
+fn main() {
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
+    let cap = cap_from_env();
+    if want("40k") {
+        forty_thousand_in_one(cap);
+    }
+    if want("tiny") {
+        two_tiny_registries(cap);
+    }
+    if want("10k") {
+        ten_thousand_in_100(cap);
+    }
+    if want("result") {
+        ten_mb_result_line(cap);
+    }
+}
+
+/// 40,000 finished agents (four files each) in one task registry of about 7 MB.
+fn forty_thousand_in_one(cap: Duration) {
+    let tmp = tempdir();
+    let base = tmp.path().join("ws");
+    let task = task_name("big", 0);
+    let ids: Vec<String> = (0..40_000).map(|a| format!("big-{a:06}-{a:06x}")).collect();
+    // Lean compact entries: 40,000 of them come to the ~7 MB of the issue.
+    let entries = ids
+        .iter()
+        .map(|id| {
+            json!({"id": id, "tmux_session": format!("agent_{id}"), "status": "completed",
+                   "last_update": "2026-11-27T10:30:00.000001",
+                   "completed_at": "2026-11-27T10:30:00.000002"})
+        })
+        .collect();
+    let size = write_registry(&base, &task, entries, true);
+    for id in &ids {
+        write_agent_files(&base, &task, id, RESULT_LINE);
+    }
+    let run = run_capped(once(tmp.path(), &base), cap);
+    let mb = size as f64 / 1e6;
+    time_line(
+        &format!("40,000 finished agents, one {mb:.1} MB registry, once"),
+        &run,
+        Duration::from_secs(2),
+        cap,
+    );
+    rss_line(
+        "40,000 finished agents, one registry, once",
+        run.peak_rss_kib,
+        3 * size / 1024 + 30 * 1024,
+    );
+    println!("  {}", run.summary());
+}
+
+/// Two 30 MB registries of tiny, already cleaned entries: what reading them costs.
+fn two_tiny_registries(cap: Duration) {
+    let tmp = tempdir();
+    let base = tmp.path().join("ws");
+    let mut total = 0;
+    for t in 0..2 {
+        // Each entry is a cleaned finished agent with nothing left: the pass only reads.
+        // Written as text directly: building 350,000 `Value`s here would dwarf the run.
+        let task = task_name("tiny", t);
+        let dir = base.join(&task);
+        fs::create_dir_all(&dir).unwrap();
+        let mut text = format!("{{\"task_id\": \"{task}\", \"agents\": [");
+        let mut a = 0usize;
+        while text.len() < 30_000_000 {
+            if a > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(&format!(
+                "{{\"id\": \"t{t}-{a:07}-{a:06x}\", \"status\": \"completed\", \
+                 \"auto_cleanup_result\": {{\"success\": true}}}}"
+            ));
+            a += 1;
+        }
+        text.push_str(&format!(
+            "], \"total_spawned\": {a}, \"active_count\": 0, \"completed_count\": {a}}}"
+        ));
+        fs::write(dir.join("AGENT_REGISTRY.json"), &text).unwrap();
+        total += text.len() as u64;
+    }
+    let run = run_capped(once(tmp.path(), &base), cap);
+    rss_line(
+        &format!(
+            "two registries of tiny entries ({:.1} MB together), once",
+            total as f64 / 1e6
+        ),
+        run.peak_rss_kib,
+        150 * 1024,
+    );
+    match run.took {
+        Some(t) => println!("  took {:.3} s; {}", t.as_secs_f64(), run.summary()),
+        None => println!("  did not finish in {} s", cap.as_secs()),
+    }
+}
+
+/// 10,000 finished agents in 100 tasks; then the same tree once more (nothing to do).
+fn ten_thousand_in_100(cap: Duration) {
+    let tmp = tempdir();
+    let base = tmp.path().join("ws");
+    for t in 0..100 {
+        let ids: Vec<String> = (0..100)
+            .map(|a| format!("ten-{t:03}{a:03}-{:06x}", t * 1000 + a))
+            .collect();
+        finished_task(&base, &task_name("ten", t), &ids);
+    }
+    let first = run_capped(once(tmp.path(), &base), cap);
+    time_line(
+        "10,000 finished agents in 100 tasks, once",
+        &first,
+        Duration::from_secs(1),
+        cap,
+    );
+    println!("  {}", first.summary());
+    let again = run_capped(once(tmp.path(), &base), cap);
+    time_line(
+        "the same tree once cleaned, once (nothing to do)",
+        &again,
+        Duration::from_millis(100),
+        cap,
+    );
+    println!("  {}", again.summary());
+}
+
+/// A finished agent whose session is still up and whose stream log ends with a 10 MB
+/// result line: `completed` stays (a normal finish), not `terminated`.
+fn ten_mb_result_line(cap: Duration) {
+    let tmp = tempdir();
+    let base = tmp.path().join("ws");
+    let task = task_name("res", 0);
+    let id = "res-000001-00000a";
+    // An active agent whose session is gone: the end of its log says how it ended.
+    let mut e = finished_entry(id);
+    e["status"] = json!("working");
+    e.as_object_mut().unwrap().remove("completed_at");
+    write_registry(&base, &task, vec![e], false);
+    let mut body =
+        b"{\"type\":\"system\"}\n{\"type\":\"result\",\"is_error\":false,\"result\":\"".to_vec();
+    body.resize(body.len() + 10_000_000, b'x');
+    body.extend_from_slice(b"\"}\n");
+    write_agent_files(&base, &task, id, &body);
+    let run = run_capped(once(tmp.path(), &base), cap);
+    let registry = fs::read_to_string(base.join(&task).join("AGENT_REGISTRY.json")).unwrap();
+    let root: serde_json::Value = serde_json::from_str(&registry).unwrap();
+    let status = root["agents"][0]["status"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    println!(
+        "10 MB result line, agent ends: measured {status} (goal completed){}",
+        verdict(status == "completed")
+    );
+    match run.took {
+        Some(t) => println!(
+            "10 MB result line, once: measured {:.3} s (no goal; {})",
+            t.as_secs_f64(),
+            run.summary()
+        ),
+        None => println!("10 MB result line: did not finish in {} s", cap.as_secs()),
+    }
+}

@@ -1,0 +1,76 @@
+//! Bench: the daemon on 20,000 task folders (issue 12): time to READY (read from
+//! `NOTIFY_SOCKET`), RSS after READY, and idle CPU, as `measured X (goal Y)` lines.
+//!
+//! `cargo bench --bench startup`. `REAPER_BENCH_IDLE_SECS` (default 20) is the idle window;
+//! its CPU is scaled to a minute. `REAPER_BENCH_TASKS` changes the 20,000.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let tasks: usize = std::env::var("REAPER_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let idle_secs: u64 = std::env::var("REAPER_BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let cap = cap_from_env();
+    let tmp = tempdir();
+    let base = tmp.path().join("ws");
+    // Months of history: every task folder holds one agent, cleaned long ago.
+    for t in 0..tasks {
+        let id = format!("old-{t:06}-{t:06x}");
+        let mut e = finished_entry(&id);
+        e["auto_cleanup_result"] = json!({"success": true, "tmux_session_killed": false,
+            "prompt_file_deleted": true, "log_files_archived": true,
+            "verified_no_zombies": true, "errors": [], "archived_files": []});
+        write_registry(&base, &task_name("old", t), vec![e], false);
+    }
+    unsafe { libc::sync() };
+    let started = Instant::now();
+    let d = daemon_with_notify(tmp.path(), &base, "");
+    let pid = d.child.id();
+    if !d.wait_ready(cap) {
+        println!(
+            "{tasks} task folders, daemon READY: did not finish in {} s (goal <= 2 s) FAIL",
+            cap.as_secs()
+        );
+        rss_line(
+            &format!("{tasks} task folders, daemon RSS while starting"),
+            vm_hwm_kib(pid),
+            80 * 1024,
+        );
+        d.stop();
+        return;
+    }
+    let ready = started.elapsed();
+    println!(
+        "{tasks} task folders, daemon READY: measured {:.3} s (goal <= 2 s){}",
+        ready.as_secs_f64(),
+        verdict(ready <= Duration::from_secs(2))
+    );
+    let cpu_start = cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let cpu = cpu_secs(pid) - cpu_start;
+    let per_minute = cpu * 60.0 / idle_secs as f64;
+    rss_line(
+        &format!("{tasks} task folders, daemon RSS after READY (peak)"),
+        vm_hwm_kib(pid),
+        80 * 1024,
+    );
+    println!(
+        "{tasks} task folders, daemon RSS now: {:.1} MB",
+        vm_rss_kib(pid) as f64 / 1024.0
+    );
+    println!(
+        "{tasks} task folders, idle CPU: measured {per_minute:.3} CPU-s per minute (goal <= 0.02; \
+         {cpu:.2} s over {idle_secs} s scaled to 60 s, 10 ms tick resolution){}",
+        verdict(per_minute <= 0.02)
+    );
+    d.stop();
+}
