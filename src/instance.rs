@@ -34,6 +34,9 @@ pub fn state_dir(config: &Config) -> Result<PathBuf> {
     }
 }
 
+/// How long a held state-directory lock is retried before it counts as another instance.
+const INSTANCE_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Held for the daemon's lifetime; the kernel drops the flock when the process dies.
 pub struct InstanceLock {
     _file: File,
@@ -53,9 +56,19 @@ impl InstanceLock {
             .mode(0o644)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        if let Err(e) =
-            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        {
+        // A lock that frees itself within a moment is not another reaper: a predecessor
+        // just killed releases it as it exits (a child it forked shares the lock until its
+        // exec), which a restart by systemd or a script can meet.
+        let started = std::time::Instant::now();
+        let locked = loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Err(_) if started.elapsed() < INSTANCE_LOCK_GRACE => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = locked {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             bail!(

@@ -229,7 +229,7 @@ fn repair_torn(
         tracing::warn!(
             path = %path.display(),
             extra = torn.extra,
-            "repaired torn registry {}: cut {} byte(s) a shorter unlocked write left of a longer version",
+            "repaired torn registry {}: cut {} byte(s) left after its document (of a longer version, or NULs) by a shorter unlocked write",
             path.display(),
             torn.extra
         );
@@ -294,13 +294,12 @@ impl CasFile for Locked<'_> {
         let file = self.file;
         let written = if current_len <= text.len() {
             file.write_all_at(text, 0)
-                .and_then(|()| file.set_len(text.len() as u64))
         } else {
             let mut padded = text.to_vec();
             padded.resize(current_len, b' ');
             file.write_all_at(&padded, 0)
-                .and_then(|()| file.set_len(text.len() as u64))
         }
+        .and_then(|()| cut_to(file, text.len() as u64))
         .and_then(|()| file.sync_all());
         // On failure the sidecar stays: it is what recover_sidecar restores from.
         written.map_err(|source| RegistryError::Write {
@@ -580,8 +579,21 @@ fn read_parsed(
 fn write_in_place(file: &File, bytes: &[u8]) -> std::io::Result<()> {
     reserve(file, bytes.len() as u64)?;
     file.write_all_at(bytes, 0)?;
-    file.set_len(bytes.len() as u64)?;
+    cut_to(file, bytes.len() as u64)?;
     file.sync_all()
+}
+
+/// Cuts the file to `len` after our write, and never lengthens it. Shorter than what we
+/// just wrote means an unlocked `open('w')` truncated it since: `ftruncate` would fill it
+/// with NUL bytes up to our length, and the writer's document would land in front of them
+/// (a registry nobody's reader can parse, and no version to prove a tear with). Left
+/// alone, it ends as that writer's document, or as its document over the rest of ours,
+/// which is provable (ours was noted before the write).
+fn cut_to(file: &File, len: u64) -> std::io::Result<()> {
+    if file.metadata()?.len() > len {
+        file.set_len(len)?;
+    }
+    Ok(())
 }
 
 /// Allocates the blocks a longer registry needs before its first byte is overwritten, so

@@ -162,3 +162,35 @@ fn a_shorter_document_ends_exactly_where_it_ends() {
         super::pyjson::to_python_json(&doc("working", 10))
     );
 }
+
+#[test]
+fn nul_bytes_after_a_document_are_cut_without_any_version_seen() {
+    // What the orchestrator's LockedRegistryFile truncate() leaves when it lengthens a
+    // registry its own unlocked open('w') had just emptied: a document, then NULs.
+    let dir = tempfile::tempdir().unwrap();
+    let orchestrators = doc("working", 30);
+    let path = registry(&dir, &orchestrators);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.resize(bytes.len() + 700, 0);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = read_registry(&path, &opts(false).read).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Torn { extra: 700, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "plan mode writes nothing"
+    );
+
+    assert_eq!(
+        read_registry(&path, &opts(true).read).unwrap(),
+        orchestrators
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        super::pyjson::to_python_json(&orchestrators)
+    );
+}

@@ -81,8 +81,11 @@ pub fn shape(bytes: &[u8]) -> Shape {
 /// The torn tail in `bytes`, if one of `versions` proves it: the bytes after the first
 /// document equal the same byte range of that version. The cut is right after the
 /// document when the whitespace there is the version's too, else after that whitespace
-/// (the shorter writer's own). Anything else (no first document, a tail nobody we know
-/// wrote there) is `None`: not ours to cut.
+/// (the shorter writer's own). A tail of NUL bytes only is proof too: no writer writes
+/// them; they are what `ftruncate` leaves when an in-place writer (the orchestrator's
+/// `LockedRegistryFile`, an older agent-reaper) lengthens a file an unlocked `open('w')`
+/// had just emptied, so cutting them loses no one's data. Anything else (no first
+/// document, a tail nobody we know wrote there) is `None`: not ours to cut.
 pub fn find_torn_tail<'a>(
     bytes: &[u8],
     versions: impl IntoIterator<Item = &'a VersionTail> + Clone,
@@ -101,6 +104,12 @@ pub fn find_torn_tail<'a>(
             .clone()
             .into_iter()
             .any(|v| v.range(from as u64, to) == Some(&bytes[from..]))
+    });
+    let keep = keep.or_else(|| {
+        bytes[extra_at..]
+            .iter()
+            .all(|&b| b == 0)
+            .then_some(extra_at)
     })?;
     Some(TornTail {
         keep,
@@ -197,6 +206,24 @@ mod tests {
         let seen = [VersionTail::of(LONG.as_bytes(), 1 << 20)];
         let t = find_torn_tail(&bytes, &seen).expect("provable");
         assert_eq!(t.keep, SHORT.len());
+    }
+
+    #[test]
+    fn nul_bytes_after_the_document_are_nobodys_data_and_are_cut() {
+        // An unlocked writer emptied the file, an in-place writer's ftruncate lengthened it
+        // back to its own length, the unlocked writer's document landed in front.
+        let mut bytes = format!("{SHORT}\n").into_bytes();
+        let keep = bytes.len();
+        bytes.resize(LONG.len(), 0);
+        let t = find_torn_tail(&bytes, &[]).expect("NULs prove it");
+        assert_eq!((t.keep, t.extra), (keep, LONG.len() - keep));
+        assert_eq!(t.document["agents"][0]["progress"], 40);
+        // NULs with anything else after the document prove nothing.
+        for tail in [&b"\0\0x\0"[..], b"x\0\0", b"\0 }"] {
+            let mut bytes = SHORT.as_bytes().to_vec();
+            bytes.extend_from_slice(tail);
+            assert_eq!(find_torn_tail(&bytes, &[]), None, "{tail:?}");
+        }
     }
 
     #[test]

@@ -13,3 +13,4 @@ mod harness;
 mod hooks2026;
 mod json2025;
 mod sqlite2026;
+mod tears;

@@ -272,3 +272,20 @@ fn fixture_registries_survive_an_update_round_trip() {
     .unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
 }
+
+#[test]
+fn the_cut_after_a_write_never_lengthens_the_file() {
+    // Shorter than what we wrote: an unlocked open('w') emptied it meanwhile. Lengthening
+    // it would put NUL bytes after that writer's document.
+    let dir = tempfile::tempdir().unwrap();
+    let path = registry(&dir, "{\"a\": 1}");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    cut_to(&file, 100).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\": 1}");
+    cut_to(&file, 4).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\"");
+}
