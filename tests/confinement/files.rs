@@ -81,7 +81,6 @@ fn symlinks_planted_at_the_daemons_own_names() {
 /// A symlink at the per-base lock file under `<base>/registry/`: never opened through; the
 /// base is still cleaned (a planted name must not stop every cleanup of the base).
 #[test]
-#[ignore = "the per-base lock (src/instance.rs) refuses the whole base when <base>/registry or its lock name is a symlink: a planted name stops every cleanup of the base; unignore once it costs only itself"]
 fn a_symlink_planted_at_the_per_base_lock_file() {
     for form in FORMS {
         let s = Sandbox::new();
