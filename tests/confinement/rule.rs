@@ -44,9 +44,9 @@ const FS_ALLOWED: &[(&str, &str)] = &[
         "the cross-project index in the user's home, not a workspace",
     ),
     (
-        "src/registry/sqlite.rs",
-        "<base>/registry/state.sqlite3: SQLite opens the DB and its -wal/-shm by path; \
-         checked first to be a plain file (not yet through fs/)",
+        "src/registry/sqlite/dbfile.rs",
+        "/proc/self/fd: proof that SQLite, which opens <base>/registry/state.sqlite3 by path, \
+         holds the file the confined open (through fs/) found",
     ),
 ];
 
