@@ -118,7 +118,7 @@ mod tests {
         std::fs::create_dir_all(base.join("registry")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &db_path(base),
+            db_path(base),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,
