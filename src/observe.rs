@@ -542,19 +542,6 @@ pub fn refresh_logs(
     view.log_ids = ids;
 }
 
-/// Ids no pass can act on safely: listed by two tasks (or twice by one), or sharing a
-/// tmux session name with another id (`procs::ambiguity`), each with why.
-pub fn ambiguous_agents(views: &[TaskView]) -> std::collections::BTreeMap<AgentId, String> {
-    crate::procs::ambiguity::ambiguous_ids(views.iter().flat_map(|v| {
-        let task = v.task.task_id.as_str();
-        v.agents
-            .iter()
-            .map(|a| &a.id)
-            .chain(v.duplicates.iter().flat_map(|d| [d, d]))
-            .map(move |id| (task, id))
-    }))
-}
-
 /// Remembers the sessions agents were seen alive in (not those of ambiguous ids, whose
 /// session may be another agent's), so their helpers are found after the session ends.
 pub fn remember_panes(

@@ -3,7 +3,7 @@
 
 use crate::workspace::AgentFiles;
 use serde_json::Value;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 /// The most of a hostile path a warning repeats.
 const SHOWN: usize = 120;
@@ -62,23 +62,9 @@ fn names_own_file(raw: &str, own: &Path, task_id: &str, task_dir: &Path) -> bool
     let Ok(rel) = own.strip_prefix(task_dir) else {
         return false;
     };
-    let candidate = normalize(&task_dir.join(raw));
-    candidate == normalize(own) || candidate.ends_with(Path::new(task_id).join(rel))
-}
-
-/// Lexical normalisation: `.` dropped, `..` pops (never above the root).
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
+    let candidate = crate::workspace::normalize(&task_dir.join(raw));
+    candidate == crate::workspace::normalize(own)
+        || candidate.ends_with(Path::new(task_id).join(rel))
 }
 
 fn show(value: &Value) -> String {
