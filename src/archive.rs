@@ -14,7 +14,7 @@
 
 use crate::fs::{self, Compare, Dir, FsError, Purpose, RegularFile, UnlinkOutcome};
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -202,23 +202,10 @@ fn archive_file_with(
     strategy: Strategy,
     hook: impl FnMut(Stage),
 ) -> Result<Archived, ArchiveError> {
-    let (src_dir, name) = trusted_parent(src)?;
-    let (adir_parent, adir_name) = trusted_parent(archive_dir)?;
+    let (src_dir, name) = crate::fs::open_parent_within(src, &[])?;
+    let (adir_parent, adir_name) = crate::fs::open_parent_within(archive_dir, &[])?;
     let mut archiver = Archiver::new(Arc::new(adir_parent), adir_name);
     archiver.archive_with(&src_dir, &name, strategy, false, hook)
-}
-
-/// The parent of `path`, opened by path (trusted), and the final name.
-fn trusted_parent(path: &Path) -> Result<(Dir, OsString), ArchiveError> {
-    let name = path.file_name().ok_or_else(|| ArchiveError::Io {
-        path: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
-    })?;
-    let parent = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    Ok((Dir::open_base(parent)?, name.to_os_string()))
 }
 
 fn move_into(

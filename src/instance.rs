@@ -127,7 +127,7 @@ pub const BASE_LOCK: &str = ".agent-reaper.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseLockError {
-    /// The lock file or `registry/` cannot be used (a symlink, hard link, FIFO, no access...).
+    /// The base folder cannot be opened.
     #[error("base lock: {0}")]
     Fs(#[from] crate::fs::FsError),
     #[error("{path}: cannot lock: {source}")]
@@ -149,22 +149,18 @@ pub enum BaseLockError {
     },
 }
 
-impl BaseLockError {
-    /// The lock could not be created because the filesystem is mounted read-only.
-    pub fn is_read_only(&self) -> bool {
-        matches!(self, BaseLockError::Fs(crate::fs::FsError::Io { source, .. })
-            if source.raw_os_error() == Some(libc::EROFS))
-    }
-}
-
-/// An exclusive `flock` on `<base>/registry/.agent-reaper.lock`, held until dropped (the
-/// kernel drops it when the process dies). Any reaper that changes a base holds it, whatever
-/// its state directory: the system service and an admin's `once` would otherwise race on the
-/// same files. The holder's pid is written in the file for the other's message.
+/// An exclusive `flock` on the workspace base folder itself, held until dropped (the kernel
+/// drops it when the process dies). Any reaper that changes a base holds it, whatever its
+/// state directory: the system service and an admin's `once` would otherwise race on the
+/// same files. The lock is the folder's own handle, not a file in it, so no name an agent can
+/// plant (a symlink, a FIFO, a hard link at `registry/.agent-reaper.lock`, or `registry/`
+/// symlinked out) can take it away or turn it against another file. The holder's pid is
+/// written to `registry/.agent-reaper.lock` for the other's message only: best effort,
+/// through `fs/` (fresh name, rename), never read as more than a number.
 #[derive(Debug)]
 pub struct BaseLock {
     base: PathBuf,
-    _file: File,
+    _dir: crate::fs::Dir,
 }
 
 impl BaseLock {
@@ -179,15 +175,14 @@ impl BaseLock {
         wait: Option<Duration>,
         mut on_wait: impl FnMut(&str),
     ) -> Result<BaseLock, BaseLockError> {
-        let path = base.join("registry").join(BASE_LOCK);
-        let (registry, file) = open_base_lock(base)?;
+        let dir = crate::fs::Dir::open_base(base)?;
         let started = Instant::now();
         let mut told = false;
         loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            match rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => break,
                 Err(rustix::io::Errno::WOULDBLOCK) => {
-                    let holder = read_holder(&registry);
+                    let holder = read_holder(&dir);
                     if !told {
                         on_wait(&holder);
                         told = true;
@@ -195,7 +190,7 @@ impl BaseLock {
                     if wait.is_some_and(|w| started.elapsed() >= w) {
                         return Err(BaseLockError::Held {
                             base: base.to_path_buf(),
-                            path,
+                            path: base.to_path_buf(),
                             holder,
                             waited: started.elapsed(),
                         });
@@ -204,21 +199,26 @@ impl BaseLock {
                 }
                 Err(e) => {
                     return Err(BaseLockError::Lock {
-                        path,
+                        path: base.to_path_buf(),
                         source: e.into(),
                     });
                 }
             }
         }
-        // Ours now: say who holds it (opened for appending: an empty file is written from
-        // its start). A failure here costs only the other side's message.
+        // Ours now: say who holds it. A failure (read-only base, `registry/` not a folder of
+        // ours) costs only the other side's message, which then says "unknown".
         let pid = format!("{}\n", std::process::id());
-        if rustix::fs::ftruncate(&file, 0).is_ok() {
-            let _ = (&file).write_all(pid.as_bytes());
+        let noted = dir
+            .create_dir_all_beneath("registry", 0o755)
+            .and_then(|registry| {
+                crate::fs::write_new_atomically(&registry, BASE_LOCK, pid.as_bytes(), 0o644)
+            });
+        if let Err(e) = noted {
+            tracing::debug!("{}: holder pid not noted: {e}", base.display());
         }
         Ok(BaseLock {
             base: base.to_path_buf(),
-            _file: file,
+            _dir: dir,
         })
     }
 }
@@ -268,11 +268,6 @@ impl BaseLocks {
             }
             match BaseLock::acquire(base, wait, |holder| on_wait(base, holder)) {
                 Ok(lock) => taken.push(lock),
-                // Nothing can be changed on a read-only base, so no reaper can race another
-                // there; the pass reports what it cannot do.
-                Err(e) if e.is_read_only() => {
-                    tracing::warn!("{e}; the base is read-only: reaped without its lock")
-                }
                 Err(e) => return Err(e),
             }
         }
@@ -296,8 +291,8 @@ impl BaseLocks {
     }
 
     /// The bases a daemon pass may work on now, never waiting: those it holds, those whose
-    /// lock it can take at once (a base created since the start), missing and read-only
-    /// ones (nothing to race on). A base another reaper holds is left out until it is free;
+    /// lock it can take at once (a base created since the start), and missing ones (nothing
+    /// to race on). A base another reaper holds is left out until it is free;
     /// that is logged once, and again when it is taken.
     pub fn servable(&mut self, bases: &[PathBuf]) -> Vec<PathBuf> {
         let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
@@ -316,7 +311,6 @@ impl BaseLocks {
                     self.held.push(lock);
                     out.push(base.clone());
                 }
-                Err(e) if e.is_read_only() => out.push(base.clone()),
                 Err(e) => {
                     if self.waiting.insert(base.clone()) {
                         match &e {
@@ -341,17 +335,14 @@ impl BaseLocks {
 /// elsewhere). The base itself is configured by the operator and trusted. `registry/` is
 /// created if missing, as the orchestrator itself creates it. Returns the folder too, to
 /// read the holder's pid from.
-fn open_base_lock(base: &Path) -> Result<(crate::fs::Dir, File), BaseLockError> {
-    let registry = crate::fs::Dir::open_base(base)?.create_dir_all_beneath("registry", 0o755)?;
-    let lock = registry.open_file(BASE_LOCK, crate::fs::Purpose::AppendOrCreate)?;
-    Ok((registry, lock.file))
-}
-
 /// The pid the holder wrote (bounded read; "unknown" if it wrote nothing readable yet).
-fn read_holder(registry: &crate::fs::Dir) -> String {
+fn read_holder(base: &crate::fs::Dir) -> String {
     let mut buf = [0u8; 32];
-    let n = registry
-        .open_file(BASE_LOCK, crate::fs::Purpose::Read)
+    let n = base
+        .open_file(
+            Path::new("registry").join(BASE_LOCK),
+            crate::fs::Purpose::Read,
+        )
         .ok()
         .and_then(|f| rustix::io::pread(&f.file, &mut buf, 0).ok())
         .unwrap_or(0);
@@ -399,40 +390,35 @@ mod tests {
     }
 
     #[test]
-    fn links_at_the_lock_or_registry_are_refused_and_nothing_is_created_outside() {
+    fn names_planted_at_the_lock_or_registry_neither_deny_the_base_nor_reach_outside() {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        // A symlink where the lock file goes.
-        let base = dir.path().join("a");
-        std::fs::create_dir_all(base.join("registry")).unwrap();
         let target = outside.path().join("victim");
         std::fs::write(&target, "keep").unwrap();
-        std::os::unix::fs::symlink(&target, base.join("registry").join(BASE_LOCK)).unwrap();
-        let err = BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).unwrap_err();
-        assert!(
-            matches!(err, BaseLockError::Fs(crate::fs::FsError::Symlink { .. })),
-            "{err}"
-        );
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
-        // A hard link to an outside file.
-        let base = dir.path().join("b");
-        std::fs::create_dir_all(base.join("registry")).unwrap();
-        std::fs::hard_link(&target, base.join("registry").join(BASE_LOCK)).unwrap();
-        let err = BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BaseLockError::Fs(crate::fs::FsError::HardLinked { .. })
-            ),
-            "{err}"
-        );
-        // `registry` itself a symlink to elsewhere.
-        let base = dir.path().join("c");
-        std::fs::create_dir_all(&base).unwrap();
-        std::os::unix::fs::symlink(outside.path(), base.join("registry")).unwrap();
-        assert!(BaseLock::acquire(&base, Some(Duration::ZERO), |_| {}).is_err());
+        let lock_at = |base: &Path| base.join("registry").join(BASE_LOCK);
+        // A symlink where the pid note goes: the lock is taken, the link replaced, not followed.
+        let a = dir.path().join("a");
+        std::fs::create_dir_all(a.join("registry")).unwrap();
+        std::os::unix::fs::symlink(&target, lock_at(&a)).unwrap();
+        let held_a = BaseLock::acquire(&a, Some(Duration::ZERO), |_| panic!()).unwrap();
+        assert!(std::fs::symlink_metadata(lock_at(&a)).unwrap().is_file());
+        // A hard link to an outside file: replaced by a new file, the outside one unchanged.
+        let b = dir.path().join("b");
+        std::fs::create_dir_all(b.join("registry")).unwrap();
+        std::fs::hard_link(&target, lock_at(&b)).unwrap();
+        let _held_b = BaseLock::acquire(&b, Some(Duration::ZERO), |_| panic!()).unwrap();
+        // `registry` itself a symlink to elsewhere: locked all the same, nothing written there.
+        let c = dir.path().join("c");
+        std::fs::create_dir_all(&c).unwrap();
+        std::os::unix::fs::symlink(outside.path(), c.join("registry")).unwrap();
+        let _held_c = BaseLock::acquire(&c, Some(Duration::ZERO), |_| panic!()).unwrap();
         assert!(!outside.path().join(BASE_LOCK).exists());
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+        // And the lock still excludes a second reaper on a base whose names were planted.
+        let err = BaseLock::acquire(&a, Some(Duration::ZERO), |_| {}).unwrap_err();
+        assert!(matches!(err, BaseLockError::Held { .. }), "{err}");
+        drop(held_a);
     }
 
     #[test]

@@ -159,19 +159,6 @@ enum Stage {
     Unlinked,
 }
 
-/// The parent of `path` opened by path (trusted), and the final name.
-fn trusted_parent(path: &Path) -> Result<(Dir, OsString), LateError> {
-    let name = path.file_name().ok_or_else(|| LateError::Io {
-        path: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
-    })?;
-    let parent = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    Ok((Dir::open_base(parent)?, name.to_os_string()))
-}
-
 /// [`append_at`] for two paths whose parents are trusted (tests).
 fn append_with(
     src: &Path,
@@ -180,8 +167,8 @@ fn append_with(
     chunk: usize,
     hook: impl FnMut(Stage) -> bool,
 ) -> Result<Option<AppendOutcome>, LateError> {
-    let (sdir, sname) = trusted_parent(src)?;
-    let (adir, aname) = trusted_parent(archive)?;
+    let (sdir, sname) = crate::fs::open_parent_within(src, &[])?;
+    let (adir, aname) = crate::fs::open_parent_within(archive, &[])?;
     let src = Loc::new(&sdir, &sname);
     let archive = Loc::new(&adir, &aname);
     append_at(&src, &archive, journal, chunk, hook)

@@ -1,6 +1,10 @@
 //! One round's snapshot of the world: registries, files, tmux and /proc, turned into `AgentFacts`.
 
+pub mod tail;
+pub mod tracked;
+
 use crate::decide::{AgentFacts, FileFact, FileState, SessionFact, StreamEnd};
+use crate::fs::{Dir, EntryKind, Purpose};
 use crate::model::{AgentId, StatusClass, age, classify_status, parse_timestamp};
 use crate::procs::environ::EnvIndex;
 use crate::procs::openfiles::{FileId, writers_of};
@@ -9,18 +13,12 @@ use crate::procs::{
     Evidence, ProcKey, ProcTable, SessionIdentity, SetContext, TmuxError, TmuxSnapshot, agent_set,
 };
 use crate::registry::{ReadOptions, read_registry};
-use crate::workspace::{AgentFiles, LogKind, TaskDir, agent_files, resolve_inside};
+use crate::workspace::{AgentFiles, LogKind, TaskDir, agent_files};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-/// How far back from the end of a stream log we look for its last line.
-const STREAM_TAIL_BYTES: u64 = 1 << 20;
-const SHORT_TAIL_BYTES: u64 = 64 << 10;
+use tail::{LastLine, STREAM_TAIL_CAP, last_line};
 
 /// One agent as seen this round.
 #[derive(Debug, Clone)]
@@ -41,6 +39,8 @@ pub struct AgentView {
     /// Identities of the logs in `facts.logs`, same order.
     pub log_ids: Vec<FileId>,
     pub warnings: Vec<String>,
+    /// The agent's task: its folder handle for every later look at the agent's files.
+    pub task: TaskDir,
 }
 
 impl AgentView {
@@ -105,29 +105,61 @@ fn time_field(entry: &Value, key: &str) -> Option<SystemTime> {
     str_field(entry, key).and_then(parse_timestamp)
 }
 
-/// How a stream log ends: with `{"type":"result", ...}` or not (missing counts as not).
-pub fn stream_end(path: &Path) -> StreamEnd {
-    let Ok(mut file) = fs::File::open(path) else {
+/// How a stream log ends: with `{"type":"result", ...}` or not. Opened beneath the task
+/// handle (`O_NOFOLLOW|O_NONBLOCK`, regular files only), its last line read backwards up to
+/// the cap: missing, a FIFO, a device, a symlink or a last line over the cap is not.
+pub fn stream_end(task: &Dir, rel: &Path) -> StreamEnd {
+    let Ok(log) = task.open_file(rel, Purpose::Read) else {
         return StreamEnd::NoResult;
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    // Most result lines fit in a small tail; a long one gets a second, larger read.
-    for tail_bytes in [SHORT_TAIL_BYTES, STREAM_TAIL_BYTES] {
-        let start = len.saturating_sub(tail_bytes);
-        let mut tail = Vec::new();
-        if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut tail).is_err() {
-            return StreamEnd::NoResult;
-        }
-        let trimmed = tail.trim_ascii_end();
-        let line_start = trimmed.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
-        let line = match line_start {
-            Some(i) => &trimmed[i..],
-            None if start == 0 => trimmed,
-            None => continue,
-        };
-        return result_line(line);
+    match last_line(&log.file, log.id.size, STREAM_TAIL_CAP) {
+        Ok(LastLine::Line(line)) => result_line(&line),
+        Ok(LastLine::Empty | LastLine::TooLong) | Err(_) => StreamEnd::NoResult,
     }
-    StreamEnd::NoResult
+}
+
+/// A log as found this round: which file, and when it was last written.
+#[derive(Debug, Clone)]
+pub struct LogStat {
+    pub path: PathBuf,
+    pub id: FileId,
+    pub mtime: Option<SystemTime>,
+    /// Hard links to it: more than one, and its writers are not evidence of the agent.
+    pub nlink: u64,
+}
+
+fn mtime_of(id: &crate::fs::FileId) -> Option<SystemTime> {
+    let (secs, nanos) = id.mtime;
+    let secs = u64::try_from(secs).ok()?;
+    let nanos = u32::try_from(nanos).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// What is at `path` (one of the task's own names) if it is a regular file, looked at
+/// through the task handle without opening it: a FIFO or device costs nothing.
+fn stat_regular(task_dir: &Dir, task: &TaskDir, path: &Path) -> Result<Option<LogStat>, String> {
+    let Ok(rel) = path.strip_prefix(&task.dir) else {
+        return Err(format!(
+            "{}: not inside the task folder; left alone",
+            path.display()
+        ));
+    };
+    match task_dir.metadata(rel) {
+        Ok(None) => Ok(None),
+        Ok(Some(entry)) if entry.kind == EntryKind::File => Ok(Some(LogStat {
+            path: path.to_path_buf(),
+            id: (entry.id.dev, entry.id.ino),
+            mtime: mtime_of(&entry.id),
+            nlink: entry.nlink,
+        })),
+        Ok(Some(entry)) => Err(format!(
+            "{}: is a {}, not a regular file; left alone",
+            path.display(),
+            entry.kind.describe()
+        )),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(format!("{e}; left alone")),
+    }
 }
 
 fn result_line(line: &[u8]) -> StreamEnd {
@@ -139,67 +171,21 @@ fn result_line(line: &[u8]) -> StreamEnd {
     }
 }
 
-/// The agent's log files: the conventional ones plus `tracked_files` that stay inside the task.
-fn log_candidates(
-    task: &TaskDir,
-    entry: &Value,
-    files: &AgentFiles,
-    warnings: &mut Vec<String>,
-) -> Vec<(LogKind, PathBuf)> {
-    let mut logs = files.logs.clone();
-    if let Some(tracked) = entry.get("tracked_files").and_then(Value::as_object) {
-        for (key, kind) in [
-            ("log_file", LogKind::Stream),
-            ("progress_file", LogKind::Progress),
-            ("findings_file", LogKind::Findings),
-            ("deploy_log", LogKind::Deploy),
-        ] {
-            let Some(raw) = tracked.get(key).and_then(Value::as_str) else {
-                continue;
-            };
-            match resolve_inside(&task.dir, raw) {
-                Ok(path) if !logs.iter().any(|(_, p)| p == &path) => logs.push((kind, path)),
-                Ok(_) => {}
-                // Paths from another machine are common; only say so when it is local and outside.
-                Err(e) if Path::new(raw).exists() => {
-                    warnings.push(format!("tracked_files.{key}: {e}"));
-                }
-                Err(_) => {}
-            }
-        }
-    }
-    logs
-}
-
-/// Stats the logs that exist (regular files below no symlink), without judging them yet.
+/// Stats the logs that exist through the task handle: regular files only, reached without
+/// a symlink on the way; anything else is a warning and left alone.
 fn existing_logs(
+    task_dir: &Dir,
     task: &TaskDir,
     candidates: &[(LogKind, PathBuf)],
-    dir_ok: &mut HashMap<PathBuf, bool>,
     warnings: &mut Vec<String>,
-) -> Vec<(PathBuf, fs::Metadata)> {
+) -> Vec<LogStat> {
     let mut out = Vec::new();
     for (_, path) in candidates {
-        let Ok(meta) = fs::symlink_metadata(path) else {
-            continue;
-        };
-        // Every candidate lies inside the task by construction; what remains to rule out is
-        // a folder on the way that is a symlink. Agents share folders, so ask once per folder.
-        let parent = path.parent().unwrap_or(&task.dir);
-        let inside = *dir_ok.entry(parent.to_path_buf()).or_insert_with(|| {
-            parent == task.dir
-                || parent
-                    .to_str()
-                    .is_some_and(|p| resolve_inside(&task.dir, p).is_ok())
-        });
-        if !meta.file_type().is_file() || !inside {
-            warnings.push(format!(
-                "{}: not a regular file inside the task (symlink?); left alone",
-                path.display()
-            ));
-            continue;
+        match stat_regular(task_dir, task, path) {
+            Ok(Some(log)) => out.push(log),
+            Ok(None) => {}
+            Err(w) => warnings.push(w),
         }
-        out.push((path.clone(), meta));
     }
     out
 }
@@ -247,8 +233,9 @@ struct Pending {
     id: AgentId,
     entry: Value,
     files: AgentFiles,
-    logs: Vec<(PathBuf, fs::Metadata)>,
+    logs: Vec<LogStat>,
     warnings: Vec<String>,
+    task: TaskDir,
 }
 
 /// Builds the agents of one task registry. Call `agent_view` on each afterwards with the
@@ -275,6 +262,15 @@ pub fn task_view(
             return (view, Vec::new());
         }
     };
+    // One handle for the task folder, opened beneath the base without following a symlink
+    // and pinned to the folder discovery saw: a folder swapped in since is refused.
+    let task_dir = match task.handle() {
+        Ok(dir) => dir,
+        Err(e) => {
+            view.error = Some(format!("task folder not opened: {e}"));
+            return (view, Vec::new());
+        }
+    };
     view.active_count = root.get("active_count").and_then(Value::as_i64);
     view.expected_active = crate::record::expected_active_count(&root);
     let entries = root
@@ -289,7 +285,6 @@ pub fn task_view(
         }
     }
     let mut pending = Vec::new();
-    let mut dir_ok = HashMap::new();
     for entry in entries {
         let Some(raw_id) = str_field(&entry, "id") else {
             view.warnings
@@ -311,8 +306,15 @@ pub fn task_view(
         }
         let files = agent_files(task, &id);
         let mut warnings = Vec::new();
-        let candidates = log_candidates(task, &entry, &files, &mut warnings);
-        let logs = existing_logs(task, &candidates, &mut dir_ok, &mut warnings);
+        // tracked_files can only confirm the agent's own files: the files are always these.
+        warnings.extend(tracked::check(
+            id.as_str(),
+            &entry,
+            &task.task_id,
+            &task.dir,
+            &files,
+        ));
+        let logs = existing_logs(&task_dir, task, &files.logs, &mut warnings);
         pending.push(PendingAgent(Pending {
             db_backed: backend == Backend::Sqlite,
             id,
@@ -320,6 +322,7 @@ pub fn task_view(
             files,
             logs,
             warnings,
+            task: task.clone(),
         }));
     }
     (view, pending)
@@ -330,7 +333,7 @@ pub struct PendingAgent(Pending);
 
 impl PendingAgent {
     pub fn file_ids(&self) -> impl Iterator<Item = FileId> + '_ {
-        self.0.logs.iter().map(|(_, m)| (m.dev(), m.ino()))
+        self.0.logs.iter().map(|l| l.id)
     }
 }
 
@@ -358,6 +361,7 @@ pub fn agent_view(
         files,
         logs,
         warnings,
+        task,
     } = pending.0;
     let status = str_field(&entry, "status").unwrap_or("").to_string();
     let session_name = id.session_name();
@@ -419,11 +423,7 @@ pub fn agent_view(
     }
     // A log hard-linked to some other file (st_nlink > 1) would make that file's writers
     // look like the agent's: only a log that is its own file is evidence.
-    evidence.logs = logs
-        .iter()
-        .filter(|(_, m)| m.nlink() == 1)
-        .map(|(_, m)| (m.dev(), m.ino()))
-        .collect();
+    evidence.logs = logs.iter().filter(|l| l.nlink == 1).map(|l| l.id).collect();
     // Environments are read only where they can change the verdict: the agent looks dead
     // (session gone or every pane exited) and some session of it is known.
     let looks_dead = match session {
@@ -447,26 +447,29 @@ pub fn agent_view(
         .len();
     let mut log_facts = Vec::new();
     let mut log_ids = Vec::new();
-    for (path, meta) in logs {
-        let file_id = (meta.dev(), meta.ino());
-        let mtime = meta.modified().ok();
+    for log in logs {
         log_facts.push(FileFact {
-            state: file_state(mtime, writers.get(&file_id), world.settle, world.now),
-            path,
-            mtime,
+            state: file_state(log.mtime, writers.get(&log.id), world.settle, world.now),
+            path: log.path,
+            mtime: log.mtime,
         });
-        log_ids.push(file_id);
+        log_ids.push(log.id);
     }
-    let prompt = fs::symlink_metadata(&files.prompt)
-        .ok()
-        .filter(|m| m.file_type().is_file())
-        .map(|_| files.prompt.clone());
+    // The folder handle again (shared while the pass holds it, reopened and checked for
+    // the same folder otherwise); without it nothing of the agent's is looked at.
+    let task_dir = task.handle().ok();
+    let prompt = task_dir
+        .as_deref()
+        .and_then(|d| stat_regular(d, &task, &files.prompt).ok().flatten())
+        .map(|p| p.path);
     let class = classify_status(&status);
     // The end of the stream log only matters to a vanished active agent or a finished one
     // whose session still runs: the other agents' logs are not read.
-    let end = match (&stream_log, class, &session) {
-        (Some(p), StatusClass::Active, SessionFact::Gone { .. })
-        | (Some(p), StatusClass::Terminal, SessionFact::Alive { .. }) => stream_end(p),
+    let end = match (&stream_log, class, &session, task_dir.as_deref()) {
+        (Some(p), StatusClass::Active, SessionFact::Gone { .. }, Some(d))
+        | (Some(p), StatusClass::Terminal, SessionFact::Alive { .. }, Some(d)) => p
+            .strip_prefix(&task.dir)
+            .map_or(StreamEnd::NoResult, |rel| stream_end(d, rel)),
         _ => StreamEnd::NoResult,
     };
     let facts = AgentFacts {
@@ -499,6 +502,7 @@ pub fn agent_view(
         checked,
         log_ids,
         warnings,
+        task,
     }
 }
 
@@ -511,12 +515,16 @@ pub fn refresh_logs(
 ) {
     let mut facts = Vec::new();
     let mut ids = Vec::new();
+    // A task folder that can no longer be opened as the same folder: no log is judged.
+    let task_dir = view.task.handle().ok();
     for (old, old_id) in view.facts.logs.iter().zip(&view.log_ids) {
-        let Ok(meta) = fs::symlink_metadata(&old.path) else {
+        let Some(Ok(Some(log))) = task_dir
+            .as_deref()
+            .map(|d| stat_regular(d, &view.task, &old.path))
+        else {
             continue;
         };
-        let id = (meta.dev(), meta.ino());
-        let mtime = meta.modified().ok();
+        let (id, mtime) = (log.id, log.mtime);
         // A file replaced under the same name since the first look starts over.
         let state = if id != *old_id {
             FileState::Busy("replaced since the first look".into())
@@ -534,19 +542,6 @@ pub fn refresh_logs(
     view.log_ids = ids;
 }
 
-/// Ids no pass can act on safely: listed by two tasks (or twice by one), or sharing a
-/// tmux session name with another id (`procs::ambiguity`), each with why.
-pub fn ambiguous_agents(views: &[TaskView]) -> std::collections::BTreeMap<AgentId, String> {
-    crate::procs::ambiguity::ambiguous_ids(views.iter().flat_map(|v| {
-        let task = v.task.task_id.as_str();
-        v.agents
-            .iter()
-            .map(|a| &a.id)
-            .chain(v.duplicates.iter().flat_map(|d| [d, d]))
-            .map(move |id| (task, id))
-    }))
-}
-
 /// Remembers the sessions agents were seen alive in (not those of ambiguous ids, whose
 /// session may be another agent's), so their helpers are found after the session ends.
 pub fn remember_panes(
@@ -560,5 +555,51 @@ pub fn remember_panes(
         {
             map.observe(&agent.id, seen.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn end_of(dir: &Path, name: &str) -> StreamEnd {
+        stream_end(&Dir::open_base(dir).unwrap(), Path::new(name))
+    }
+
+    #[test]
+    fn a_ten_megabyte_result_line_is_a_normal_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from(
+            "{\"type\":\"assistant\"}\n{\"type\":\"result\",\"is_error\":false,\"result\":\"",
+        );
+        text.push_str(&"r".repeat(10 << 20));
+        text.push_str("\"}\n");
+        fs::write(dir.path().join("a_stream.jsonl"), text).unwrap();
+        assert_eq!(
+            end_of(dir.path(), "a_stream.jsonl"),
+            StreamEnd::Result { is_error: false }
+        );
+    }
+
+    #[test]
+    fn a_fifo_a_symlink_a_device_or_a_folder_is_no_result_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        nix::unistd::mkfifo(
+            &d.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        assert_eq!(end_of(d, "fifo"), StreamEnd::NoResult);
+        fs::write(d.join("real"), "{\"type\":\"result\"}\n").unwrap();
+        assert_eq!(end_of(d, "real"), StreamEnd::Result { is_error: false });
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        assert_eq!(end_of(d, "link"), StreamEnd::NoResult);
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero")).unwrap();
+        assert_eq!(end_of(d, "zero"), StreamEnd::NoResult);
+        fs::create_dir(d.join("folder")).unwrap();
+        assert_eq!(end_of(d, "folder"), StreamEnd::NoResult);
+        assert_eq!(end_of(d, "missing"), StreamEnd::NoResult);
     }
 }

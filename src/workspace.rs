@@ -205,7 +205,7 @@ pub fn agent_files(task: &TaskDir, id: &AgentId) -> AgentFiles {
 }
 
 /// Lexical normalisation: `.` dropped, `..` pops (never above the root).
-fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

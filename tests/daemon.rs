@@ -333,3 +333,65 @@ fn systemd_notifications_ready_watchdog_reload_stopping() {
     assert!(recv_until("STOPPING=1", &mut seen), "{seen:?}");
     assert_eq!(d.wait_exit().code(), Some(0));
 }
+
+/// A pass stuck on a registry another process keeps locked (lock_timeout 1 h): the
+/// watchdog stops being fed, and SIGTERM still ends the daemon after shutdown_timeout,
+/// saying what the pass was doing, with nothing half-written.
+#[test]
+fn a_stuck_pass_starves_the_watchdog_and_sigterm_still_exits_within_shutdown_timeout() {
+    use nix::sys::signal::Signal;
+    use rustix::fs::{FlockOperation, flock};
+    let s = Sandbox::new();
+    s.write_config(
+        "settle = \"200ms\"\nreconcile_interval = \"1h\"\nlock_timeout = \"1h\"\n\
+         shutdown_timeout = \"1s\"\n",
+    );
+    write_task(&s.base(), TASK, json!([agent_entry(ID, "completed")]));
+    append_line(&progress(&s), "{\"line\":0}\n");
+    age_files(&s.task(TASK));
+    let before = fs::read(registry(&s)).unwrap();
+    // The orchestrator's protocol lock, held for the whole test.
+    let holder = fs::File::open(registry(&s)).unwrap();
+    flock(&holder, FlockOperation::LockExclusive).unwrap();
+    let sock_path = s.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut d = Daemon::start_with(&s, |cmd| {
+        cmd.env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "400000")
+            .env_remove("WATCHDOG_PID");
+    });
+    let drain = || -> Vec<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        got
+    };
+    // The pass is stuck once the daemon says it withholds the watchdog.
+    assert!(d.wait_log("watchdog not fed"), "watchdog still fed");
+    let _ = drain();
+    // Ten watchdog periods later, not one WATCHDOG=1 more (the pass is still stuck).
+    let quiet_until = Instant::now() + Duration::from_secs(2);
+    let mut late = Vec::new();
+    while Instant::now() < quiet_until {
+        late.extend(drain().into_iter().filter(|m| m.contains("WATCHDOG=1")));
+    }
+    assert!(late.is_empty(), "fed while stuck: {late:?}");
+    assert!(!d.log_text().contains("ready:"), "the stuck pass finished?");
+    let signalled = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit();
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", d.log_text());
+    // shutdown_timeout is 1 s; WAIT (20 s) bounds wait_exit, this bounds the behaviour.
+    assert!(took < Duration::from_secs(8), "exit took {took:?}");
+    let log = d.log_text();
+    assert!(log.contains("shutdown_timeout"), "{log}");
+    assert!(log.contains("the pass in flight has run"), "{log}");
+    // The registry was never written under the other holder's lock.
+    assert_eq!(fs::read(registry(&s)).unwrap(), before);
+    drop(holder);
+}

@@ -1,5 +1,7 @@
 //! The daemon: one tokio `select!` loop that owns the state — file events, timers, signals, sd_notify, health.
 
+mod health;
+mod progress;
 mod schedule;
 
 use crate::cli::{Cli, resolve_config, tmux_client};
@@ -9,12 +11,13 @@ use crate::pass::{Mode, PassReport, Reaper};
 use crate::watch::{self, Change, PathKind, RenameSide, WatchEvent, Watcher};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
+use progress::{Heartbeat, describe_stuck, may_feed_watchdog};
 use schedule::Schedule;
 use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -50,6 +53,12 @@ struct Daemon {
     active_tasks: HashSet<PathBuf>,
     cleaned_total: usize,
     pending_config: Option<Config>,
+    /// Beaten by the pass in flight as it moves on; the watchdog is fed only while it does.
+    heartbeat: Heartbeat,
+    /// The watchdog was withheld last tick (said once, not every tick).
+    watchdog_withheld: bool,
+    /// Warnings about hostile or odd entries already logged: said once, not every pass.
+    warned: HashSet<String>,
     /// The lock of every workspace base served (none in a dry run).
     base_locks: BaseLocks,
 }
@@ -77,10 +86,12 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let heartbeat = Heartbeat::new(Instant::now());
         let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
         reaper.journal = Some(journal);
+        reaper.progress = Some(heartbeat.reaper_callback());
         reaper.pane_map = crate::instance::load_pane_map(&state);
         let mut daemon = Daemon {
             reaper: Some(reaper),
@@ -95,10 +106,17 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
             active_tasks: HashSet::new(),
             cleaned_total: 0,
             pending_config: None,
+            heartbeat,
+            watchdog_withheld: false,
+            warned: HashSet::new(),
             base_locks,
         };
         daemon.main_loop(events_rx).await
-    })
+    });
+    // A pass still in flight after shutdown_timeout runs on a blocking thread the runtime
+    // would wait for on drop, forever if it is stuck: leave it behind, the process ends.
+    runtime.shutdown_background();
+    result
 }
 
 impl Daemon {
@@ -115,9 +133,11 @@ impl Daemon {
             .context("installing signal handlers")?;
         self.start_watching();
         self.schedule.full_now();
-        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        // Ticks at half of WATCHDOG_USEC; a pass with no progress for a whole WATCHDOG_USEC
+        // gets no feed, so systemd restarts a daemon stuck in a pass.
+        let watchdog = sd_notify::watchdog_enabled();
         let mut watchdog_tick =
-            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+            tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
         let mut reconcile = tokio::time::interval(self.config.reconcile_interval);
         let mut poll = tokio::time::interval(self.config.session_poll_interval);
         reconcile.tick().await;
@@ -177,9 +197,15 @@ impl Daemon {
                         self.schedule.task_at(task.clone(), Instant::now());
                     }
                 }
-                _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    self.watchdog_tick(watchdog.unwrap_or_default());
+                }
                 _ = tokio::time::sleep_until(stopping.unwrap_or_else(Instant::now).into()), if stopping.is_some() => {
-                    tracing::warn!("shutdown_timeout passed with a pass in flight; exiting (the journal finishes it at next start)");
+                    tracing::warn!(
+                        "shutdown_timeout ({:?}) passed and {}; exiting without it (the journal finishes its file operations at next start)",
+                        self.config.shutdown_timeout,
+                        describe_stuck(&self.heartbeat.last(), Instant::now())
+                    );
                     break;
                 }
             }
@@ -221,6 +247,21 @@ impl Daemon {
         }
     }
 
+    fn watchdog_tick(&mut self, limit: Duration) {
+        let now = Instant::now();
+        let last = self.heartbeat.last();
+        if may_feed_watchdog(self.in_flight.is_some(), &last, now, limit) {
+            self.watchdog_withheld = false;
+            notify(&[NotifyState::Watchdog]);
+        } else if !self.watchdog_withheld {
+            self.watchdog_withheld = true;
+            tracing::error!(
+                "watchdog not fed: {}; systemd restarts the daemon if it stays stuck",
+                describe_stuck(&last, now)
+            );
+        }
+    }
+
     fn start_pass(&mut self) {
         let Some(mut reaper) = self.reaper.take() else {
             return;
@@ -237,6 +278,7 @@ impl Daemon {
                 wait_for_settle: false,
             }
         };
+        self.heartbeat.pass_started(Instant::now());
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let report = reaper.run_scoped(mode, scope.as_ref());
@@ -251,6 +293,7 @@ impl Daemon {
             reaper.config = config;
         }
         log_report(report, self.dry_run);
+        self.log_new_warnings(report);
         tracing::debug!(
             "pass over {} task(s) took {} ms",
             report.tasks.len(),
@@ -280,7 +323,7 @@ impl Daemon {
             }
         }
         self.cleaned_total += report.totals.cleaned;
-        write_health(&self.config);
+        health::write_all(&self.config);
         let status = format!(
             "{} task(s), {active} active, {settling} settling; {} cleaned since start; last pass {} ms",
             report.totals.tasks,
@@ -293,6 +336,38 @@ impl Daemon {
             tracing::info!("ready: {status}");
         } else {
             notify(&[NotifyState::Status(&status)]);
+        }
+    }
+
+    /// Task and agent warnings (a tracked_files entry ignored, a hostile id skipped) come
+    /// back every pass over the same registry; the log gets each once.
+    fn log_new_warnings(&mut self, report: &PassReport) {
+        const REMEMBERED: usize = 10_000;
+        if self.warned.len() > REMEMBERED {
+            self.warned.clear();
+        }
+        for task in &report.tasks {
+            let agent_warnings = task
+                .agents
+                .iter()
+                .flat_map(|a| a.warnings.iter().map(move |w| (Some(&a.id), w)));
+            for (agent, w) in task
+                .warnings
+                .iter()
+                .map(|w| (None, w))
+                .chain(agent_warnings)
+            {
+                let key = format!("{}\0{}", task.task_id, w);
+                if !self.warned.insert(key) {
+                    continue;
+                }
+                match agent {
+                    Some(id) => {
+                        tracing::warn!(agent_id = %id, task_id = %task.task_id, "{}/{id}: {w}", task.task_id)
+                    }
+                    None => tracing::warn!(task_id = %task.task_id, "{}: {w}", task.task_id),
+                }
+            }
         }
     }
 
@@ -323,25 +398,6 @@ impl Daemon {
         }
         notify(&[NotifyState::Ready]);
     }
-}
-
-/// `<base>/.daemon_health`: epoch seconds, replaced atomically, for monitors of the old daemon.
-fn write_health(config: &Config) {
-    if !config.health_file {
-        return;
-    }
-    let secs = crate::model::epoch_secs(SystemTime::now());
-    for base in &config.workspace_bases {
-        if let Err(e) = write_atomic(&base.join(".daemon_health"), format!("{secs}\n").as_bytes()) {
-            tracing::warn!("{}: health file not written: {e}", base.display());
-        }
-    }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp-reaper");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// One journal line per thing done, with fields journalctl can filter on.

@@ -2,10 +2,14 @@
 //! lean form (the full tolerant read only when the fast one cannot parse it).
 
 use super::lean::{self, LeanRegistry};
+use crate::fs::{EntryKind, FileId, Purpose, open_parent_below};
 use crate::registry::{ReadOptions, read_registry};
-use rustix::fs::{Mode, OFlags, open};
 use std::io::Read;
 use std::path::Path;
+
+/// How far above a registry its trusted workspace base lies (`<base>/TASK-x/AGENT_REGISTRY.json`):
+/// the folders below it are reached without following a symlink.
+const LEVELS_BELOW_BASE: usize = 2;
 
 /// What identifies one version of a registry file without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,22 +20,22 @@ pub struct FileKey {
     pub mtime: (i64, i64),
 }
 
-fn key_of(st: &rustix::fs::Stat) -> FileKey {
+fn key_of(id: &FileId) -> FileKey {
     FileKey {
-        dev: st.st_dev,
-        ino: st.st_ino,
-        size: st.st_size as u64,
-        mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+        dev: id.dev,
+        ino: id.ino,
+        size: id.size,
+        mtime: id.mtime,
     }
 }
 
-/// The key of the registry at `path` (a symlink is not followed; anything but a regular
-/// file has no key, so it is always read and reported the usual way).
+/// The key of the registry at `path`, looked at through `crate::fs` (no symlink followed,
+/// at the name or on the way; anything but a regular file has no key, so it is always read
+/// and reported the usual way).
 pub fn registry_key(path: &Path) -> Option<FileKey> {
-    let st = rustix::fs::lstat(path).ok()?;
-    rustix::fs::FileType::from_raw_mode(st.st_mode)
-        .is_file()
-        .then(|| key_of(&st))
+    let (dir, name) = open_parent_below(path, LEVELS_BELOW_BASE).ok()?;
+    let entry = dir.metadata(&name).ok()??;
+    (entry.kind == EntryKind::File).then(|| key_of(&entry.id))
 }
 
 /// Reads the registry at `path` into its lean form, and the key of what was read.
@@ -53,21 +57,16 @@ pub fn read_lean(
     Ok((lean::from_value(&value), key))
 }
 
-/// The file's bytes when it is a regular file within `max_bytes`, opened without following
-/// a symlink or blocking on a FIFO.
+/// The file's bytes when it is a regular file within `max_bytes`, opened through
+/// `crate::fs` (no symlink followed at the name or on the way, a FIFO never blocks).
 fn read_fast(path: &Path, max_bytes: u64) -> Option<(Vec<u8>, FileKey)> {
-    let fd = open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    let st = rustix::fs::fstat(&fd).ok()?;
-    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() || st.st_size as u64 > max_bytes {
+    let (dir, name) = open_parent_below(path, LEVELS_BELOW_BASE).ok()?;
+    let registry = dir.open_file(&name, Purpose::Read).ok()?;
+    if registry.id.size > max_bytes {
         return None;
     }
-    let mut file = std::fs::File::from(fd);
-    let mut bytes = Vec::with_capacity(st.st_size as usize + 1);
+    let mut file = registry.file;
+    let mut bytes = Vec::with_capacity(registry.id.size as usize + 1);
     file.by_ref()
         .take(max_bytes + 1)
         .read_to_end(&mut bytes)
@@ -75,7 +74,7 @@ fn read_fast(path: &Path, max_bytes: u64) -> Option<(Vec<u8>, FileKey)> {
     if bytes.len() as u64 > max_bytes || bytes.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    Some((bytes, key_of(&st)))
+    Some((bytes, key_of(&registry.id)))
 }
 
 /// The registry as `observe::task_view` reads it, holding only the fields it looks at

@@ -114,11 +114,10 @@ fn write_number(out: &mut String, n: &Number) {
     }
 }
 
-/// `repr(float)`: the shortest round-tripping digits (Rust's `{:e}` yields the same ones),
-/// fixed notation for decimal exponents -4..16, otherwise `d.ddde+XX` with two or more
-/// exponent digits.
+/// `repr(float)`: the shortest round-tripping digits, fixed notation for decimal exponents
+/// -4..16, otherwise `d.ddde+XX` with two or more exponent digits.
 fn write_python_float_repr(out: &mut String, f: f64) {
-    let sci = format!("{f:e}");
+    let sci = python_shortest_digits(f);
     let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
     let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
@@ -154,6 +153,25 @@ fn write_python_float_repr(out: &mut String, f: f64) {
         }
         let sign = if exp < 0 { '-' } else { '+' };
         let _ = write!(out, "e{sign}{:02}", exp.unsigned_abs());
+    }
+}
+
+/// `{:e}` of `f` with Python's digits. Rust's `{:e}` finds how many digits are needed, but
+/// where two strings of that length both round-trip it may take the upper one, while Python
+/// takes the one nearest the exact value, ties to even (`32330180961432.562`, whose exact
+/// value ends in `.5625`, not `...563`). Rust's fixed-precision `{:.N$e}` rounds the exact
+/// value half to even, so it gives Python's choice whenever that choice round-trips.
+fn python_shortest_digits(f: f64) -> String {
+    let shortest = format!("{f:e}");
+    let mantissa = shortest
+        .split_once('e')
+        .map_or(shortest.as_str(), |(m, _)| m);
+    let digits = mantissa.chars().filter(char::is_ascii_digit).count();
+    let nearest = format!("{f:.prec$e}", prec = digits.saturating_sub(1));
+    if nearest.parse::<f64>() == Ok(f) {
+        nearest
+    } else {
+        shortest
     }
 }
 
@@ -281,6 +299,8 @@ mod tests {
             f64::MIN,
             f64::EPSILON,
             5e-324,
+            // Two 17-digit strings round-trip; the exact value ends in .5625: Python takes .562.
+            32330180961432.562,
         ];
         while floats.len() < 3000 {
             state ^= state << 13;

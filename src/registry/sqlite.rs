@@ -11,6 +11,7 @@
 //!
 //! Every call blocks (up to the busy timeout on a held write lock): run it off the async loop.
 
+mod dbfile;
 mod index;
 mod progress;
 
@@ -25,8 +26,6 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{ErrorKind, Read as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -119,64 +118,6 @@ pub struct StateDb {
     journal_mode: String,
 }
 
-/// Why a path is not a DB we may open: missing (`Ok(false)`), or not a plain file.
-fn check_plain_file(path: &Path) -> Result<bool, SqliteError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(source) => {
-            return Err(SqliteError::Stat {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    if meta.file_type().is_symlink() {
-        return Err(SqliteError::Symlink {
-            path: path.to_path_buf(),
-        });
-    }
-    if !meta.is_file() {
-        return Err(SqliteError::NotRegular {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(true)
-}
-
-/// Checks the magic header ourselves: random bytes are reported without SQLite ever opening
-/// the file read-write (which would create `-wal`/`-shm` files beside it). `Ok(false)` for an
-/// empty file: SQLite creates the file before its first write, so an orchestrator starting up
-/// shows one for a moment; it holds no agents and is no corruption.
-fn check_magic(path: &Path) -> Result<bool, SqliteError> {
-    let mut head = [0u8; 16];
-    let read = File::open(path)
-        .and_then(|mut f| {
-            let mut n = 0;
-            while n < head.len() {
-                match f.read(&mut head[n..])? {
-                    0 => break,
-                    k => n += k,
-                }
-            }
-            Ok(n)
-        })
-        .map_err(|source| SqliteError::Stat {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if read == 0 {
-        return Ok(false);
-    }
-    if read < head.len() || &head != SQLITE_MAGIC {
-        return Err(SqliteError::Corrupt {
-            path: path.to_path_buf(),
-            detail: "no sqlite header".into(),
-        });
-    }
-    Ok(true)
-}
-
 /// Maps an SQLite error: corruption and lock timeouts get their own variants.
 fn classify(path: &Path, what: &'static str, started: Instant, e: rusqlite::Error) -> SqliteError {
     match e.sqlite_error_code() {
@@ -208,12 +149,9 @@ impl StateDb {
         path: &Path,
         busy_timeout: Duration,
     ) -> Result<Option<StateDb>, SqliteError> {
-        if !check_plain_file(path)? {
+        let Some(expected) = dbfile::check_db_file(path)? else {
             return Ok(None);
-        }
-        if !check_magic(path)? {
-            return Ok(None);
-        }
+        };
         let started = Instant::now();
         let err = |what, e| classify(path, what, started, e);
         // No CREATE: a DB deleted between the stat and here must not come back empty.
@@ -225,10 +163,10 @@ impl StateDb {
         let conn = match Connection::open_with_flags(path, flags) {
             Ok(conn) => conn,
             Err(e) if e.sqlite_error_code() == Some(ErrorCode::CannotOpen) => {
-                // Gone since the stat, or swapped for a symlink: look again to say which.
-                return match check_plain_file(path)? {
-                    false => Ok(None),
-                    true => Err(err("open", e)),
+                // Gone since the look, or swapped for a symlink: look again to say which.
+                return match dbfile::check_db_file(path)? {
+                    None => Ok(None),
+                    Some(_) => Err(err("open", e)),
                 };
             }
             Err(e) => return Err(err("open", e)),
@@ -248,6 +186,11 @@ impl StateDb {
             .map_err(|e| err("journal_mode", e))?;
         conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
             .map_err(|e| err("reading the schema", e))?;
+        if !dbfile::sqlite_holds(&expected) {
+            return Err(SqliteError::Symlink {
+                path: path.to_path_buf(),
+            });
+        }
         Ok(Some(StateDb {
             conn,
             path: path.to_path_buf(),

@@ -1,6 +1,8 @@
 //! Test support: temp workspaces in the orchestrator's format, the real binary, a private tmux server.
 #![allow(dead_code)]
 
+pub mod guard;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;

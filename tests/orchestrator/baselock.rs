@@ -123,22 +123,26 @@ fn the_daemon_waits_for_the_reaper_holding_the_base() {
     );
 }
 
-/// A stand-in for another reaper: holds the base's flock (pid written as agent-reaper writes
-/// it) until its stdin closes.
-fn hold_base_lock(w: &World) -> Child {
-    let mut holder = w
-        .python_cmd(
-            r#"
-import fcntl
-os.makedirs(os.path.join(BASE, "registry"), exist_ok=True)
-f = open(os.path.join(BASE, "registry", ".agent-reaper.lock"), "a+")
-fcntl.flock(f, fcntl.LOCK_EX)
-f.truncate(0); f.write(f"{os.getpid()}\n"); f.flush()
+/// A stand-in for another reaper: holds the flock on the base folder (and notes its pid as
+/// agent-reaper does) until its stdin closes. The base is the script's first argument.
+const HOLDER: &str = r#"
+import fcntl, os, sys
+base = sys.argv[1]
+fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.makedirs(os.path.join(base, "registry"), exist_ok=True)
+with open(os.path.join(base, "registry", ".agent-reaper.lock"), "w") as f:
+    f.write(f"{os.getpid()}\n")
 print("locked", flush=True)
 sys.stdin.readline()
-"#,
-            &[],
-        )
+"#;
+
+/// Starts [`HOLDER`] on `base` and returns once it holds the lock.
+fn spawn_holder(base: &std::path::Path) -> Child {
+    let mut holder = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(HOLDER)
+        .arg(base)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -149,6 +153,10 @@ sys.stdin.readline()
         .unwrap();
     assert_eq!(line.trim(), "locked");
     holder
+}
+
+fn hold_base_lock(w: &World) -> Child {
+    spawn_holder(&w.base())
 }
 
 /// An admin's `once` started while another reaper holds the base waits (within
@@ -242,29 +250,7 @@ fn a_base_created_later_waits_for_its_holder_then_is_reaped() {
     )
     .unwrap();
     age_files(&late);
-    let mut holder = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            r#"
-import fcntl, os, sys
-os.makedirs(os.path.join(sys.argv[1], "registry"), exist_ok=True)
-f = open(os.path.join(sys.argv[1], "registry", ".agent-reaper.lock"), "a+")
-fcntl.flock(f, fcntl.LOCK_EX)
-f.truncate(0); f.write(f"{os.getpid()}\n"); f.flush()
-print("locked", flush=True)
-sys.stdin.readline()
-"#,
-        )
-        .arg(&late)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "locked");
+    let mut holder = spawn_holder(&late);
     let holder_pid = holder.id().to_string();
     assert!(
         daemon.wait_log(&format!("pid {holder_pid}) is reaping it")),

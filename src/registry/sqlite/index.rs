@@ -1,6 +1,7 @@
 //! The cross-project index (`~/.claude-orchestrator/global_registry.sqlite3`): which workspace bases are active.
 
-use super::{DEFAULT_BUSY_TIMEOUT, SqliteError, check_magic, classify};
+use super::dbfile::header_says_sqlite;
+use super::{DEFAULT_BUSY_TIMEOUT, SqliteError, classify};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use std::io::ErrorKind;
@@ -44,7 +45,11 @@ pub fn discover_bases(index_path: &Path) -> Result<Vec<PathBuf>, SqliteError> {
             path: index_path.to_path_buf(),
         });
     }
-    if !check_magic(index_path)? {
+    let index_file = std::fs::File::open(index_path).map_err(|source| SqliteError::Stat {
+        path: index_path.to_path_buf(),
+        source,
+    })?;
+    if !header_says_sqlite(&index_file, index_path)? {
         return Ok(Vec::new());
     }
     let started = Instant::now();
