@@ -224,7 +224,7 @@ impl Dir {
                 Ok(st) => Ok(Some(Entry {
                     kind: EntryKind::of_stat(&st),
                     id: FileId::of_stat(&st),
-                    nlink: st.st_nlink as u64,
+                    nlink: st.st_nlink,
                 })),
                 Err(Errno::NOENT) => Ok(None),
                 Err(e) => Err(self.map_errno(rel, e, OFlags::PATH | OFlags::NOFOLLOW)),
