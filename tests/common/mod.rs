@@ -110,20 +110,11 @@ impl Sandbox {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap();
-        eprintln!(
-            "$ agent-reaper {}\n--- stdout\n{}--- stderr\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_logged(self.cmd(args), args)
     }
 
     pub fn run_ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "agent-reaper {args:?} failed");
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of_success(self.run(args), args)
     }
 
     pub fn tmux(&self) -> Command {
@@ -268,4 +259,22 @@ pub fn age_files(dir: &Path) {
             f.set_modified(old).unwrap();
         }
     }
+}
+
+/// Runs the real binary (`cmd`, built with `args`) to completion, printing what it said.
+pub fn run_logged(mut cmd: Command, args: &[&str]) -> Output {
+    let out = cmd.output().unwrap();
+    eprintln!(
+        "$ agent-reaper {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Its stdout, after asserting that it succeeded.
+pub fn stdout_of_success(out: Output, args: &[&str]) -> String {
+    assert!(out.status.success(), "agent-reaper {args:?} failed");
+    String::from_utf8(out.stdout).unwrap()
 }

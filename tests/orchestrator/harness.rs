@@ -186,20 +186,11 @@ impl World {
 
     /// Runs the real binary to completion, printing what it said.
     pub fn reaper_run(&self, args: &[&str]) -> Output {
-        let out = self.reaper(args).output().unwrap();
-        eprintln!(
-            "$ agent-reaper {}\n--- stdout\n{}--- stderr\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        crate::common::run_logged(self.reaper(args), args)
     }
 
     pub fn reaper_ok(&self, args: &[&str]) -> String {
-        let out = self.reaper_run(args);
-        assert!(out.status.success(), "agent-reaper {args:?} failed");
-        String::from_utf8(out.stdout).unwrap()
+        crate::common::stdout_of_success(self.reaper_run(args), args)
     }
 
     /// `agent-reaper run` in the background, stderr to a log file; killed on drop.
