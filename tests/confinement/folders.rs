@@ -5,28 +5,34 @@ use super::*;
 
 // ---------------------------------------------------------------- folders swapped before
 
+/// A sandbox with the normal agent, a decoy for `ids`, and the victim task: a finished agent
+/// `ids[0]` with its files, and a vanished active one `ids[1]` whose stream ends in a result
+/// (marked completed: a write to both registries). Returns the task folder too.
+fn victim_task(config_extra: &str, ids: [&str; 2]) -> (Sandbox, Decoy, PathBuf) {
+    let s = Sandbox::new();
+    config(&s, config_extra);
+    let decoy = Decoy::new(&s, VICTIM_TASK, &ids);
+    good_agent(&s);
+    write_task(
+        &s.base(),
+        VICTIM_TASK,
+        json!([completed(ids[0]), agent_entry(ids[1], "working")]),
+    );
+    let task = s.task(VICTIM_TASK);
+    fs::create_dir_all(task.join("archive")).unwrap();
+    for id in ids {
+        finished_files(&task, id);
+    }
+    global_registry(&s, VICTIM_TASK, &ids);
+    age_files(&s.base());
+    (s, decoy, task)
+}
+
 /// Each folder a pass goes through, replaced by a symlink to the decoy's before the pass.
 fn folder_symlinked_before_a_pass(what: &str) {
     for form in FORMS {
-        let s = Sandbox::new();
-        config(&s, "");
         let ids = ["victim-120000-abcdef", "zombie-120000-abcdef"];
-        let decoy = Decoy::new(&s, VICTIM_TASK, &ids);
-        good_agent(&s);
-        // A finished agent with its files, and a vanished active one whose stream ends
-        // in a result (marked completed: a write to both registries).
-        write_task(
-            &s.base(),
-            VICTIM_TASK,
-            json!([completed(ids[0]), agent_entry(ids[1], "working")]),
-        );
-        let task = s.task(VICTIM_TASK);
-        fs::create_dir_all(task.join("archive")).unwrap();
-        for id in ids {
-            finished_files(&task, id);
-        }
-        global_registry(&s, VICTIM_TASK, &ids);
-        age_files(&s.base());
+        let (s, decoy, task) = victim_task("", ids);
         let target = match what {
             "task" => task.clone(),
             "registry" => s.base().join("registry"),
@@ -134,24 +140,9 @@ fn stubborn_agent(s: &Sandbox, id: &str, marker: &Path) {
 /// `what` is swapped for a symlink to the decoy's while the pass waits on a stubborn agent.
 fn folder_swapped_during_a_pass(what: &str) {
     for form in FORMS {
-        let s = Sandbox::new();
-        // The stop waits 3 s after SIGTERM: the swap happens in that window.
-        config(&s, "term_grace = [\"3s\"]\n");
         let ids = ["stubborn-120000-abcdef", "zombie-120000-abcdef"];
-        let decoy = Decoy::new(&s, VICTIM_TASK, &ids);
-        good_agent(&s);
-        write_task(
-            &s.base(),
-            VICTIM_TASK,
-            json!([completed(ids[0]), agent_entry(ids[1], "working")]),
-        );
-        let task = s.task(VICTIM_TASK);
-        fs::create_dir_all(task.join("archive")).unwrap();
-        for id in ids {
-            finished_files(&task, id);
-        }
-        global_registry(&s, VICTIM_TASK, &ids);
-        age_files(&s.base());
+        // The stop waits 3 s after SIGTERM: the swap happens in that window.
+        let (s, decoy, task) = victim_task("term_grace = [\"3s\"]\n", ids);
         let marker = s.dir.path().join("got-sigterm");
         stubborn_agent(&s, ids[0], &marker);
         let target = match what {
