@@ -433,7 +433,7 @@ impl Reaper {
             };
             agent.facts.live_processes = outcomes[t][a].survivors;
             agent.facts.live_writers = 0;
-            if let Some(status) = first_status(&decisions[t][a]) {
+            if let Some(status) = decisions[t][a].new_status() {
                 agent.facts.status = status.to_string();
                 agent.facts.class = StatusClass::Terminal;
             }
@@ -646,13 +646,6 @@ fn read_options(config: &Config, repair: bool) -> crate::registry::ReadOptions {
         repair_torn: repair.then_some(config.lock_timeout),
         ..Default::default()
     }
-}
-
-pub(crate) fn first_status(d: &Decision) -> Option<&'static str> {
-    d.actions.iter().find_map(|a| match a {
-        Action::SetStatus { status, .. } => Some(*status),
-        _ => None,
-    })
 }
 
 /// How long until the youngest log that only waits for `settle` has settled.

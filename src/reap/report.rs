@@ -8,8 +8,6 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::pass::first_status;
-
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentReport {
     pub id: String,
@@ -159,7 +157,7 @@ pub(super) fn fill_report(
             let mut r = AgentReport {
                 id: agent.id.to_string(),
                 status: agent.registry_status.clone(),
-                new_status: first_status(d).map(String::from),
+                new_status: d.new_status().map(String::from),
                 class: d.class,
                 actions: d.actions.clone(),
                 waiting: d.waiting.clone(),
