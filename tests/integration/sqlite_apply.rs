@@ -3,7 +3,7 @@
 use crate::common::shared;
 
 use crate::common_sqlite::*;
-use agent_reaper::record::Applied;
+use agent_reaper::registry::edit::Applied;
 use agent_reaper::registry::sqlite::{
     DbApplied, DbChange, StateDb, append_progress_line, progress_line, terminal_message,
 };

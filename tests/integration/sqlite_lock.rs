@@ -1,7 +1,7 @@
 //! A writer holding the state DB in `BEGIN IMMEDIATE`: we wait up to the busy timeout, then give one `Busy` and write nothing.
 
 use crate::common_sqlite::*;
-use agent_reaper::record::Applied;
+use agent_reaper::registry::edit::Applied;
 use agent_reaper::registry::sqlite::{DbChange, SqliteError, StateDb, terminal_message};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
