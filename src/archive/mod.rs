@@ -1,0 +1,6 @@
+//! Archiving logs: moving a settled log into its one archive (store), appending late
+//! bytes (late), settling interrupted copies after a crash (recover). Wiring only.
+
+pub mod late;
+pub mod recover;
+pub mod store;
