@@ -4,6 +4,8 @@ pub mod ambiguity;
 pub mod cgroup;
 pub mod environ;
 pub mod evidence;
+#[cfg(test)]
+pub(crate) mod fakes;
 pub mod openfiles;
 pub mod panemap;
 pub mod source;
