@@ -7,7 +7,9 @@ mod schedule;
 use crate::config::Config;
 use crate::config::layer::{Overrides, resolve_config, tmux_client};
 use crate::decide::AgentClass;
-use crate::reap::pass::{Mode, PassReport, Reaper};
+use crate::logging;
+use crate::reap::events::EventContext;
+use crate::reap::pass::{Mode, PassReport, Reaper, action_text};
 use crate::watch::{self, Change, PathKind, RenameSide, WatchEvent, Watcher};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
@@ -414,30 +416,26 @@ fn log_report(report: &PassReport, dry_run: bool) {
             tracing::warn!(task_id = %task.task_id, "{e}");
         }
         for agent in &task.agents {
-            let reason = format!("{:?}", agent.class).to_lowercase();
-            let lines: Vec<String> = if dry_run {
-                agent
-                    .actions
-                    .iter()
-                    .map(|a| format!("would {a:?}"))
-                    .collect()
-            } else {
-                agent.done.clone()
+            let whose = EventContext {
+                task_id: &task.task_id,
+                agent_id: &agent.id,
+                reason: agent.class,
             };
-            for line in lines {
-                let action = line.split_whitespace().next().unwrap_or("").to_string();
-                tracing::info!(
-                    agent_id = %agent.id,
-                    task_id = %task.task_id,
-                    action = %action,
-                    reason = %reason,
-                    "{}/{}: {line}",
-                    task.task_id,
-                    agent.id
-                );
+            if dry_run {
+                for action in &agent.actions {
+                    logging::planned_action(
+                        &whose,
+                        action.as_str(),
+                        &action_text(&task.dir, action),
+                    );
+                }
+            } else {
+                for event in &agent.done {
+                    logging::pass_event(&whose, event);
+                }
             }
             for e in &agent.errors {
-                tracing::warn!(agent_id = %agent.id, task_id = %task.task_id, reason = %reason, "{}/{}: {e}", task.task_id, agent.id);
+                logging::agent_error(&whose, e);
             }
         }
     }
