@@ -3,8 +3,8 @@
 use crate::decide::{Action, AgentClass, Decision};
 use crate::model::StatusClass;
 use crate::observe::TaskView;
-use crate::reap::apply::Outcome;
 use crate::reap::events::PassEvent;
+use crate::reap::outcome::Outcome;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
