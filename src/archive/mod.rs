@@ -2,5 +2,6 @@
 //! bytes (late), settling interrupted copies after a crash (recover). Wiring only.
 
 pub mod late;
+pub mod outcome;
 pub mod recover;
 pub mod store;

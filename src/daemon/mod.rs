@@ -4,8 +4,8 @@ mod health;
 mod progress;
 mod schedule;
 
-use crate::cli::dispatch::{Cli, resolve_config, tmux_client};
 use crate::config::Config;
+use crate::config::layer::{Overrides, resolve_config, tmux_client};
 use crate::decide::AgentClass;
 use crate::logging;
 use crate::reap::events::EventContext;
@@ -42,7 +42,8 @@ fn notify(states: &[NotifyState]) {
 type InFlight = JoinHandle<(Reaper, PassReport, Duration)>;
 
 struct Daemon {
-    cli: Cli,
+    /// The command line's settings, layered again over the file on reload.
+    overrides: Overrides,
     config: Config,
     dry_run: bool,
     reaper: Option<Reaper>,
@@ -65,7 +66,7 @@ struct Daemon {
     base_locks: BaseLocks,
 }
 
-pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
+pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
     let state = state_dir(&config)?;
     let _lock = InstanceLock::acquire(&state)?;
     // One reaper per workspace base: wait (for ever) for another reaper working on one of
@@ -97,7 +98,7 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
         reaper.pane_map = crate::state::load_pane_map(&state);
         let mut daemon = Daemon {
             reaper: Some(reaper),
-            cli,
+            overrides,
             config,
             dry_run,
             in_flight: None,
@@ -379,7 +380,7 @@ impl Daemon {
             states.push(now);
         }
         notify(&states);
-        match resolve_config(&self.cli) {
+        match resolve_config(&self.overrides) {
             Ok(config) => {
                 let rewatch = config.workspace_bases != self.config.workspace_bases;
                 // Removed bases are let go; new ones are taken at the next pass (or wait

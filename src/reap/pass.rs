@@ -100,7 +100,7 @@ impl Reaper {
 
     fn update_options(&self) -> UpdateOptions {
         UpdateOptions {
-            read: crate::registry::json_file::read_options(&self.config, false),
+            read: read_options(&self.config, false),
             lock_timeout: self.config.lock_timeout,
         }
     }
@@ -195,10 +195,7 @@ impl Reaper {
                     None => {
                         let (root, key) = read::read_small(
                             &task.registry(),
-                            &crate::registry::json_file::read_options(
-                                &self.config,
-                                matches!(mode, Mode::Execute { .. }),
-                            ),
+                            &read_options(&self.config, matches!(mode, Mode::Execute { .. })),
                         );
                         if let Some(key) = key {
                             keys.insert(task.dir.clone(), key);
@@ -649,6 +646,16 @@ impl Reaper {
         self.progress = progress.into_inner().expect("progress lock").1;
         results.sort_by_key(|(t, _)| *t);
         results.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// Read options from the config. `repair`: the reader acts (not `plan`), so a provably
+/// torn registry is cut back under the lock while being read.
+fn read_options(config: &Config, repair: bool) -> crate::registry::ReadOptions {
+    crate::registry::ReadOptions {
+        max_bytes: config.max_registry_size,
+        repair_torn: repair.then_some(config.lock_timeout),
+        ..Default::default()
     }
 }
 

@@ -3,7 +3,8 @@
 //! and deleting its prompt only if it is still the file that was checked.
 
 use super::Outcome;
-use crate::archive::late::{AppendOutcome, append_late_write_at};
+use crate::archive::late::append_late_write_at;
+use crate::archive::outcome::AppendOutcome;
 use crate::archive::store::{ArchiveError, Archived, Archiver, sync_dirs};
 use crate::config::Config;
 use crate::fs::{self, Compare, Dir, FsError, Purpose, UnlinkOutcome};

@@ -1,8 +1,6 @@
 //! `once` against broken, hostile and busy workspaces: nothing lost, nothing outside touched.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::fs;
 use std::process::{Command, Stdio};
