@@ -1,6 +1,6 @@
 //! Where log lines go: journald's native protocol under systemd, readable stderr otherwise, plus an optional file.
 
-use crate::reap::events::{EventContext, PassEvent};
+use crate::reap::events::{EventContext, OrphanOutcome, PassEvent};
 use std::fs::OpenOptions;
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
@@ -96,6 +96,14 @@ pub fn planned_action(whose: &EventContext<'_>, action: &'static str, text: &str
         "{}/{}: would {text}",
         whose.task_id,
         whose.agent_id
+    );
+}
+
+/// What stopping an orphan session came to (`ACTION` is the outcome's name).
+pub fn orphan_outcome(session: &str, outcome: &OrphanOutcome) {
+    tracing::info!(
+        action = outcome.as_str(),
+        "orphan session {session}: {outcome}"
     );
 }
 

@@ -3,7 +3,7 @@
 //! tmux, no real process, no sleep.
 
 use super::clock::Clock;
-use super::events::PassEvent;
+use super::events::{OrphanOutcome, PassEvent};
 use super::fakes::FakeClock;
 use super::pass::{Mode, PassReport, Reaper};
 use crate::config::Config;
@@ -642,4 +642,35 @@ fn a_log_still_written_is_archived_only_after_its_writer_is_stopped() {
     );
     assert!(!log.exists());
     assert_eq!(b.entry(TASK, id)["auto_cleanup_result"]["success"], true);
+}
+
+/// An `agent_*` session no registry lists, idle past `max_inactivity`, is stopped with its
+/// panes' processes when `kill_orphan_sessions` is on; a busy one is only reported.
+#[test]
+fn idle_orphan_session_is_stopped_and_a_busy_one_reported() {
+    let b = Bench::new();
+    b.task(TASK, vec![]);
+    let idle = b.procs.spawn(0, &["claude"]);
+    let busy = b.procs.spawn(0, &["claude"]);
+    b.tmux
+        .add_session("agent_lost-120012-0a0b0c", &[idle.pid], b.ago(3 * HOUR));
+    b.tmux
+        .add_session("agent_busy-120013-0a0b0c", &[busy.pid], b.ago(SECOND));
+    let mut reaper = b.reaper();
+    reaper.config.kill_orphan_sessions = true;
+
+    let report = pass(&mut reaper);
+
+    let outcome = |name: &str| {
+        let orphan = report.orphans.iter().find(|o| o.session == name).unwrap();
+        (orphan.stop, orphan.outcome.clone())
+    };
+    assert_eq!(
+        outcome("agent_lost-120012-0a0b0c"),
+        (true, Some(OrphanOutcome::SessionKilled { processes: 1 }))
+    );
+    assert_eq!(outcome("agent_busy-120013-0a0b0c"), (false, None));
+    assert_eq!(b.procs.signalled(), [idle.pid]);
+    assert_eq!(b.tmux.killed(), ["agent_lost-120012-0a0b0c"]);
+    assert!(b.procs.is_alive(busy.pid));
 }
