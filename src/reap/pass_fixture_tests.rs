@@ -137,7 +137,7 @@ impl Bench {
             ..Config::default()
         };
         let mut reaper = Reaper::new(config, Box::new(self.tmux.clone()));
-        reaper.procs = Box::new(self.procs.clone());
+        reaper.processes = Box::new(self.procs.clone());
         reaper.clock = Box::new(self.clock.clone());
         reaper.journal = Some(Mutex::new(Journal::open(&self.state).unwrap().0));
         reaper
