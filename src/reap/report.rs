@@ -4,7 +4,7 @@ use crate::decide::{Action, AgentClass, Decision};
 use crate::model::StatusClass;
 use crate::observe::TaskView;
 use crate::reap::apply::Outcome;
-use crate::reap::events::PassEvent;
+use crate::reap::events::{OrphanOutcome, PassEvent};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,7 +61,7 @@ pub struct OrphanReport {
     #[serde(skip)]
     pub pane_pids: Vec<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<OrphanOutcome>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
