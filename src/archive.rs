@@ -443,5 +443,7 @@ fn rescue_tail(src: &File, copied: u64, out: &File) -> io::Result<()> {
     Ok(())
 }
 
+pub mod compress;
+
 #[cfg(test)]
 mod tests;

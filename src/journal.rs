@@ -82,6 +82,26 @@ pub enum Step {
         dest: PathBuf,
         src_len: u64,
     },
+    /// An archived log being compressed: `archive` → `partial` → `zst`, then `archive`
+    /// unlinked if it is still `archive_id` (`crate::archive::compress`).
+    Compress {
+        archive: PathBuf,
+        zst: PathBuf,
+        partial: PathBuf,
+        archive_id: crate::fs::FileId,
+    },
+    /// A late write appended to a compressed archive as one more zstd frame; fields as
+    /// for [`Step::Append`] (`crate::archive::compress::frame`).
+    AppendFrame {
+        src: PathBuf,
+        archive: PathBuf,
+        archive_len: u64,
+        src_dev: u64,
+        src_ino: u64,
+        src_len: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        src_birth_ns: Option<u64>,
+    },
     /// A registry rewrite; informative only, the registry recovers through its sidecar.
     RegistryWrite { registry: PathBuf, sidecar: PathBuf },
 }
@@ -439,6 +459,8 @@ pub enum RecoverError {
     },
     #[error(transparent)]
     Fs(#[from] crate::fs::FsError),
+    #[error(transparent)]
+    Compress(#[from] crate::archive::compress::CompressError),
 }
 
 /// One recovered step. On `Err` the step stays pending (and is retried at the next
@@ -459,6 +481,12 @@ pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
             let outcome = match &p.step {
                 Step::Append { .. } => late::recover_append(journal, &p).map_err(Into::into),
                 Step::Copy { .. } => recover_copy(journal, &p),
+                Step::Compress { .. } => {
+                    crate::archive::compress::recover_compress(journal, &p).map_err(Into::into)
+                }
+                Step::AppendFrame { .. } => {
+                    crate::archive::compress::frame::recover_frame(journal, &p).map_err(Into::into)
+                }
                 Step::RegistryWrite { .. } => journal
                     .finish(&[p.seq])
                     .map(|()| Action::Noted)
