@@ -578,3 +578,6 @@ fn a_hard_linked_archive_costs_that_agent_only() {
         "{agents}"
     );
 }
+
+#[path = "integration/lifecycle.rs"]
+mod lifecycle;

@@ -82,6 +82,23 @@ pub enum Compressed {
     Changed,
 }
 
+/// Which of an agent's logs `name` is, by the orchestrator's naming (for `compress_kinds`).
+pub fn kind_of(name: &OsStr) -> Option<crate::workspace::LogKind> {
+    use crate::workspace::LogKind;
+    let name = name.to_str()?;
+    if name.ends_with("_stream.jsonl") {
+        Some(LogKind::Stream)
+    } else if name.ends_with("_progress.jsonl") {
+        Some(LogKind::Progress)
+    } else if name.ends_with("_findings.jsonl") {
+        Some(LogKind::Findings)
+    } else if name.starts_with("deploy_") && name.ends_with(".json") {
+        Some(LogKind::Deploy)
+    } else {
+        None
+    }
+}
+
 /// `<name>.zst`.
 pub fn zst_name(name: &OsStr) -> OsString {
     let mut s = name.to_os_string();
@@ -183,11 +200,7 @@ pub fn compress_archived(
         }
     }
     // The `.zst` keeps the log's age: retention orders archives by mtime.
-    let times = rustix::fs::Timestamps {
-        last_access: timespec(start.mtime),
-        last_modification: timespec(start.mtime),
-    };
-    if let Err(e) = rustix::fs::futimens(&part.file, &times) {
+    if let Err(e) = part.set_mtime(start.mtime) {
         tracing::debug!(error = %e, "could not carry the log's mtime to its .zst");
     }
     match cfs::rename_noreplace(dir, &partial, dir, &zst) {
@@ -458,13 +471,6 @@ impl Write for CompareSink<'_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-fn timespec((sec, nsec): (i64, i64)) -> rustix::fs::Timespec {
-    rustix::fs::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
     }
 }
 
