@@ -22,9 +22,10 @@
 //!
 //! Test-only crash points ([`crate::failpoint`]) sit between the steps.
 
+use crate::archive::recover::Action;
 use crate::failpoint;
 use crate::fs::{self as cfs, Compare, Dir, FsError, Purpose, UnlinkOutcome};
-use crate::journal::{Action, Journal, JournalError, Pending, Step};
+use crate::journal::{Journal, JournalError, Pending, Step};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -1,6 +1,6 @@
 //! Late bytes into a compressed archive: the recreated log becomes one more zstd frame at the `.zst`'s end.
 //!
-//! The same journaled protocol as an uncompressed late append (`crate::late`), with
+//! The same journaled protocol as an uncompressed late append (`crate::archive::late`), with
 //! "the archive's tail equals the source" read as "the frames from `archive_len` on
 //! decode to the source":
 //!
@@ -16,10 +16,11 @@
 //! back, undone. Anything else is left alone, nothing removed.
 
 use super::{CompressError, busy, decodes_to, encode_range, io_err, is_same_source};
+use crate::archive::late::AppendOutcome;
+use crate::archive::recover::Action;
 use crate::failpoint;
 use crate::fs::{self as cfs, Compare, Dir, FsError, Purpose, RegularFile, UnlinkOutcome};
-use crate::journal::{Action, Journal, Pending, Step};
-use crate::late::AppendOutcome;
+use crate::journal::{Journal, Pending, Step};
 use std::ffi::OsStr;
 
 pub const FP_BEGUN: &str = "frame-begun";

@@ -2,9 +2,9 @@
 
 use super::frame::{append_frame, recover_frame};
 use super::*;
+use crate::archive::late::AppendOutcome;
+use crate::archive::recover::{self as journal, Recovered};
 use crate::fs::FileId;
-use crate::journal::{self, Recovered};
-use crate::late::AppendOutcome;
 use std::fs;
 
 struct T {

@@ -1,0 +1,7 @@
+//! Archiving logs: moving a settled log into its one archive (store), appending late
+//! bytes (late), compressing archives with zstd (compress), settling interrupted copies after a crash (recover). Wiring only.
+
+pub mod compress;
+pub mod late;
+pub mod recover;
+pub mod store;
