@@ -186,6 +186,9 @@ pub fn plan(report: &PassReport) -> String {
     }
     orphans(report, &mut out);
     hooks(report, &mut out);
+    if let Some(archives) = &report.archives {
+        crate::archive::retention::render_removals(archives, false, &mut out);
+    }
     let actions: usize = report
         .tasks
         .iter()
@@ -230,6 +233,9 @@ pub fn once(report: &PassReport) -> String {
     }
     orphans(report, &mut out);
     hooks(report, &mut out);
+    if let Some(archives) = &report.archives {
+        crate::archive::retention::render_removals(archives, true, &mut out);
+    }
     for e in &report.errors {
         let _ = writeln!(out, "error: {e}");
     }
@@ -330,5 +336,8 @@ pub fn status(report: &PassReport) -> String {
         }
     }
     orphans(report, &mut out);
+    if let Some(archives) = &report.archives {
+        crate::archive::retention::render_sizes(archives, &mut out);
+    }
     out
 }

@@ -193,3 +193,166 @@ fn a_sigkill_at_each_step_of_a_late_frame_loses_and_duplicates_nothing() {
         assert_compressed_once(&task, &[first.clone(), late.clone()].concat());
     }
 }
+
+const TASK_DONE: &str = "TASK-20261128-140000-0000dddd";
+const TASK_BUSY: &str = "TASK-20261128-150000-0000eeee";
+
+/// Sets `path`'s mtime to `days` before `now` (one `now` for the whole test: files of
+/// one age tie, and go in name order).
+fn set_age(path: &Path, now: std::time::SystemTime, days: u64) {
+    let when = now - std::time::Duration::from_secs(days * 86_400);
+    fs::File::options()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+}
+
+/// Every file in the archive folders of both tasks.
+fn archived(s: &Sandbox) -> std::collections::BTreeSet<String> {
+    [TASK_DONE, TASK_BUSY]
+        .iter()
+        .flat_map(|t| {
+            let dir = s.task(t).join("archive");
+            names(&dir)
+                .into_iter()
+                .map(move |n| dir.join(n).to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+fn planned_removals(s: &Sandbox) -> std::collections::BTreeSet<String> {
+    let plan: serde_json::Value = serde_json::from_str(&s.run_ok(&["plan", "--json"])).unwrap();
+    plan["archives"]["bases"][0]["remove"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn retention_removes_exactly_what_plan_listed_and_never_touches_a_task_with_an_active_agent() {
+    let s = Sandbox::new();
+    // Three cleaned agents in one task; in another, one cleaned agent beside an active one.
+    let done_ids = [
+        "worker-140001-aaaaaa",
+        "worker-140002-bbbbbb",
+        "worker-140003-cccccc",
+    ];
+    let (busy_done, busy_live) = ("worker-150001-dddddd", "worker-150002-eeeeee");
+    write_task(
+        &s.base(),
+        TASK_DONE,
+        json!(
+            done_ids
+                .iter()
+                .map(|id| agent_entry(id, "completed"))
+                .collect::<Vec<_>>()
+        ),
+    );
+    write_task(
+        &s.base(),
+        TASK_BUSY,
+        json!([
+            agent_entry(busy_done, "completed"),
+            agent_entry(busy_live, "working")
+        ]),
+    );
+    s.start_session(&format!("agent_{busy_live}"), "sleep 600");
+    for (task, id, kb) in [
+        (TASK_DONE, done_ids[0], 40),
+        (TASK_DONE, done_ids[1], 30),
+        (TASK_DONE, done_ids[2], 20),
+        (TASK_BUSY, busy_done, 50),
+    ] {
+        let t = s.task(task);
+        fs::write(
+            t.join(format!("logs/{id}_stream.jsonl")),
+            vec![b'x'; kb * 1024],
+        )
+        .unwrap();
+        fs::write(
+            t.join(format!("progress/{id}_progress.jsonl")),
+            "{\"n\":1}\n",
+        )
+        .unwrap();
+        age_files(&t.join("logs"));
+        age_files(&t.join("progress"));
+    }
+    s.run_ok(&["once"]);
+    let before = archived(&s);
+    assert_eq!(before.len(), 8, "{before:?}");
+    // Ages: the busy task's archives are the oldest of all.
+    let ages = [
+        (TASK_DONE, done_ids[0], 45),
+        (TASK_DONE, done_ids[1], 20),
+        (TASK_DONE, done_ids[2], 10),
+        (TASK_BUSY, busy_done, 90),
+    ];
+    let now = std::time::SystemTime::now();
+    for (task, id, days) in ages {
+        for name in [format!("{id}_stream.jsonl"), format!("{id}_progress.jsonl")] {
+            set_age(&s.task(task).join("archive").join(name), now, days);
+        }
+    }
+    // 30 days takes the 45-day-old agent's; 80 KiB in all (busy task included) then
+    // takes the next oldest cleaned one (20 days).
+    s.write_config(
+        "settle = \"300ms\"\n[retention]\nmax_age = \"30d\"\nmax_total_size = \"80KiB\"\n",
+    );
+    let status = s.run_ok(&["status"]);
+    assert!(
+        status.contains("Archives in")
+            && status.contains(TASK_DONE)
+            && status.contains("agents not all cleaned"),
+        "{status}"
+    );
+    let planned = planned_removals(&s);
+    let in_archive = |task: &str, name: String| {
+        s.task(task)
+            .join("archive")
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let expected: std::collections::BTreeSet<String> = [done_ids[0], done_ids[1]]
+        .iter()
+        .flat_map(|id| {
+            [
+                in_archive(TASK_DONE, format!("{id}_stream.jsonl")),
+                in_archive(TASK_DONE, format!("{id}_progress.jsonl")),
+            ]
+        })
+        .collect();
+    assert_eq!(planned, expected);
+    assert_eq!(archived(&s), before, "plan changes nothing");
+    s.run_ok(&["once"]);
+    let gone: std::collections::BTreeSet<String> =
+        before.difference(&archived(&s)).cloned().collect();
+    assert_eq!(gone, planned, "once removed exactly what plan listed");
+
+    // However small the limit, the task with an active agent keeps its archives.
+    s.write_config("settle = \"300ms\"\n[retention]\nmax_total_size = 1\n");
+    let planned = planned_removals(&s);
+    assert!(planned.iter().all(|p| p.contains(TASK_DONE)), "{planned:?}");
+    assert_eq!(planned.len(), 2, "{planned:?}");
+    s.run_ok(&["once"]);
+    let left = archived(&s);
+    assert!(
+        names(&s.task(TASK_DONE).join("archive")).is_empty(),
+        "{left:?}"
+    );
+    assert_eq!(
+        names(&s.task(TASK_BUSY).join("archive")),
+        [
+            format!("{busy_done}_progress.jsonl"),
+            format!("{busy_done}_stream.jsonl")
+        ]
+    );
+    assert!(
+        s.session_exists(&format!("agent_{busy_live}")),
+        "the active agent was left alone"
+    );
+}
