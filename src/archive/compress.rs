@@ -22,7 +22,7 @@
 //!
 //! Test-only crash points ([`crate::failpoint`]) sit between the steps.
 
-use crate::archive::recover::Action;
+use crate::archive::outcome::RecoveryAction as Action;
 use crate::failpoint;
 use crate::fs::{self as cfs, Compare, Dir, FsError, Purpose, UnlinkOutcome};
 use crate::journal::{Journal, JournalError, Pending, Step};

@@ -3,6 +3,7 @@
 
 pub mod compress;
 pub mod late;
+pub mod outcome;
 pub mod recover;
 pub mod retention;
 pub mod store;

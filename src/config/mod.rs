@@ -1,4 +1,4 @@
-//! Configuration: TOML text → a validated `Config` (pure; the CLI layers flags on top).
+//! Configuration: TOML text → a validated `Config` (pure; `layer` puts the command line's overrides on top).
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ fn log_kind(name: &str) -> Option<LogKind> {
 }
 
 pub mod hooks;
+pub mod layer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -16,8 +16,8 @@
 //! back, undone. Anything else is left alone, nothing removed.
 
 use super::{CompressError, busy, decodes_to, encode_range, io_err, is_same_source};
-use crate::archive::late::AppendOutcome;
-use crate::archive::recover::Action;
+use crate::archive::outcome::AppendOutcome;
+use crate::archive::outcome::RecoveryAction as Action;
 use crate::failpoint;
 use crate::fs::{self as cfs, Compare, Dir, FsError, Purpose, RegularFile, UnlinkOutcome};
 use crate::journal::{Journal, Pending, Step};

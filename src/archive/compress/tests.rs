@@ -2,7 +2,7 @@
 
 use super::frame::{append_frame, recover_frame};
 use super::*;
-use crate::archive::late::AppendOutcome;
+use crate::archive::outcome::AppendOutcome;
 use crate::archive::recover::{self as journal, Recovered};
 use crate::fs::FileId;
 use std::fs;

@@ -4,12 +4,14 @@
 
 use super::Outcome;
 use crate::archive::compress;
-use crate::archive::late::{AppendOutcome, append_late_write_at};
+use crate::archive::late::append_late_write_at;
+use crate::archive::outcome::AppendOutcome;
 use crate::archive::store::{ArchiveError, Archived, Archiver, sync_dirs};
 use crate::config::Config;
 use crate::fs::{self, Compare, Dir, FsError, Purpose, UnlinkOutcome};
 use crate::journal::{Journal, Step};
 use crate::observe::TaskView;
+use crate::reap::events::PassEvent;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -131,11 +133,10 @@ impl<'a> TaskFiles<'a> {
             match archive_journaled(archiver, &src_dir, &name, journal) {
                 Ok(done) => {
                     self.touched.push(Arc::clone(&src_dir));
-                    out.done.push(format!(
-                        "archived {} -> {}",
-                        self.in_task(path),
-                        self.in_task(done.path())
-                    ));
+                    out.done.push(PassEvent::Archived {
+                        from: self.in_task(path),
+                        to: self.in_task(done.path()),
+                    });
                     let archived = self.maybe_compress(&name, journal, out);
                     out.archived
                         .push(archived.unwrap_or_else(|| done.path().to_path_buf()));
@@ -171,20 +172,18 @@ impl<'a> TaskFiles<'a> {
         let mut journal = journal_lock.lock().expect("journal lock");
         match append_late_write_at(src_dir, name, adir, name, &mut journal) {
             Ok(AppendOutcome::Appended { bytes, rescued }) => {
-                out.done.push(format!(
-                    "appended {} late byte(s) of {} to {}",
-                    bytes + rescued,
-                    self.in_task(path),
-                    self.in_task(&target)
-                ));
+                out.done.push(PassEvent::Appended {
+                    bytes: bytes + rescued,
+                    from: self.in_task(path),
+                    to: self.in_task(&target),
+                });
                 drop(journal);
                 let archived = self.maybe_compress(name, Some(journal_lock), out);
                 out.archived.push(archived.unwrap_or(target));
             }
-            Ok(AppendOutcome::Changed) => out.done.push(format!(
-                "{} changed while being appended; retried once it settles",
-                self.in_task(path)
-            )),
+            Ok(AppendOutcome::Changed) => out.done.push(PassEvent::AppendRetried {
+                path: self.in_task(path),
+            }),
             Err(e) => return Err(e.to_string()),
         }
         Ok(())
@@ -215,18 +214,16 @@ impl<'a> TaskFiles<'a> {
         let mut journal = journal.lock().expect("journal lock");
         match compress::frame::append_frame(src_dir, name, adir, zst, level, &mut journal) {
             Ok(AppendOutcome::Appended { bytes, rescued }) => {
-                out.done.push(format!(
-                    "appended {} late byte(s) of {} to {} as a new zstd frame",
-                    bytes + rescued,
-                    self.in_task(path),
-                    self.in_task(&target)
-                ));
+                out.done.push(PassEvent::Appended {
+                    bytes: bytes + rescued,
+                    from: self.in_task(path),
+                    to: self.in_task(&target),
+                });
                 out.archived.push(target);
             }
-            Ok(AppendOutcome::Changed) => out.done.push(format!(
-                "{} changed while being appended; retried once it settles",
-                self.in_task(path)
-            )),
+            Ok(AppendOutcome::Changed) => out.done.push(PassEvent::AppendRetried {
+                path: self.in_task(path),
+            }),
             Err(e) => return Err(e.to_string()),
         }
         Ok(())
@@ -257,19 +254,19 @@ impl<'a> TaskFiles<'a> {
                 bytes_in,
                 bytes_out,
             }) => {
-                out.done.push(format!(
-                    "compressed {} ({bytes_in} -> {bytes_out} bytes)",
-                    self.in_task(&zst)
-                ));
+                out.done.push(PassEvent::Compressed {
+                    path: self.in_task(&zst),
+                    bytes_in,
+                    bytes_out,
+                });
                 Some(zst)
             }
             Ok(compress::Compressed::Changed) => {
                 let plain = adir.display(name);
                 drop(journal);
-                out.done.push(format!(
-                    "{} changed while being compressed; kept plain",
-                    self.in_task(&plain)
-                ));
+                out.done.push(PassEvent::CompressRetried {
+                    path: self.in_task(&plain),
+                });
                 None
             }
             Err(e) => {
@@ -293,7 +290,9 @@ impl<'a> TaskFiles<'a> {
         match result {
             Ok(UnlinkOutcome::Unlinked) => {
                 out.prompt_deleted = true;
-                out.done.push(format!("deleted {}", self.in_task(path)));
+                out.done.push(PassEvent::PromptDeleted {
+                    path: self.in_task(path),
+                });
             }
             Ok(UnlinkOutcome::Gone) => {}
             Err(e) => out.errors.push(e),

@@ -1,8 +1,6 @@
 //! `once` against broken, hostile and busy workspaces: nothing lost, nothing outside touched.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::fs;
 use std::process::{Command, Stdio};
@@ -578,6 +576,3 @@ fn a_hard_linked_archive_costs_that_agent_only() {
         "{agents}"
     );
 }
-
-#[path = "integration/lifecycle.rs"]
-mod lifecycle;
