@@ -150,6 +150,9 @@ pub fn plan(report: &PassReport) -> String {
     }
     orphans(report, &mut out);
     hooks(report, &mut out);
+    if let Some(archives) = &report.archives {
+        crate::archive::retention::render_removals(archives, false, &mut out);
+    }
     let actions: usize = report
         .tasks
         .iter()
@@ -194,6 +197,9 @@ pub fn once(report: &PassReport) -> String {
     }
     orphans(report, &mut out);
     hooks(report, &mut out);
+    if let Some(archives) = &report.archives {
+        crate::archive::retention::render_removals(archives, true, &mut out);
+    }
     for e in &report.errors {
         let _ = writeln!(out, "error: {e}");
     }
@@ -284,5 +290,8 @@ pub fn status(report: &PassReport) -> String {
         }
     }
     orphans(report, &mut out);
+    if let Some(archives) = &report.archives {
+        crate::archive::retention::render_sizes(archives, &mut out);
+    }
     out
 }

@@ -367,6 +367,9 @@ pub fn apply_task(
         if set_status.is_none() && !record {
             continue;
         }
+        if record {
+            files.compress_leftovers(agent, journal, out);
+        }
         // Stopped agents had their facts refreshed after the stop, so this holds for both.
         let no_zombies = agent.facts.live_processes == 0 && out.survivors == 0 && out.reaped;
         let cleanup = record.then(|| CleanupRecord {

@@ -55,6 +55,16 @@ pub enum PassEvent {
     AppendRetried {
         path: String,
     },
+    /// An archive compressed into `path` (`<name>.zst`), verified, the original removed.
+    Compressed {
+        path: String,
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    /// The archive changed while being compressed: kept plain, tried again later.
+    CompressRetried {
+        path: String,
+    },
     PromptDeleted {
         path: String,
     },
@@ -82,6 +92,8 @@ impl PassEvent {
             PassEvent::Archived { .. } => "archived",
             PassEvent::Appended { .. } => "appended",
             PassEvent::AppendRetried { .. } => "append_retried",
+            PassEvent::Compressed { .. } => "compressed",
+            PassEvent::CompressRetried { .. } => "compress_retried",
             PassEvent::PromptDeleted { .. } => "prompt_deleted",
             PassEvent::Marked { .. } => "marked",
             PassEvent::StatusKept { .. } => "status_kept",
@@ -123,6 +135,14 @@ impl fmt::Display for PassEvent {
                 f,
                 "{path} changed while being appended; retried once it settles"
             ),
+            PassEvent::Compressed {
+                path,
+                bytes_in,
+                bytes_out,
+            } => write!(f, "compressed {path} ({bytes_in} -> {bytes_out} bytes)"),
+            PassEvent::CompressRetried { path } => {
+                write!(f, "{path} changed while being compressed; kept plain")
+            }
             PassEvent::PromptDeleted { path } => write!(f, "deleted {path}"),
             PassEvent::Marked {
                 status,
@@ -231,6 +251,14 @@ mod tests {
             PassEvent::AppendRetried {
                 path: "progress/a.jsonl".into(),
             },
+            PassEvent::Compressed {
+                path: "archive/a_stream.jsonl.zst".into(),
+                bytes_in: 100,
+                bytes_out: 10,
+            },
+            PassEvent::CompressRetried {
+                path: "archive/a_stream.jsonl".into(),
+            },
             PassEvent::PromptDeleted {
                 path: "agent_prompt_a.txt".into(),
             },
@@ -299,6 +327,8 @@ mod tests {
                 "archived progress/a.jsonl -> archive/a.jsonl",
                 "appended 7 late byte(s) of progress/a.jsonl to archive/a.jsonl",
                 "progress/a.jsonl changed while being appended; retried once it settles",
+                "compressed archive/a_stream.jsonl.zst (100 -> 10 bytes)",
+                "archive/a_stream.jsonl changed while being compressed; kept plain",
                 "deleted agent_prompt_a.txt",
                 "marked terminated (session_not_found)",
                 "state DB status changed meanwhile: left as the orchestrator set it",

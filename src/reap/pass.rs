@@ -283,6 +283,7 @@ impl Reaper {
             totals: Totals::default(),
             written_tasks: Vec::new(),
             hooks: Vec::new(),
+            archives: None,
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         let (decisions, outcomes) = match mode {

@@ -94,6 +94,9 @@ pub struct PassReport {
     /// Transition hooks this pass ran, queued or (in `plan`) would run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<crate::hooks::HookReport>,
+    /// Archive sizes and retention (`status`; `plan` and `once` with `[retention]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archives: Option<crate::archive::retention::ArchiveSurvey>,
 }
 
 impl PassReport {
