@@ -10,6 +10,10 @@ mod lean;
 pub mod outcome;
 pub mod pass;
 #[cfg(test)]
+mod pass_fixture_tests;
+#[cfg(test)]
+mod pass_guard_tests;
+#[cfg(test)]
 mod pass_tests;
 mod read;
 mod report;
