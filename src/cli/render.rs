@@ -85,7 +85,7 @@ fn orphans(report: &PassReport, out: &mut String) {
             .map(|s| format!("idle {}m", s / 60))
             .unwrap_or_else(|| "idle unknown".into());
         let what = match (&o.outcome, o.stop) {
-            (Some(outcome), _) => outcome.clone(),
+            (Some(outcome), _) => outcome.to_string(),
             (None, true) => "will be killed".into(),
             (None, false) => "reported only (kill_orphan_sessions = false or not idle)".into(),
         };

@@ -417,40 +417,25 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// `"200ms"`, `"2s"`, `"110m"`, `"1h"`, `"1d"`; also combined like `"1h30m"`.
+/// `"200ms"`, `"2s"`, `"110m"`, `"1h"`, `"1d"`; also combined like `"1h30m"` or
+/// `"1h 30m"` (humantime's syntax). The reason names what is wrong and shows the form.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const FORM: &str = "write e.g. \"2s\", \"200ms\", \"110m\"";
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration; write e.g. \"2s\", \"200ms\", \"110m\"".into());
+        return Err(format!("empty duration; {FORM}"));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!(
-                "expected a number at {rest:?}; write e.g. \"2s\", \"200ms\", \"110m\""
-            ));
+    humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+            format!("{text:?} has no unit; add ms, s, m, h or d")
         }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("number too large in {text:?}"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let piece = match unit {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" | "min" => Duration::from_secs(number.saturating_mul(60)),
-            "h" => Duration::from_secs(number.saturating_mul(3600)),
-            "d" => Duration::from_secs(number.saturating_mul(86_400)),
-            "" => return Err(format!("{text:?} has no unit; add ms, s, m, h or d")),
-            other => return Err(format!("unknown unit {other:?}; use ms, s, m, h or d")),
-        };
-        total = total.saturating_add(piece);
-    }
-    Ok(total)
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("unknown unit {unit:?}; use ms, s, m, h or d")
+        }
+        humantime::DurationError::NumberOverflow => format!("{text:?} is too large"),
+        humantime::DurationError::Empty => format!("empty duration; {FORM}"),
+        _ => format!("expected a number followed by a unit; {FORM}"),
+    })
 }
 
 #[cfg(test)]
@@ -508,12 +493,18 @@ mod tests {
         assert!(parse_duration("2").unwrap_err().contains("no unit"));
         assert!(parse_duration("2x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").unwrap_err().contains("expected a number"));
+        // humantime's longer forms are taken too.
+        assert_eq!(parse_duration("2 seconds"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
     }
 
     #[test]
     fn errors_name_file_key_and_line() {
-        let err = parse("settle = \"2 seconds\"\n").unwrap_err().to_string();
+        let err = parse("settle = \"2 parsecs\"\n").unwrap_err().to_string();
         assert!(err.contains("test.toml") && err.contains("settle"), "{err}");
+        assert!(err.contains("unknown unit \"parsecs\""), "{err}");
         let err = parse("settle = \"2s\"\nsetle = \"1s\"\n")
             .unwrap_err()
             .to_string();

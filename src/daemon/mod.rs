@@ -450,11 +450,7 @@ fn log_report(report: &PassReport, dry_run: bool) {
     }
     for orphan in &report.orphans {
         if let Some(outcome) = &orphan.outcome {
-            tracing::info!(
-                action = "kill-orphan",
-                "orphan session {}: {outcome}",
-                orphan.session
-            );
+            logging::orphan_outcome(&orphan.session, outcome);
         }
     }
 }

@@ -164,6 +164,48 @@ impl fmt::Display for PassEvent {
     }
 }
 
+/// What stopping an orphan session (an `agent_*` session no registry lists) came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum OrphanOutcome {
+    /// Its panes' processes were stopped and the session killed.
+    SessionKilled { processes: usize },
+    /// The session ended with its processes.
+    SessionEnded { processes: usize },
+    /// `kill-session` failed.
+    KillFailed { processes: usize, error: String },
+}
+
+impl OrphanOutcome {
+    /// Its name: the JSON `event` tag and the journald `ACTION` field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OrphanOutcome::SessionKilled { .. } => "session_killed",
+            OrphanOutcome::SessionEnded { .. } => "session_ended",
+            OrphanOutcome::KillFailed { .. } => "kill_failed",
+        }
+    }
+}
+
+impl fmt::Display for OrphanOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OrphanOutcome::SessionKilled { processes } => {
+                write!(f, "killed ({processes} process(es) stopped)")
+            }
+            OrphanOutcome::SessionEnded { processes } => {
+                write!(
+                    f,
+                    "ended with its processes ({processes} process(es) stopped)"
+                )
+            }
+            OrphanOutcome::KillFailed { processes, error } => {
+                write!(f, "error: {error} ({processes} process(es) stopped)")
+            }
+        }
+    }
+}
+
 /// Whose the events of a log line are: its journald `TASK_ID`, `AGENT_ID` and `REASON`.
 #[derive(Debug, Clone, Copy)]
 pub struct EventContext<'r> {
@@ -230,12 +272,43 @@ mod tests {
         ]
     }
 
+    fn every_orphan_outcome() -> Vec<OrphanOutcome> {
+        vec![
+            OrphanOutcome::SessionKilled { processes: 2 },
+            OrphanOutcome::SessionEnded { processes: 1 },
+            OrphanOutcome::KillFailed {
+                processes: 0,
+                error: "tmux did not answer".into(),
+            },
+        ]
+    }
+
     #[test]
     fn the_json_tag_and_the_journald_action_are_one_name() {
         for event in every_event() {
             let json = serde_json::to_value(&event).unwrap();
             assert_eq!(json["event"], event.as_str(), "{json}");
         }
+        for outcome in every_orphan_outcome() {
+            let json = serde_json::to_value(&outcome).unwrap();
+            assert_eq!(json["event"], outcome.as_str(), "{json}");
+        }
+    }
+
+    #[test]
+    fn orphan_outcomes_read_as_before() {
+        let texts: Vec<String> = every_orphan_outcome()
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "killed (2 process(es) stopped)",
+                "ended with its processes (1 process(es) stopped)",
+                "error: tmux did not answer (0 process(es) stopped)",
+            ]
+        );
     }
 
     /// `once` output and the daemon's log lines are read by people and by scripts
