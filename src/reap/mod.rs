@@ -14,6 +14,8 @@ mod pass_fixture_tests;
 #[cfg(test)]
 mod pass_guard_tests;
 #[cfg(test)]
+mod pass_sqlite_tests;
+#[cfg(test)]
 mod pass_tests;
 mod read;
 mod report;
