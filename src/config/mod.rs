@@ -493,7 +493,11 @@ mod tests {
         assert!(parse_duration("2").unwrap_err().contains("no unit"));
         assert!(parse_duration("2x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
-        assert!(parse_duration("s").unwrap_err().contains("expected a number"));
+        assert!(
+            parse_duration("s")
+                .unwrap_err()
+                .contains("expected a number")
+        );
         // humantime's longer forms are taken too.
         assert_eq!(parse_duration("2 seconds"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
