@@ -72,6 +72,17 @@ impl Archived {
     }
 }
 
+/// Moves `src` into `archive_dir` under its own name; creates `archive_dir` (mode 0755)
+/// when missing; never overwrites ([`ArchiveError::Taken`]). Both parents are trusted as
+/// given (opened by path); the pass uses [`Archiver`] with handles instead.
+///
+/// On `ChangedDuringCopy` the original is untouched and no archive file is left: the
+/// caller should wait for the file to settle again and retry.
+#[cfg(test)]
+pub(crate) fn archive_file(src: &Path, archive_dir: &Path) -> Result<Archived, ArchiveError> {
+    archive_file_with(src, archive_dir, Strategy::Rename, |_| {})
+}
+
 /// The archive folder of one task, created and opened on first use below a handle:
 /// the task folder's (`archive/`) or the configured `archive_dir`'s (`<task id>/`).
 /// Same-filesystem moves do not fsync each time: the caller archives a batch and calls
@@ -179,6 +190,19 @@ enum Stage {
 enum Strategy {
     Rename,
     Copy,
+}
+
+#[cfg(test)]
+fn archive_file_with(
+    src: &Path,
+    archive_dir: &Path,
+    strategy: Strategy,
+    hook: impl FnMut(Stage),
+) -> Result<Archived, ArchiveError> {
+    let (src_dir, name) = crate::fs::open_parent_within(src, &[])?;
+    let (adir_parent, adir_name) = crate::fs::open_parent_within(archive_dir, &[])?;
+    let mut archiver = Archiver::new(Arc::new(adir_parent), adir_name);
+    archiver.archive_with(&src_dir, &name, strategy, false, hook)
 }
 
 fn move_into(

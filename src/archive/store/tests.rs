@@ -7,24 +7,6 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::symlink;
 
-/// Moves `src` into `archive_dir` under its own name, both parents opened by path (the
-/// pass uses [`Archiver`] with handles).
-fn archive_file(src: &Path, archive_dir: &Path) -> Result<Archived, ArchiveError> {
-    archive_file_with(src, archive_dir, Strategy::Rename, |_| {})
-}
-
-fn archive_file_with(
-    src: &Path,
-    archive_dir: &Path,
-    strategy: Strategy,
-    hook: impl FnMut(Stage),
-) -> Result<Archived, ArchiveError> {
-    let (src_dir, name) = crate::fs::open_parent_within(src, &[])?;
-    let (adir_parent, adir_name) = crate::fs::open_parent_within(archive_dir, &[])?;
-    let mut archiver = Archiver::new(Arc::new(adir_parent), adir_name);
-    archiver.archive_with(&src_dir, &name, strategy, false, hook)
-}
-
 fn write(p: &Path, bytes: &[u8]) {
     fs::write(p, bytes).unwrap();
 }
