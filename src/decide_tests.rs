@@ -273,3 +273,67 @@ fn orphans_are_killed_only_when_configured_and_idle() {
     assert!(decide_orphan(Some(now() - 200 * MIN), &p, now()));
     assert!(!decide_orphan(Some(now() - MIN), &p, now()));
 }
+
+/// One name per printed enum: what `as_str` gives is what JSON says.
+#[test]
+fn names_in_text_and_json_agree() {
+    for class in AgentClass::ALL {
+        assert_eq!(serde_json::to_value(class).unwrap(), class.as_str());
+    }
+    for reason in [
+        StopReason::Finished,
+        StopReason::InactivityTimeout,
+        StopReason::ProcessExited,
+    ] {
+        assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+    }
+    let actions = [
+        Action::Stop {
+            reason: StopReason::Finished,
+        },
+        Action::SetStatus {
+            status: "failed",
+            termination_reason: None,
+        },
+        Action::Archive { path: "a".into() },
+        Action::DeletePrompt { path: "p".into() },
+        Action::RecordCleanup,
+    ];
+    for action in actions {
+        assert_eq!(
+            serde_json::to_value(&action).unwrap()["action"],
+            action.as_str()
+        );
+    }
+}
+
+fn zombie(status: &'static str, reason: Option<&'static str>) -> Decision {
+    Decision {
+        class: AgentClass::Zombie,
+        actions: vec![
+            Action::SetStatus {
+                status,
+                termination_reason: reason,
+            },
+            Action::RecordCleanup,
+        ],
+        waiting: None,
+        recheck: None,
+    }
+}
+
+#[test]
+fn the_sqlite_generation_marks_dead_and_stuck_agents_failed_and_keeps_the_reason() {
+    for reason in ["session_not_found", "inactivity_timeout", "process_exited"] {
+        let d = for_backend(Backend::Sqlite, zombie("terminated", Some(reason)));
+        assert_eq!(d, zombie("failed", Some(reason)));
+        // The JSON generation keeps its own word.
+        let d = for_backend(Backend::Json, zombie("terminated", Some(reason)));
+        assert_eq!(d, zombie("terminated", Some(reason)));
+    }
+    // A result line's verdict is the same in both.
+    assert_eq!(
+        for_backend(Backend::Sqlite, zombie("completed", None)),
+        zombie("completed", None)
+    );
+}

@@ -5,9 +5,10 @@ pub mod tracked;
 
 use crate::decide::{AgentFacts, FileFact, FileState, SessionFact, StreamEnd};
 use crate::fs::{Dir, EntryKind, Purpose};
-use crate::model::{AgentId, StatusClass, age, classify_status, parse_timestamp};
+use crate::model::{AgentId, Backend, StatusClass, age, classify_status, parse_timestamp};
+use crate::procs::ProcessSource;
 use crate::procs::environ::EnvIndex;
-use crate::procs::openfiles::{FileId, writers_of};
+use crate::procs::openfiles::DevIno;
 use crate::procs::panemap::PaneMap;
 use crate::procs::{
     Evidence, ProcKey, ProcTable, SessionIdentity, SetContext, TmuxError, TmuxSnapshot, agent_set,
@@ -37,7 +38,7 @@ pub struct AgentView {
     /// What the search for its processes looked at (for the record).
     pub checked: Vec<String>,
     /// Identities of the logs in `facts.logs`, same order.
-    pub log_ids: Vec<FileId>,
+    pub log_ids: Vec<DevIno>,
     pub warnings: Vec<String>,
     /// The agent's task: its folder handle for every later look at the agent's files.
     pub task: TaskDir,
@@ -46,24 +47,6 @@ pub struct AgentView {
 impl AgentView {
     pub fn session_name(&self) -> String {
         self.id.session_name()
-    }
-}
-
-/// Where a task's agents are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// `AGENT_REGISTRY.json` in the task folder.
-    Json,
-    /// `<base>/registry/state.sqlite3` (newer orchestrators), which has rows for the task.
-    Sqlite,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Json => "json",
-            Backend::Sqlite => "sqlite",
-        }
     }
 }
 
@@ -122,7 +105,7 @@ pub fn stream_end(task: &Dir, rel: &Path) -> StreamEnd {
 #[derive(Debug, Clone)]
 pub struct LogStat {
     pub path: PathBuf,
-    pub id: FileId,
+    pub id: DevIno,
     pub mtime: Option<SystemTime>,
     /// Hard links to it: more than one, and its writers are not evidence of the agent.
     pub nlink: u64,
@@ -216,6 +199,8 @@ pub struct World<'a> {
     pub table: &'a ProcTable,
     /// Who may never be in an agent's set (tmux, init, the daemon, other sessions' panes).
     pub procs: &'a SetContext<'a>,
+    /// Where environments are read (the live /proc, or a fake).
+    pub source: &'a dyn ProcessSource,
     /// Sessions agents ran in, remembered from earlier passes.
     pub pane_map: &'a PaneMap,
     /// The round's environment read: made by the first agent that needs it.
@@ -226,8 +211,9 @@ pub struct World<'a> {
     pub now: SystemTime,
 }
 
-/// Per-agent raw material before the writers scan.
-struct Pending {
+/// An agent read from its registry, waiting for the round's writers scan (its raw
+/// material: entry, files, log stats).
+pub struct PendingAgent {
     /// The DB holds no cleanup record: an agent counts as recorded once nothing is left.
     db_backed: bool,
     id: AgentId,
@@ -316,7 +302,7 @@ pub fn task_view(
             &files,
         ));
         let logs = existing_logs(&task_dir, task, &files.logs, &mut warnings);
-        pending.push(PendingAgent(Pending {
+        pending.push(PendingAgent {
             db_backed: backend == Backend::Sqlite,
             id,
             entry,
@@ -324,38 +310,36 @@ pub fn task_view(
             logs,
             warnings,
             task: task.clone(),
-        }));
+        });
     }
     (view, pending)
 }
 
-/// An agent read from its registry, waiting for the round's writers scan.
-pub struct PendingAgent(Pending);
-
 impl PendingAgent {
-    pub fn file_ids(&self) -> impl Iterator<Item = FileId> + '_ {
-        self.0.logs.iter().map(|l| l.id)
+    pub fn file_ids(&self) -> impl Iterator<Item = DevIno> + '_ {
+        self.logs.iter().map(|l| l.id)
     }
 }
 
 /// One scan of `/proc/*/fd` for all logs of all pending agents.
 pub fn scan_writers<'p>(
+    source: &dyn ProcessSource,
     pending: impl IntoIterator<Item = &'p PendingAgent>,
-) -> HashMap<FileId, Vec<i32>> {
-    let ids: HashSet<FileId> = pending.into_iter().flat_map(|p| p.file_ids()).collect();
+) -> HashMap<DevIno, Vec<i32>> {
+    let ids: HashSet<DevIno> = pending.into_iter().flat_map(|p| p.file_ids()).collect();
     if ids.is_empty() {
         return HashMap::new();
     }
-    writers_of(&ids)
+    source.writers_of(&ids)
 }
 
 /// Turns a pending agent into its facts for this round.
 pub fn agent_view(
     pending: PendingAgent,
     world: &World<'_>,
-    writers: &HashMap<FileId, Vec<i32>>,
+    writers: &HashMap<DevIno, Vec<i32>>,
 ) -> AgentView {
-    let Pending {
+    let PendingAgent {
         db_backed,
         id,
         entry,
@@ -363,7 +347,7 @@ pub fn agent_view(
         logs,
         warnings,
         task,
-    } = pending.0;
+    } = pending;
     let status = str_field(&entry, "status").unwrap_or("").to_string();
     let session_name = id.session_name();
     let stream_log = files.stream_log().map(Path::to_path_buf);
@@ -432,8 +416,11 @@ pub fn agent_view(
         SessionFact::Alive { panes_exited, .. } => panes_exited,
         SessionFact::Unknown => false,
     };
-    let env = (looks_dead && evidence.has_sessions())
-        .then(|| world.env.get_or_init(|| world.procs.read_environments()));
+    let env = (looks_dead && evidence.has_sessions()).then(|| {
+        world
+            .env
+            .get_or_init(|| world.procs.read_environments_from(world.source))
+    });
     let processes = agent_set(world.procs, &evidence, env);
     let checked = evidence.checked(env.is_some());
     let live_processes = processes
@@ -510,7 +497,7 @@ pub fn agent_view(
 /// Re-stats an agent's logs and re-judges them (after a stop or a settle wait).
 pub fn refresh_logs(
     view: &mut AgentView,
-    writers: &HashMap<FileId, Vec<i32>>,
+    writers: &HashMap<DevIno, Vec<i32>>,
     settle: Duration,
     now: SystemTime,
 ) {

@@ -5,18 +5,20 @@ use crate::decide::{Action, Decision, SessionFact};
 use crate::journal::Journal;
 use crate::model::format_timestamp;
 use crate::observe::TaskView;
-use crate::procs::evidence::fresh_sets;
-use crate::procs::openfiles::FileId;
-use crate::procs::stop::stop_all_rescanning;
+use crate::procs::evidence::fresh_sets_from;
+use crate::procs::openfiles::DevIno;
 use crate::procs::{
-    Evidence, KillSession, ProcTable, SetContext, StopPolicy, StopRequest, Tmux, cgroup, stop_all,
+    Evidence, KillSession, ProcTable, ProcessSource, SetContext, StopPolicy, StopRequest, Tmux,
 };
-use crate::reap::pass::OrphanReport;
+use crate::reap::events::{OrphanOutcome, PassEvent, StatusStore};
+use crate::reap::outcome::Outcome;
+use crate::reap::report::OrphanReport;
 use crate::registry::edit::{
     AgentChange, Applied, CleanupRecord, GlobalChange, TaskEdit, edit_global_registry,
 };
+use crate::registry::sqlite::tasks::{BaseDb, StatusWrite, StatusWritten, apply_transitions};
 use crate::registry::{UpdateOptions, UpdateOutcome, rewrite_registry, update_registry};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -25,46 +27,6 @@ use std::time::SystemTime;
 const KILL_THREADS: usize = 8;
 
 mod files;
-
-/// What happened to one agent this pass.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub stopped: bool,
-    pub session_killed: bool,
-    pub escalated: Option<bool>,
-    pub survivors: usize,
-    pub defunct: Vec<String>,
-    /// No defunct process waits on a living parent (see `StopReport::verified_no_zombies`).
-    pub reaped: bool,
-    pub archived: Vec<PathBuf>,
-    pub prompt_deleted: bool,
-    pub recorded: bool,
-    pub status_applied: Option<String>,
-    /// What the last search for its processes looked at (empty: the observation's).
-    pub checked: Vec<String>,
-    pub done: Vec<String>,
-    pub errors: Vec<String>,
-}
-
-impl Default for Outcome {
-    fn default() -> Self {
-        Outcome {
-            stopped: false,
-            session_killed: false,
-            escalated: None,
-            survivors: 0,
-            defunct: Vec::new(),
-            reaped: true,
-            archived: Vec::new(),
-            prompt_deleted: false,
-            recorded: false,
-            status_applied: None,
-            checked: Vec::new(),
-            done: Vec::new(),
-            errors: Vec::new(),
-        }
-    }
-}
 
 /// Runs `kill-session` for each name on a few threads: many sessions must not queue behind each other.
 pub fn kill_sessions(tmux: &dyn Tmux, names: &[String]) -> Vec<Result<KillSession, String>> {
@@ -91,7 +53,11 @@ pub fn kill_sessions(tmux: &dyn Tmux, names: &[String]) -> Vec<Result<KillSessio
 }
 
 /// The cgroups that hold one agent's pane processes and nothing else (see `procs::cgroup`).
-fn own_cgroups(procs: &SetContext<'_>, agent: &crate::observe::AgentView) -> Vec<PathBuf> {
+fn own_cgroups(
+    source: &dyn ProcessSource,
+    procs: &SetContext<'_>,
+    agent: &crate::observe::AgentView,
+) -> Vec<PathBuf> {
     if agent.pane_pids.is_empty() {
         return Vec::new();
     }
@@ -103,7 +69,7 @@ fn own_cgroups(procs: &SetContext<'_>, agent: &crate::observe::AgentView) -> Vec
         .map(|(_, pid)| pid)
         .chain(procs.protected.iter().copied())
         .collect();
-    cgroup::agent_cgroups(&cgroup::Roots::default(), &agent.pane_pids, &set, &others)
+    source.agent_cgroups(&agent.pane_pids, &set, &others)
 }
 
 /// Stops every agent whose decision says so; returns their (task, agent) indexes.
@@ -113,7 +79,7 @@ pub fn stop_agents(
     views: &[TaskView],
     decisions: &[Vec<Decision>],
     procs: &SetContext<'_>,
-    tmux: &dyn Tmux,
+    (tmux, source): (&dyn Tmux, &dyn ProcessSource),
     config: &Config,
     outcomes: &mut [Vec<Outcome>],
 ) -> Vec<(usize, usize)> {
@@ -129,7 +95,7 @@ pub fn stop_agents(
             {
                 which.push((t, a));
                 let mut request = StopRequest::new(agent.id.clone(), agent.processes.clone());
-                request.cgroups = own_cgroups(procs, agent);
+                request.cgroups = own_cgroups(source, procs, agent);
                 requests.push(request);
                 evidence.push(&agent.evidence);
             }
@@ -141,7 +107,7 @@ pub fn stop_agents(
     let policy = StopPolicy {
         term_steps: config.term_grace.clone(),
     };
-    let logs: HashSet<FileId> = evidence
+    let logs: HashSet<DevIno> = evidence
         .iter()
         .flat_map(|e| e.logs.iter().copied())
         .collect();
@@ -149,9 +115,9 @@ pub fn stop_agents(
     let mut env_cache = crate::procs::environ::EnvCache::default();
     let mut rescan = || {
         let env = read_env.then_some(&mut env_cache);
-        fresh_sets(procs, &evidence, &logs, env)
+        fresh_sets_from(source, procs, &evidence, &logs, env)
     };
-    let reports = stop_all_rescanning(&requests, procs.table, &policy, &mut rescan);
+    let reports = source.stop(&requests, procs.table, &policy, &mut rescan);
     // Sessions go after their processes, so nothing gets a SIGHUP mid-shutdown.
     let sessions: Vec<(usize, String)> = which
         .iter()
@@ -197,26 +163,22 @@ pub fn stop_agents(
             .iter()
             .map(|(pid, ppid)| format!("{pid} (parent {ppid})"))
             .collect();
-        out.done.push(format!(
-            "stopped {} process(es){}{}",
-            report.signalled.len(),
-            match report.joined {
-                0 => String::new(),
-                n => format!(" ({n} joined while stopping)"),
-            },
-            if report.escalated_to_sigkill {
-                ", escalated to SIGKILL"
-            } else {
-                ""
-            }
-        ));
+        out.done.push(PassEvent::Stopped {
+            processes: report.signalled.len(),
+            joined: report.joined,
+            escalated: report.escalated_to_sigkill,
+        });
         for dir in &report.cgroups_killed {
-            out.done
-                .push(format!("killed cgroup {} (cgroup.kill)", dir.display()));
+            out.done.push(PassEvent::CgroupKilled {
+                cgroup: dir.clone(),
+            });
         }
         out.errors.extend(report.cgroup_errors.iter().cloned());
         for (key, why) in &report.refused {
-            out.done.push(format!("left pid {} alone: {why}", key.pid));
+            out.done.push(PassEvent::LeftAlone {
+                pid: key.pid,
+                why: why.clone(),
+            });
         }
         if !left.is_empty() {
             out.errors
@@ -234,13 +196,16 @@ pub fn stop_agents(
         match kill {
             Ok(KillSession::Killed) => {
                 out.session_killed = true;
-                out.done.push(format!("killed tmux session {name}"));
+                out.done.push(PassEvent::SessionKilled {
+                    session: name.clone(),
+                });
             }
             Ok(KillSession::AlreadyGone) => {
                 // The session ended with its last pane process, which we just stopped.
                 out.session_killed = true;
-                out.done
-                    .push(format!("tmux session {name} ended with its processes"));
+                out.done.push(PassEvent::SessionEnded {
+                    session: name.clone(),
+                });
             }
             Err(e) => out.errors.push(format!("kill-session {name}: {e}")),
         }
@@ -288,7 +253,7 @@ pub fn forget_cleaned(
 pub fn stop_orphans(
     orphans: &mut [OrphanReport],
     table: &ProcTable,
-    tmux: &dyn Tmux,
+    (tmux, source): (&dyn Tmux, &dyn ProcessSource),
     config: &Config,
 ) {
     let chosen: Vec<&mut OrphanReport> = orphans.iter_mut().filter(|o| o.stop).collect();
@@ -313,15 +278,15 @@ pub fn stop_orphans(
     let policy = StopPolicy {
         term_steps: config.term_grace.clone(),
     };
-    let reports = stop_all(&requests, table, &policy);
+    let reports = source.stop(&requests, table, &policy, &mut || None);
     let names: Vec<String> = chosen.iter().map(|o| o.session.clone()).collect();
     let kills = kill_sessions(tmux, &names);
     for ((orphan, report), kill) in chosen.into_iter().zip(reports).zip(kills) {
-        let stopped = format!("{} process(es) stopped", report.signalled.len());
+        let processes = report.signalled.len();
         orphan.outcome = Some(match kill {
-            Ok(KillSession::Killed) => format!("killed ({stopped})"),
-            Ok(KillSession::AlreadyGone) => format!("ended with its processes ({stopped})"),
-            Err(e) => format!("error: {e} ({stopped})"),
+            Ok(KillSession::Killed) => OrphanOutcome::SessionKilled { processes },
+            Ok(KillSession::AlreadyGone) => OrphanOutcome::SessionEnded { processes },
+            Err(error) => OrphanOutcome::KillFailed { processes, error },
         });
     }
 }
@@ -338,7 +303,7 @@ pub fn apply_task(
     now: SystemTime,
 ) -> Result<bool, String> {
     // DB-backed tasks had their transitions written before (one transaction per base).
-    let db_backed = view.backend == crate::observe::Backend::Sqlite;
+    let db_backed = view.backend == crate::model::Backend::Sqlite;
     let mut files = files::TaskFiles::new(view, config);
     let stamp = format_timestamp(now);
     let mut changes = Vec::new();
@@ -362,6 +327,9 @@ pub fn apply_task(
         }
         if set_status.is_none() && !record {
             continue;
+        }
+        if record {
+            files.compress_leftovers(agent, journal, out);
         }
         // Stopped agents had their facts refreshed after the stop, so this holds for both.
         let no_zombies = agent.facts.live_processes == 0 && out.survivors == 0 && out.reaped;
@@ -393,7 +361,7 @@ pub fn apply_task(
     // The moves are made durable before the registry says they happened.
     files.sync();
     if outcomes.iter().any(|o| !o.archived.is_empty()) {
-        crate::failpoint::hit(crate::failpoint::AFTER_ARCHIVE);
+        crate::failpoint::hit_in(crate::failpoint::AFTER_ARCHIVE, &view.task.dir);
     }
     if db_backed {
         // The DB holds no cleanup record: what is left on disk is the record.
@@ -418,15 +386,12 @@ pub fn apply_task(
                         out.status_applied = change.set_status.map(|(s, _)| s.to_string());
                         out.recorded = change.cleanup.is_some();
                         if let Some((s, reason)) = change.set_status {
-                            out.done.push(match reason {
-                                Some(r) => format!("marked {s} ({r})"),
-                                None => format!("marked {s}"),
-                            });
+                            out.done.push(PassEvent::Marked { status: s, reason });
                         }
                     }
-                    Applied::StatusMoved => out.done.push(
-                        "registry status changed meanwhile: left as the orchestrator set it".into(),
-                    ),
+                    Applied::StatusMoved => out.done.push(PassEvent::StatusKept {
+                        store: StatusStore::Registry,
+                    }),
                     Applied::Missing => out
                         .errors
                         .push("agent entry vanished from the registry meanwhile".into()),
@@ -508,4 +473,81 @@ pub fn update_global(
     update_registry(path, opts, |root| edit_global_registry(root, &changes))
         .map(|(written, ())| written == UpdateOutcome::Written)
         .map_err(|e| e.to_string())
+}
+
+/// Writes the status changes of DB-backed tasks, one transaction per base, and records
+/// what became of each in its agent's outcome. Returns the tasks to skip this round: those
+/// of a base whose DB another writer held past the timeout.
+pub fn apply_db_transitions(
+    state_dbs: &HashMap<PathBuf, BaseDb>,
+    views: &[TaskView],
+    decisions: &[Vec<Decision>],
+    outcomes: &mut [Vec<Outcome>],
+    opts: &UpdateOptions,
+    now: SystemTime,
+    errors: &mut Vec<String>,
+) -> HashSet<usize> {
+    let mut skip = HashSet::new();
+    for (base, db) in state_dbs {
+        let mut writes = Vec::new();
+        let mut which = Vec::new();
+        let mut tasks = Vec::new();
+        for (t, view) in views.iter().enumerate() {
+            if view.backend != crate::model::Backend::Sqlite || &view.task.base != base {
+                continue;
+            }
+            tasks.push(t);
+            for (a, (agent, decision)) in view.agents.iter().zip(&decisions[t]).enumerate() {
+                let Some((status, reason)) = decision.actions.iter().find_map(|x| match x {
+                    Action::SetStatus {
+                        status,
+                        termination_reason,
+                    } => Some((*status, *termination_reason)),
+                    _ => None,
+                }) else {
+                    continue;
+                };
+                writes.push(StatusWrite {
+                    task: view.task.clone(),
+                    agent_id: agent.id.to_string(),
+                    expect_status: agent.registry_status.clone(),
+                    status,
+                    reason,
+                });
+                which.push((t, a));
+            }
+        }
+        match apply_transitions(&db.db, &writes, opts, now) {
+            Ok(results) => {
+                for ((&(t, a), write), result) in which.iter().zip(&writes).zip(results) {
+                    let out = &mut outcomes[t][a];
+                    match result {
+                        StatusWritten::Done { side_errors } => {
+                            out.status_applied = Some(write.status.to_string());
+                            out.done.push(PassEvent::Marked {
+                                status: write.status,
+                                reason: write.reason,
+                            });
+                            out.errors.extend(side_errors);
+                        }
+                        StatusWritten::StatusMoved => out.done.push(PassEvent::StatusKept {
+                            store: StatusStore::StateDb,
+                        }),
+                        StatusWritten::Missing => out
+                            .errors
+                            .push("agent row vanished from the state DB meanwhile".into()),
+                    }
+                }
+            }
+            Err(e) => {
+                errors.push(format!(
+                    "{e}; {} task(s) of {} wait for the next round",
+                    tasks.len(),
+                    base.display()
+                ));
+                skip.extend(tasks);
+            }
+        }
+    }
+    skip
 }

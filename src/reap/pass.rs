@@ -2,13 +2,14 @@
 
 use crate::config::Config;
 use crate::decide::{Action, Decision, Policy, SessionFact, decide, decide_orphan};
-use crate::model::StatusClass;
+use crate::model::{Backend, StatusClass};
 use crate::observe::{
-    self, AgentView, Backend, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
+    self, AgentView, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
     scan_writers, task_view,
 };
-use crate::procs::{ProcTable, Tmux};
-use crate::reap::apply::{self as act, Outcome};
+use crate::procs::{LiveProcesses, ProcTable, ProcessSource, Tmux};
+use crate::reap::apply as act;
+use crate::reap::outcome::Outcome;
 use crate::registry::sqlite::tasks::{db_task_dirs, open_base_db};
 use crate::registry::{UpdateOptions, recover_sidecar};
 use crate::workspace::{discover_tasks, global_registry};
@@ -16,10 +17,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use super::clock::{Clock, SystemClock};
 use super::{cache, read};
 
 use super::report::fill_report;
-pub use super::report::{AgentReport, OrphanReport, PassReport, TaskReport, Totals};
+pub use super::report::{AgentReport, OrphanReport, PassReport, TaskReport, Totals, action_text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -48,7 +50,9 @@ impl Mode {
 pub struct Reaper {
     pub config: Config,
     pub tmux: Box<dyn Tmux>,
-    pub clock: fn() -> SystemTime,
+    /// What runs and how it is stopped (the live system; fakes in unit tests).
+    pub processes: Box<dyn ProcessSource>,
+    pub clock: Box<dyn Clock>,
     /// When each `agent_*` session was first seen gone (for `zombie_grace`).
     pub gone_since: HashMap<String, SystemTime>,
     /// Called with (tasks done, total) while acting.
@@ -71,7 +75,8 @@ impl Reaper {
         Reaper {
             config,
             tmux,
-            clock: SystemTime::now,
+            processes: Box::new(LiveProcesses),
+            clock: Box::new(SystemClock),
             gone_since: HashMap::new(),
             progress: None,
             journal: None,
@@ -96,7 +101,7 @@ impl Reaper {
 
     fn update_options(&self) -> UpdateOptions {
         UpdateOptions {
-            read: crate::registry::json_file::read_options(&self.config, false),
+            read: read_options(&self.config, false),
             lock_timeout: self.config.lock_timeout,
         }
     }
@@ -108,11 +113,11 @@ impl Reaper {
     /// A pass over the task folders in `scope` only (all when `None`). Orphan sessions are
     /// judged only in full passes: a partial view cannot tell who owns a session.
     pub fn run_scoped(&mut self, mode: Mode, scope: Option<&HashSet<PathBuf>>) -> PassReport {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let policy = self.policy();
         let mut errors = Vec::new();
         let mut tmux: TmuxView = observe::tmux_view(self.tmux.snapshot());
-        let table = match ProcTable::scan() {
+        let table = match self.processes.scan() {
             Ok(t) => t,
             Err(e) => {
                 // Without /proc nobody can tell what runs: nothing destructive this round.
@@ -191,10 +196,7 @@ impl Reaper {
                     None => {
                         let (root, key) = read::read_small(
                             &task.registry(),
-                            &crate::registry::json_file::read_options(
-                                &self.config,
-                                matches!(mode, Mode::Execute { .. }),
-                            ),
+                            &read_options(&self.config, matches!(mode, Mode::Execute { .. })),
                         );
                         if let Some(key) = key {
                             keys.insert(task.dir.clone(), key);
@@ -209,13 +211,14 @@ impl Reaper {
                 self.state_dbs.insert(base.clone(), db);
             }
         }
-        let writers = scan_writers(pending.iter().flatten());
+        let writers = scan_writers(self.processes.as_ref(), pending.iter().flatten());
         let procs = crate::procs::SetContext::new(&table, tmux.as_ref().ok(), &writers);
         let env = std::cell::OnceCell::new();
         let world = World {
             tmux: &tmux,
             table: &table,
             procs: &procs,
+            source: self.processes.as_ref(),
             pane_map: &self.pane_map,
             env: &env,
             gone_since: &self.gone_since,
@@ -254,10 +257,9 @@ impl Reaper {
                     .iter()
                     .map(|a| match ambiguous.get(&a.id) {
                         Some(why) => Decision::ambiguous(why),
-                        None => crate::registry::sqlite::tasks::for_backend(
-                            v.backend,
-                            decide(&a.facts, &policy, now),
-                        ),
+                        None => {
+                            crate::decide::for_backend(v.backend, decide(&a.facts, &policy, now))
+                        }
                     })
                     .collect()
             })
@@ -281,6 +283,7 @@ impl Reaper {
             totals: Totals::default(),
             written_tasks: Vec::new(),
             hooks: Vec::new(),
+            archives: None,
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         let (decisions, outcomes) = match mode {
@@ -411,7 +414,7 @@ impl Reaper {
         report: &mut PassReport,
         wait_for_settle: bool,
     ) -> (Vec<Vec<Decision>>, Vec<Vec<Outcome>>) {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let policy = self.policy();
         let mut outcomes: Vec<Vec<Outcome>> = views
             .iter()
@@ -422,11 +425,16 @@ impl Reaper {
             views,
             &decisions,
             procs,
-            self.tmux.as_ref(),
+            (self.tmux.as_ref(), self.processes.as_ref()),
             &self.config,
             &mut outcomes,
         );
-        act::stop_orphans(&mut report.orphans, table, self.tmux.as_ref(), &self.config);
+        act::stop_orphans(
+            &mut report.orphans,
+            table,
+            (self.tmux.as_ref(), self.processes.as_ref()),
+            &self.config,
+        );
         // 2. Stopped agents get a second look (their session and processes are gone now);
         // in `once`, so do logs written moments ago, after waiting for them to settle.
         for &(t, a) in &stopped {
@@ -436,16 +444,17 @@ impl Reaper {
             };
             agent.facts.live_processes = outcomes[t][a].survivors;
             agent.facts.live_writers = 0;
-            if let Some(status) = first_status(&decisions[t][a]) {
+            if let Some(status) = decisions[t][a].new_status() {
                 agent.facts.status = status.to_string();
                 agent.facts.class = StatusClass::Terminal;
             }
         }
         self.look_again(views, &mut decisions, &stopped);
         if wait_for_settle {
-            let wait = youngest_settle_wait(views, &decisions, self.config.settle, (self.clock)());
+            let wait =
+                youngest_settle_wait(views, &decisions, self.config.settle, self.clock.now());
             if !wait.is_zero() {
-                std::thread::sleep(wait);
+                self.clock.sleep(wait);
                 let waiting: Vec<(usize, usize)> = views
                     .iter()
                     .enumerate()
@@ -464,7 +473,15 @@ impl Reaper {
         }
         // 3. DB-backed tasks' transitions, one transaction per base; a DB held by another
         // writer skips its tasks this round.
-        let skip = self.apply_db_transitions(views, &decisions, &mut outcomes, now, report);
+        let skip = act::apply_db_transitions(
+            &self.state_dbs,
+            views,
+            &decisions,
+            &mut outcomes,
+            &self.update_options(),
+            now,
+            &mut report.errors,
+        );
         // 4. Files, then the registries: tasks are independent, so a few at a time.
         let written = self.apply_tasks(views, &decisions, &mut outcomes, now, &skip);
         for result in written {
@@ -500,13 +517,13 @@ impl Reaper {
         if which.is_empty() {
             return;
         }
-        let now = (self.clock)();
+        let now = self.clock.now();
         let policy = self.policy();
         let ids = which
             .iter()
             .flat_map(|&(t, a)| views[t].agents[a].log_ids.iter().copied())
             .collect();
-        let writers = crate::procs::openfiles::writers_of(&ids);
+        let writers = self.processes.writers_of(&ids);
         for &(t, a) in which {
             let agent = &mut views[t].agents[a];
             refresh_logs(agent, &writers, self.config.settle, now);
@@ -524,42 +541,6 @@ impl Reaper {
             first.waiting = second.waiting;
             first.recheck = second.recheck;
         }
-    }
-
-    /// Writes the transitions of DB-backed tasks; returns the tasks to skip this round.
-    fn apply_db_transitions(
-        &self,
-        views: &[TaskView],
-        decisions: &[Vec<Decision>],
-        outcomes: &mut [Vec<Outcome>],
-        now: SystemTime,
-        report: &mut PassReport,
-    ) -> HashSet<usize> {
-        let mut skip = HashSet::new();
-        for (base, db) in &self.state_dbs {
-            let mut work = Vec::new();
-            let mut indexes = Vec::new();
-            for (t, (outs, view)) in outcomes.iter_mut().zip(views).enumerate() {
-                if view.backend == Backend::Sqlite && &view.task.base == base {
-                    work.push((view, decisions[t].as_slice(), outs.as_mut_slice()));
-                    indexes.push(t);
-                }
-            }
-            if let Err(e) = crate::registry::sqlite::tasks::apply_transitions(
-                &db.db,
-                &mut work,
-                &self.update_options(),
-                now,
-            ) {
-                report.errors.push(format!(
-                    "{e}; {} task(s) of {} wait for the next round",
-                    indexes.len(),
-                    base.display()
-                ));
-                skip.extend(indexes);
-            }
-        }
-        skip
     }
 
     /// Runs `act::apply_task` for every readable task on a few threads; per task, whether
@@ -641,11 +622,14 @@ impl Reaper {
     }
 }
 
-pub(crate) fn first_status(d: &Decision) -> Option<&'static str> {
-    d.actions.iter().find_map(|a| match a {
-        Action::SetStatus { status, .. } => Some(*status),
-        _ => None,
-    })
+/// Read options from the config. `repair`: the reader acts (not `plan`), so a provably
+/// torn registry is cut back under the lock while being read.
+fn read_options(config: &Config, repair: bool) -> crate::registry::ReadOptions {
+    crate::registry::ReadOptions {
+        max_bytes: config.max_registry_size,
+        repair_torn: repair.then_some(config.lock_timeout),
+        ..Default::default()
+    }
 }
 
 /// How long until the youngest log that only waits for `settle` has settled.
