@@ -234,7 +234,7 @@ pub fn task_view(
         duplicates: Vec::new(),
         error: None,
     };
-    let root = match registry {
+    let mut root = match registry {
         Ok(root) => root,
         Err(e) => {
             view.error = Some(e);
@@ -252,11 +252,12 @@ pub fn task_view(
     };
     view.active_count = root.get("active_count").and_then(Value::as_i64);
     view.expected_active = crate::registry::edit::expected_active_count(&root);
-    let entries = root
-        .get("agents")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    // Taken, not cloned: a registry of 300,000 entries is not held twice.
+    let entries = match root.get_mut("agents").map(Value::take) {
+        Some(Value::Array(entries)) => entries,
+        _ => Vec::new(),
+    };
+    drop(root);
     let mut seen: HashMap<String, usize> = HashMap::new();
     for entry in &entries {
         if let Some(id) = str_field(entry, "id") {

@@ -400,6 +400,9 @@ fn log_report(report: &PassReport, dry_run: bool) {
         if let Some(e) = &task.error {
             tracing::warn!(task_id = %task.task_id, "{e}");
         }
+        for event in &task.done {
+            logging::task_event(&task.task_id, event);
+        }
         for agent in &task.agents {
             let whose = EventContext {
                 task_id: &task.task_id,
