@@ -2,11 +2,19 @@
 //! compared with the bytes the edit was based on, and the edit is redone on the new bytes when
 //! an unlocked writer (the orchestrator's `open('w')`) changed them meanwhile.
 
-use super::json_file::{RegistryError, UpdateOutcome};
+use super::error::RegistryError;
 use super::pyjson::to_python_json;
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
+
+/// Whether an edit wrote the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// The edit left the value equal to what was read: nothing written.
+    Unchanged,
+    Written,
+}
 
 /// Edits redone on fresh bytes before the round is given up.
 pub const CAS_ROUNDS: u32 = 5;
