@@ -1,9 +1,8 @@
-//! The daemon: one tokio `select!` loop that owns the state — file events, timers, signals, sd_notify, health.
+//! The daemon's loop: one tokio `select!` loop that owns the state — file events, timers, signals, sd_notify, health.
 
-mod health;
-mod progress;
-mod schedule;
-
+use super::health;
+use super::progress::{Heartbeat, describe_stuck, may_feed_watchdog};
+use super::schedule::Schedule;
 use crate::config::Config;
 use crate::config::layer::{Overrides, resolve_config, tmux_client};
 use crate::decide::AgentClass;
@@ -13,8 +12,6 @@ use crate::reap::pass::{Mode, PassReport, Reaper, action_text};
 use crate::watch::{self, Change, PathKind, RenameSide, WatchEvent, Watcher};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use progress::{Heartbeat, describe_stuck, may_feed_watchdog};
-use schedule::Schedule;
 use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::HashSet;
@@ -424,6 +421,9 @@ fn log_report(report: &PassReport, dry_run: bool) {
     for task in &report.tasks {
         if let Some(e) = &task.error {
             tracing::warn!(task_id = %task.task_id, "{e}");
+        }
+        for event in &task.done {
+            logging::task_event(&task.task_id, event);
         }
         for agent in &task.agents {
             let whose = EventContext {
