@@ -341,14 +341,8 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<RecoveryActi
     let Step::Append(step) = &p.step else {
         unreachable!("recover_append called with {:?}", p.step);
     };
-    let LateAppend {
-        src,
-        archive,
-        archive_len,
-        src_len,
-        ..
-    } = step;
-    let (archive_len, src_len) = (*archive_len, *src_len);
+    let (src, archive) = (&step.src, &step.archive);
+    let (archive_len, src_len) = (step.archive_len, step.src_len);
     let left_alone = |journal: &mut Journal, reason: String| -> Result<RecoveryAction, LateError> {
         Ok(left_alone(journal, p.seq, "append", reason)?)
     };

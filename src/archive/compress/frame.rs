@@ -165,14 +165,8 @@ pub fn recover_frame(journal: &mut Journal, p: &Pending) -> Result<Action, Compr
     let Step::AppendFrame(step) = &p.step else {
         unreachable!("recover_frame called with {:?}", p.step);
     };
-    let LateAppend {
-        src,
-        archive,
-        archive_len,
-        src_len,
-        ..
-    } = step;
-    let (archive_len, src_len) = (*archive_len, *src_len);
+    let (src, archive) = (&step.src, &step.archive);
+    let (archive_len, src_len) = (step.archive_len, step.src_len);
     let left_alone = |journal: &mut Journal, reason: String| -> Result<Action, CompressError> {
         Ok(late::left_alone(journal, p.seq, WHAT, reason)?)
     };
