@@ -468,5 +468,5 @@ pub fn for_backend(backend: Backend, mut decision: Decision) -> Decision {
 }
 
 #[cfg(test)]
-#[path = "decide_tests.rs"]
+#[path = "rules_tests.rs"]
 mod tests;
