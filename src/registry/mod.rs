@@ -1,6 +1,6 @@
 //! Registry I/O: the orchestrator's JSON registries, read tolerantly and written under its lock.
 
-pub mod cas;
+pub(crate) mod cas;
 pub mod edit;
 #[cfg(test)]
 mod edit_tests;
