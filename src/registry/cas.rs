@@ -76,16 +76,6 @@ impl<T, F: FnMut(&mut Value) -> T> Rewrite for WholeValue<F> {
     }
 }
 
-/// The registry text for `value`, in Python's `json.dump(indent=2)` form, with a trailing
-/// newline only when the bytes it replaces had one.
-pub fn render(value: &Value, replaces: &[u8]) -> Vec<u8> {
-    let mut text = to_python_json(value).into_bytes();
-    if replaces.ends_with(b"\n") {
-        text.push(b'\n');
-    }
-    text
-}
-
 /// Applies `rewrite` to the document in `bytes` and writes the result through `file`,
 /// redoing the edit whenever the registry changed between its read and the write. After
 /// `rounds` such changes in a row the round is skipped (`Contended`), registry untouched.
