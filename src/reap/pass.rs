@@ -225,6 +225,8 @@ impl Reaper {
             now,
         };
         for (view, agents) in views.iter_mut().zip(pending) {
+            // Held while its agents are looked at: one open per task, not one per agent.
+            let _held = view.task.handle();
             view.agents = agents
                 .into_iter()
                 .map(|p| agent_view(p, &world, &writers))
