@@ -22,6 +22,8 @@ pub enum RecoverError {
     },
     #[error(transparent)]
     Fs(#[from] crate::fs::FsError),
+    #[error(transparent)]
+    Compress(#[from] crate::archive::compress::CompressError),
 }
 
 /// One recovered step. On `Err` the step stays pending (and is retried at the next
@@ -42,6 +44,12 @@ pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
             let outcome = match &p.step {
                 Step::Append { .. } => late::recover_append(journal, &p).map_err(Into::into),
                 Step::Copy { .. } => recover_copy(journal, &p),
+                Step::Compress { .. } => {
+                    crate::archive::compress::recover_compress(journal, &p).map_err(Into::into)
+                }
+                Step::AppendFrame { .. } => {
+                    crate::archive::compress::frame::recover_frame(journal, &p).map_err(Into::into)
+                }
                 Step::RegistryWrite { .. } => journal
                     .finish(&[p.seq])
                     .map(|()| RecoveryAction::Noted)

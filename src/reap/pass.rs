@@ -2,13 +2,14 @@
 
 use crate::config::Config;
 use crate::decide::{Action, Decision, Policy, SessionFact, decide, decide_orphan};
-use crate::model::StatusClass;
+use crate::model::{Backend, StatusClass};
 use crate::observe::{
-    self, AgentView, Backend, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
+    self, AgentView, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
     scan_writers, task_view,
 };
 use crate::procs::{LiveProcesses, ProcTable, ProcessSource, Tmux};
-use crate::reap::apply::{self as act, Outcome};
+use crate::reap::apply as act;
+use crate::reap::outcome::Outcome;
 use crate::registry::sqlite::tasks::{db_task_dirs, open_base_db};
 use crate::registry::{UpdateOptions, recover_sidecar};
 use crate::workspace::{discover_tasks, global_registry};
@@ -50,7 +51,7 @@ pub struct Reaper {
     pub config: Config,
     pub tmux: Box<dyn Tmux>,
     /// What runs and how it is stopped (the live system; fakes in unit tests).
-    pub procs: Box<dyn ProcessSource>,
+    pub processes: Box<dyn ProcessSource>,
     pub clock: Box<dyn Clock>,
     /// When each `agent_*` session was first seen gone (for `zombie_grace`).
     pub gone_since: HashMap<String, SystemTime>,
@@ -74,7 +75,7 @@ impl Reaper {
         Reaper {
             config,
             tmux,
-            procs: Box::new(LiveProcesses),
+            processes: Box::new(LiveProcesses),
             clock: Box::new(SystemClock),
             gone_since: HashMap::new(),
             progress: None,
@@ -116,7 +117,7 @@ impl Reaper {
         let policy = self.policy();
         let mut errors = Vec::new();
         let mut tmux: TmuxView = observe::tmux_view(self.tmux.snapshot());
-        let table = match self.procs.scan() {
+        let table = match self.processes.scan() {
             Ok(t) => t,
             Err(e) => {
                 // Without /proc nobody can tell what runs: nothing destructive this round.
@@ -210,14 +211,14 @@ impl Reaper {
                 self.state_dbs.insert(base.clone(), db);
             }
         }
-        let writers = scan_writers(self.procs.as_ref(), pending.iter().flatten());
+        let writers = scan_writers(self.processes.as_ref(), pending.iter().flatten());
         let procs = crate::procs::SetContext::new(&table, tmux.as_ref().ok(), &writers);
         let env = std::cell::OnceCell::new();
         let world = World {
             tmux: &tmux,
             table: &table,
             procs: &procs,
-            source: self.procs.as_ref(),
+            source: self.processes.as_ref(),
             pane_map: &self.pane_map,
             env: &env,
             gone_since: &self.gone_since,
@@ -258,10 +259,9 @@ impl Reaper {
                     .iter()
                     .map(|a| match ambiguous.get(&a.id) {
                         Some(why) => Decision::ambiguous(why),
-                        None => crate::registry::sqlite::tasks::for_backend(
-                            v.backend,
-                            decide(&a.facts, &policy, now),
-                        ),
+                        None => {
+                            crate::decide::for_backend(v.backend, decide(&a.facts, &policy, now))
+                        }
                     })
                     .collect()
             })
@@ -285,6 +285,7 @@ impl Reaper {
             totals: Totals::default(),
             written_tasks: Vec::new(),
             hooks: Vec::new(),
+            archives: None,
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         let (decisions, outcomes) = match mode {
@@ -426,14 +427,14 @@ impl Reaper {
             views,
             &decisions,
             procs,
-            (self.tmux.as_ref(), self.procs.as_ref()),
+            (self.tmux.as_ref(), self.processes.as_ref()),
             &self.config,
             &mut outcomes,
         );
         act::stop_orphans(
             &mut report.orphans,
             table,
-            (self.tmux.as_ref(), self.procs.as_ref()),
+            (self.tmux.as_ref(), self.processes.as_ref()),
             &self.config,
         );
         // 2. Stopped agents get a second look (their session and processes are gone now);
@@ -445,7 +446,7 @@ impl Reaper {
             };
             agent.facts.live_processes = outcomes[t][a].survivors;
             agent.facts.live_writers = 0;
-            if let Some(status) = first_status(&decisions[t][a]) {
+            if let Some(status) = decisions[t][a].new_status() {
                 agent.facts.status = status.to_string();
                 agent.facts.class = StatusClass::Terminal;
             }
@@ -474,7 +475,15 @@ impl Reaper {
         }
         // 3. DB-backed tasks' transitions, one transaction per base; a DB held by another
         // writer skips its tasks this round.
-        let skip = self.apply_db_transitions(views, &decisions, &mut outcomes, now, report);
+        let skip = act::apply_db_transitions(
+            &self.state_dbs,
+            views,
+            &decisions,
+            &mut outcomes,
+            &self.update_options(),
+            now,
+            &mut report.errors,
+        );
         // 4. Files, then the registries: tasks are independent, so a few at a time.
         let written = self.apply_tasks(views, &decisions, &mut outcomes, now, &skip);
         for result in written {
@@ -516,7 +525,7 @@ impl Reaper {
             .iter()
             .flat_map(|&(t, a)| views[t].agents[a].log_ids.iter().copied())
             .collect();
-        let writers = self.procs.writers_of(&ids);
+        let writers = self.processes.writers_of(&ids);
         for &(t, a) in which {
             let agent = &mut views[t].agents[a];
             refresh_logs(agent, &writers, self.config.settle, now);
@@ -534,42 +543,6 @@ impl Reaper {
             first.waiting = second.waiting;
             first.recheck = second.recheck;
         }
-    }
-
-    /// Writes the transitions of DB-backed tasks; returns the tasks to skip this round.
-    fn apply_db_transitions(
-        &self,
-        views: &[TaskView],
-        decisions: &[Vec<Decision>],
-        outcomes: &mut [Vec<Outcome>],
-        now: SystemTime,
-        report: &mut PassReport,
-    ) -> HashSet<usize> {
-        let mut skip = HashSet::new();
-        for (base, db) in &self.state_dbs {
-            let mut work = Vec::new();
-            let mut indexes = Vec::new();
-            for (t, (outs, view)) in outcomes.iter_mut().zip(views).enumerate() {
-                if view.backend == Backend::Sqlite && &view.task.base == base {
-                    work.push((view, decisions[t].as_slice(), outs.as_mut_slice()));
-                    indexes.push(t);
-                }
-            }
-            if let Err(e) = crate::registry::sqlite::tasks::apply_transitions(
-                &db.db,
-                &mut work,
-                &self.update_options(),
-                now,
-            ) {
-                report.errors.push(format!(
-                    "{e}; {} task(s) of {} wait for the next round",
-                    indexes.len(),
-                    base.display()
-                ));
-                skip.extend(indexes);
-            }
-        }
-        skip
     }
 
     /// Runs `act::apply_task` for every readable task on a few threads; per task, whether
@@ -659,13 +632,6 @@ fn read_options(config: &Config, repair: bool) -> crate::registry::ReadOptions {
         repair_torn: repair.then_some(config.lock_timeout),
         ..Default::default()
     }
-}
-
-pub(crate) fn first_status(d: &Decision) -> Option<&'static str> {
-    d.actions.iter().find_map(|a| match a {
-        Action::SetStatus { status, .. } => Some(*status),
-        _ => None,
-    })
 }
 
 /// How long until the youngest log that only waits for `settle` has settled.

@@ -3,13 +3,11 @@
 use crate::decide::{Action, AgentClass, Decision};
 use crate::model::StatusClass;
 use crate::observe::TaskView;
-use crate::reap::apply::Outcome;
-use crate::reap::events::PassEvent;
+use crate::reap::events::{OrphanOutcome, PassEvent};
+use crate::reap::outcome::Outcome;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use super::pass::first_status;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentReport {
@@ -63,7 +61,7 @@ pub struct OrphanReport {
     #[serde(skip)]
     pub pane_pids: Vec<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<OrphanOutcome>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -96,9 +94,25 @@ pub struct PassReport {
     /// Transition hooks this pass ran, queued or (in `plan`) would run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<crate::hooks::HookReport>,
+    /// Archive sizes and retention (`status`; `plan` and `once` with `[retention]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archives: Option<crate::archive::retention::ArchiveSurvey>,
 }
 
 impl PassReport {
+    /// The tasks as archive retention sees them (which are wholly cleaned, and whose logs).
+    pub fn seen_tasks(&self) -> Vec<crate::archive::retention::SeenTask<'_>> {
+        self.tasks
+            .iter()
+            .map(|task| crate::archive::retention::SeenTask {
+                dir: &task.dir,
+                task_id: &task.task_id,
+                agent_ids: task.agents.iter().map(|a| a.id.as_str()).collect(),
+                cleaned: task.is_cleaned(),
+            })
+            .collect()
+    }
+
     /// The transitions this report says were committed (in `plan`: decided), for hooks.
     /// `reason` is the termination reason, else the agent's class (`zombie`, `finished`...).
     pub fn transitions(&self) -> Vec<crate::hooks::Transition> {
@@ -181,7 +195,7 @@ pub(super) fn fill_report(
             let mut r = AgentReport {
                 id: agent.id.to_string(),
                 status: agent.registry_status.clone(),
-                new_status: first_status(d).map(String::from),
+                new_status: d.new_status().map(String::from),
                 class: d.class,
                 actions: d.actions.clone(),
                 waiting: d.waiting.clone(),
@@ -211,4 +225,18 @@ pub(super) fn fill_report(
         report.tasks.push(task);
     }
     report.totals.errors += report.errors.len();
+}
+
+impl TaskReport {
+    /// Every agent cleaned with nothing left to do, and the registry read without error.
+    fn is_cleaned(&self) -> bool {
+        self.error.is_none()
+            && !self.agents.is_empty()
+            && self.agents.iter().all(|a| {
+                a.class == AgentClass::Cleaned
+                    && a.actions.is_empty()
+                    && a.waiting.is_none()
+                    && a.errors.is_empty()
+            })
+    }
 }
