@@ -257,6 +257,21 @@ impl Dir {
             && rfs::statat(&self.fd, rel, AtFlags::SYMLINK_NOFOLLOW).is_ok()
     }
 
+    /// What is at `rel` by one `fstatat(AT_SYMLINK_NOFOLLOW)`, `None` when nothing (or an
+    /// error). Like [`Dir::probe_exists`], the folders on the way are not checked for
+    /// symlinks: use it only where the answer leads to nothing but a skip or a later
+    /// confined open (the steady-state cache: "the registry read then is still there").
+    pub fn probe_metadata(&self, rel: impl AsRef<Path>) -> Option<Entry> {
+        let rel = rel.as_ref();
+        self.components(rel).ok()?;
+        let st = rfs::statat(&self.fd, rel, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        Some(Entry {
+            kind: EntryKind::of_stat(&st),
+            id: FileId::of_stat(&st),
+            nlink: st.st_nlink,
+        })
+    }
+
     /// The names in this folder (without `.` and `..`), with the type `readdir` gives.
     pub fn list(&self) -> Result<Vec<Listed>, FsError> {
         let mut out = Vec::new();
