@@ -9,12 +9,11 @@ use crate::fs::{Dir, EntryKind, Purpose};
 use crate::model::{AgentId, Backend, StatusClass, age, classify_status, parse_timestamp};
 use crate::procs::ProcessSource;
 use crate::procs::environ::EnvIndex;
-use crate::procs::openfiles::FileId;
+use crate::procs::openfiles::DevIno;
 use crate::procs::panemap::PaneMap;
 use crate::procs::{
     Evidence, ProcKey, ProcTable, SessionIdentity, SetContext, TmuxError, TmuxSnapshot, agent_set,
 };
-use crate::registry::{ReadOptions, read_registry};
 use crate::workspace::{AgentFiles, LogKind, TaskDir, agent_files};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -29,7 +28,6 @@ pub struct AgentView {
     /// The status as read from the registry (facts may move on within a pass).
     pub registry_status: String,
     pub facts: AgentFacts,
-    pub files: AgentFiles,
     pub pane_pids: Vec<i32>,
     pub processes: Vec<ProcKey>,
     /// What ties processes to this agent (panes, sessions now and remembered, logs).
@@ -39,7 +37,7 @@ pub struct AgentView {
     /// What the search for its processes looked at (for the record).
     pub checked: Vec<String>,
     /// Identities of the logs in `facts.logs`, same order.
-    pub log_ids: Vec<FileId>,
+    pub log_ids: Vec<DevIno>,
     pub warnings: Vec<String>,
     /// The agent's task: its folder handle for every later look at the agent's files.
     pub task: TaskDir,
@@ -76,11 +74,6 @@ pub fn tmux_view(result: Result<TmuxSnapshot, TmuxError>) -> TmuxView {
     result.map_err(|e| e.to_string())
 }
 
-/// Reads a task registry (lock-free, tolerant) into agent entries.
-pub fn read_task(task: &TaskDir, read: &ReadOptions) -> Result<Value, String> {
-    read_registry(&task.registry(), read).map_err(|e| e.to_string())
-}
-
 fn str_field<'a>(entry: &'a Value, key: &str) -> Option<&'a str> {
     entry.get(key).and_then(Value::as_str)
 }
@@ -106,7 +99,7 @@ pub fn stream_end(task: &Dir, rel: &Path) -> StreamEnd {
 #[derive(Debug, Clone)]
 pub struct LogStat {
     pub path: PathBuf,
-    pub id: FileId,
+    pub id: DevIno,
     pub mtime: Option<SystemTime>,
     /// Hard links to it: more than one, and its writers are not evidence of the agent.
     pub nlink: u64,
@@ -221,8 +214,9 @@ pub struct World<'a> {
     pub now: SystemTime,
 }
 
-/// Per-agent raw material before the writers scan.
-struct Pending {
+/// An agent read from its registry, waiting for the round's writers scan (its raw
+/// material: entry, files, log stats).
+pub struct PendingAgent {
     /// The DB holds no cleanup record: an agent counts as recorded once nothing is left.
     db_backed: bool,
     id: AgentId,
@@ -250,7 +244,7 @@ pub fn task_view(
         duplicates: Vec::new(),
         error: None,
     };
-    let root = match registry {
+    let mut root = match registry {
         Ok(root) => root,
         Err(e) => {
             view.error = Some(e);
@@ -268,11 +262,12 @@ pub fn task_view(
     };
     view.active_count = root.get("active_count").and_then(Value::as_i64);
     view.expected_active = crate::registry::edit::expected_active_count(&root);
-    let entries = root
-        .get("agents")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    // Taken, not cloned: a registry of 300,000 entries is not held twice.
+    let entries = match root.get_mut("agents").map(Value::take) {
+        Some(Value::Array(entries)) => entries,
+        _ => Vec::new(),
+    };
+    drop(root);
     let mut seen: HashMap<String, usize> = HashMap::new();
     for entry in &entries {
         if let Some(id) = str_field(entry, "id") {
@@ -311,7 +306,7 @@ pub fn task_view(
             &files,
         ));
         let logs = existing_logs(&mut folders, task, &files.logs, &mut warnings);
-        pending.push(PendingAgent(Pending {
+        pending.push(PendingAgent {
             db_backed: backend == Backend::Sqlite,
             id,
             entry,
@@ -319,17 +314,14 @@ pub fn task_view(
             logs,
             warnings,
             task: task.clone(),
-        }));
+        });
     }
     (view, pending)
 }
 
-/// An agent read from its registry, waiting for the round's writers scan.
-pub struct PendingAgent(Pending);
-
 impl PendingAgent {
-    pub fn file_ids(&self) -> impl Iterator<Item = FileId> + '_ {
-        self.0.logs.iter().map(|l| l.id)
+    pub fn file_ids(&self) -> impl Iterator<Item = DevIno> + '_ {
+        self.logs.iter().map(|l| l.id)
     }
 }
 
@@ -337,8 +329,8 @@ impl PendingAgent {
 pub fn scan_writers<'p>(
     source: &dyn ProcessSource,
     pending: impl IntoIterator<Item = &'p PendingAgent>,
-) -> HashMap<FileId, Vec<i32>> {
-    let ids: HashSet<FileId> = pending.into_iter().flat_map(|p| p.file_ids()).collect();
+) -> HashMap<DevIno, Vec<i32>> {
+    let ids: HashSet<DevIno> = pending.into_iter().flat_map(|p| p.file_ids()).collect();
     if ids.is_empty() {
         return HashMap::new();
     }
@@ -349,9 +341,9 @@ pub fn scan_writers<'p>(
 pub fn agent_view(
     pending: PendingAgent,
     world: &World<'_>,
-    writers: &HashMap<FileId, Vec<i32>>,
+    writers: &HashMap<DevIno, Vec<i32>>,
 ) -> AgentView {
-    let Pending {
+    let PendingAgent {
         db_backed,
         id,
         entry,
@@ -359,7 +351,7 @@ pub fn agent_view(
         logs,
         warnings,
         task,
-    } = pending.0;
+    } = pending;
     let status = str_field(&entry, "status").unwrap_or("").to_string();
     let session_name = id.session_name();
     let stream_log = files.stream_log().map(Path::to_path_buf);
@@ -494,7 +486,6 @@ pub fn agent_view(
         id,
         registry_status: facts.status.clone(),
         facts,
-        files,
         pane_pids,
         processes,
         evidence,
@@ -509,7 +500,7 @@ pub fn agent_view(
 /// Re-stats an agent's logs and re-judges them (after a stop or a settle wait).
 pub fn refresh_logs(
     view: &mut AgentView,
-    writers: &HashMap<FileId, Vec<i32>>,
+    writers: &HashMap<DevIno, Vec<i32>>,
     settle: Duration,
     now: SystemTime,
 ) {

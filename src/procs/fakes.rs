@@ -5,7 +5,7 @@
 //! one, so nothing a fake lists is ever a real process, even if some code read /proc.
 
 use super::environ::{EnvCache, EnvIndex, PaneTag};
-use super::openfiles::FileId;
+use super::openfiles::DevIno;
 use super::source::ProcessSource;
 use super::stop::{ProcessOps, Rescan, Sig, StopPolicy, StopReport, StopRequest, stop_all_with};
 use super::table::{ProcInfo, ProcKey, ProcTable, StatFields};
@@ -21,16 +21,19 @@ pub(crate) const FIRST_FAKE_PID: i32 = 1 << 23;
 #[derive(Debug, Default)]
 struct ProcWorld {
     procs: BTreeMap<i32, ProcInfo>,
-    writers: HashMap<FileId, Vec<i32>>,
+    writers: HashMap<DevIno, Vec<i32>>,
     env: HashMap<i32, PaneTag>,
     next_pid: i32,
     /// Every signal sent, in order.
     signals: Vec<(i32, Sig)>,
     /// When set, `scan` fails as an unreadable /proc would.
     unreadable: bool,
+    /// Processes that ignore SIGTERM (SIGKILL still ends them).
+    ignore_term: Vec<i32>,
 }
 
-/// A scripted process table: processes exit on SIGTERM or SIGKILL, at once.
+/// A scripted process table: processes exit at once on SIGKILL, and on SIGTERM unless
+/// told to ignore it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FakeProcesses(Arc<Mutex<ProcWorld>>);
 
@@ -65,7 +68,7 @@ impl FakeProcesses {
     }
 
     /// `pid` holds `file` open for writing.
-    pub(crate) fn open_for_writing(&self, pid: i32, file: FileId) {
+    pub(crate) fn open_for_writing(&self, pid: i32, file: DevIno) {
         self.world().writers.entry(file).or_default().push(pid);
     }
 
@@ -82,6 +85,21 @@ impl FakeProcesses {
             }
         }
         out
+    }
+
+    /// `pid` ignores SIGTERM, as a process with a handler that does not exit would.
+    pub(crate) fn ignore_term(&self, pid: i32) {
+        self.world().ignore_term.push(pid);
+    }
+
+    /// The signals sent to `pid`, in order.
+    pub(crate) fn signals_to(&self, pid: i32) -> Vec<Sig> {
+        let w = self.world();
+        w.signals
+            .iter()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, s)| *s)
+            .collect()
     }
 
     pub(crate) fn set_unreadable(&self, unreadable: bool) {
@@ -108,7 +126,7 @@ impl ProcessSource for FakeProcesses {
         Ok(ProcTable::from_procs(w.procs.values().cloned().collect()))
     }
 
-    fn writers_of(&self, candidates: &HashSet<FileId>) -> HashMap<FileId, Vec<i32>> {
+    fn writers_of(&self, candidates: &HashSet<DevIno>) -> HashMap<DevIno, Vec<i32>> {
         self.world()
             .writers
             .iter()
@@ -176,8 +194,12 @@ impl ProcessOps for FakeProcesses {
         if !self.is_alive(*handle) {
             return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
-        self.world().signals.push((*handle, sig));
-        if matches!(sig, Sig::Term | Sig::Kill) {
+        let ends = {
+            let mut w = self.world();
+            w.signals.push((*handle, sig));
+            sig == Sig::Kill || (sig == Sig::Term && !w.ignore_term.contains(handle))
+        };
+        if ends {
             self.exit(*handle);
         }
         Ok(())

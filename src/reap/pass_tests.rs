@@ -1,7 +1,7 @@
 //! Whole passes against fakes, the lifecycle: finished, zombie, stale, settling, late
 //! bytes, a crash between archive and record. No tmux, no real process, no sleep.
 
-use super::events::PassEvent;
+use super::events::{PassEvent, TaskEvent};
 use super::pass::Mode;
 use super::pass_fixture_tests::*;
 use crate::decide::AgentClass;
@@ -418,5 +418,42 @@ fn a_backlog_task_is_archived_and_recorded_whole() {
         archive_names(&b.task_dir(TASK)).len(),
         601,
         "one archive per log"
+    );
+}
+
+/// A registry left unparsable by a write of ours cut short (its sidecar holds the whole
+/// new content) is restored from the sidecar, said so in the report and in `once`'s
+/// text, and its agents are then cleaned as usual.
+#[test]
+fn registry_cut_short_is_restored_from_its_sidecar_and_reported() {
+    let b = Bench::new();
+    let id = "mender-120014-0a0b0c";
+    b.task(TASK, vec![b.agent(id, "completed", b.ago(HOUR))]);
+    b.file(
+        TASK,
+        &format!("progress/{id}_progress.jsonl"),
+        "{}\n",
+        b.ago(HOUR),
+    );
+    let registry = b.task_dir(TASK).join("AGENT_REGISTRY.json");
+    let whole = fs::read(&registry).unwrap();
+    fs::write(registry.with_extension("json.reaper"), &whole).unwrap();
+    fs::write(&registry, &whole[..whole.len() / 2]).unwrap();
+    let mut reaper = b.reaper();
+
+    let report = pass(&mut reaper);
+
+    assert_eq!(report.tasks[0].done, [TaskEvent::RegistryRestored]);
+    assert!(!registry.with_extension("json.reaper").exists());
+    let agent = agent_report(&report, id);
+    assert!(
+        matches!(agent.done[..], [PassEvent::Archived { .. }]),
+        "{agent:?}"
+    );
+    assert_eq!(b.entry(TASK, id)["auto_cleanup_result"]["success"], true);
+    let text = crate::cli::render::once(&report);
+    assert!(
+        text.contains("\n  registry restored from its sidecar"),
+        "{text}"
     );
 }

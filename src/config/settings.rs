@@ -17,8 +17,7 @@ fn log_kind(name: &str) -> Option<LogKind> {
     }
 }
 
-pub mod hooks;
-pub mod layer;
+use super::hooks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
