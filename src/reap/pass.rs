@@ -67,6 +67,9 @@ pub struct Reaper {
     pub pane_map: crate::procs::panemap::PaneMap,
     /// Task folders whose registries a full pass found wholly cleaned (the steady state).
     clean_tasks: HashMap<PathBuf, cache::CleanTask>,
+    /// File events keep `clean_tasks` current (the daemon's healthy inotify watch): full
+    /// passes skip clean tasks without looking at their registries.
+    pub trust_clean_cache: bool,
     /// Transition hooks: their worker threads and pending runs (started on first use).
     pub hooks: crate::hooks::Hooks,
 }
@@ -84,6 +87,7 @@ impl Reaper {
             state_dbs: HashMap::new(),
             pane_map: crate::procs::panemap::PaneMap::in_memory(),
             clean_tasks: HashMap::new(),
+            trust_clean_cache: false,
             hooks: crate::hooks::Hooks::default(),
         }
     }
@@ -177,10 +181,9 @@ impl Reaper {
                     .filter(|rows| !rows.is_empty());
                 if rows.is_none()
                     && use_cache
-                    && self
-                        .clean_tasks
-                        .get(&task.dir)
-                        .is_some_and(|c| c.still_holds(&task.registry(), &live_sessions))
+                    && self.clean_tasks.get(&task.dir).is_some_and(|c| {
+                        c.still_holds(&task, &live_sessions, self.trust_clean_cache)
+                    })
                 {
                     still_clean.push(task.dir);
                     continue;
@@ -233,6 +236,8 @@ impl Reaper {
             now,
         };
         for (view, agents) in views.iter_mut().zip(pending) {
+            // Held while its agents are looked at: one open per task, not one per agent.
+            let _held = view.task.handle();
             view.agents = agents
                 .into_iter()
                 .map(|p| agent_view(p, &world, &writers))
