@@ -12,6 +12,8 @@
 //! [`ArchiveError::Taken`] says so and nothing moves; the caller appends the new bytes to
 //! it (`crate::late`), never a numbered sibling the orchestrator could not find.
 
+pub mod upload;
+
 use crate::fs::{self, Compare, Dir, FsError, Purpose, RegularFile, UnlinkOutcome};
 use std::collections::HashSet;
 use std::ffi::OsStr;

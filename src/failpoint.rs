@@ -13,3 +13,11 @@ pub fn hit(point: &str) {
         std::process::abort();
     }
 }
+
+/// Upload steps (`crate::archive::upload`): after the journal's `begin`, after the object
+/// is stored (before it is verified), after the `uploaded` record (before the local copy
+/// goes), and after the local copy went (before `done`).
+pub const UPLOAD_AFTER_BEGIN: &str = "upload-after-begin";
+pub const UPLOAD_AFTER_PUT: &str = "upload-after-put";
+pub const UPLOAD_AFTER_VERIFY: &str = "upload-after-verify";
+pub const UPLOAD_AFTER_UNLINK: &str = "upload-after-unlink";

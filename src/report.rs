@@ -230,6 +230,12 @@ pub fn once(report: &PassReport) -> String {
     }
     orphans(report, &mut out);
     hooks(report, &mut out);
+    if let Some(upload) = &report.upload {
+        for p in &upload.problems {
+            let _ = writeln!(out, "upload: {p}");
+        }
+        let _ = writeln!(out, "{}", upload.summary());
+    }
     for e in &report.errors {
         let _ = writeln!(out, "error: {e}");
     }

@@ -67,6 +67,8 @@ pub struct Reaper {
     clean_tasks: HashMap<PathBuf, cache::CleanTask>,
     /// Transition hooks: their worker threads and pending runs (started on first use).
     pub hooks: crate::hooks::Hooks,
+    /// Object-storage uploads (`archive_url`): client, backoff, ledger; built on first use.
+    pub uploader: Option<crate::archive::upload::Uploader>,
 }
 
 impl Reaper {
@@ -82,6 +84,7 @@ impl Reaper {
             pane_map: crate::procs::panemap::PaneMap::in_memory(),
             clean_tasks: HashMap::new(),
             hooks: crate::hooks::Hooks::default(),
+            uploader: None,
         }
     }
 
@@ -283,6 +286,7 @@ impl Reaper {
             totals: Totals::default(),
             written_tasks: Vec::new(),
             hooks: Vec::new(),
+            upload: None,
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         let (decisions, outcomes) = match mode {
@@ -328,6 +332,19 @@ impl Reaper {
             report.transitions(),
             &mut report.errors,
         );
+        // Settled archives to object storage: full passes only (a scoped pass is a quick
+        // answer to one registry's change); the daemon within a time budget.
+        if let (Mode::Execute { wait_for_settle }, None, Some(journal)) =
+            (mode, scope, self.journal.as_ref())
+        {
+            let budget = (!wait_for_settle).then_some(crate::archive::upload::DAEMON_BUDGET);
+            report.upload = crate::archive::upload::run_stage(
+                &mut self.uploader,
+                &self.config,
+                journal,
+                budget,
+            );
+        }
         report
     }
 

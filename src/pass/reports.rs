@@ -94,6 +94,9 @@ pub struct PassReport {
     /// Transition hooks this pass ran, queued or (in `plan`) would run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<crate::hooks::HookReport>,
+    /// The upload stage (`archive_url`): full passes that act only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload: Option<crate::archive::upload::UploadReport>,
 }
 
 impl PassReport {
