@@ -19,8 +19,7 @@
 //! (temp file, fsync, rename, fsync of the folder). The file is ours alone, so a rename
 //! is safe here (unlike the registry, whose writers hold flocks on it).
 //!
-//! [`recover`] settles the steps [`Journal::open`] found pending; late-write appends are
-//! handled by [`crate::late::recover_append`], cross-filesystem copies here.
+//! [`crate::archive::recover::recover`] settles the steps [`Journal::open`] found pending.
 
 use std::collections::BTreeMap;
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -29,11 +28,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-
-use crate::late::{self, AppendOutcome, LateError};
-
-mod copy;
-use copy::recover_copy;
 
 /// The journal's file name inside the state dir.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
@@ -436,80 +430,6 @@ impl Journal {
     }
 }
 
-/// What recovery did with one pending step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Finished now (e.g. the source, already archived, was unlinked).
-    Completed,
-    /// It had completed before the crash; only its `done` record was missing.
-    AlreadyDone,
-    /// Rolled back; the source is intact and is handled again once it settles.
-    Undone,
-    /// An append rolled back and redone at once, with this outcome.
-    Redone(AppendOutcome),
-    /// Informative record (registry write): nothing to do.
-    Noted,
-    /// The files are not in any state this step could have left; nothing was removed.
-    LeftAlone { reason: String },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RecoverError {
-    #[error(transparent)]
-    Late(#[from] LateError),
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error(transparent)]
-    Fs(#[from] crate::fs::FsError),
-    #[error(transparent)]
-    Upload(#[from] crate::archive::upload::UploadError),
-}
-
-/// One recovered step. On `Err` the step stays pending (and is retried at the next
-/// start) unless it was already rolled back before a redo failed.
-#[derive(Debug)]
-pub struct Recovered {
-    pub seq: u64,
-    pub step: Step,
-    pub outcome: Result<Action, RecoverError>,
-}
-
-/// Finishes or undoes each pending step (oldest first), recording the result in the
-/// journal. Call once after [`Journal::open`], before anything else touches the files.
-pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
-    pending
-        .into_iter()
-        .map(|p| {
-            let outcome = match &p.step {
-                Step::Append { .. } => late::recover_append(journal, &p).map_err(Into::into),
-                Step::Copy { .. } => recover_copy(journal, &p),
-                Step::Upload { .. } => {
-                    crate::archive::upload::recover_upload(journal, &p).map_err(Into::into)
-                }
-                Step::RegistryWrite { .. } => journal
-                    .finish(&[p.seq])
-                    .map(|()| Action::Noted)
-                    .map_err(Into::into),
-            };
-            match &outcome {
-                Ok(action) => tracing::info!(seq = p.seq, step = ?p.step, ?action, "recovered"),
-                Err(e) => tracing::error!(seq = p.seq, error = %e, "recovery failed"),
-            }
-            Recovered {
-                seq: p.seq,
-                step: p.step,
-                outcome,
-            }
-        })
-        .collect()
-}
-
 fn rec(seq: u64, op: Op) -> Record {
     Record {
         seq,
@@ -543,13 +463,6 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 
 fn io_err(path: &Path, source: io::Error) -> JournalError {
     JournalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn ioe(path: &Path, source: io::Error) -> RecoverError {
-    RecoverError::Io {
         path: path.to_path_buf(),
         source,
     }

@@ -1,27 +1,21 @@
 //! agent-reaper: cleans up after Claude Orchestrator agents (library behind the binary).
 
-pub mod act;
 pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod dbtasks;
 pub mod decide;
-pub mod demo;
 pub mod failpoint;
 pub mod fs;
 pub mod hooks;
-pub mod instance;
 pub mod journal;
-pub mod late;
 pub mod logging;
 pub mod model;
 pub mod observe;
-pub mod pass;
 pub mod procs;
-pub mod record;
+pub mod reap;
 pub mod registry;
-pub mod report;
+pub mod state;
 pub mod watch;
 pub mod workspace;
 

@@ -4,8 +4,8 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = agent_reaper::cli::Cli::parse();
-    match agent_reaper::cli::run(cli) {
+    let cli = agent_reaper::cli::dispatch::Cli::parse();
+    match agent_reaper::cli::dispatch::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("agent-reaper: error: {err:#}");

@@ -272,7 +272,7 @@ pub fn task_view(
         }
     };
     view.active_count = root.get("active_count").and_then(Value::as_i64);
-    view.expected_active = crate::record::expected_active_count(&root);
+    view.expected_active = crate::registry::edit::expected_active_count(&root);
     let entries = root
         .get("agents")
         .and_then(Value::as_array)

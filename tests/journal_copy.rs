@@ -3,7 +3,8 @@
 use std::fs;
 use std::path::PathBuf;
 
-use agent_reaper::journal::{self, Action, Journal, Step};
+use agent_reaper::archive::recover::{self, Action};
+use agent_reaper::journal::{Journal, Step};
 
 struct T {
     _dir: tempfile::TempDir,
@@ -38,7 +39,7 @@ fn recover(t: &T, len: u64) -> Action {
     j.begin(&[step]).unwrap();
     drop(j);
     let (mut j, pending) = Journal::open(&t.state).unwrap();
-    let rec = journal::recover(&mut j, pending);
+    let rec = recover::recover(&mut j, pending);
     assert_eq!(j.pending().count(), 0);
     rec.into_iter().next().unwrap().outcome.unwrap()
 }

@@ -5,8 +5,9 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use agent_reaper::journal::{self, Action, Journal, Step};
-use agent_reaper::late::{AppendOutcome, LateError, append_late_write};
+use agent_reaper::archive::late::{AppendOutcome, LateError, append_late_write};
+use agent_reaper::archive::recover::{self, Action};
+use agent_reaper::journal::{Journal, Step};
 
 const OLD: &[u8] = b"{\"a\":1}\n{\"torn";
 const NEW: &[u8] = b"\"}\n{\"b\":2}\n";
@@ -63,7 +64,7 @@ fn begin(t: &T, j: &mut Journal) -> u64 {
 fn restart(t: &T) -> Action {
     let (mut j, pending) = Journal::open(&t.state).unwrap();
     assert_eq!(pending.len(), 1);
-    let rec = journal::recover(&mut j, pending);
+    let rec = recover::recover(&mut j, pending);
     assert_eq!(j.pending().count(), 0);
     drop(j);
     assert!(Journal::open(&t.state).unwrap().1.is_empty());
@@ -270,7 +271,7 @@ fn recovery_never_follows_a_folder_swapped_for_a_symlink_after_the_crash() {
     std::os::unix::fs::symlink(&outside, root.join("archive")).unwrap();
     let (mut j, pending) = Journal::open(&t.state).unwrap();
     j.set_roots(vec![root.clone()]);
-    let rec = journal::recover(&mut j, pending);
+    let rec = recover::recover(&mut j, pending);
     let err = rec[0].outcome.as_ref().unwrap_err().to_string();
     assert!(err.contains("symlink"), "{err}");
     // Nothing outside was cut back or appended to; the late write is still whole.

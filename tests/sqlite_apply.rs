@@ -4,7 +4,7 @@ mod common_sqlite;
 #[path = "common/shared.rs"]
 mod shared;
 
-use agent_reaper::record::Applied;
+use agent_reaper::registry::edit::Applied;
 use agent_reaper::registry::sqlite::{
     DbApplied, DbChange, StateDb, append_progress_line, progress_line, terminal_message,
 };

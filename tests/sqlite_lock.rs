@@ -2,7 +2,7 @@
 
 mod common_sqlite;
 
-use agent_reaper::record::Applied;
+use agent_reaper::registry::edit::Applied;
 use agent_reaper::registry::sqlite::{DbChange, SqliteError, StateDb, terminal_message};
 use common_sqlite::*;
 use std::path::{Path, PathBuf};

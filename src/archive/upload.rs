@@ -29,11 +29,12 @@ use std::time::{Duration, Instant, SystemTime};
 use object_store::ObjectStore;
 use object_store::path::Path as Key;
 
+use super::recover::Action;
 use crate::config::Config;
 use crate::config::upload::ArchiveUrl;
 use crate::failpoint;
 use crate::fs::{self, Compare, FsError, Purpose, UnlinkOutcome};
-use crate::journal::{Action, Journal, JournalError, Pending, Step};
+use crate::journal::{Journal, JournalError, Pending, Step};
 
 mod backoff;
 mod candidates;

@@ -4,10 +4,10 @@ mod health;
 mod progress;
 mod schedule;
 
-use crate::cli::{Cli, resolve_config, tmux_client};
+use crate::cli::dispatch::{Cli, resolve_config, tmux_client};
 use crate::config::Config;
 use crate::decide::AgentClass;
-use crate::pass::{Mode, PassReport, Reaper};
+use crate::reap::pass::{Mode, PassReport, Reaper};
 use crate::watch::{self, Change, PathKind, RenameSide, WatchEvent, Watcher};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::instance::{BaseLocks, InstanceLock, open_journal, state_dir};
+use crate::state::{BaseLocks, InstanceLock, open_journal, state_dir};
 
 /// Events arriving this close together are handled in one pass.
 const COALESCE: Duration = Duration::from_millis(100);
@@ -92,7 +92,7 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
         let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
         reaper.journal = Some(journal);
         reaper.progress = Some(heartbeat.reaper_callback());
-        reaper.pane_map = crate::instance::load_pane_map(&state);
+        reaper.pane_map = crate::state::load_pane_map(&state);
         let mut daemon = Daemon {
             reaper: Some(reaper),
             cli,

@@ -78,7 +78,7 @@ impl Hooks {
         let settings = HookSettings {
             specs: &config.hooks,
             concurrency: config.hook_concurrency,
-            state_dir: crate::instance::state_dir(config).map_err(|e| e.to_string()),
+            state_dir: crate::state::state_dir(config).map_err(|e| e.to_string()),
         };
         let now = SystemTime::now();
         let wanted = runs_for(settings.specs, &transitions);

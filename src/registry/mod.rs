@@ -1,6 +1,7 @@
 //! Registry I/O: the orchestrator's JSON registries, read tolerantly and written under its lock.
 
 pub mod cas;
+pub mod edit;
 pub mod json_file;
 pub mod pyjson;
 #[cfg(test)]

@@ -14,13 +14,14 @@
 mod dbfile;
 mod index;
 mod progress;
+pub mod tasks;
 
 pub use index::discover_bases;
 pub use progress::{
     append_progress_line, append_progress_line_in, progress_line, terminal_message,
 };
 
-use crate::record::Applied;
+use crate::registry::edit::Applied;
 use rusqlite::config::DbConfig;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};

@@ -7,7 +7,7 @@
 //! - its agent is cleaned and no late bytes are pending: the live file it was archived
 //!   from (`logs/<name>`, `progress/<name>`, `findings/<name>`) is absent. Archiving only
 //!   happens once the agent's processes are gone and its logs settled; a live file back at
-//!   that name is a late write the next pass appends to this archive (`crate::late`), so
+//!   that name is a late write the next pass appends to this archive (`crate::archive::late`), so
 //!   uploading now would ship a copy that is about to grow;
 //! - no journal step is pending on it (an append, a copy, a compression, an upload);
 //! - with `compress = true`, a stream log is already compressed (`.zst`): the plain one

@@ -5,14 +5,14 @@ use crate::decide::{Action, Decision, SessionFact};
 use crate::journal::Journal;
 use crate::model::format_timestamp;
 use crate::observe::TaskView;
-use crate::pass::OrphanReport;
 use crate::procs::evidence::fresh_sets;
 use crate::procs::openfiles::FileId;
 use crate::procs::stop::stop_all_rescanning;
 use crate::procs::{
     Evidence, KillSession, ProcTable, SetContext, StopPolicy, StopRequest, Tmux, cgroup, stop_all,
 };
-use crate::record::{
+use crate::reap::pass::OrphanReport;
+use crate::registry::edit::{
     AgentChange, Applied, CleanupRecord, GlobalChange, edit_global_registry, edit_task_registry,
 };
 use crate::registry::{UpdateOptions, UpdateOutcome, update_registry};

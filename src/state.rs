@@ -95,7 +95,7 @@ pub fn open_journal(
     let (mut journal, pending) = crate::journal::Journal::open(state_dir)
         .with_context(|| format!("opening the journal in {}", state_dir.display()))?;
     journal.set_roots(roots);
-    for recovered in crate::journal::recover(&mut journal, pending) {
+    for recovered in crate::archive::recover::recover(&mut journal, pending) {
         match &recovered.outcome {
             Ok(action) => tracing::info!(
                 "journal step {} recovered: {action:?} ({:?})",

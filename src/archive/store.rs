@@ -10,9 +10,7 @@
 //!
 //! One log, one archive: when the archive already holds a file of that name,
 //! [`ArchiveError::Taken`] says so and nothing moves; the caller appends the new bytes to
-//! it (`crate::late`), never a numbered sibling the orchestrator could not find.
-
-pub mod upload;
+//! it (`crate::archive::late`), never a numbered sibling the orchestrator could not find.
 
 use crate::fs::{self, Compare, Dir, FsError, Purpose, RegularFile, UnlinkOutcome};
 use std::collections::HashSet;
@@ -415,7 +413,8 @@ fn copy_and_verify(src: &File, part: &File, expected: u64) -> Result<u64, CopyFa
     }
     // Re-read both rather than trust the copy loop: catches short writes and a source
     // rewritten in place under us.
-    let same = crate::late::same_bytes(src, 0, part, 0, copied).map_err(CopyFailure::Io)?;
+    let same =
+        crate::archive::late::same_bytes(src, 0, part, 0, copied).map_err(CopyFailure::Io)?;
     if !same {
         return Err(CopyFailure::Mismatch);
     }

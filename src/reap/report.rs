@@ -1,14 +1,14 @@
 //! What a pass returns: per task and agent, what was decided, done and still awaited.
 
-use crate::act::Outcome;
 use crate::decide::{Action, AgentClass, Decision};
 use crate::model::StatusClass;
 use crate::observe::TaskView;
+use crate::reap::apply::Outcome;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::first_status;
+use super::pass::first_status;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentReport {

@@ -1,14 +1,88 @@
-//! Recovery of cross-filesystem archive copies, with the recorded paths reopened beneath the journal's roots.
+//! Recovery after a crash: settles the steps the journal found pending (appends through `late`, cross-filesystem copies here, with the recorded paths reopened beneath the journal's roots).
 
-use super::{Action, Journal, Pending, RecoverError, Step, ioe};
-use crate::late;
+use crate::archive::late::{self, AppendOutcome, LateError};
+use crate::journal::{Journal, JournalError, Pending, Step};
 use std::io;
 use std::path::{Path, PathBuf};
+
+/// What recovery did with one pending step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Finished now (e.g. the source, already archived, was unlinked).
+    Completed,
+    /// It had completed before the crash; only its `done` record was missing.
+    AlreadyDone,
+    /// Rolled back; the source is intact and is handled again once it settles.
+    Undone,
+    /// An append rolled back and redone at once, with this outcome.
+    Redone(AppendOutcome),
+    /// Informative record (registry write): nothing to do.
+    Noted,
+    /// The files are not in any state this step could have left; nothing was removed.
+    LeftAlone { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error(transparent)]
+    Late(#[from] LateError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Fs(#[from] crate::fs::FsError),
+    #[error(transparent)]
+    Upload(#[from] super::upload::UploadError),
+}
+
+/// One recovered step. On `Err` the step stays pending (and is retried at the next
+/// start) unless it was already rolled back before a redo failed.
+#[derive(Debug)]
+pub struct Recovered {
+    pub seq: u64,
+    pub step: Step,
+    pub outcome: Result<Action, RecoverError>,
+}
+
+/// Finishes or undoes each pending step (oldest first), recording the result in the
+/// journal. Call once after [`Journal::open`], before anything else touches the files.
+pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
+    pending
+        .into_iter()
+        .map(|p| {
+            let outcome = match &p.step {
+                Step::Append { .. } => late::recover_append(journal, &p).map_err(Into::into),
+                Step::Copy { .. } => recover_copy(journal, &p),
+                Step::Upload { .. } => {
+                    super::upload::recover_upload(journal, &p).map_err(Into::into)
+                }
+                Step::RegistryWrite { .. } => journal
+                    .finish(&[p.seq])
+                    .map(|()| Action::Noted)
+                    .map_err(Into::into),
+            };
+            match &outcome {
+                Ok(action) => tracing::info!(seq = p.seq, step = ?p.step, ?action, "recovered"),
+                Err(e) => tracing::error!(seq = p.seq, error = %e, "recovery failed"),
+            }
+            Recovered {
+                seq: p.seq,
+                step: p.step,
+                outcome,
+            }
+        })
+        .collect()
+}
 
 /// Copy steps: the source goes only once `dest` holds exactly its bytes; a `.partial`
 /// is dropped only while the source still exists. Paths are reopened beneath the
 /// journal's roots ([`Journal::locate`]).
-pub(super) fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action, RecoverError> {
+fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action, RecoverError> {
     let Step::Copy {
         src,
         partial,
@@ -138,5 +212,12 @@ impl Place {
         let dir = self.dir()?;
         crate::fs::unlink_if_same(dir, &self.name, checked, crate::fs::Compare::Unchanged)?;
         Ok(dir.sync()?)
+    }
+}
+
+fn ioe(path: &Path, source: io::Error) -> RecoverError {
+    RecoverError::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }

@@ -1,8 +1,8 @@
 //! Command line: flags and subcommands, configuration layering, and what each command prints.
 
 use crate::config::{Config, TmuxSocketSetting};
-use crate::pass::{Mode, PassReport, Reaper};
 use crate::procs::{TmuxClient, TmuxSocket};
+use crate::reap::pass::{Mode, PassReport, Reaper};
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -169,7 +169,7 @@ fn print(report: &PassReport, json: bool, text: fn(&PassReport) -> String) -> Re
 
 pub fn run(cli: Cli) -> Result<()> {
     if let Command::Demo = cli.command {
-        return crate::demo::run();
+        return crate::cli::demo::run();
     }
     let config = resolve_config(&cli)?;
     let log_file = match cli.command {
@@ -206,11 +206,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Once { json } => {
             check_bases(&config)?;
             // One reaper per state directory: `once` beside a running daemon would race it.
-            let state = crate::instance::state_dir(&config)?;
-            let _lock = crate::instance::InstanceLock::acquire(&state)?;
+            let state = crate::state::state_dir(&config)?;
+            let _lock = crate::state::InstanceLock::acquire(&state)?;
             // One reaper per workspace base, whatever its state directory: wait for another
             // (a daemon, an admin's `once`) up to lock_timeout, then say who holds it.
-            let _bases = crate::instance::BaseLocks::acquire(
+            let _bases = crate::state::BaseLocks::acquire(
                 &config.workspace_bases,
                 Some(config.lock_timeout),
                 |base, holder| {
@@ -223,35 +223,32 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
             )?;
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
-            reaper.journal = Some(crate::instance::open_journal(
-                &state,
-                config.trusted_roots(),
-            )?);
-            reaper.pane_map = crate::instance::load_pane_map(&state);
+            reaper.journal = Some(crate::state::open_journal(&state, config.trusted_roots())?);
+            reaper.pane_map = crate::state::load_pane_map(&state);
             reaper.progress = progress_printer();
             let report = reaper.run(Mode::Execute {
                 wait_for_settle: true,
             });
-            print(&report, json, crate::report::once)
+            print(&report, json, crate::cli::render::once)
         }
         Command::Plan { json } => {
             check_bases(&config)?;
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
             // Read, never written: a plan changes nothing.
-            if let Ok(state) = crate::instance::state_dir(&config) {
-                reaper.pane_map = crate::instance::load_pane_map(&state).read_only();
+            if let Ok(state) = crate::state::state_dir(&config) {
+                reaper.pane_map = crate::state::load_pane_map(&state).read_only();
             }
             let report = reaper.run(Mode::Plan);
-            print(&report, json, crate::report::plan)
+            print(&report, json, crate::cli::render::plan)
         }
         Command::Status { json } => {
             check_bases(&config)?;
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
-            if let Ok(state) = crate::instance::state_dir(&config) {
-                reaper.pane_map = crate::instance::load_pane_map(&state).read_only();
+            if let Ok(state) = crate::state::state_dir(&config) {
+                reaper.pane_map = crate::state::load_pane_map(&state).read_only();
             }
             let report = reaper.run(Mode::Plan);
-            print(&report, json, crate::report::status)
+            print(&report, json, crate::cli::render::status)
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Unit tests for `late`: crash at every stage, writers at the delicate moments.
 
 use super::*;
-use crate::journal::{self, Recovered};
+use crate::archive::recover::{self, Recovered};
 use std::fs::{self, OpenOptions};
 
 const OLD: &[u8] = b"{\"a\":1}\n{\"torn";
@@ -54,7 +54,7 @@ fn append_to(path: &Path, bytes: &[u8]) {
 /// Reopens the journal as a restarted daemon would and recovers everything pending.
 fn restart(t: &T) -> Vec<Recovered> {
     let (mut j, pending) = Journal::open(&t.state).unwrap();
-    let rec = journal::recover(&mut j, pending);
+    let rec = recover::recover(&mut j, pending);
     assert_eq!(j.pending().count(), 0, "{rec:?}");
     drop(j);
     assert!(Journal::open(&t.state).unwrap().1.is_empty());

@@ -1,10 +1,10 @@
 //! Tasks kept in the orchestrator's SQLite state DB: which tasks it owns, the status its generation uses, and writing their transitions (DB, then the task's JSON registry where it lists the agent).
 
-use crate::act::Outcome;
 use crate::decide::{Action, Decision};
 use crate::model::{StatusClass, classify_status, format_timestamp};
 use crate::observe::{Backend, TaskView};
-use crate::record::{AgentChange, Applied, edit_task_registry};
+use crate::reap::apply::Outcome;
+use crate::registry::edit::{AgentChange, Applied, edit_task_registry};
 use crate::registry::sqlite::{
     DbApplied, DbChange, StateDb, append_progress_line_in, progress_line, state_db_path,
     terminal_message,

@@ -295,8 +295,8 @@ mod tests {
         let full = from_value(&serde_json::from_str::<Value>(text).unwrap()).into_root();
         assert_eq!(lean, full, "{text}");
         assert_eq!(
-            crate::record::expected_active_count(&lean),
-            crate::record::expected_active_count(&serde_json::from_str(text).unwrap()),
+            crate::registry::edit::expected_active_count(&lean),
+            crate::registry::edit::expected_active_count(&serde_json::from_str(text).unwrap()),
             "{text}"
         );
     }

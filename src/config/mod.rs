@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn documented_example_parses_and_matches_defaults() {
-        let text = include_str!("../config/agent-reaper.toml");
+        let text = include_str!("../../config/agent-reaper.toml");
         let config = parse(text).unwrap();
         let defaults = Config::default();
         assert_eq!(config.settle, defaults.settle);

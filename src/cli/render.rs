@@ -1,7 +1,7 @@
 //! Human-readable renderings of a pass for `plan`, `once` and `status` (JSON is the report itself).
 
 use crate::decide::{Action, AgentClass};
-use crate::pass::{AgentReport, PassReport, TaskReport};
+use crate::reap::pass::{AgentReport, PassReport, TaskReport};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;

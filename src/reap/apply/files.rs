@@ -3,11 +3,11 @@
 //! and deleting its prompt only if it is still the file that was checked.
 
 use super::Outcome;
-use crate::archive::{ArchiveError, Archived, Archiver, sync_dirs};
+use crate::archive::late::{AppendOutcome, append_late_write_at};
+use crate::archive::store::{ArchiveError, Archived, Archiver, sync_dirs};
 use crate::config::Config;
 use crate::fs::{self, Compare, Dir, FsError, Purpose, UnlinkOutcome};
 use crate::journal::{Journal, Step};
-use crate::late::{AppendOutcome, append_late_write_at};
 use crate::observe::TaskView;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};

@@ -50,7 +50,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::journal::{Action, Journal, JournalError, Pending, Step};
+use crate::archive::recover::Action;
+use crate::journal::{Journal, JournalError, Pending, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LateError {

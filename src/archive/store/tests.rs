@@ -44,7 +44,7 @@ fn same_fs_renames() {
 #[test]
 fn a_taken_name_is_never_replaced_nor_numbered() {
     // One log, one archive: the caller appends to the existing archive instead
-    // (`crate::late`); the move itself refuses, whichever way it would go.
+    // (`crate::archive::late`); the move itself refuses, whichever way it would go.
     let t = tempfile::tempdir().unwrap();
     let adir = t.path().join("archive");
     fs::create_dir(&adir).unwrap();

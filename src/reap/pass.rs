@@ -1,8 +1,6 @@
 //! One reconcile pass over every workspace base: observe once, decide per agent, then act and record.
 
-use crate::act::{self, Outcome};
 use crate::config::Config;
-use crate::dbtasks::{db_task_dirs, open_base_db};
 use crate::decide::{Action, Decision, Policy, SessionFact, decide, decide_orphan};
 use crate::model::StatusClass;
 use crate::observe::{
@@ -10,19 +8,18 @@ use crate::observe::{
     scan_writers, task_view,
 };
 use crate::procs::{ProcTable, Tmux};
+use crate::reap::apply::{self as act, Outcome};
+use crate::registry::sqlite::tasks::{db_task_dirs, open_base_db};
 use crate::registry::{UpdateOptions, recover_sidecar};
 use crate::workspace::{discover_tasks, global_registry};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-mod cache;
-mod lean;
-mod read;
-mod reports;
+use super::{cache, read};
 
-use reports::fill_report;
-pub use reports::{AgentReport, OrphanReport, PassReport, TaskReport, Totals};
+use super::report::fill_report;
+pub use super::report::{AgentReport, OrphanReport, PassReport, TaskReport, Totals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -57,7 +54,7 @@ pub struct Reaper {
     /// Called with (tasks done, total) while acting.
     pub progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
     /// This pass's state DBs, per base (newer orchestrators).
-    pub state_dbs: HashMap<PathBuf, crate::dbtasks::BaseDb>,
+    pub state_dbs: HashMap<PathBuf, crate::registry::sqlite::tasks::BaseDb>,
     /// Journal of multi-step file operations (appends to an existing archive, copies);
     /// without one, a log whose archive already exists is left for a pass that has one.
     pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
@@ -260,9 +257,10 @@ impl Reaper {
                     .iter()
                     .map(|a| match ambiguous.get(&a.id) {
                         Some(why) => Decision::ambiguous(why),
-                        None => {
-                            crate::dbtasks::for_backend(v.backend, decide(&a.facts, &policy, now))
-                        }
+                        None => crate::registry::sqlite::tasks::for_backend(
+                            v.backend,
+                            decide(&a.facts, &policy, now),
+                        ),
                     })
                     .collect()
             })
@@ -564,9 +562,12 @@ impl Reaper {
                     indexes.push(t);
                 }
             }
-            if let Err(e) =
-                crate::dbtasks::apply_transitions(&db.db, &mut work, &self.update_options(), now)
-            {
+            if let Err(e) = crate::registry::sqlite::tasks::apply_transitions(
+                &db.db,
+                &mut work,
+                &self.update_options(),
+                now,
+            ) {
                 report.errors.push(format!(
                     "{e}; {} task(s) of {} wait for the next round",
                     indexes.len(),
