@@ -115,6 +115,14 @@ pub struct UploadReport {
 }
 
 impl UploadReport {
+    /// Nothing uploaded, nothing left behind, nothing to say (the steady state).
+    pub fn is_quiet(&self) -> bool {
+        self.uploaded.is_empty()
+            && self.left_local == 0
+            && self.unreachable.is_none()
+            && self.problems.is_empty()
+    }
+
     /// One line for `once`'s text output.
     pub fn summary(&self) -> String {
         let bytes: u64 = self.uploaded.iter().map(|u| u.bytes).sum();

@@ -230,7 +230,7 @@ pub fn once(report: &PassReport) -> String {
     }
     orphans(report, &mut out);
     hooks(report, &mut out);
-    if let Some(upload) = &report.upload {
+    if let Some(upload) = report.upload.as_ref().filter(|u| !u.is_quiet()) {
         for p in &upload.problems {
             let _ = writeln!(out, "upload: {p}");
         }
