@@ -84,6 +84,17 @@ pub enum StopReason {
     ProcessExited,
 }
 
+impl StopReason {
+    /// Its name in text, JSON and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Finished => "finished",
+            StopReason::InactivityTimeout => "inactivity_timeout",
+            StopReason::ProcessExited => "process_exited",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum Action {
@@ -106,6 +117,19 @@ pub enum Action {
     RecordCleanup,
 }
 
+impl Action {
+    /// Its name: the JSON `action` tag and the journald `ACTION` of a dry run.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Stop { .. } => "stop",
+            Action::SetStatus { .. } => "set_status",
+            Action::Archive { .. } => "archive",
+            Action::DeletePrompt { .. } => "delete_prompt",
+            Action::RecordCleanup => "record_cleanup",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentClass {
@@ -119,6 +143,32 @@ pub enum AgentClass {
     Cleaned,
     /// Status we do not know, or tmux did not answer: left alone.
     Unknown,
+}
+
+impl AgentClass {
+    /// Every class, in the order `status` lists them.
+    pub const ALL: [AgentClass; 7] = [
+        AgentClass::Active,
+        AgentClass::Settling,
+        AgentClass::Zombie,
+        AgentClass::Stale,
+        AgentClass::Finished,
+        AgentClass::Cleaned,
+        AgentClass::Unknown,
+    ];
+
+    /// Its name in text, JSON, hooks' `{reason}` and the journald `REASON` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentClass::Active => "active",
+            AgentClass::Settling => "settling",
+            AgentClass::Zombie => "zombie",
+            AgentClass::Stale => "stale",
+            AgentClass::Finished => "finished",
+            AgentClass::Cleaned => "cleaned",
+            AgentClass::Unknown => "unknown",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

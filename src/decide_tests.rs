@@ -273,3 +273,36 @@ fn orphans_are_killed_only_when_configured_and_idle() {
     assert!(decide_orphan(Some(now() - 200 * MIN), &p, now()));
     assert!(!decide_orphan(Some(now() - MIN), &p, now()));
 }
+
+/// One name per printed enum: what `as_str` gives is what JSON says.
+#[test]
+fn names_in_text_and_json_agree() {
+    for class in AgentClass::ALL {
+        assert_eq!(serde_json::to_value(class).unwrap(), class.as_str());
+    }
+    for reason in [
+        StopReason::Finished,
+        StopReason::InactivityTimeout,
+        StopReason::ProcessExited,
+    ] {
+        assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+    }
+    let actions = [
+        Action::Stop {
+            reason: StopReason::Finished,
+        },
+        Action::SetStatus {
+            status: "failed",
+            termination_reason: None,
+        },
+        Action::Archive { path: "a".into() },
+        Action::DeletePrompt { path: "p".into() },
+        Action::RecordCleanup,
+    ];
+    for action in actions {
+        assert_eq!(
+            serde_json::to_value(&action).unwrap()["action"],
+            action.as_str()
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! Where log lines go: journald's native protocol under systemd, readable stderr otherwise, plus an optional file.
 
+use crate::reap::events::{EventContext, PassEvent};
 use std::fs::OpenOptions;
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
@@ -69,4 +70,43 @@ pub fn init(log_file: Option<&Path>) -> std::io::Result<LogGuard> {
         .with(file_layer)
         .try_init();
     Ok(LogGuard { _file: guard })
+}
+
+/// One line for one thing a pass did, with the journald fields `AGENT_ID`, `TASK_ID`,
+/// `ACTION` (the event's name) and `REASON` (the agent's class).
+pub fn pass_event(whose: &EventContext<'_>, event: &PassEvent) {
+    tracing::info!(
+        agent_id = %whose.agent_id,
+        task_id = %whose.task_id,
+        action = event.as_str(),
+        reason = whose.reason.as_str(),
+        "{}/{}: {event}",
+        whose.task_id,
+        whose.agent_id
+    );
+}
+
+/// A dry run's line for an action it would take (`ACTION` is the action's name).
+pub fn planned_action(whose: &EventContext<'_>, action: &'static str, text: &str) {
+    tracing::info!(
+        agent_id = %whose.agent_id,
+        task_id = %whose.task_id,
+        action,
+        reason = whose.reason.as_str(),
+        "{}/{}: would {text}",
+        whose.task_id,
+        whose.agent_id
+    );
+}
+
+/// What went wrong for an agent this pass.
+pub fn agent_error(whose: &EventContext<'_>, error: &str) {
+    tracing::warn!(
+        agent_id = %whose.agent_id,
+        task_id = %whose.task_id,
+        reason = whose.reason.as_str(),
+        "{}/{}: {error}",
+        whose.task_id,
+        whose.agent_id
+    );
 }

@@ -6,8 +6,9 @@ pub mod tracked;
 use crate::decide::{AgentFacts, FileFact, FileState, SessionFact, StreamEnd};
 use crate::fs::{Dir, EntryKind, Purpose};
 use crate::model::{AgentId, StatusClass, age, classify_status, parse_timestamp};
+use crate::procs::ProcessSource;
 use crate::procs::environ::EnvIndex;
-use crate::procs::openfiles::{FileId, writers_of};
+use crate::procs::openfiles::FileId;
 use crate::procs::panemap::PaneMap;
 use crate::procs::{
     Evidence, ProcKey, ProcTable, SessionIdentity, SetContext, TmuxError, TmuxSnapshot, agent_set,
@@ -216,6 +217,8 @@ pub struct World<'a> {
     pub table: &'a ProcTable,
     /// Who may never be in an agent's set (tmux, init, the daemon, other sessions' panes).
     pub procs: &'a SetContext<'a>,
+    /// Where environments are read (the live /proc, or a fake).
+    pub source: &'a dyn ProcessSource,
     /// Sessions agents ran in, remembered from earlier passes.
     pub pane_map: &'a PaneMap,
     /// The round's environment read: made by the first agent that needs it.
@@ -339,13 +342,14 @@ impl PendingAgent {
 
 /// One scan of `/proc/*/fd` for all logs of all pending agents.
 pub fn scan_writers<'p>(
+    source: &dyn ProcessSource,
     pending: impl IntoIterator<Item = &'p PendingAgent>,
 ) -> HashMap<FileId, Vec<i32>> {
     let ids: HashSet<FileId> = pending.into_iter().flat_map(|p| p.file_ids()).collect();
     if ids.is_empty() {
         return HashMap::new();
     }
-    writers_of(&ids)
+    source.writers_of(&ids)
 }
 
 /// Turns a pending agent into its facts for this round.
@@ -431,8 +435,11 @@ pub fn agent_view(
         SessionFact::Alive { panes_exited, .. } => panes_exited,
         SessionFact::Unknown => false,
     };
-    let env = (looks_dead && evidence.has_sessions())
-        .then(|| world.env.get_or_init(|| world.procs.read_environments()));
+    let env = (looks_dead && evidence.has_sessions()).then(|| {
+        world
+            .env
+            .get_or_init(|| world.procs.read_environments_from(world.source))
+    });
     let processes = agent_set(world.procs, &evidence, env);
     let checked = evidence.checked(env.is_some());
     let live_processes = processes

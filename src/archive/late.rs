@@ -50,7 +50,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::archive::recover::Action;
+use crate::archive::outcome::{AppendOutcome, RecoveryAction};
 use crate::journal::{Journal, JournalError, Pending, Step};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,16 +86,6 @@ impl From<FsError> for LateError {
             e => LateError::Fs(e),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// `bytes` appended and the source unlinked; `rescued` more were written into the
-    /// source between the check and the unlink and were appended after it.
-    Appended { bytes: u64, rescued: u64 },
-    /// The source changed during the append: the archive is as before, the source kept.
-    /// Retry once it settles again.
-    Changed,
 }
 
 /// Appends the settled late write `src` to the end of `archive` and unlinks `src`,
@@ -351,7 +341,7 @@ fn copy_verified(
 /// the result in the journal. The recorded paths are reopened beneath the journal's
 /// trusted roots ([`Journal::locate`]), so a folder swapped for a symlink meanwhile is
 /// refused, not followed.
-pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, LateError> {
+pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<RecoveryAction, LateError> {
     let Step::Append {
         src,
         archive,
@@ -365,10 +355,10 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
         unreachable!("recover_append called with {:?}", p.step);
     };
     let (archive_len, src_len) = (*archive_len, *src_len);
-    let left_alone = |journal: &mut Journal, reason: String| -> Result<Action, LateError> {
+    let left_alone = |journal: &mut Journal, reason: String| -> Result<RecoveryAction, LateError> {
         tracing::warn!(seq = p.seq, %reason, "append left alone");
         journal.undo(&[p.seq])?;
-        Ok(Action::LeftAlone { reason })
+        Ok(RecoveryAction::LeftAlone { reason })
     };
     let missing =
         |journal: &mut Journal| left_alone(journal, format!("{} missing", archive.display()));
@@ -408,7 +398,7 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
     if p.appended {
         let Some(sf) = sf else {
             journal.finish(&[p.seq])?;
-            return Ok(Action::AlreadyDone);
+            return Ok(RecoveryAction::AlreadyDone);
         };
         let len = sf.id.size;
         let holds = alen >= archive_len + src_len
@@ -429,7 +419,7 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
             }
             sdir.sync()?;
             journal.finish(&[p.seq])?;
-            return Ok(Action::Completed);
+            return Ok(RecoveryAction::Completed);
         }
         if holds {
             truncate(archive_len)?;
@@ -443,7 +433,7 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
         }
         // Cut back now or by an undo that crashed before its record: src holds it all.
         journal.undo(&[p.seq])?;
-        return Ok(Action::Undone);
+        return Ok(RecoveryAction::Undone);
     }
 
     if alen > archive_len {
@@ -478,9 +468,9 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<Action, Late
     {
         // It had settled when the step began; if it has changed since, the append says so.
         let out = append_late_write_at(sdir, &sname, &adir, &aname, journal)?;
-        return Ok(Action::Redone(out));
+        return Ok(RecoveryAction::Redone(out));
     }
-    Ok(Action::Undone)
+    Ok(RecoveryAction::Undone)
 }
 
 /// True when `a[a_off..a_off+len]` equals `b[b_off..b_off+len]`; false when either is short.

@@ -3,6 +3,7 @@
 //! archives to object storage (upload). Wiring only.
 
 pub mod late;
+pub mod outcome;
 pub mod recover;
 pub mod store;
 pub mod upload;

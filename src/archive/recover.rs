@@ -1,26 +1,12 @@
-//! Recovery after a crash: settles the steps the journal found pending (appends through `late`, cross-filesystem copies here, with the recorded paths reopened beneath the journal's roots).
+//! Recovery after a crash: settles each step the journal found pending (appends through
+//! `late`, cross-filesystem copies here, with the recorded paths reopened beneath the
+//! journal's roots).
 
-use crate::archive::late::{self, AppendOutcome, LateError};
+use crate::archive::late::{self, LateError};
+use crate::archive::outcome::RecoveryAction;
 use crate::journal::{Journal, JournalError, Pending, Step};
 use std::io;
 use std::path::{Path, PathBuf};
-
-/// What recovery did with one pending step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Finished now (e.g. the source, already archived, was unlinked).
-    Completed,
-    /// It had completed before the crash; only its `done` record was missing.
-    AlreadyDone,
-    /// Rolled back; the source is intact and is handled again once it settles.
-    Undone,
-    /// An append rolled back and redone at once, with this outcome.
-    Redone(AppendOutcome),
-    /// Informative record (registry write): nothing to do.
-    Noted,
-    /// The files are not in any state this step could have left; nothing was removed.
-    LeftAlone { reason: String },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
@@ -46,7 +32,7 @@ pub enum RecoverError {
 pub struct Recovered {
     pub seq: u64,
     pub step: Step,
-    pub outcome: Result<Action, RecoverError>,
+    pub outcome: Result<RecoveryAction, RecoverError>,
 }
 
 /// Finishes or undoes each pending step (oldest first), recording the result in the
@@ -63,7 +49,7 @@ pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
                 }
                 Step::RegistryWrite { .. } => journal
                     .finish(&[p.seq])
-                    .map(|()| Action::Noted)
+                    .map(|()| RecoveryAction::Noted)
                     .map_err(Into::into),
             };
             match &outcome {
@@ -82,7 +68,7 @@ pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
 /// Copy steps: the source goes only once `dest` holds exactly its bytes; a `.partial`
 /// is dropped only while the source still exists. Paths are reopened beneath the
 /// journal's roots ([`Journal::locate`]).
-fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action, RecoverError> {
+fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<RecoveryAction, RecoverError> {
     let Step::Copy {
         src,
         partial,
@@ -100,7 +86,7 @@ fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action, RecoverErr
         // A `.partial` beside a finished copy is left by the link fallback.
         partial.remove_if_exists()?;
         match src_here {
-            false => (Action::AlreadyDone, true),
+            false => (RecoveryAction::AlreadyDone, true),
             true => {
                 let (s, d) = (src.open_ro()?, dest.open_ro()?);
                 let (sl, dl) = (s.id.size, d.id.size);
@@ -109,25 +95,25 @@ fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action, RecoverErr
                 };
                 if sl == dl && same(sl)? {
                     src.unlink_durably(&s.id)?;
-                    (Action::Completed, true)
+                    (RecoveryAction::Completed, true)
                 } else if dl == *src_len && sl > dl && same(dl)? {
                     // Our copy of a source that grew before its unlink: drop the copy so
                     // the retry archives the whole file once.
                     dest.unlink_durably(&d.id)?;
-                    (Action::Undone, false)
+                    (RecoveryAction::Undone, false)
                 } else {
                     let reason = format!(
                         "{} differs from {}; both kept",
                         dest.path.display(),
                         src.path.display()
                     );
-                    (Action::LeftAlone { reason }, false)
+                    (RecoveryAction::LeftAlone { reason }, false)
                 }
             }
         }
     } else if src_here {
         partial.remove_if_exists()?;
-        (Action::Undone, false)
+        (RecoveryAction::Undone, false)
     } else {
         let reason = match partial.is_present()? {
             // The source never goes before the rename, so this is someone else's doing;
@@ -143,7 +129,7 @@ fn recover_copy(journal: &mut Journal, p: &Pending) -> Result<Action, RecoverErr
                 dest.path.display()
             ),
         };
-        (Action::LeftAlone { reason }, false)
+        (RecoveryAction::LeftAlone { reason }, false)
     };
     if done {
         journal.finish(&[p.seq])?;

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use object_store::ObjectStore;
 use object_store::path::Path as Key;
 
-use super::recover::Action;
+use super::outcome::RecoveryAction as Action;
 use crate::config::Config;
 use crate::config::upload::ArchiveUrl;
 use crate::failpoint;

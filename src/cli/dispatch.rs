@@ -1,7 +1,7 @@
-//! Command line: flags and subcommands, configuration layering, and what each command prints.
+//! Command line: flags and subcommands, and what each command runs and prints.
 
-use crate::config::{Config, TmuxSocketSetting};
-use crate::procs::{TmuxClient, TmuxSocket};
+use crate::config::Config;
+use crate::config::layer::{Overrides, resolve_config, tmux_client};
 use crate::reap::pass::{Mode, PassReport, Reaper};
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -70,50 +70,14 @@ pub enum Command {
     Demo,
 }
 
-/// The settings in force: file (if any), then flags, then the environment's defaults.
-pub fn resolve_config(cli: &Cli) -> Result<Config> {
-    let mut config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if !cli.workspace_bases.is_empty() {
-        config.workspace_bases = cli.workspace_bases.clone();
-    }
-    if config.workspace_bases.is_empty() {
-        config.workspace_bases = vec![match std::env::var_os("CLAUDE_ORCHESTRATOR_WORKSPACE") {
-            Some(v) if !v.is_empty() => PathBuf::from(v),
-            _ => PathBuf::from("./.agent-workspace"),
-        }];
-    }
-    if config.discover_workspaces
-        && let Some(home) = std::env::var_os("HOME")
-    {
-        let index = crate::registry::sqlite::default_index_path(std::path::Path::new(&home));
-        match crate::registry::sqlite::discover_bases(&index) {
-            Ok(found) => {
-                for base in found {
-                    if !config.workspace_bases.contains(&base) {
-                        config.workspace_bases.push(base);
-                    }
-                }
-            }
-            Err(e) => eprintln!("agent-reaper: warning: discover_workspaces: {e}"),
+impl Cli {
+    /// What these flags set over the config file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config_file: self.config.clone(),
+            workspace_bases: self.workspace_bases.clone(),
+            state_dir: self.state_dir.clone(),
         }
-    }
-    if cli.state_dir.is_some() {
-        config.state_dir = cli.state_dir.clone();
-    }
-    Ok(config)
-}
-
-pub fn tmux_client(config: &Config) -> TmuxClient {
-    TmuxClient {
-        binary: config.tmux_binary.clone(),
-        socket: config.tmux_socket.as_ref().map(|s| match s {
-            TmuxSocketSetting::Name(n) => TmuxSocket::Name(n.clone()),
-            TmuxSocketSetting::Path(p) => TmuxSocket::Path(p.clone()),
-        }),
-        timeout: config.tmux_timeout,
     }
 }
 
@@ -171,7 +135,7 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Command::Demo = cli.command {
         return crate::cli::demo::run();
     }
-    let config = resolve_config(&cli)?;
+    let config = resolve_config(&cli.overrides())?;
     let log_file = match cli.command {
         Command::Run { .. } => config.log_file.clone(),
         _ => None,
@@ -201,7 +165,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo => unreachable!("handled above"),
         Command::Run { dry_run } => {
             check_bases(&config)?;
-            crate::daemon::run(cli, config, dry_run)
+            crate::daemon::run(cli.overrides(), config, dry_run)
         }
         Command::Once { json } => {
             check_bases(&config)?;

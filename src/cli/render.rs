@@ -1,45 +1,9 @@
 //! Human-readable renderings of a pass for `plan`, `once` and `status` (JSON is the report itself).
 
 use crate::decide::{Action, AgentClass};
-use crate::reap::pass::{AgentReport, PassReport, TaskReport};
+use crate::reap::pass::{AgentReport, PassReport, TaskReport, action_text};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::path::Path;
-
-fn rel<'a>(dir: &Path, path: &'a Path) -> std::borrow::Cow<'a, str> {
-    path.strip_prefix(dir).unwrap_or(path).to_string_lossy()
-}
-
-fn class_name(class: AgentClass) -> &'static str {
-    match class {
-        AgentClass::Active => "active",
-        AgentClass::Settling => "settling",
-        AgentClass::Zombie => "zombie",
-        AgentClass::Stale => "stale",
-        AgentClass::Finished => "finished",
-        AgentClass::Cleaned => "cleaned",
-        AgentClass::Unknown => "unknown",
-    }
-}
-
-fn action_line(dir: &Path, action: &Action) -> String {
-    match action {
-        Action::Stop { reason } => format!("stop processes and tmux session ({reason:?})")
-            .replace("Finished", "finished")
-            .replace("InactivityTimeout", "inactivity_timeout")
-            .replace("ProcessExited", "process_exited"),
-        Action::SetStatus {
-            status,
-            termination_reason,
-        } => match termination_reason {
-            Some(r) => format!("mark {status} ({r})"),
-            None => format!("mark {status}"),
-        },
-        Action::Archive { path } => format!("archive {}", rel(dir, path)),
-        Action::DeletePrompt { path } => format!("delete {}", rel(dir, path)),
-        Action::RecordCleanup => "record auto_cleanup_result".into(),
-    }
-}
 
 fn header(report: &PassReport, out: &mut String) {
     let bases: Vec<_> = report
@@ -69,15 +33,15 @@ fn agent_block(task: &TaskReport, agent: &AgentReport, out: &mut String, show_do
         "  {:<44} {:<22} {}",
         agent.id,
         status,
-        class_name(agent.class)
+        agent.class.as_str()
     );
     let lines: Vec<String> = if show_done {
-        agent.done.clone()
+        agent.done.iter().map(|e| e.to_string()).collect()
     } else {
         agent
             .actions
             .iter()
-            .map(|a| action_line(&task.dir, a))
+            .map(|a| action_text(&task.dir, a))
             .collect()
     };
     for line in lines {
@@ -178,7 +142,7 @@ pub fn plan(report: &PassReport) -> String {
         task_head(task, &mut out);
         for agent in &task.agents {
             if agent.actions.is_empty() && agent.waiting.is_none() && agent.warnings.is_empty() {
-                *quiet.entry(class_name(agent.class)).or_default() += 1;
+                *quiet.entry(agent.class.as_str()).or_default() += 1;
                 continue;
             }
             agent_block(task, agent, &mut out, false);
@@ -258,29 +222,19 @@ pub fn once(report: &PassReport) -> String {
     out
 }
 
-const CLASSES: [AgentClass; 7] = [
-    AgentClass::Active,
-    AgentClass::Settling,
-    AgentClass::Zombie,
-    AgentClass::Stale,
-    AgentClass::Finished,
-    AgentClass::Cleaned,
-    AgentClass::Unknown,
-];
-
 /// `status`: agents per task by class, then the agents that are not plain active/cleaned.
 pub fn status(report: &PassReport) -> String {
     let mut out = String::new();
     header(report, &mut out);
     let _ = write!(out, "\n{:<32} {:<8}", "TASK", "BACKEND");
-    for c in CLASSES {
-        let _ = write!(out, " {:>8}", class_name(c));
+    for c in AgentClass::ALL {
+        let _ = write!(out, " {:>8}", c.as_str());
     }
     out.push('\n');
-    let mut totals = [0usize; CLASSES.len()];
+    let mut totals = [0usize; AgentClass::ALL.len()];
     for task in &report.tasks {
         let _ = write!(out, "{:<32} {:<8}", task.task_id, task.backend);
-        for (i, c) in CLASSES.iter().enumerate() {
+        for (i, c) in AgentClass::ALL.iter().enumerate() {
             let n = task.agents.iter().filter(|a| a.class == *c).count();
             totals[i] += n;
             let _ = write!(out, " {n:>8}");
@@ -322,13 +276,13 @@ pub fn status(report: &PassReport) -> String {
                     .actions
                     .iter()
                     .find(|a| matches!(a, Action::Stop { .. } | Action::SetStatus { .. }))
-                    .map(|a| action_line(&task.dir, a))
+                    .map(|a| action_text(&task.dir, a))
                     .unwrap_or_default()
             });
             let _ = writeln!(
                 out,
                 "  {:<9} {}/{}  {}",
-                class_name(agent.class),
+                agent.class.as_str(),
                 task.task_id,
                 agent.id,
                 why

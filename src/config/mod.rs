@@ -1,10 +1,11 @@
-//! Configuration: TOML text → a validated `Config` (pure; the CLI layers flags on top).
+//! Configuration: TOML text → a validated `Config` (pure; `layer` puts the command line's overrides on top).
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod hooks;
+pub mod layer;
 pub mod upload;
 
 #[derive(Debug, thiserror::Error)]

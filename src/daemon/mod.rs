@@ -4,10 +4,12 @@ mod health;
 mod progress;
 mod schedule;
 
-use crate::cli::dispatch::{Cli, resolve_config, tmux_client};
 use crate::config::Config;
+use crate::config::layer::{Overrides, resolve_config, tmux_client};
 use crate::decide::AgentClass;
-use crate::reap::pass::{Mode, PassReport, Reaper};
+use crate::logging;
+use crate::reap::events::EventContext;
+use crate::reap::pass::{Mode, PassReport, Reaper, action_text};
 use crate::watch::{self, Change, PathKind, RenameSide, WatchEvent, Watcher};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
@@ -40,7 +42,8 @@ fn notify(states: &[NotifyState]) {
 type InFlight = JoinHandle<(Reaper, PassReport, Duration)>;
 
 struct Daemon {
-    cli: Cli,
+    /// The command line's settings, layered again over the file on reload.
+    overrides: Overrides,
     config: Config,
     dry_run: bool,
     reaper: Option<Reaper>,
@@ -63,7 +66,7 @@ struct Daemon {
     base_locks: BaseLocks,
 }
 
-pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
+pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
     let state = state_dir(&config)?;
     let _lock = InstanceLock::acquire(&state)?;
     // One reaper per workspace base: wait (for ever) for another reaper working on one of
@@ -95,7 +98,7 @@ pub fn run(cli: Cli, config: Config, dry_run: bool) -> Result<()> {
         reaper.pane_map = crate::state::load_pane_map(&state);
         let mut daemon = Daemon {
             reaper: Some(reaper),
-            cli,
+            overrides,
             config,
             dry_run,
             in_flight: None,
@@ -377,7 +380,7 @@ impl Daemon {
             states.push(now);
         }
         notify(&states);
-        match resolve_config(&self.cli) {
+        match resolve_config(&self.overrides) {
             Ok(config) => {
                 let rewatch = config.workspace_bases != self.config.workspace_bases;
                 // Removed bases are let go; new ones are taken at the next pass (or wait
@@ -413,30 +416,26 @@ fn log_report(report: &PassReport, dry_run: bool) {
             tracing::warn!(task_id = %task.task_id, "{e}");
         }
         for agent in &task.agents {
-            let reason = format!("{:?}", agent.class).to_lowercase();
-            let lines: Vec<String> = if dry_run {
-                agent
-                    .actions
-                    .iter()
-                    .map(|a| format!("would {a:?}"))
-                    .collect()
-            } else {
-                agent.done.clone()
+            let whose = EventContext {
+                task_id: &task.task_id,
+                agent_id: &agent.id,
+                reason: agent.class,
             };
-            for line in lines {
-                let action = line.split_whitespace().next().unwrap_or("").to_string();
-                tracing::info!(
-                    agent_id = %agent.id,
-                    task_id = %task.task_id,
-                    action = %action,
-                    reason = %reason,
-                    "{}/{}: {line}",
-                    task.task_id,
-                    agent.id
-                );
+            if dry_run {
+                for action in &agent.actions {
+                    logging::planned_action(
+                        &whose,
+                        action.as_str(),
+                        &action_text(&task.dir, action),
+                    );
+                }
+            } else {
+                for event in &agent.done {
+                    logging::pass_event(&whose, event);
+                }
             }
             for e in &agent.errors {
-                tracing::warn!(agent_id = %agent.id, task_id = %task.task_id, reason = %reason, "{}/{}: {e}", task.task_id, agent.id);
+                logging::agent_error(&whose, e);
             }
         }
     }

@@ -8,6 +8,7 @@
 
 use super::environ::{EnvCache, EnvIndex};
 use super::openfiles::FileId;
+use super::source::{LiveProcesses, ProcessSource};
 use super::table::{ID_MARKER, ProcInfo, ProcKey, ProcTable};
 use super::tmux::{TmuxServer, TmuxSnapshot};
 use crate::model::AgentId;
@@ -208,7 +209,12 @@ impl<'a> SetContext<'a> {
 
     /// Reads the environments worth reading (see [`SetContext::env_candidate`]).
     pub fn read_environments(&self) -> EnvIndex {
-        EnvIndex::scan(self.table, |pid| self.env_candidate(pid))
+        self.read_environments_from(&LiveProcesses)
+    }
+
+    /// [`SetContext::read_environments`] through `source`.
+    pub fn read_environments_from(&self, source: &dyn ProcessSource) -> EnvIndex {
+        source.environments(self.table, &|pid| self.env_candidate(pid), None)
     }
 }
 
@@ -339,22 +345,27 @@ pub fn fresh_sets(
     logs: &HashSet<FileId>,
     env: Option<&mut EnvCache>,
 ) -> Option<(ProcTable, Vec<Vec<ProcKey>>)> {
-    let fresh = ProcTable::scan().ok()?;
+    fresh_sets_from(&LiveProcesses, round, evidence, logs, env)
+}
+
+/// [`fresh_sets`] through `source`.
+pub fn fresh_sets_from(
+    source: &dyn ProcessSource,
+    round: &SetContext<'_>,
+    evidence: &[&Evidence],
+    logs: &HashSet<FileId>,
+    env: Option<&mut EnvCache>,
+) -> Option<(ProcTable, Vec<Vec<ProcKey>>)> {
+    let fresh = source.scan().ok()?;
     let writers = if logs.is_empty() {
         HashMap::new()
     } else {
-        super::openfiles::writers_of(logs)
+        source.writers_of(logs)
     };
     let sets = {
         let ctx = round.refreshed(&fresh, &writers);
-        let env = env.map(|cache| {
-            EnvIndex::scan_cached(
-                std::path::Path::new("/proc"),
-                &fresh,
-                |pid| ctx.env_candidate(pid),
-                cache,
-            )
-        });
+        let env = env
+            .map(|cache| source.environments(&fresh, &|pid| ctx.env_candidate(pid), Some(cache)));
         evidence
             .iter()
             .map(|e| agent_set(&ctx, e, env.as_ref()))

@@ -4,13 +4,17 @@ pub mod ambiguity;
 pub mod cgroup;
 pub mod environ;
 pub mod evidence;
+#[cfg(test)]
+pub(crate) mod fakes;
 pub mod openfiles;
 pub mod panemap;
+pub mod source;
 pub mod stop;
 pub mod table;
 pub mod tmux;
 
 pub use evidence::{Evidence, SessionIdentity, SetContext, agent_processes, agent_set};
+pub use source::{LiveProcesses, ProcessSource};
 pub use stop::{StopPolicy, StopReport, StopRequest, stop_all};
 pub use table::{ProcInfo, ProcKey, ProcTable};
 pub use tmux::{

@@ -5,12 +5,12 @@ use crate::decide::{Action, Decision, SessionFact};
 use crate::journal::Journal;
 use crate::model::format_timestamp;
 use crate::observe::TaskView;
-use crate::procs::evidence::fresh_sets;
+use crate::procs::evidence::fresh_sets_from;
 use crate::procs::openfiles::FileId;
-use crate::procs::stop::stop_all_rescanning;
 use crate::procs::{
-    Evidence, KillSession, ProcTable, SetContext, StopPolicy, StopRequest, Tmux, cgroup, stop_all,
+    Evidence, KillSession, ProcTable, ProcessSource, SetContext, StopPolicy, StopRequest, Tmux,
 };
+use crate::reap::events::{PassEvent, StatusStore};
 use crate::reap::pass::OrphanReport;
 use crate::registry::edit::{
     AgentChange, Applied, CleanupRecord, GlobalChange, edit_global_registry, edit_task_registry,
@@ -42,7 +42,8 @@ pub struct Outcome {
     pub status_applied: Option<String>,
     /// What the last search for its processes looked at (empty: the observation's).
     pub checked: Vec<String>,
-    pub done: Vec<String>,
+    /// What was done, in order.
+    pub done: Vec<PassEvent>,
     pub errors: Vec<String>,
 }
 
@@ -91,7 +92,11 @@ pub fn kill_sessions(tmux: &dyn Tmux, names: &[String]) -> Vec<Result<KillSessio
 }
 
 /// The cgroups that hold one agent's pane processes and nothing else (see `procs::cgroup`).
-fn own_cgroups(procs: &SetContext<'_>, agent: &crate::observe::AgentView) -> Vec<PathBuf> {
+fn own_cgroups(
+    source: &dyn ProcessSource,
+    procs: &SetContext<'_>,
+    agent: &crate::observe::AgentView,
+) -> Vec<PathBuf> {
     if agent.pane_pids.is_empty() {
         return Vec::new();
     }
@@ -103,7 +108,7 @@ fn own_cgroups(procs: &SetContext<'_>, agent: &crate::observe::AgentView) -> Vec
         .map(|(_, pid)| pid)
         .chain(procs.protected.iter().copied())
         .collect();
-    cgroup::agent_cgroups(&cgroup::Roots::default(), &agent.pane_pids, &set, &others)
+    source.agent_cgroups(&agent.pane_pids, &set, &others)
 }
 
 /// Stops every agent whose decision says so; returns their (task, agent) indexes.
@@ -113,7 +118,7 @@ pub fn stop_agents(
     views: &[TaskView],
     decisions: &[Vec<Decision>],
     procs: &SetContext<'_>,
-    tmux: &dyn Tmux,
+    (tmux, source): (&dyn Tmux, &dyn ProcessSource),
     config: &Config,
     outcomes: &mut [Vec<Outcome>],
 ) -> Vec<(usize, usize)> {
@@ -129,7 +134,7 @@ pub fn stop_agents(
             {
                 which.push((t, a));
                 let mut request = StopRequest::new(agent.id.clone(), agent.processes.clone());
-                request.cgroups = own_cgroups(procs, agent);
+                request.cgroups = own_cgroups(source, procs, agent);
                 requests.push(request);
                 evidence.push(&agent.evidence);
             }
@@ -149,9 +154,9 @@ pub fn stop_agents(
     let mut env_cache = crate::procs::environ::EnvCache::default();
     let mut rescan = || {
         let env = read_env.then_some(&mut env_cache);
-        fresh_sets(procs, &evidence, &logs, env)
+        fresh_sets_from(source, procs, &evidence, &logs, env)
     };
-    let reports = stop_all_rescanning(&requests, procs.table, &policy, &mut rescan);
+    let reports = source.stop(&requests, procs.table, &policy, &mut rescan);
     // Sessions go after their processes, so nothing gets a SIGHUP mid-shutdown.
     let sessions: Vec<(usize, String)> = which
         .iter()
@@ -197,26 +202,22 @@ pub fn stop_agents(
             .iter()
             .map(|(pid, ppid)| format!("{pid} (parent {ppid})"))
             .collect();
-        out.done.push(format!(
-            "stopped {} process(es){}{}",
-            report.signalled.len(),
-            match report.joined {
-                0 => String::new(),
-                n => format!(" ({n} joined while stopping)"),
-            },
-            if report.escalated_to_sigkill {
-                ", escalated to SIGKILL"
-            } else {
-                ""
-            }
-        ));
+        out.done.push(PassEvent::Stopped {
+            processes: report.signalled.len(),
+            joined: report.joined,
+            escalated: report.escalated_to_sigkill,
+        });
         for dir in &report.cgroups_killed {
-            out.done
-                .push(format!("killed cgroup {} (cgroup.kill)", dir.display()));
+            out.done.push(PassEvent::CgroupKilled {
+                cgroup: dir.clone(),
+            });
         }
         out.errors.extend(report.cgroup_errors.iter().cloned());
         for (key, why) in &report.refused {
-            out.done.push(format!("left pid {} alone: {why}", key.pid));
+            out.done.push(PassEvent::LeftAlone {
+                pid: key.pid,
+                why: why.clone(),
+            });
         }
         if !left.is_empty() {
             out.errors
@@ -234,13 +235,16 @@ pub fn stop_agents(
         match kill {
             Ok(KillSession::Killed) => {
                 out.session_killed = true;
-                out.done.push(format!("killed tmux session {name}"));
+                out.done.push(PassEvent::SessionKilled {
+                    session: name.clone(),
+                });
             }
             Ok(KillSession::AlreadyGone) => {
                 // The session ended with its last pane process, which we just stopped.
                 out.session_killed = true;
-                out.done
-                    .push(format!("tmux session {name} ended with its processes"));
+                out.done.push(PassEvent::SessionEnded {
+                    session: name.clone(),
+                });
             }
             Err(e) => out.errors.push(format!("kill-session {name}: {e}")),
         }
@@ -288,7 +292,7 @@ pub fn forget_cleaned(
 pub fn stop_orphans(
     orphans: &mut [OrphanReport],
     table: &ProcTable,
-    tmux: &dyn Tmux,
+    (tmux, source): (&dyn Tmux, &dyn ProcessSource),
     config: &Config,
 ) {
     let chosen: Vec<&mut OrphanReport> = orphans.iter_mut().filter(|o| o.stop).collect();
@@ -313,7 +317,7 @@ pub fn stop_orphans(
     let policy = StopPolicy {
         term_steps: config.term_grace.clone(),
     };
-    let reports = stop_all(&requests, table, &policy);
+    let reports = source.stop(&requests, table, &policy, &mut || None);
     let names: Vec<String> = chosen.iter().map(|o| o.session.clone()).collect();
     let kills = kill_sessions(tmux, &names);
     for ((orphan, report), kill) in chosen.into_iter().zip(reports).zip(kills) {
@@ -393,7 +397,7 @@ pub fn apply_task(
     // The moves are made durable before the registry says they happened.
     files.sync();
     if outcomes.iter().any(|o| !o.archived.is_empty()) {
-        crate::failpoint::hit(crate::failpoint::AFTER_ARCHIVE);
+        crate::failpoint::hit_in(crate::failpoint::AFTER_ARCHIVE, &view.task.dir);
     }
     if db_backed {
         // The DB holds no cleanup record: what is left on disk is the record.
@@ -418,15 +422,12 @@ pub fn apply_task(
                         out.status_applied = change.set_status.map(|(s, _)| s.to_string());
                         out.recorded = change.cleanup.is_some();
                         if let Some((s, reason)) = change.set_status {
-                            out.done.push(match reason {
-                                Some(r) => format!("marked {s} ({r})"),
-                                None => format!("marked {s}"),
-                            });
+                            out.done.push(PassEvent::Marked { status: s, reason });
                         }
                     }
-                    Applied::StatusMoved => out.done.push(
-                        "registry status changed meanwhile: left as the orchestrator set it".into(),
-                    ),
+                    Applied::StatusMoved => out.done.push(PassEvent::StatusKept {
+                        store: StatusStore::Registry,
+                    }),
                     Applied::Missing => out
                         .errors
                         .push("agent entry vanished from the registry meanwhile".into()),

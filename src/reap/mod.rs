@@ -2,7 +2,13 @@
 
 pub mod apply;
 mod cache;
+pub mod clock;
+pub mod events;
+#[cfg(test)]
+mod fakes;
 mod lean;
 pub mod pass;
+#[cfg(test)]
+mod pass_tests;
 mod read;
 mod report;

@@ -7,7 +7,7 @@ use crate::observe::{
     self, AgentView, Backend, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
     scan_writers, task_view,
 };
-use crate::procs::{ProcTable, Tmux};
+use crate::procs::{LiveProcesses, ProcTable, ProcessSource, Tmux};
 use crate::reap::apply::{self as act, Outcome};
 use crate::registry::sqlite::tasks::{db_task_dirs, open_base_db};
 use crate::registry::{UpdateOptions, recover_sidecar};
@@ -16,10 +16,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use super::clock::{Clock, SystemClock};
 use super::{cache, read};
 
 use super::report::fill_report;
-pub use super::report::{AgentReport, OrphanReport, PassReport, TaskReport, Totals};
+pub use super::report::{AgentReport, OrphanReport, PassReport, TaskReport, Totals, action_text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -48,7 +49,9 @@ impl Mode {
 pub struct Reaper {
     pub config: Config,
     pub tmux: Box<dyn Tmux>,
-    pub clock: fn() -> SystemTime,
+    /// What runs and how it is stopped (the live system; fakes in unit tests).
+    pub procs: Box<dyn ProcessSource>,
+    pub clock: Box<dyn Clock>,
     /// When each `agent_*` session was first seen gone (for `zombie_grace`).
     pub gone_since: HashMap<String, SystemTime>,
     /// Called with (tasks done, total) while acting.
@@ -73,7 +76,8 @@ impl Reaper {
         Reaper {
             config,
             tmux,
-            clock: SystemTime::now,
+            procs: Box::new(LiveProcesses),
+            clock: Box::new(SystemClock),
             gone_since: HashMap::new(),
             progress: None,
             journal: None,
@@ -99,7 +103,7 @@ impl Reaper {
 
     fn update_options(&self) -> UpdateOptions {
         UpdateOptions {
-            read: crate::registry::json_file::read_options(&self.config, false),
+            read: read_options(&self.config, false),
             lock_timeout: self.config.lock_timeout,
         }
     }
@@ -111,11 +115,11 @@ impl Reaper {
     /// A pass over the task folders in `scope` only (all when `None`). Orphan sessions are
     /// judged only in full passes: a partial view cannot tell who owns a session.
     pub fn run_scoped(&mut self, mode: Mode, scope: Option<&HashSet<PathBuf>>) -> PassReport {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let policy = self.policy();
         let mut errors = Vec::new();
         let mut tmux: TmuxView = observe::tmux_view(self.tmux.snapshot());
-        let table = match ProcTable::scan() {
+        let table = match self.procs.scan() {
             Ok(t) => t,
             Err(e) => {
                 // Without /proc nobody can tell what runs: nothing destructive this round.
@@ -194,10 +198,7 @@ impl Reaper {
                     None => {
                         let (root, key) = read::read_small(
                             &task.registry(),
-                            &crate::registry::json_file::read_options(
-                                &self.config,
-                                matches!(mode, Mode::Execute { .. }),
-                            ),
+                            &read_options(&self.config, matches!(mode, Mode::Execute { .. })),
                         );
                         if let Some(key) = key {
                             keys.insert(task.dir.clone(), key);
@@ -212,13 +213,14 @@ impl Reaper {
                 self.state_dbs.insert(base.clone(), db);
             }
         }
-        let writers = scan_writers(pending.iter().flatten());
+        let writers = scan_writers(self.procs.as_ref(), pending.iter().flatten());
         let procs = crate::procs::SetContext::new(&table, tmux.as_ref().ok(), &writers);
         let env = std::cell::OnceCell::new();
         let world = World {
             tmux: &tmux,
             table: &table,
             procs: &procs,
+            source: self.procs.as_ref(),
             pane_map: &self.pane_map,
             env: &env,
             gone_since: &self.gone_since,
@@ -428,7 +430,7 @@ impl Reaper {
         report: &mut PassReport,
         wait_for_settle: bool,
     ) -> (Vec<Vec<Decision>>, Vec<Vec<Outcome>>) {
-        let now = (self.clock)();
+        let now = self.clock.now();
         let policy = self.policy();
         let mut outcomes: Vec<Vec<Outcome>> = views
             .iter()
@@ -439,11 +441,16 @@ impl Reaper {
             views,
             &decisions,
             procs,
-            self.tmux.as_ref(),
+            (self.tmux.as_ref(), self.procs.as_ref()),
             &self.config,
             &mut outcomes,
         );
-        act::stop_orphans(&mut report.orphans, table, self.tmux.as_ref(), &self.config);
+        act::stop_orphans(
+            &mut report.orphans,
+            table,
+            (self.tmux.as_ref(), self.procs.as_ref()),
+            &self.config,
+        );
         // 2. Stopped agents get a second look (their session and processes are gone now);
         // in `once`, so do logs written moments ago, after waiting for them to settle.
         for &(t, a) in &stopped {
@@ -460,9 +467,10 @@ impl Reaper {
         }
         self.look_again(views, &mut decisions, &stopped);
         if wait_for_settle {
-            let wait = youngest_settle_wait(views, &decisions, self.config.settle, (self.clock)());
+            let wait =
+                youngest_settle_wait(views, &decisions, self.config.settle, self.clock.now());
             if !wait.is_zero() {
-                std::thread::sleep(wait);
+                self.clock.sleep(wait);
                 let waiting: Vec<(usize, usize)> = views
                     .iter()
                     .enumerate()
@@ -517,13 +525,13 @@ impl Reaper {
         if which.is_empty() {
             return;
         }
-        let now = (self.clock)();
+        let now = self.clock.now();
         let policy = self.policy();
         let ids = which
             .iter()
             .flat_map(|&(t, a)| views[t].agents[a].log_ids.iter().copied())
             .collect();
-        let writers = crate::procs::openfiles::writers_of(&ids);
+        let writers = self.procs.writers_of(&ids);
         for &(t, a) in which {
             let agent = &mut views[t].agents[a];
             refresh_logs(agent, &writers, self.config.settle, now);
@@ -655,6 +663,16 @@ impl Reaper {
         self.progress = progress.into_inner().expect("progress lock").1;
         results.sort_by_key(|(t, _)| *t);
         results.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// Read options from the config. `repair`: the reader acts (not `plan`), so a provably
+/// torn registry is cut back under the lock while being read.
+fn read_options(config: &Config, repair: bool) -> crate::registry::ReadOptions {
+    crate::registry::ReadOptions {
+        max_bytes: config.max_registry_size,
+        repair_torn: repair.then_some(config.lock_timeout),
+        ..Default::default()
     }
 }
 

@@ -4,8 +4,9 @@ use crate::decide::{Action, AgentClass, Decision};
 use crate::model::StatusClass;
 use crate::observe::TaskView;
 use crate::reap::apply::Outcome;
+use crate::reap::events::PassEvent;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::pass::first_status;
@@ -23,8 +24,9 @@ pub struct AgentReport {
     /// When another look could change the answer (the daemon schedules it).
     #[serde(skip)]
     pub recheck: Option<Duration>,
+    /// What the pass did, in order (`--json`: objects tagged by `event`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub done: Vec<String>,
+    pub done: Vec<PassEvent>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -120,7 +122,7 @@ impl PassReport {
                         } => Some(r.to_string()),
                         _ => None,
                     })
-                    .unwrap_or_else(|| format!("{:?}", agent.class).to_lowercase());
+                    .unwrap_or_else(|| agent.class.as_str().to_string());
                 out.push(crate::hooks::Transition {
                     values: crate::config::hooks::Values {
                         task_id: task.task_id.clone(),
@@ -133,6 +135,26 @@ impl PassReport {
             }
         }
         out
+    }
+}
+
+/// A planned action as `plan` prints it (paths relative to the task folder `dir`).
+pub fn action_text(dir: &Path, action: &Action) -> String {
+    let rel = |path: &Path| path.strip_prefix(dir).unwrap_or(path).display().to_string();
+    match action {
+        Action::Stop { reason } => {
+            format!("stop processes and tmux session ({})", reason.as_str())
+        }
+        Action::SetStatus {
+            status,
+            termination_reason,
+        } => match termination_reason {
+            Some(r) => format!("mark {status} ({r})"),
+            None => format!("mark {status}"),
+        },
+        Action::Archive { path } => format!("archive {}", rel(path)),
+        Action::DeletePrompt { path } => format!("delete {}", rel(path)),
+        Action::RecordCleanup => "record auto_cleanup_result".into(),
     }
 }
 

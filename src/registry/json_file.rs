@@ -81,16 +81,6 @@ impl Default for ReadOptions {
     }
 }
 
-/// Read options from the config. `repair`: the reader acts (not `plan`), so a provably
-/// torn registry is cut back under the lock while being read.
-pub fn read_options(config: &crate::config::Config, repair: bool) -> ReadOptions {
-    ReadOptions {
-        max_bytes: config.max_registry_size,
-        repair_torn: repair.then_some(config.lock_timeout),
-        ..ReadOptions::default()
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct UpdateOptions {
     pub read: ReadOptions,

@@ -61,7 +61,7 @@ fn restart(t: &T) -> Vec<Recovered> {
     rec
 }
 
-fn action(rec: &[Recovered]) -> &Action {
+fn action(rec: &[Recovered]) -> &RecoveryAction {
     assert_eq!(rec.len(), 1, "{rec:?}");
     rec[0].outcome.as_ref().unwrap()
 }
@@ -87,13 +87,13 @@ fn crash_at_every_stage_recovers_each_byte_once() {
         let rec = restart(&t);
         let want = match stage {
             Stage::Begun | Stage::Chunk | Stage::Copied => {
-                Action::Redone(AppendOutcome::Appended {
+                RecoveryAction::Redone(AppendOutcome::Appended {
                     bytes: NEW.len() as u64,
                     rescued: 0,
                 })
             }
-            Stage::Marked => Action::Completed,
-            Stage::Unlinked => Action::AlreadyDone,
+            Stage::Marked => RecoveryAction::Completed,
+            Stage::Unlinked => RecoveryAction::AlreadyDone,
         };
         assert_eq!(action(&rec), &want, "{stage:?}");
         assert_eq!(fs::read(&t.archive).unwrap(), cat(&[OLD, NEW]), "{stage:?}");

@@ -3,12 +3,14 @@
 //! and deleting its prompt only if it is still the file that was checked.
 
 use super::Outcome;
-use crate::archive::late::{AppendOutcome, append_late_write_at};
+use crate::archive::late::append_late_write_at;
+use crate::archive::outcome::AppendOutcome;
 use crate::archive::store::{ArchiveError, Archived, Archiver, sync_dirs};
 use crate::config::Config;
 use crate::fs::{self, Compare, Dir, FsError, Purpose, UnlinkOutcome};
 use crate::journal::{Journal, Step};
 use crate::observe::TaskView;
+use crate::reap::events::PassEvent;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -120,11 +122,10 @@ impl<'a> TaskFiles<'a> {
             match archive_journaled(archiver, &src_dir, &name, journal) {
                 Ok(done) => {
                     self.touched.push(Arc::clone(&src_dir));
-                    out.done.push(format!(
-                        "archived {} -> {}",
-                        self.in_task(path),
-                        self.in_task(done.path())
-                    ));
+                    out.done.push(PassEvent::Archived {
+                        from: self.in_task(path),
+                        to: self.in_task(done.path()),
+                    });
                     out.archived.push(done.path().to_path_buf());
                     return Ok(());
                 }
@@ -158,18 +159,16 @@ impl<'a> TaskFiles<'a> {
         let mut journal = journal.lock().expect("journal lock");
         match append_late_write_at(src_dir, name, adir, name, &mut journal) {
             Ok(AppendOutcome::Appended { bytes, rescued }) => {
-                out.done.push(format!(
-                    "appended {} late byte(s) of {} to {}",
-                    bytes + rescued,
-                    self.in_task(path),
-                    self.in_task(&target)
-                ));
+                out.done.push(PassEvent::Appended {
+                    bytes: bytes + rescued,
+                    from: self.in_task(path),
+                    to: self.in_task(&target),
+                });
                 out.archived.push(target);
             }
-            Ok(AppendOutcome::Changed) => out.done.push(format!(
-                "{} changed while being appended; retried once it settles",
-                self.in_task(path)
-            )),
+            Ok(AppendOutcome::Changed) => out.done.push(PassEvent::AppendRetried {
+                path: self.in_task(path),
+            }),
             Err(e) => return Err(e.to_string()),
         }
         Ok(())
@@ -189,7 +188,9 @@ impl<'a> TaskFiles<'a> {
         match result {
             Ok(UnlinkOutcome::Unlinked) => {
                 out.prompt_deleted = true;
-                out.done.push(format!("deleted {}", self.in_task(path)));
+                out.done.push(PassEvent::PromptDeleted {
+                    path: self.in_task(path),
+                });
             }
             Ok(UnlinkOutcome::Gone) => {}
             Err(e) => out.errors.push(e),

@@ -4,6 +4,7 @@ use crate::decide::{Action, Decision};
 use crate::model::{StatusClass, classify_status, format_timestamp};
 use crate::observe::{Backend, TaskView};
 use crate::reap::apply::Outcome;
+use crate::reap::events::{PassEvent, StatusStore};
 use crate::registry::edit::{AgentChange, Applied, edit_task_registry};
 use crate::registry::sqlite::{
     DbApplied, DbChange, StateDb, append_progress_line_in, progress_line, state_db_path,
@@ -312,10 +313,7 @@ pub fn apply_transitions(
             Applied::Done => {
                 let (status, reason) = change.set_status.expect("set above");
                 out.status_applied = Some(status.to_string());
-                out.done.push(match reason {
-                    Some(r) => format!("marked {status} ({r})"),
-                    None => format!("marked {status}"),
-                });
+                out.done.push(PassEvent::Marked { status, reason });
                 out.errors.extend(
                     side_errors
                         .iter()
@@ -323,9 +321,9 @@ pub fn apply_transitions(
                         .map(|(_, e)| e.clone()),
                 );
             }
-            Applied::StatusMoved => out
-                .done
-                .push("state DB status changed meanwhile: left as the orchestrator set it".into()),
+            Applied::StatusMoved => out.done.push(PassEvent::StatusKept {
+                store: StatusStore::StateDb,
+            }),
             Applied::Missing => out
                 .errors
                 .push("agent row vanished from the state DB meanwhile".into()),

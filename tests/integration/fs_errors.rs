@@ -5,9 +5,7 @@
 //! CAP_DAC_OVERRIDE (tests run as root, which chmod alone does not stop). Each test
 //! prints SKIPPED and passes when its tool is not allowed here.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::fs;
 use std::io::Write;

@@ -5,8 +5,10 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use agent_reaper::archive::late::{AppendOutcome, LateError, append_late_write};
-use agent_reaper::archive::recover::{self, Action};
+use agent_reaper::archive::late::{LateError, append_late_write};
+use agent_reaper::archive::outcome::AppendOutcome;
+use agent_reaper::archive::outcome::RecoveryAction;
+use agent_reaper::archive::recover;
 use agent_reaper::journal::{Journal, Step};
 
 const OLD: &[u8] = b"{\"a\":1}\n{\"torn";
@@ -61,7 +63,7 @@ fn begin(t: &T, j: &mut Journal) -> u64 {
 }
 
 /// Restarts: recovers the single pending step and checks the journal is then empty.
-fn restart(t: &T) -> Action {
+fn restart(t: &T) -> RecoveryAction {
     let (mut j, pending) = Journal::open(&t.state).unwrap();
     assert_eq!(pending.len(), 1);
     let rec = recover::recover(&mut j, pending);
@@ -132,7 +134,7 @@ fn crash_mid_append_by_hand_is_redone() {
     let bytes = NEW.len() as u64;
     assert_eq!(
         restart(&t),
-        Action::Redone(AppendOutcome::Appended { bytes, rescued: 0 })
+        RecoveryAction::Redone(AppendOutcome::Appended { bytes, rescued: 0 })
     );
     assert_eq!(fs::read(&t.archive).unwrap(), both(OLD, NEW));
     assert!(!t.src.exists());
@@ -150,7 +152,7 @@ fn crash_after_copy_then_writer_redoes_whole_file() {
     let bytes = all.len() as u64;
     assert_eq!(
         restart(&t),
-        Action::Redone(AppendOutcome::Appended { bytes, rescued: 0 })
+        RecoveryAction::Redone(AppendOutcome::Appended { bytes, rescued: 0 })
     );
     assert_eq!(fs::read(&t.archive).unwrap(), both(OLD, &all));
     assert!(!t.src.exists());
@@ -164,7 +166,7 @@ fn crash_after_copy_with_src_removed_by_someone_is_undone() {
     append_to(&t.archive, NEW);
     drop(j);
     fs::remove_file(&t.src).unwrap();
-    assert_eq!(restart(&t), Action::Undone);
+    assert_eq!(restart(&t), RecoveryAction::Undone);
     assert_eq!(fs::read(&t.archive).unwrap(), OLD);
 }
 
@@ -176,7 +178,7 @@ fn crash_after_appended_record_unlinks() {
     append_to(&t.archive, NEW);
     j.mark_appended(&[seq]).unwrap();
     drop(j);
-    assert_eq!(restart(&t), Action::Completed);
+    assert_eq!(restart(&t), RecoveryAction::Completed);
     assert_eq!(fs::read(&t.archive).unwrap(), both(OLD, NEW));
     assert!(!t.src.exists());
 }
@@ -196,7 +198,7 @@ fn crash_after_appended_then_writer_is_undone() {
             let f = OpenOptions::new().write(true).open(&t.archive).unwrap();
             f.set_len(OLD.len() as u64).unwrap();
         }
-        assert_eq!(restart(&t), Action::Undone);
+        assert_eq!(restart(&t), RecoveryAction::Undone);
         assert_eq!(fs::read(&t.archive).unwrap(), OLD);
         assert_eq!(fs::read(&t.src).unwrap(), both(NEW, b"more\n"));
     }
@@ -215,7 +217,7 @@ fn crash_after_unlink_is_done_and_a_recreated_file_left_alone() {
         if recreate {
             fs::write(&t.src, b"later\n").unwrap();
         }
-        assert_eq!(restart(&t), Action::AlreadyDone);
+        assert_eq!(restart(&t), RecoveryAction::AlreadyDone);
         assert_eq!(fs::read(&t.archive).unwrap(), both(OLD, NEW));
         assert_eq!(t.src.exists(), recreate);
     }
@@ -231,7 +233,7 @@ fn archive_grown_by_someone_else_is_left_alone() {
         b"not ours at all, and longer than the late write\n",
     );
     drop(j);
-    assert!(matches!(restart(&t), Action::LeftAlone { .. }));
+    assert!(matches!(restart(&t), RecoveryAction::LeftAlone { .. }));
     assert!(t.src.exists());
     assert!(fs::read(&t.archive).unwrap().len() > OLD.len());
 }

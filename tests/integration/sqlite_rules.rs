@@ -1,10 +1,7 @@
 //! `once` on a workspace whose agents live in the orchestrator's SQLite state DB.
 
-mod common;
-mod common_sqlite;
-
-use common::*;
-use common_sqlite::*;
+use crate::common::*;
+use crate::common_sqlite::*;
 use serde_json::Value;
 use std::fs;
 use std::process::{Command, Stdio};

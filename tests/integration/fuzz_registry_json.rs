@@ -108,6 +108,7 @@ fn python_dumps(compact: &str) -> Option<String> {
 }
 
 proptest! {
+    #![proptest_config(crate::proptest_config(ProptestConfig::default()))]
     #[test]
     fn python_json_reads_back_equal(v in json_value()) {
         let text = to_python_json(&v);
@@ -128,11 +129,11 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
+    #![proptest_config(crate::proptest_config(ProptestConfig {
         // One python3 per case: a sample (PROPTEST_CASES / 8, at least 16).
         cases: (ProptestConfig::default().cases / 8).max(16),
         ..ProptestConfig::default()
-    })]
+    }))]
     #[test]
     fn python_json_matches_python_byte_for_byte(v in json_value()) {
         let compact = serde_json::to_string(&v).unwrap();

@@ -5,18 +5,13 @@
 //! outside the workspace before and after, runs under a deadline, and checks that a normal
 //! finished agent in the same workspace was still cleaned.
 
-#[path = "../common/mod.rs"]
-mod common;
-#[path = "../common_sqlite/mod.rs"]
-mod common_sqlite;
-
 mod files;
 mod folders;
 mod rule;
 mod special;
 
-use common::guard::*;
-use common::*;
+use crate::common::guard::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -102,7 +102,7 @@ fn registry_folder_symlinked_out_before_a_pass() {
 /// vanished agent is not appended to the outside file of the same name.
 #[test]
 fn progress_folder_symlinked_out_on_an_sqlite_task() {
-    use common_sqlite::{TASK_A, WORKING, build_state_db};
+    use crate::common_sqlite::{TASK_A, WORKING, build_state_db};
     for form in FORMS {
         let s = Sandbox::new();
         config(&s, "");

@@ -2,9 +2,7 @@
 //! carry NUL/newlines, tracked_files naming system files, registries that are symlinks,
 //! FIFOs or 50 MB. Each gets a warning, and nothing outside the workspace changes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,11 +1,9 @@
 //! `once` against real tmux sessions and real processes: exactly the agent's processes stop, bystanders live.
 
-mod common;
 /// Process identity (issue 10): bystanders, ambiguous ids, forkers, orphaned helpers.
-#[path = "processes/identity.rs"]
 mod identity;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -2,14 +2,12 @@
 //! restarted at random moments. Afterwards every line written is found exactly once, every
 //! registry parses, no locked update was lost and no bystander process was signalled.
 //!
-//! `cargo test --test torture -- --nocapture` runs the short variants (CI);
-//! `cargo test --release --test torture -- --ignored --nocapture` the long ones.
+//! `cargo test --test integration torture:: -- --nocapture` runs the short variants (CI);
+//! `cargo test --release --test integration torture:: -- --ignored --nocapture` the long ones.
 //! `TORTURE_SEED=<n>` replays a run's random choices (the workload timing still varies).
 
-mod common;
-
+use crate::common::*;
 use agent_reaper::registry::pyjson::to_python_json;
-use common::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};

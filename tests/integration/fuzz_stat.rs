@@ -24,6 +24,7 @@ fn comm() -> impl Strategy<Value = String> {
 }
 
 proptest! {
+    #![proptest_config(crate::proptest_config(ProptestConfig::default()))]
     #[test]
     fn never_panics(line in any::<String>()) {
         let _ = parse_stat(&line);

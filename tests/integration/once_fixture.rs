@@ -1,8 +1,6 @@
 //! `once`, `plan` and `status` on a copy of the real October 2025 orchestrator workspace.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::fs;
 

@@ -1,8 +1,6 @@
 //! `agent-reaper run` as a daemon: event-driven cleanup, no lost lines, reload, signals, sd_notify.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::fs;
 use std::io::Write;

@@ -1,7 +1,6 @@
 //! The registry writer against the orchestrator's own locking discipline, in a real python3.
 
-#[path = "common/shared.rs"]
-mod shared;
+use crate::common::shared;
 
 use agent_reaper::registry::{UpdateOptions, UpdateOutcome, read_registry, update_registry};
 use serde_json::Value;

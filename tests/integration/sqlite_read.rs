@@ -1,11 +1,9 @@
 //! Reading the orchestrator's state DB: rows as registry entries, and the files we refuse.
 
-mod common_sqlite;
-
+use crate::common_sqlite::*;
 use agent_reaper::registry::sqlite::{
     SqliteError, StateDb, default_index_path, discover_bases, wal_path,
 };
-use common_sqlite::*;
 use rusqlite::params;
 use serde_json::json;
 use std::fs;

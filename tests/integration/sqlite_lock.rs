@@ -1,10 +1,8 @@
 //! A writer holding the state DB in `BEGIN IMMEDIATE`: we wait up to the busy timeout, then give one `Busy` and write nothing.
 
-mod common_sqlite;
-
+use crate::common_sqlite::*;
 use agent_reaper::registry::edit::Applied;
 use agent_reaper::registry::sqlite::{DbChange, SqliteError, StateDb, terminal_message};
-use common_sqlite::*;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;

@@ -3,7 +3,8 @@
 use std::fs;
 use std::path::PathBuf;
 
-use agent_reaper::archive::recover::{self, Action};
+use agent_reaper::archive::outcome::RecoveryAction;
+use agent_reaper::archive::recover;
 use agent_reaper::journal::{Journal, Step};
 
 struct T {
@@ -28,7 +29,7 @@ fn setup() -> T {
 }
 
 /// Journals a copy of `len` bytes, then restarts and recovers it.
-fn recover(t: &T, len: u64) -> Action {
+fn recover(t: &T, len: u64) -> RecoveryAction {
     let (mut j, _) = Journal::open(&t.state).unwrap();
     let step = Step::Copy {
         src: t.src.clone(),
@@ -49,7 +50,7 @@ fn verified_dest_unlinks_src() {
     let t = setup();
     fs::write(&t.src, b"abc\n").unwrap();
     fs::write(&t.dest, b"abc\n").unwrap();
-    assert_eq!(recover(&t, 4), Action::Completed);
+    assert_eq!(recover(&t, 4), RecoveryAction::Completed);
     assert!(!t.src.exists());
     assert_eq!(fs::read(&t.dest).unwrap(), b"abc\n");
 }
@@ -59,7 +60,7 @@ fn dest_without_src_was_done_and_stray_partial_goes() {
     let t = setup();
     fs::write(&t.dest, b"abc\n").unwrap();
     fs::write(&t.partial, b"abc\n").unwrap();
-    assert_eq!(recover(&t, 4), Action::AlreadyDone);
+    assert_eq!(recover(&t, 4), RecoveryAction::AlreadyDone);
     assert!(!t.partial.exists());
     assert_eq!(fs::read(&t.dest).unwrap(), b"abc\n");
 }
@@ -69,7 +70,7 @@ fn partial_only_is_undone() {
     let t = setup();
     fs::write(&t.src, b"abc\n").unwrap();
     fs::write(&t.partial, b"ab").unwrap();
-    assert_eq!(recover(&t, 4), Action::Undone);
+    assert_eq!(recover(&t, 4), RecoveryAction::Undone);
     assert!(!t.partial.exists());
     assert_eq!(fs::read(&t.src).unwrap(), b"abc\n");
 }
@@ -79,7 +80,7 @@ fn src_grown_after_copy_drops_the_copy() {
     let t = setup();
     fs::write(&t.src, b"abc\ndef\n").unwrap();
     fs::write(&t.dest, b"abc\n").unwrap();
-    assert_eq!(recover(&t, 4), Action::Undone);
+    assert_eq!(recover(&t, 4), RecoveryAction::Undone);
     assert!(!t.dest.exists());
     assert_eq!(fs::read(&t.src).unwrap(), b"abc\ndef\n");
 }
@@ -89,7 +90,7 @@ fn foreign_dest_is_left_alone() {
     let t = setup();
     fs::write(&t.src, b"abc\n").unwrap();
     fs::write(&t.dest, b"xyz\n").unwrap();
-    assert!(matches!(recover(&t, 4), Action::LeftAlone { .. }));
+    assert!(matches!(recover(&t, 4), RecoveryAction::LeftAlone { .. }));
     assert!(t.src.exists() && t.dest.exists());
 }
 
@@ -97,6 +98,6 @@ fn foreign_dest_is_left_alone() {
 fn partial_without_src_is_kept() {
     let t = setup();
     fs::write(&t.partial, b"abc\n").unwrap();
-    assert!(matches!(recover(&t, 4), Action::LeftAlone { .. }));
+    assert!(matches!(recover(&t, 4), RecoveryAction::LeftAlone { .. }));
     assert!(t.partial.exists());
 }

@@ -1,14 +1,12 @@
 //! Status transitions in the state DB: the rules' outcomes as rows, progress rows and progress lines.
 
-mod common_sqlite;
-#[path = "common/shared.rs"]
-mod shared;
+use crate::common::shared;
 
+use crate::common_sqlite::*;
 use agent_reaper::registry::edit::Applied;
 use agent_reaper::registry::sqlite::{
     DbApplied, DbChange, StateDb, append_progress_line, progress_line, terminal_message,
 };
-use common_sqlite::*;
 use serde_json::Value;
 use std::fs;
 use std::path::Path;

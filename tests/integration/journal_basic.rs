@@ -4,7 +4,8 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use agent_reaper::archive::recover::{self, Action};
+use agent_reaper::archive::outcome::RecoveryAction;
+use agent_reaper::archive::recover;
 use agent_reaper::journal::{COMPACT_AT, JOURNAL_FILE, Journal, Step};
 
 fn copy_step(n: usize) -> Step {
@@ -169,6 +170,6 @@ fn registry_write_is_noted() {
     drop(j);
     let (mut j, pending) = Journal::open(dir.path()).unwrap();
     let rec = recover::recover(&mut j, pending);
-    assert_eq!(rec[0].outcome.as_ref().unwrap(), &Action::Noted);
+    assert_eq!(rec[0].outcome.as_ref().unwrap(), &RecoveryAction::Noted);
     assert_eq!(j.pending().count(), 0);
 }

@@ -43,6 +43,7 @@ fn safe_name(name: &str) -> Result<(), String> {
 }
 
 proptest! {
+    #![proptest_config(crate::proptest_config(ProptestConfig::default()))]
     #[test]
     fn classify_never_panics_nor_climbs(
         base_pick in 0usize..3,

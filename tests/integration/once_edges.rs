@@ -1,11 +1,6 @@
 //! `once` against broken, hostile and busy workspaces: nothing lost, nothing outside touched.
 
-mod common;
-// Until the integration binary lands: the upload tests ride in this binary.
-#[path = "integration/upload.rs"]
-mod upload;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::fs;
 use std::process::{Command, Stdio};

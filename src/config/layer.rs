@@ -1,0 +1,65 @@
+//! Layering of the settings in force: the config file, then the command line's overrides,
+//! then the environment's defaults and the orchestrators' index; and the tmux client they name.
+
+use super::{Config, ConfigError, TmuxSocketSetting};
+use crate::procs::{TmuxClient, TmuxSocket};
+use std::path::{Path, PathBuf};
+
+/// What the command line sets over the config file; kept by the daemon so a reload layers
+/// the file it re-reads the same way.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// The config file named (none: defaults).
+    pub config_file: Option<PathBuf>,
+    /// Workspace bases given on the command line (none: the file's, else the environment's).
+    pub workspace_bases: Vec<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The settings in force: file (if any), then flags, then the environment's defaults.
+pub fn resolve_config(overrides: &Overrides) -> Result<Config, ConfigError> {
+    let mut config = match &overrides.config_file {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !overrides.workspace_bases.is_empty() {
+        config.workspace_bases = overrides.workspace_bases.clone();
+    }
+    if config.workspace_bases.is_empty() {
+        config.workspace_bases = vec![match std::env::var_os("CLAUDE_ORCHESTRATOR_WORKSPACE") {
+            Some(v) if !v.is_empty() => PathBuf::from(v),
+            _ => PathBuf::from("./.agent-workspace"),
+        }];
+    }
+    if config.discover_workspaces
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        let index = crate::registry::sqlite::default_index_path(Path::new(&home));
+        match crate::registry::sqlite::discover_bases(&index) {
+            Ok(found) => {
+                for base in found {
+                    if !config.workspace_bases.contains(&base) {
+                        config.workspace_bases.push(base);
+                    }
+                }
+            }
+            Err(e) => eprintln!("agent-reaper: warning: discover_workspaces: {e}"),
+        }
+    }
+    if overrides.state_dir.is_some() {
+        config.state_dir = overrides.state_dir.clone();
+    }
+    Ok(config)
+}
+
+/// The tmux client the settings name (binary, socket, timeout).
+pub fn tmux_client(config: &Config) -> TmuxClient {
+    TmuxClient {
+        binary: config.tmux_binary.clone(),
+        socket: config.tmux_socket.as_ref().map(|s| match s {
+            TmuxSocketSetting::Name(n) => TmuxSocket::Name(n.clone()),
+            TmuxSocketSetting::Path(p) => TmuxSocket::Path(p.clone()),
+        }),
+        timeout: config.tmux_timeout,
+    }
+}

@@ -1,0 +1,241 @@
+//! What a pass did to one agent, as typed events, each rendered once: as text (`once`, the
+//! daemon's log lines), as JSON (`done[]` of `--json`) and as journald fields (`ACTION`).
+
+use crate::decide::AgentClass;
+use serde::Serialize;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Which store held the status the orchestrator changed meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusStore {
+    Registry,
+    StateDb,
+}
+
+/// One thing a pass did for an agent. Paths are relative to the task folder where inside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum PassEvent {
+    /// The agent's processes were signalled; `joined` of them turned up while stopping.
+    Stopped {
+        processes: usize,
+        joined: usize,
+        escalated: bool,
+    },
+    /// A cgroup holding only the agent's processes was killed whole.
+    CgroupKilled {
+        cgroup: PathBuf,
+    },
+    /// A process of the set was not signalled (pid reused, protected, another user's).
+    LeftAlone {
+        pid: i32,
+        why: String,
+    },
+    SessionKilled {
+        session: String,
+    },
+    /// The session ended with its last pane process, which the stop ended.
+    SessionEnded {
+        session: String,
+    },
+    /// A settled log moved into its one archive.
+    Archived {
+        from: String,
+        to: String,
+    },
+    /// Bytes that reached a log after it was archived, appended to that archive.
+    Appended {
+        bytes: u64,
+        from: String,
+        to: String,
+    },
+    /// The log grew while being appended: tried again once it settles.
+    AppendRetried {
+        path: String,
+    },
+    PromptDeleted {
+        path: String,
+    },
+    /// The status moved to a terminal one, with the termination reason when there is one.
+    Marked {
+        status: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
+    /// The orchestrator changed the status meanwhile: its word stands.
+    StatusKept {
+        store: StatusStore,
+    },
+}
+
+impl PassEvent {
+    /// Its name: the JSON `event` tag and the journald `ACTION` field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PassEvent::Stopped { .. } => "stopped",
+            PassEvent::CgroupKilled { .. } => "cgroup_killed",
+            PassEvent::LeftAlone { .. } => "left_alone",
+            PassEvent::SessionKilled { .. } => "session_killed",
+            PassEvent::SessionEnded { .. } => "session_ended",
+            PassEvent::Archived { .. } => "archived",
+            PassEvent::Appended { .. } => "appended",
+            PassEvent::AppendRetried { .. } => "append_retried",
+            PassEvent::PromptDeleted { .. } => "prompt_deleted",
+            PassEvent::Marked { .. } => "marked",
+            PassEvent::StatusKept { .. } => "status_kept",
+        }
+    }
+}
+
+/// The text `once` prints and the daemon logs.
+impl fmt::Display for PassEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PassEvent::Stopped {
+                processes,
+                joined,
+                escalated,
+            } => {
+                write!(f, "stopped {processes} process(es)")?;
+                if *joined > 0 {
+                    write!(f, " ({joined} joined while stopping)")?;
+                }
+                if *escalated {
+                    write!(f, ", escalated to SIGKILL")?;
+                }
+                Ok(())
+            }
+            PassEvent::CgroupKilled { cgroup } => {
+                write!(f, "killed cgroup {} (cgroup.kill)", cgroup.display())
+            }
+            PassEvent::LeftAlone { pid, why } => write!(f, "left pid {pid} alone: {why}"),
+            PassEvent::SessionKilled { session } => write!(f, "killed tmux session {session}"),
+            PassEvent::SessionEnded { session } => {
+                write!(f, "tmux session {session} ended with its processes")
+            }
+            PassEvent::Archived { from, to } => write!(f, "archived {from} -> {to}"),
+            PassEvent::Appended { bytes, from, to } => {
+                write!(f, "appended {bytes} late byte(s) of {from} to {to}")
+            }
+            PassEvent::AppendRetried { path } => write!(
+                f,
+                "{path} changed while being appended; retried once it settles"
+            ),
+            PassEvent::PromptDeleted { path } => write!(f, "deleted {path}"),
+            PassEvent::Marked {
+                status,
+                reason: Some(r),
+            } => write!(f, "marked {status} ({r})"),
+            PassEvent::Marked {
+                status,
+                reason: None,
+            } => write!(f, "marked {status}"),
+            PassEvent::StatusKept { store } => write!(
+                f,
+                "{} status changed meanwhile: left as the orchestrator set it",
+                match store {
+                    StatusStore::Registry => "registry",
+                    StatusStore::StateDb => "state DB",
+                }
+            ),
+        }
+    }
+}
+
+/// Whose the events of a log line are: its journald `TASK_ID`, `AGENT_ID` and `REASON`.
+#[derive(Debug, Clone, Copy)]
+pub struct EventContext<'r> {
+    pub task_id: &'r str,
+    pub agent_id: &'r str,
+    /// Why the pass acted on the agent: its class (`REASON=zombie`).
+    pub reason: AgentClass,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_event() -> Vec<PassEvent> {
+        vec![
+            PassEvent::Stopped {
+                processes: 3,
+                joined: 1,
+                escalated: true,
+            },
+            PassEvent::CgroupKilled {
+                cgroup: "/sys/fs/cgroup/a.scope".into(),
+            },
+            PassEvent::LeftAlone {
+                pid: 42,
+                why: "pid reused".into(),
+            },
+            PassEvent::SessionKilled {
+                session: "agent_a".into(),
+            },
+            PassEvent::SessionEnded {
+                session: "agent_a".into(),
+            },
+            PassEvent::Archived {
+                from: "progress/a.jsonl".into(),
+                to: "archive/a.jsonl".into(),
+            },
+            PassEvent::Appended {
+                bytes: 7,
+                from: "progress/a.jsonl".into(),
+                to: "archive/a.jsonl".into(),
+            },
+            PassEvent::AppendRetried {
+                path: "progress/a.jsonl".into(),
+            },
+            PassEvent::PromptDeleted {
+                path: "agent_prompt_a.txt".into(),
+            },
+            PassEvent::Marked {
+                status: "terminated",
+                reason: Some("session_not_found"),
+            },
+            PassEvent::StatusKept {
+                store: StatusStore::StateDb,
+            },
+        ]
+    }
+
+    #[test]
+    fn the_json_tag_and_the_journald_action_are_one_name() {
+        for event in every_event() {
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["event"], event.as_str(), "{json}");
+        }
+    }
+
+    /// `once` output and the daemon's log lines are read by people and by scripts
+    /// (`grep ': archived '`): the texts stay what they were when they were strings.
+    #[test]
+    fn texts_read_as_before() {
+        let texts: Vec<String> = every_event().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            texts,
+            [
+                "stopped 3 process(es) (1 joined while stopping), escalated to SIGKILL",
+                "killed cgroup /sys/fs/cgroup/a.scope (cgroup.kill)",
+                "left pid 42 alone: pid reused",
+                "killed tmux session agent_a",
+                "tmux session agent_a ended with its processes",
+                "archived progress/a.jsonl -> archive/a.jsonl",
+                "appended 7 late byte(s) of progress/a.jsonl to archive/a.jsonl",
+                "progress/a.jsonl changed while being appended; retried once it settles",
+                "deleted agent_prompt_a.txt",
+                "marked terminated (session_not_found)",
+                "state DB status changed meanwhile: left as the orchestrator set it",
+            ]
+        );
+        let plain = PassEvent::Stopped {
+            processes: 1,
+            joined: 0,
+            escalated: false,
+        };
+        assert_eq!(plain.to_string(), "stopped 1 process(es)");
+    }
+}
