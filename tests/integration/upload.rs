@@ -292,3 +292,82 @@ fn a_bad_archive_url_is_refused_naming_the_key_and_the_fix() {
         "{err}"
     );
 }
+
+/// `agent-reaper run` with its stderr in a file; killed when the test ends.
+struct Daemon {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(s: &Sandbox) -> Daemon {
+        let log = s.dir.path().join("daemon.log");
+        let mut cmd = s.cmd(&["run"]);
+        s3_env(&mut cmd)
+            .env("AGENT_REAPER_LOG", "debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        Daemon {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("--- daemon log\n{}", self.log_text());
+    }
+}
+
+const DAEMON_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[test]
+fn the_daemon_uploads_from_its_pass_thread_and_backs_off_an_unreachable_bucket() {
+    if !moto_or_skip() {
+        return;
+    }
+    // Unreachable first: full passes every 300 ms, one warning, then the backoff (30 s)
+    // keeps later passes from asking again.
+    let port = free_port();
+    let s = Sandbox::new();
+    let files = finished_agent(&s, false);
+    config(
+        &s,
+        &format!("http://127.0.0.1:{port}"),
+        "reconcile_interval = \"300ms\"\n",
+    );
+    let daemon = Daemon::start(&s);
+    let passes = |text: &str| text.matches("pass over").count();
+    assert!(
+        wait_until(DAEMON_WAIT, || {
+            let t = daemon.log_text();
+            t.contains("bucket unreachable") && passes(&t) >= 5
+        }),
+        "five passes, one of them warning"
+    );
+    let text = daemon.log_text();
+    assert_eq!(text.matches("bucket unreachable").count(), 1, "{text}");
+    let local: Vec<String> = files.keys().cloned().collect();
+    assert_eq!(archived(&s), local, "archives stay local");
+    drop(daemon);
+
+    // Reachable: the first full pass uploads, on the daemon's own runtime.
+    let moto = Moto::start_on(port);
+    moto.create_bucket(BUCKET);
+    let daemon = Daemon::start(&s);
+    assert!(
+        wait_until(DAEMON_WAIT, || moto.objects(BUCKET).len() == 3
+            && archived(&s).is_empty()),
+        "uploaded and removed locally"
+    );
+    assert_eq!(moto.objects(BUCKET), expected_objects(&s, &files));
+    assert!(daemon.log_text().contains("uploaded archive"));
+}
