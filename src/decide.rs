@@ -193,6 +193,14 @@ impl Decision {
         }
     }
 
+    /// The status this decision sets, if it sets one.
+    pub fn new_status(&self) -> Option<&'static str> {
+        self.actions.iter().find_map(|a| match a {
+            Action::SetStatus { status, .. } => Some(*status),
+            _ => None,
+        })
+    }
+
     /// Nothing is done for an ambiguous id (two tasks list it, or its session name is
     /// shared): whose agent it is cannot be told.
     pub fn ambiguous(why: &str) -> Self {

@@ -16,9 +16,15 @@ pub const UPLOAD_AFTER_PUT: &str = "upload-after-put";
 pub const UPLOAD_AFTER_VERIFY: &str = "upload-after-verify";
 pub const UPLOAD_AFTER_UNLINK: &str = "upload-after-unlink";
 
+/// Whether `AGENT_REAPER_FAILPOINT` names `point` (for a point that first leaves a torn
+/// write behind, then dies at [`hit`]).
+pub fn armed(point: &str) -> bool {
+    std::env::var_os("AGENT_REAPER_FAILPOINT").is_some_and(|v| v == point)
+}
+
 /// Dies by SIGKILL (nothing flushed, nothing unwound) when `AGENT_REAPER_FAILPOINT` names `point`.
 pub fn hit(point: &str) {
-    if std::env::var_os("AGENT_REAPER_FAILPOINT").is_some_and(|v| v == point) {
+    if armed(point) {
         eprintln!("failpoint {point}: killing the process (test only)");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         std::process::abort();

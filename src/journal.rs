@@ -76,6 +76,26 @@ pub enum Step {
         dest: PathBuf,
         src_len: u64,
     },
+    /// An archived log being compressed: `archive` → `partial` → `zst`, then `archive`
+    /// unlinked if it is still `archive_id` (`crate::archive::compress`).
+    Compress {
+        archive: PathBuf,
+        zst: PathBuf,
+        partial: PathBuf,
+        archive_id: crate::fs::FileId,
+    },
+    /// A late write appended to a compressed archive as one more zstd frame; fields as
+    /// for [`Step::Append`] (`crate::archive::compress::frame`).
+    AppendFrame {
+        src: PathBuf,
+        archive: PathBuf,
+        archive_len: u64,
+        src_dev: u64,
+        src_ino: u64,
+        src_len: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        src_birth_ns: Option<u64>,
+    },
     /// A registry rewrite; informative only, the registry recovers through its sidecar.
     RegistryWrite { registry: PathBuf, sidecar: PathBuf },
     /// An archive being uploaded to object storage under `key` (`s3://bucket/key`); once

@@ -1,6 +1,6 @@
 //! Where log lines go: journald's native protocol under systemd, readable stderr otherwise, plus an optional file.
 
-use crate::reap::events::{EventContext, PassEvent};
+use crate::reap::events::{EventContext, OrphanOutcome, PassEvent};
 use std::fs::OpenOptions;
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
@@ -99,6 +99,14 @@ pub fn planned_action(whose: &EventContext<'_>, action: &'static str, text: &str
     );
 }
 
+/// What stopping an orphan session came to (`ACTION` is the outcome's name).
+pub fn orphan_outcome(session: &str, outcome: &OrphanOutcome) {
+    tracing::info!(
+        action = outcome.as_str(),
+        "orphan session {session}: {outcome}"
+    );
+}
+
 /// What went wrong for an agent this pass.
 pub fn agent_error(whose: &EventContext<'_>, error: &str) {
     tracing::warn!(
@@ -109,4 +117,92 @@ pub fn agent_error(whose: &EventContext<'_>, error: &str) {
         whose.task_id,
         whose.agent_id
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::AgentClass;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, Layer};
+
+    type Line = BTreeMap<String, String>;
+
+    /// Keeps every event's fields as journald gets them (it upper-cases the names).
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<Line>>>);
+
+    struct Fields<'a>(&'a mut Line);
+
+    impl Visit for Fields<'_> {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0
+                .insert(field.name().to_uppercase(), value.to_string());
+        }
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0
+                .insert(field.name().to_uppercase(), format!("{value:?}"));
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut line = Line::new();
+            event.record(&mut Fields(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    fn lines_of(log: impl FnOnce()) -> Vec<Line> {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(capture.clone());
+        tracing::subscriber::with_default(subscriber, log);
+        capture.0.lock().unwrap().clone()
+    }
+
+    const WHOSE: EventContext<'static> = EventContext {
+        task_id: "TASK-20261127-120000-0a0b0c0d",
+        agent_id: "ghost-120002-0a0b0c",
+        reason: AgentClass::Zombie,
+    };
+
+    /// `journalctl ACTION=archived REASON=zombie` finds the line: both come from the
+    /// event and the agent's class, not from parsing the text.
+    #[test]
+    fn an_event_line_carries_its_action_reason_and_ids() {
+        let event = PassEvent::Archived {
+            from: "progress/p.jsonl".into(),
+            to: "archive/p.jsonl".into(),
+        };
+        let lines = lines_of(|| pass_event(&WHOSE, &event));
+        let line = &lines[0];
+        assert_eq!(line["ACTION"], "archived");
+        assert_eq!(line["REASON"], "zombie");
+        assert_eq!(line["AGENT_ID"], WHOSE.agent_id);
+        assert_eq!(line["TASK_ID"], WHOSE.task_id);
+        assert_eq!(
+            line["MESSAGE"],
+            "TASK-20261127-120000-0a0b0c0d/ghost-120002-0a0b0c: archived progress/p.jsonl -> archive/p.jsonl"
+        );
+    }
+
+    #[test]
+    fn dry_run_and_orphan_lines_name_their_action() {
+        let lines = lines_of(|| {
+            planned_action(&WHOSE, "archive", "archive progress/p.jsonl");
+            orphan_outcome(
+                "agent_lost-1",
+                &OrphanOutcome::SessionKilled { processes: 2 },
+            );
+        });
+        assert_eq!(lines[0]["ACTION"], "archive");
+        assert!(lines[0]["MESSAGE"].ends_with(": would archive progress/p.jsonl"));
+        assert_eq!(lines[1]["ACTION"], "session_killed");
+        assert_eq!(
+            lines[1]["MESSAGE"],
+            "orphan session agent_lost-1: killed (2 process(es) stopped)"
+        );
+    }
 }

@@ -23,6 +23,8 @@ pub enum RecoverError {
     #[error(transparent)]
     Fs(#[from] crate::fs::FsError),
     #[error(transparent)]
+    Compress(#[from] crate::archive::compress::CompressError),
+    #[error(transparent)]
     Upload(#[from] super::upload::UploadError),
 }
 
@@ -44,6 +46,12 @@ pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
             let outcome = match &p.step {
                 Step::Append { .. } => late::recover_append(journal, &p).map_err(Into::into),
                 Step::Copy { .. } => recover_copy(journal, &p),
+                Step::Compress { .. } => {
+                    crate::archive::compress::recover_compress(journal, &p).map_err(Into::into)
+                }
+                Step::AppendFrame { .. } => {
+                    crate::archive::compress::frame::recover_frame(journal, &p).map_err(Into::into)
+                }
                 Step::Upload { .. } => {
                     super::upload::recover_upload(journal, &p).map_err(Into::into)
                 }

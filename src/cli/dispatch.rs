@@ -1,5 +1,6 @@
 //! Command line: flags and subcommands, and what each command runs and prints.
 
+use crate::archive::retention;
 use crate::config::Config;
 use crate::config::layer::{Overrides, resolve_config, tmux_client};
 use crate::reap::pass::{Mode, PassReport, Reaper};
@@ -7,6 +8,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 const ABOUT: &str = "Cleans up after Claude Orchestrator agents: stops finished, zombie and stale \
 agents' processes, archives their logs once settled, and records it all in the registries.";
@@ -190,9 +192,15 @@ pub fn run(cli: Cli) -> Result<()> {
             reaper.journal = Some(crate::state::open_journal(&state, config.trusted_roots())?);
             reaper.pane_map = crate::state::load_pane_map(&state);
             reaper.progress = progress_printer();
-            let report = reaper.run(Mode::Execute {
+            let mut report = reaper.run(Mode::Execute {
                 wait_for_settle: true,
             });
+            // After the pass, on what it saw: the same survey `plan` prints.
+            if config.retention.is_enabled() {
+                let mut archives = retention::survey(&config, &report, SystemTime::now());
+                retention::remove(&mut archives);
+                report.archives = Some(archives);
+            }
             print(&report, json, crate::cli::render::once)
         }
         Command::Plan { json } => {
@@ -202,7 +210,10 @@ pub fn run(cli: Cli) -> Result<()> {
             if let Ok(state) = crate::state::state_dir(&config) {
                 reaper.pane_map = crate::state::load_pane_map(&state).read_only();
             }
-            let report = reaper.run(Mode::Plan);
+            let mut report = reaper.run(Mode::Plan);
+            if config.retention.is_enabled() {
+                report.archives = Some(retention::survey(&config, &report, SystemTime::now()));
+            }
             print(&report, json, crate::cli::render::plan)
         }
         Command::Status { json } => {
@@ -211,7 +222,8 @@ pub fn run(cli: Cli) -> Result<()> {
             if let Ok(state) = crate::state::state_dir(&config) {
                 reaper.pane_map = crate::state::load_pane_map(&state).read_only();
             }
-            let report = reaper.run(Mode::Plan);
+            let mut report = reaper.run(Mode::Plan);
+            report.archives = Some(retention::survey(&config, &report, SystemTime::now()));
             print(&report, json, crate::cli::render::status)
         }
     }

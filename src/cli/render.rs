@@ -85,7 +85,7 @@ fn orphans(report: &PassReport, out: &mut String) {
             .map(|s| format!("idle {}m", s / 60))
             .unwrap_or_else(|| "idle unknown".into());
         let what = match (&o.outcome, o.stop) {
-            (Some(outcome), _) => outcome.clone(),
+            (Some(outcome), _) => outcome.to_string(),
             (None, true) => "will be killed".into(),
             (None, false) => "reported only (kill_orphan_sessions = false or not idle)".into(),
         };
@@ -150,6 +150,9 @@ pub fn plan(report: &PassReport) -> String {
     }
     orphans(report, &mut out);
     hooks(report, &mut out);
+    if let Some(archives) = &report.archives {
+        crate::archive::retention::render_removals(archives, false, &mut out);
+    }
     let actions: usize = report
         .tasks
         .iter()
@@ -194,6 +197,9 @@ pub fn once(report: &PassReport) -> String {
     }
     orphans(report, &mut out);
     hooks(report, &mut out);
+    if let Some(archives) = &report.archives {
+        crate::archive::retention::render_removals(archives, true, &mut out);
+    }
     if let Some(upload) = report.upload.as_ref().filter(|u| !u.is_quiet()) {
         for p in &upload.problems {
             let _ = writeln!(out, "upload: {p}");
@@ -290,5 +296,8 @@ pub fn status(report: &PassReport) -> String {
         }
     }
     orphans(report, &mut out);
+    if let Some(archives) = &report.archives {
+        crate::archive::retention::render_sizes(archives, &mut out);
+    }
     out
 }

@@ -4,6 +4,19 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::workspace::LogKind;
+
+/// A log kind by its config name.
+fn log_kind(name: &str) -> Option<LogKind> {
+    match name {
+        "stream" => Some(LogKind::Stream),
+        "progress" => Some(LogKind::Progress),
+        "findings" => Some(LogKind::Findings),
+        "deploy" => Some(LogKind::Deploy),
+        _ => None,
+    }
+}
+
 pub mod hooks;
 pub mod layer;
 pub mod upload;
@@ -46,7 +59,15 @@ pub struct Config {
     pub discover_workspaces: bool,
     pub state_dir: Option<PathBuf>,
     pub archive_dir: Option<PathBuf>,
+    /// Compress archived logs of `compress_kinds` into `<name>.zst` (`crate::archive::compress`).
     pub compress: bool,
+    /// zstd level, 1 (fastest) to 19 (smallest); zstd's default is 3.
+    pub compress_level: i32,
+    /// Which archived logs are compressed; the rest stay plain (the orchestrator reads
+    /// `archive/<id>_findings.jsonl` by name).
+    pub compress_kinds: Vec<LogKind>,
+    /// Removal of cleaned agents' archives by age and total size per base (`[retention]`).
+    pub retention: Retention,
     pub settle: Duration,
     pub terminal_grace: Duration,
     pub zombie_grace: Duration,
@@ -88,6 +109,9 @@ impl Default for Config {
             state_dir: None,
             archive_dir: None,
             compress: false,
+            compress_level: zstd::DEFAULT_COMPRESSION_LEVEL,
+            compress_kinds: vec![LogKind::Stream],
+            retention: Retention::default(),
             settle: Duration::from_secs(2),
             terminal_grace: Duration::from_secs(60),
             zombie_grace: Duration::from_secs(10),
@@ -128,6 +152,9 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     archive_dir: Option<PathBuf>,
     compress: Option<bool>,
+    compress_level: Option<i32>,
+    compress_kinds: Option<Vec<String>>,
+    retention: Option<RawRetention>,
     settle: Option<String>,
     terminal_grace: Option<String>,
     zombie_grace: Option<String>,
@@ -151,6 +178,29 @@ struct RawConfig {
     archive_endpoint: Option<String>,
     keep_local: Option<bool>,
     upload_after: Option<String>,
+}
+
+/// `[retention]`: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    max_age: Option<String>,
+    max_total_size: Option<ByteSize>,
+}
+
+/// When archives of cleaned agents are removed; both unset (the default): never.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Archives whose last write is older than this go.
+    pub max_age: Option<Duration>,
+    /// Per workspace base: the oldest archives go until the base's archives fit.
+    pub max_total_size: Option<u64>,
+}
+
+impl Retention {
+    pub fn is_enabled(&self) -> bool {
+        self.max_age.is_some() || self.max_total_size.is_some()
+    }
 }
 
 /// A size as a number of bytes or a string such as `"64MiB"`.
@@ -244,12 +294,64 @@ impl Config {
                 "must be larger than zero, e.g. \"64MiB\"",
             ));
         }
+        let compress_kinds = match raw.compress_kinds {
+            None => d.compress_kinds.clone(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    log_kind(n).ok_or_else(|| {
+                        invalid(
+                            "compress_kinds",
+                            format!("{names:?}"),
+                            &format!(
+                                "unknown kind {n:?}; use some of \"stream\", \"progress\", \"findings\", \"deploy\""
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let compress_level = raw.compress_level.unwrap_or(d.compress_level);
+        if !(1..=19).contains(&compress_level) {
+            return Err(invalid(
+                "compress_level",
+                compress_level.to_string(),
+                "must be 1 (fastest) to 19 (smallest); zstd's default is 3",
+            ));
+        }
+        let retention = match raw.retention {
+            None => Retention::default(),
+            Some(r) => Retention {
+                max_age: match r.max_age {
+                    None => None,
+                    Some(v) => Some(dur("retention.max_age", Some(v), Duration::ZERO)?),
+                },
+                max_total_size: match r.max_total_size {
+                    None => None,
+                    Some(ByteSize::Bytes(n)) => Some(n),
+                    Some(ByteSize::Text(t)) => Some(
+                        parse_size(&t)
+                            .map_err(|reason| invalid("retention.max_total_size", t, &reason))?,
+                    ),
+                },
+            },
+        };
+        if retention.max_age.is_some_and(|a| a.is_zero()) {
+            return Err(invalid(
+                "retention.max_age",
+                "0s".into(),
+                "must be longer than zero (it would remove every cleaned archive); e.g. \"30d\"",
+            ));
+        }
         let config = Config {
             workspace_bases: raw.workspace_bases.unwrap_or_default(),
             discover_workspaces: raw.discover_workspaces.unwrap_or(d.discover_workspaces),
             state_dir: raw.state_dir,
             archive_dir: raw.archive_dir,
             compress: raw.compress.unwrap_or(d.compress),
+            compress_level,
+            compress_kinds,
+            retention,
             settle: dur("settle", raw.settle, d.settle)?,
             terminal_grace: dur("terminal_grace", raw.terminal_grace, d.terminal_grace)?,
             zombie_grace: dur("zombie_grace", raw.zombie_grace, d.zombie_grace)?,
@@ -306,13 +408,6 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if config.compress {
-            return Err(invalid(
-                "compress",
-                "true".into(),
-                "compressed archives are not supported yet; set compress = false",
-            ));
-        }
         for (key, value) in [
             ("reconcile_interval", config.reconcile_interval),
             ("session_poll_interval", config.session_poll_interval),
@@ -331,7 +426,7 @@ impl Config {
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    let hint = "write e.g. \"64MiB\", \"512KiB\" or a number of bytes";
+    let hint = "write e.g. \"64MiB\", \"10GiB\", \"512KiB\" or a number of bytes";
     if digits == 0 {
         return Err(format!("expected a number at the start; {hint}"));
     }
@@ -343,9 +438,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
         other => return Err(format!("unknown unit {other:?}; {hint}")),
     };
     number
@@ -353,40 +450,25 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// `"200ms"`, `"2s"`, `"110m"`, `"1h"`, `"1d"`; also combined like `"1h30m"`.
+/// `"200ms"`, `"2s"`, `"110m"`, `"1h"`, `"1d"`; also combined like `"1h30m"` or
+/// `"1h 30m"` (humantime's syntax). The reason names what is wrong and shows the form.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const FORM: &str = "write e.g. \"2s\", \"200ms\", \"110m\"";
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration; write e.g. \"2s\", \"200ms\", \"110m\"".into());
+        return Err(format!("empty duration; {FORM}"));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!(
-                "expected a number at {rest:?}; write e.g. \"2s\", \"200ms\", \"110m\""
-            ));
+    humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+            format!("{text:?} has no unit; add ms, s, m, h or d")
         }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("number too large in {text:?}"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let piece = match unit {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" | "min" => Duration::from_secs(number.saturating_mul(60)),
-            "h" => Duration::from_secs(number.saturating_mul(3600)),
-            "d" => Duration::from_secs(number.saturating_mul(86_400)),
-            "" => return Err(format!("{text:?} has no unit; add ms, s, m, h or d")),
-            other => return Err(format!("unknown unit {other:?}; use ms, s, m, h or d")),
-        };
-        total = total.saturating_add(piece);
-    }
-    Ok(total)
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("unknown unit {unit:?}; use ms, s, m, h or d")
+        }
+        humantime::DurationError::NumberOverflow => format!("{text:?} is too large"),
+        humantime::DurationError::Empty => format!("empty duration; {FORM}"),
+        _ => format!("expected a number followed by a unit; {FORM}"),
+    })
 }
 
 #[cfg(test)]
@@ -444,12 +526,22 @@ mod tests {
         assert!(parse_duration("2").unwrap_err().contains("no unit"));
         assert!(parse_duration("2x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
+        assert!(
+            parse_duration("s")
+                .unwrap_err()
+                .contains("expected a number")
+        );
+        // humantime's longer forms are taken too.
+        assert_eq!(parse_duration("2 seconds"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
     }
 
     #[test]
     fn errors_name_file_key_and_line() {
-        let err = parse("settle = \"2 seconds\"\n").unwrap_err().to_string();
+        let err = parse("settle = \"2 parsecs\"\n").unwrap_err().to_string();
         assert!(err.contains("test.toml") && err.contains("settle"), "{err}");
+        assert!(err.contains("unknown unit \"parsecs\""), "{err}");
         let err = parse("settle = \"2s\"\nsetle = \"1s\"\n")
             .unwrap_err()
             .to_string();
@@ -458,6 +550,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn compression_and_retention_keys_parse_with_clear_errors() {
+        let c = parse("compress = true\ncompress_kinds = [\"stream\", \"progress\"]\n").unwrap();
+        assert!(c.compress);
+        assert_eq!(c.compress_kinds, vec![LogKind::Stream, LogKind::Progress]);
+        assert_eq!(c.compress_level, 3);
+        let err = parse("compress_kinds = [\"streams\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("compress_kinds") && err.contains("\"stream\""),
+            "{err}"
+        );
+        assert!(
+            parse("compress_level = 30")
+                .unwrap_err()
+                .to_string()
+                .contains("1 (fastest)")
+        );
+        let c = parse("[retention]\nmax_age = \"30d\"\nmax_total_size = \"10GiB\"\n").unwrap();
+        assert_eq!(c.retention.max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.retention.max_total_size, Some(10 << 30));
+        assert!(!parse("").unwrap().retention.is_enabled());
+        let err = parse("[retention]\nmax_total_size = \"10 gigs\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("test.toml")
+                && err.contains("retention.max_total_size")
+                && err.contains("GiB"),
+            "{err}"
+        );
+        let err = parse("[retention]\nmax_age = \"30 days\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.max_age"), "{err}");
+        let err = parse("[retention]\nmaxage = \"30d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maxage"), "{err}");
+        assert!(parse("[retention]\nmax_age = \"0s\"\n").is_err());
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
     }
 
     #[test]

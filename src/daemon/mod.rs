@@ -284,7 +284,16 @@ impl Daemon {
         self.heartbeat.pass_started(Instant::now());
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let report = reaper.run_scoped(mode, scope.as_ref());
+            let mut report = reaper.run_scoped(mode, scope.as_ref());
+            // Retention needs every task of a base in view: full reconciles only.
+            if scope.is_none() && reaper.config.retention.is_enabled() {
+                let now = std::time::SystemTime::now();
+                let mut archives = crate::archive::retention::survey(&reaper.config, &report, now);
+                if mode != Mode::Plan {
+                    crate::archive::retention::remove(&mut archives);
+                }
+                report.archives = Some(archives);
+            }
             (reaper, report, started.elapsed())
         }));
     }
@@ -441,11 +450,7 @@ fn log_report(report: &PassReport, dry_run: bool) {
     }
     for orphan in &report.orphans {
         if let Some(outcome) = &orphan.outcome {
-            tracing::info!(
-                action = "kill-orphan",
-                "orphan session {}: {outcome}",
-                orphan.session
-            );
+            logging::orphan_outcome(&orphan.session, outcome);
         }
     }
 }

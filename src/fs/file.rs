@@ -111,6 +111,20 @@ impl RegularFile {
     pub fn sync(&self) -> Result<(), FsError> {
         self.file.sync_all().map_err(|e| FsError::io(&self.path, e))
     }
+
+    /// Sets the access and modification times of the open file to `mtime` (seconds,
+    /// nanoseconds): a compressed copy keeps its log's age.
+    pub fn set_mtime(&self, (sec, nsec): (i64, i64)) -> Result<(), FsError> {
+        let at = rfs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        };
+        let times = rfs::Timestamps {
+            last_access: at,
+            last_modification: at,
+        };
+        rfs::futimens(&self.file, &times).map_err(|e| FsError::io(&self.path, e))
+    }
 }
 
 /// Every open of an agent-writable file: never follows, never blocks, never adopts a tty.

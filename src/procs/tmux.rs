@@ -160,8 +160,8 @@ impl TmuxClient {
         Ok(out)
     }
 
-    /// Runs tmux with `args` (never through a shell), bounded by `self.timeout`.
-    fn run_once(&self, args: &[&str]) -> Result<Output, TmuxError> {
+    /// The tmux client command for `args`: this server's socket, never through a shell.
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.binary);
         // Inside a tmux pane, TMUX would point the client at the daemon's own server.
         cmd.env_remove("TMUX");
@@ -181,6 +181,12 @@ impl TmuxClient {
         // Own process group, so a timeout can take the client and anything it spawned
         // still holding our pipes. (A server it starts daemonizes into its own session.)
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd
+    }
+
+    /// Runs tmux with `args` (never through a shell), bounded by `self.timeout`.
+    fn run_once(&self, args: &[&str]) -> Result<Output, TmuxError> {
+        let mut cmd = self.command(args);
         let mut tries = 0;
         let mut child = loop {
             match cmd.spawn() {
@@ -534,8 +540,15 @@ mod tests {
             ),
         );
         c.socket = Some(TmuxSocket::Name("priv".into()));
-        // SAFETY: test-only env change; the variable is only read by children.
-        unsafe { std::env::set_var("TMUX", "/tmp/should-not-leak,1,0") };
+        // The client drops an inherited TMUX (which would point it at the server of the pane
+        // the daemon runs in). Checked on the command rather than by setting TMUX here: the
+        // environment is process-wide and the other tests run as threads of this process.
+        assert!(
+            c.command(&[])
+                .get_envs()
+                .any(|(k, v)| k == "TMUX" && v.is_none()),
+            "TMUX is not removed from tmux's environment"
+        );
         assert_eq!(
             c.kill_session("agent_$(touch x); a").unwrap(),
             KillSession::Killed

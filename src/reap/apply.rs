@@ -10,7 +10,7 @@ use crate::procs::openfiles::FileId;
 use crate::procs::{
     Evidence, KillSession, ProcTable, ProcessSource, SetContext, StopPolicy, StopRequest, Tmux,
 };
-use crate::reap::events::{PassEvent, StatusStore};
+use crate::reap::events::{OrphanOutcome, PassEvent, StatusStore};
 use crate::reap::pass::OrphanReport;
 use crate::registry::edit::{
     AgentChange, Applied, CleanupRecord, GlobalChange, edit_global_registry, edit_task_registry,
@@ -321,11 +321,11 @@ pub fn stop_orphans(
     let names: Vec<String> = chosen.iter().map(|o| o.session.clone()).collect();
     let kills = kill_sessions(tmux, &names);
     for ((orphan, report), kill) in chosen.into_iter().zip(reports).zip(kills) {
-        let stopped = format!("{} process(es) stopped", report.signalled.len());
+        let processes = report.signalled.len();
         orphan.outcome = Some(match kill {
-            Ok(KillSession::Killed) => format!("killed ({stopped})"),
-            Ok(KillSession::AlreadyGone) => format!("ended with its processes ({stopped})"),
-            Err(e) => format!("error: {e} ({stopped})"),
+            Ok(KillSession::Killed) => OrphanOutcome::SessionKilled { processes },
+            Ok(KillSession::AlreadyGone) => OrphanOutcome::SessionEnded { processes },
+            Err(error) => OrphanOutcome::KillFailed { processes, error },
         });
     }
 }
@@ -366,6 +366,9 @@ pub fn apply_task(
         }
         if set_status.is_none() && !record {
             continue;
+        }
+        if record {
+            files.compress_leftovers(agent, journal, out);
         }
         // Stopped agents had their facts refreshed after the stop, so this holds for both.
         let no_zombies = agent.facts.live_processes == 0 && out.survivors == 0 && out.reaped;

@@ -55,6 +55,16 @@ pub enum PassEvent {
     AppendRetried {
         path: String,
     },
+    /// An archive compressed into `path` (`<name>.zst`), verified, the original removed.
+    Compressed {
+        path: String,
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    /// The archive changed while being compressed: kept plain, tried again later.
+    CompressRetried {
+        path: String,
+    },
     PromptDeleted {
         path: String,
     },
@@ -82,6 +92,8 @@ impl PassEvent {
             PassEvent::Archived { .. } => "archived",
             PassEvent::Appended { .. } => "appended",
             PassEvent::AppendRetried { .. } => "append_retried",
+            PassEvent::Compressed { .. } => "compressed",
+            PassEvent::CompressRetried { .. } => "compress_retried",
             PassEvent::PromptDeleted { .. } => "prompt_deleted",
             PassEvent::Marked { .. } => "marked",
             PassEvent::StatusKept { .. } => "status_kept",
@@ -123,6 +135,14 @@ impl fmt::Display for PassEvent {
                 f,
                 "{path} changed while being appended; retried once it settles"
             ),
+            PassEvent::Compressed {
+                path,
+                bytes_in,
+                bytes_out,
+            } => write!(f, "compressed {path} ({bytes_in} -> {bytes_out} bytes)"),
+            PassEvent::CompressRetried { path } => {
+                write!(f, "{path} changed while being compressed; kept plain")
+            }
             PassEvent::PromptDeleted { path } => write!(f, "deleted {path}"),
             PassEvent::Marked {
                 status,
@@ -140,6 +160,48 @@ impl fmt::Display for PassEvent {
                     StatusStore::StateDb => "state DB",
                 }
             ),
+        }
+    }
+}
+
+/// What stopping an orphan session (an `agent_*` session no registry lists) came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum OrphanOutcome {
+    /// Its panes' processes were stopped and the session killed.
+    SessionKilled { processes: usize },
+    /// The session ended with its processes.
+    SessionEnded { processes: usize },
+    /// `kill-session` failed.
+    KillFailed { processes: usize, error: String },
+}
+
+impl OrphanOutcome {
+    /// Its name: the JSON `event` tag and the journald `ACTION` field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OrphanOutcome::SessionKilled { .. } => "session_killed",
+            OrphanOutcome::SessionEnded { .. } => "session_ended",
+            OrphanOutcome::KillFailed { .. } => "kill_failed",
+        }
+    }
+}
+
+impl fmt::Display for OrphanOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OrphanOutcome::SessionKilled { processes } => {
+                write!(f, "killed ({processes} process(es) stopped)")
+            }
+            OrphanOutcome::SessionEnded { processes } => {
+                write!(
+                    f,
+                    "ended with its processes ({processes} process(es) stopped)"
+                )
+            }
+            OrphanOutcome::KillFailed { processes, error } => {
+                write!(f, "error: {error} ({processes} process(es) stopped)")
+            }
         }
     }
 }
@@ -189,6 +251,14 @@ mod tests {
             PassEvent::AppendRetried {
                 path: "progress/a.jsonl".into(),
             },
+            PassEvent::Compressed {
+                path: "archive/a_stream.jsonl.zst".into(),
+                bytes_in: 100,
+                bytes_out: 10,
+            },
+            PassEvent::CompressRetried {
+                path: "archive/a_stream.jsonl".into(),
+            },
             PassEvent::PromptDeleted {
                 path: "agent_prompt_a.txt".into(),
             },
@@ -202,12 +272,43 @@ mod tests {
         ]
     }
 
+    fn every_orphan_outcome() -> Vec<OrphanOutcome> {
+        vec![
+            OrphanOutcome::SessionKilled { processes: 2 },
+            OrphanOutcome::SessionEnded { processes: 1 },
+            OrphanOutcome::KillFailed {
+                processes: 0,
+                error: "tmux did not answer".into(),
+            },
+        ]
+    }
+
     #[test]
     fn the_json_tag_and_the_journald_action_are_one_name() {
         for event in every_event() {
             let json = serde_json::to_value(&event).unwrap();
             assert_eq!(json["event"], event.as_str(), "{json}");
         }
+        for outcome in every_orphan_outcome() {
+            let json = serde_json::to_value(&outcome).unwrap();
+            assert_eq!(json["event"], outcome.as_str(), "{json}");
+        }
+    }
+
+    #[test]
+    fn orphan_outcomes_read_as_before() {
+        let texts: Vec<String> = every_orphan_outcome()
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "killed (2 process(es) stopped)",
+                "ended with its processes (1 process(es) stopped)",
+                "error: tmux did not answer (0 process(es) stopped)",
+            ]
+        );
     }
 
     /// `once` output and the daemon's log lines are read by people and by scripts
@@ -226,6 +327,8 @@ mod tests {
                 "archived progress/a.jsonl -> archive/a.jsonl",
                 "appended 7 late byte(s) of progress/a.jsonl to archive/a.jsonl",
                 "progress/a.jsonl changed while being appended; retried once it settles",
+                "compressed archive/a_stream.jsonl.zst (100 -> 10 bytes)",
+                "archive/a_stream.jsonl changed while being compressed; kept plain",
                 "deleted agent_prompt_a.txt",
                 "marked terminated (session_not_found)",
                 "state DB status changed meanwhile: left as the orchestrator set it",

@@ -9,6 +9,10 @@ mod fakes;
 mod lean;
 pub mod pass;
 #[cfg(test)]
+mod pass_fixture_tests;
+#[cfg(test)]
+mod pass_guard_tests;
+#[cfg(test)]
 mod pass_tests;
 mod read;
 mod report;

@@ -50,7 +50,7 @@ pub struct Reaper {
     pub config: Config,
     pub tmux: Box<dyn Tmux>,
     /// What runs and how it is stopped (the live system; fakes in unit tests).
-    pub procs: Box<dyn ProcessSource>,
+    pub processes: Box<dyn ProcessSource>,
     pub clock: Box<dyn Clock>,
     /// When each `agent_*` session was first seen gone (for `zombie_grace`).
     pub gone_since: HashMap<String, SystemTime>,
@@ -76,7 +76,7 @@ impl Reaper {
         Reaper {
             config,
             tmux,
-            procs: Box::new(LiveProcesses),
+            processes: Box::new(LiveProcesses),
             clock: Box::new(SystemClock),
             gone_since: HashMap::new(),
             progress: None,
@@ -119,7 +119,7 @@ impl Reaper {
         let policy = self.policy();
         let mut errors = Vec::new();
         let mut tmux: TmuxView = observe::tmux_view(self.tmux.snapshot());
-        let table = match self.procs.scan() {
+        let table = match self.processes.scan() {
             Ok(t) => t,
             Err(e) => {
                 // Without /proc nobody can tell what runs: nothing destructive this round.
@@ -213,14 +213,14 @@ impl Reaper {
                 self.state_dbs.insert(base.clone(), db);
             }
         }
-        let writers = scan_writers(self.procs.as_ref(), pending.iter().flatten());
+        let writers = scan_writers(self.processes.as_ref(), pending.iter().flatten());
         let procs = crate::procs::SetContext::new(&table, tmux.as_ref().ok(), &writers);
         let env = std::cell::OnceCell::new();
         let world = World {
             tmux: &tmux,
             table: &table,
             procs: &procs,
-            source: self.procs.as_ref(),
+            source: self.processes.as_ref(),
             pane_map: &self.pane_map,
             env: &env,
             gone_since: &self.gone_since,
@@ -286,6 +286,7 @@ impl Reaper {
             totals: Totals::default(),
             written_tasks: Vec::new(),
             hooks: Vec::new(),
+            archives: None,
             upload: None,
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
@@ -441,14 +442,14 @@ impl Reaper {
             views,
             &decisions,
             procs,
-            (self.tmux.as_ref(), self.procs.as_ref()),
+            (self.tmux.as_ref(), self.processes.as_ref()),
             &self.config,
             &mut outcomes,
         );
         act::stop_orphans(
             &mut report.orphans,
             table,
-            (self.tmux.as_ref(), self.procs.as_ref()),
+            (self.tmux.as_ref(), self.processes.as_ref()),
             &self.config,
         );
         // 2. Stopped agents get a second look (their session and processes are gone now);
@@ -460,7 +461,7 @@ impl Reaper {
             };
             agent.facts.live_processes = outcomes[t][a].survivors;
             agent.facts.live_writers = 0;
-            if let Some(status) = first_status(&decisions[t][a]) {
+            if let Some(status) = decisions[t][a].new_status() {
                 agent.facts.status = status.to_string();
                 agent.facts.class = StatusClass::Terminal;
             }
@@ -531,7 +532,7 @@ impl Reaper {
             .iter()
             .flat_map(|&(t, a)| views[t].agents[a].log_ids.iter().copied())
             .collect();
-        let writers = self.procs.writers_of(&ids);
+        let writers = self.processes.writers_of(&ids);
         for &(t, a) in which {
             let agent = &mut views[t].agents[a];
             refresh_logs(agent, &writers, self.config.settle, now);
@@ -674,13 +675,6 @@ fn read_options(config: &Config, repair: bool) -> crate::registry::ReadOptions {
         repair_torn: repair.then_some(config.lock_timeout),
         ..Default::default()
     }
-}
-
-pub(crate) fn first_status(d: &Decision) -> Option<&'static str> {
-    d.actions.iter().find_map(|a| match a {
-        Action::SetStatus { status, .. } => Some(*status),
-        _ => None,
-    })
 }
 
 /// How long until the youngest log that only waits for `settle` has settled.

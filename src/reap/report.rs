@@ -4,12 +4,10 @@ use crate::decide::{Action, AgentClass, Decision};
 use crate::model::StatusClass;
 use crate::observe::TaskView;
 use crate::reap::apply::Outcome;
-use crate::reap::events::PassEvent;
+use crate::reap::events::{OrphanOutcome, PassEvent};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use super::pass::first_status;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentReport {
@@ -63,7 +61,7 @@ pub struct OrphanReport {
     #[serde(skip)]
     pub pane_pids: Vec<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<OrphanOutcome>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -96,6 +94,9 @@ pub struct PassReport {
     /// Transition hooks this pass ran, queued or (in `plan`) would run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<crate::hooks::HookReport>,
+    /// Archive sizes and retention (`status`; `plan` and `once` with `[retention]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archives: Option<crate::archive::retention::ArchiveSurvey>,
     /// The upload stage (`archive_url`): full passes that act only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload: Option<crate::archive::upload::UploadReport>,
@@ -184,7 +185,7 @@ pub(super) fn fill_report(
             let mut r = AgentReport {
                 id: agent.id.to_string(),
                 status: agent.registry_status.clone(),
-                new_status: first_status(d).map(String::from),
+                new_status: d.new_status().map(String::from),
                 class: d.class,
                 actions: d.actions.clone(),
                 waiting: d.waiting.clone(),

@@ -591,26 +591,14 @@ fn cut_to(file: &File, len: u64) -> std::io::Result<()> {
 /// is half replaced (registry torn). `KEEP_SIZE`: readers never see the reserved tail.
 /// Filesystems without `fallocate` keep the old behaviour (the sidecar still covers it).
 fn reserve(file: &File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+    use rustix::fs::{FallocateFlags, fallocate};
+    use rustix::io::Errno;
     if file.metadata()?.len() >= len {
         return Ok(());
     }
-    // SAFETY: fallocate on an fd we own; no memory is passed.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_KEEP_SIZE,
-            0,
-            len as libc::off_t,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
-        _ => Err(err),
+    match fallocate(file, FallocateFlags::KEEP_SIZE, 0, len) {
+        Ok(()) | Err(Errno::OPNOTSUPP | Errno::NOSYS) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -221,7 +221,7 @@ fn sighup_keeps_the_old_config_when_the_new_one_is_bad_and_applies_a_good_one() 
     let d = Daemon::start(&s);
     assert!(ready(&s));
     // settle = 1h: the fresh log is settling.
-    s.write_config("settle = \"2 seconds\"\n");
+    s.write_config("settle = \"2 parsecs\"\n");
     d.signal(Signal::SIGHUP);
     assert!(d.wait_log("reload refused"), "bad config not reported");
     assert!(

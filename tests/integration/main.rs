@@ -21,6 +21,7 @@ mod hostile;
 mod journal_basic;
 mod journal_copy;
 mod journal_late;
+mod lifecycle;
 mod once_edges;
 mod once_fixture;
 mod processes;

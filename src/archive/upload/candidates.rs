@@ -10,8 +10,8 @@
 //!   that name is a late write the next pass appends to this archive (`crate::archive::late`), so
 //!   uploading now would ship a copy that is about to grow;
 //! - no journal step is pending on it (an append, a copy, a compression, an upload);
-//! - with `compress = true`, a stream log is already compressed (`.zst`): the plain one
-//!   is about to be replaced;
+//! - with `compress = true`, a log of a kind in `compress_kinds` is already compressed
+//!   (`.zst`): the plain one is about to be replaced;
 //! - it has not changed for `upload_after`;
 //! - with `keep_local`, it is not already uploaded as it is now (the ledger).
 
@@ -51,16 +51,13 @@ pub(crate) struct Facts<'a> {
     pub mtime: SystemTime,
     pub source_present: bool,
     pub step_pending: bool,
+    /// `compress = true` covers its kind (`compress_kinds`) and it is not `.zst` yet.
+    pub awaiting_compression: bool,
     pub in_ledger: bool,
 }
 
 /// The decision for one file (pure).
-pub(crate) fn judge(
-    f: &Facts,
-    now: SystemTime,
-    upload_after: Duration,
-    compress: bool,
-) -> Result<(), NotYet> {
+pub(crate) fn judge(f: &Facts, now: SystemTime, upload_after: Duration) -> Result<(), NotYet> {
     if !is_archive_name(f.name) {
         return Err(NotYet::NotAnArchive);
     }
@@ -73,7 +70,7 @@ pub(crate) fn judge(
     if f.source_present {
         return Err(NotYet::LateBytesPending);
     }
-    if compress && f.name.ends_with("_stream.jsonl") {
+    if f.awaiting_compression {
         return Err(NotYet::AwaitingCompression);
     }
     if f.in_ledger {
@@ -224,9 +221,13 @@ pub(crate) fn gather(
                     mtime,
                     source_present,
                     step_pending: pending.contains(&path),
+                    awaiting_compression: config.compress
+                        && !name.ends_with(crate::archive::compress::ZST_SUFFIX)
+                        && crate::archive::compress::kind_of(listed.name.as_ref())
+                            .is_some_and(|k| config.compress_kinds.contains(&k)),
                     in_ledger: in_ledger(&path, &meta.id),
                 };
-                if judge(&facts, now, config.upload_after, config.compress).is_ok() {
+                if judge(&facts, now, config.upload_after).is_ok() {
                     out.push(Candidate {
                         dir: Arc::clone(&archive),
                         name: listed.name.clone(),
@@ -253,6 +254,7 @@ mod tests {
             mtime: SystemTime::UNIX_EPOCH,
             source_present: false,
             step_pending: false,
+            awaiting_compression: false,
             in_ledger: false,
         }
     }
@@ -261,40 +263,34 @@ mod tests {
     fn only_quiet_archives_without_pending_bytes_are_settled() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(600);
         let wait = Duration::from_secs(300);
-        assert_eq!(judge(&facts("a_stream.jsonl"), now, wait, false), Ok(()));
+        assert_eq!(judge(&facts("a_stream.jsonl"), now, wait), Ok(()));
         let young = Facts {
             mtime: now - Duration::from_secs(10),
             ..facts("a_stream.jsonl")
         };
-        assert_eq!(judge(&young, now, wait, false), Err(NotYet::Young));
+        assert_eq!(judge(&young, now, wait), Err(NotYet::Young));
         let late = Facts {
             source_present: true,
             ..facts("a_progress.jsonl")
         };
-        assert_eq!(
-            judge(&late, now, wait, false),
-            Err(NotYet::LateBytesPending)
-        );
+        assert_eq!(judge(&late, now, wait), Err(NotYet::LateBytesPending));
         let linked = Facts {
             nlink: 2,
             ..facts("a_stream.jsonl")
         };
-        assert_eq!(judge(&linked, now, wait, false), Err(NotYet::HardLinked));
+        assert_eq!(judge(&linked, now, wait), Err(NotYet::HardLinked));
         let busy = Facts {
             step_pending: true,
             ..facts("a_stream.jsonl")
         };
-        assert_eq!(judge(&busy, now, wait, false), Err(NotYet::StepPending));
-        assert_eq!(
-            judge(&facts("a_stream.jsonl"), now, wait, true),
-            Err(NotYet::AwaitingCompression)
-        );
-        assert_eq!(judge(&facts("a_stream.jsonl.zst"), now, wait, true), Ok(()));
+        assert_eq!(judge(&busy, now, wait), Err(NotYet::StepPending));
+        let plain = Facts {
+            awaiting_compression: true,
+            ..facts("a_stream.jsonl")
+        };
+        assert_eq!(judge(&plain, now, wait), Err(NotYet::AwaitingCompression));
         for working in ["a_stream.jsonl.partial", ".hidden", "x.tmp", "a b"] {
-            assert_eq!(
-                judge(&facts(working), now, wait, false),
-                Err(NotYet::NotAnArchive)
-            );
+            assert_eq!(judge(&facts(working), now, wait), Err(NotYet::NotAnArchive));
         }
     }
 

@@ -3,6 +3,7 @@
 //! and deleting its prompt only if it is still the file that was checked.
 
 use super::Outcome;
+use crate::archive::compress;
 use crate::archive::late::append_late_write_at;
 use crate::archive::outcome::AppendOutcome;
 use crate::archive::store::{ArchiveError, Archived, Archiver, sync_dirs};
@@ -117,6 +118,16 @@ impl<'a> TaskFiles<'a> {
             .archiver()?
             .existing(&name)
             .map_err(|e| e.to_string())?;
+        let zst = compress::zst_name(&name);
+        if existing.is_none()
+            && self
+                .archiver()?
+                .existing(&zst)
+                .map_err(|e| e.to_string())?
+                .is_some()
+        {
+            return self.append_frame(path, &src_dir, &name, &zst, journal, out);
+        }
         if existing.is_none() {
             let archiver = self.archiver()?;
             match archive_journaled(archiver, &src_dir, &name, journal) {
@@ -126,7 +137,9 @@ impl<'a> TaskFiles<'a> {
                         from: self.in_task(path),
                         to: self.in_task(done.path()),
                     });
-                    out.archived.push(done.path().to_path_buf());
+                    let archived = self.maybe_compress(&name, journal, out);
+                    out.archived
+                        .push(archived.unwrap_or_else(|| done.path().to_path_buf()));
                     return Ok(());
                 }
                 // Archived by someone else between the look and the move: append below.
@@ -149,6 +162,48 @@ impl<'a> TaskFiles<'a> {
         let archiver = self.archiver()?;
         let adir = archiver.open().map_err(|e| e.to_string())?;
         let target = adir.display(name);
+        let Some(journal_lock) = journal else {
+            return Err(format!(
+                "{}: {} already holds this log's archive; appending to it needs the journal (a state dir); left for a later pass",
+                path.display(),
+                target.display()
+            ));
+        };
+        let mut journal = journal_lock.lock().expect("journal lock");
+        match append_late_write_at(src_dir, name, adir, name, &mut journal) {
+            Ok(AppendOutcome::Appended { bytes, rescued }) => {
+                out.done.push(PassEvent::Appended {
+                    bytes: bytes + rescued,
+                    from: self.in_task(path),
+                    to: self.in_task(&target),
+                });
+                drop(journal);
+                let archived = self.maybe_compress(name, Some(journal_lock), out);
+                out.archived.push(archived.unwrap_or(target));
+            }
+            Ok(AppendOutcome::Changed) => out.done.push(PassEvent::AppendRetried {
+                path: self.in_task(path),
+            }),
+            Err(e) => return Err(e.to_string()),
+        }
+        Ok(())
+    }
+
+    /// Appends the late write `src_dir/name` to its compressed archive `<name>.zst` as one
+    /// more zstd frame and unlinks it (journaled, `crate::archive::compress::frame`).
+    fn append_frame(
+        &mut self,
+        path: &Path,
+        src_dir: &Dir,
+        name: &OsStr,
+        zst: &OsStr,
+        journal: Option<&Mutex<Journal>>,
+        out: &mut Outcome,
+    ) -> Result<(), String> {
+        let level = self.config.compress_level;
+        let archiver = self.archiver()?;
+        let adir = archiver.open().map_err(|e| e.to_string())?;
+        let target = adir.display(zst);
         let Some(journal) = journal else {
             return Err(format!(
                 "{}: {} already holds this log's archive; appending to it needs the journal (a state dir); left for a later pass",
@@ -157,7 +212,7 @@ impl<'a> TaskFiles<'a> {
             ));
         };
         let mut journal = journal.lock().expect("journal lock");
-        match append_late_write_at(src_dir, name, adir, name, &mut journal) {
+        match compress::frame::append_frame(src_dir, name, adir, zst, level, &mut journal) {
             Ok(AppendOutcome::Appended { bytes, rescued }) => {
                 out.done.push(PassEvent::Appended {
                     bytes: bytes + rescued,
@@ -172,6 +227,53 @@ impl<'a> TaskFiles<'a> {
             Err(e) => return Err(e.to_string()),
         }
         Ok(())
+    }
+
+    /// With `compress` on and a kind listed in `compress_kinds`, compresses the archive
+    /// `name` just made (or appended to) into `<name>.zst`; returns the `.zst`'s path when
+    /// it replaced the archive. A failure keeps the plain archive and is reported.
+    fn maybe_compress(
+        &mut self,
+        name: &OsStr,
+        journal: Option<&Mutex<Journal>>,
+        out: &mut Outcome,
+    ) -> Option<PathBuf> {
+        let wanted = self.config.compress
+            && compress::kind_of(name).is_some_and(|k| self.config.compress_kinds.contains(&k));
+        if !wanted {
+            return None;
+        }
+        // Without a journal a crash mid-way could not be settled: stay plain.
+        let journal = journal?;
+        let level = self.config.compress_level;
+        let adir = self.archiver().ok()?.open().ok()?;
+        let mut journal = journal.lock().expect("journal lock");
+        match compress::compress_archived(adir, name, level, &mut journal) {
+            Ok(compress::Compressed::Done {
+                zst,
+                bytes_in,
+                bytes_out,
+            }) => {
+                out.done.push(PassEvent::Compressed {
+                    path: self.in_task(&zst),
+                    bytes_in,
+                    bytes_out,
+                });
+                Some(zst)
+            }
+            Ok(compress::Compressed::Changed) => {
+                let plain = adir.display(name);
+                drop(journal);
+                out.done.push(PassEvent::CompressRetried {
+                    path: self.in_task(&plain),
+                });
+                None
+            }
+            Err(e) => {
+                out.errors.push(format!("kept uncompressed: {e}"));
+                None
+            }
+        }
     }
 
     /// Deletes the prompt file if it is still a regular file with one link, and only the
@@ -197,6 +299,37 @@ impl<'a> TaskFiles<'a> {
         }
     }
 
+    /// Compresses the plain archives of `agent`'s logs that should be compressed but are
+    /// not (a pass killed between the archive and its compression, a failed or undone
+    /// compression, `compress` turned on later), before the record lists what is on disk.
+    pub(super) fn compress_leftovers(
+        &mut self,
+        agent: &crate::observe::AgentView,
+        journal: Option<&Mutex<Journal>>,
+        out: &mut Outcome,
+    ) {
+        if !self.config.compress || journal.is_none() {
+            return;
+        }
+        let logs = crate::workspace::agent_files(&self.view.task, &agent.id).logs;
+        for (kind, log) in logs {
+            let Some(name) = log.file_name() else {
+                continue;
+            };
+            if !self.config.compress_kinds.contains(&kind) {
+                continue;
+            }
+            let Ok(archiver) = self.archiver() else {
+                return;
+            };
+            let plain = archiver.existing(name).ok().flatten();
+            let zst = archiver.existing(&compress::zst_name(name)).ok().flatten();
+            if plain.is_some() && zst.is_none() {
+                self.maybe_compress(name, journal, out);
+            }
+        }
+    }
+
     /// The archives of `agent`'s logs present in the archive folder now (by the logs'
     /// conventional names): what an earlier pass archived counts in a later record.
     /// `this_pass` (archives this pass just made, all in this archive folder) are not
@@ -214,7 +347,19 @@ impl<'a> TaskFiles<'a> {
         logs.iter()
             .filter_map(|(_, log)| log.file_name())
             .filter(|name| !this_pass.iter().any(|p| p.file_name() == Some(*name)))
-            .filter_map(|name| archiver.existing(name).ok().flatten())
+            .filter_map(|name| {
+                // What is on disk: the plain archive, else its compressed form.
+                archiver.existing(name).ok().flatten().or_else(|| {
+                    let zst = compress::zst_name(name);
+                    if this_pass
+                        .iter()
+                        .any(|p| p.file_name() == Some(zst.as_os_str()))
+                    {
+                        return None;
+                    }
+                    archiver.existing(&zst).ok().flatten()
+                })
+            })
             .collect()
     }
 
