@@ -1,6 +1,6 @@
 //! The rules (DESIGN.md §2): from one agent's facts and `now`, the actions to take. Pure.
 
-use crate::model::{StatusClass, age};
+use crate::model::{Backend, StatusClass, age};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -443,6 +443,28 @@ fn cleanup(
 /// An `agent_*` session that no registry lists.
 pub fn decide_orphan(activity: Option<SystemTime>, policy: &Policy, now: SystemTime) -> bool {
     policy.kill_orphan_sessions && activity.is_none_or(|t| age(now, t) >= policy.max_inactivity)
+}
+
+/// The decision in the vocabulary of the orchestrator generation that keeps the task.
+///
+/// The 2026 (SQLite) orchestrators' own detectors mark an agent whose session died or that
+/// got stuck `failed`, with a progress line saying why, never `terminated`; their readers
+/// count `failed` agents as such. So a DB-backed agent we find dead or stale is marked
+/// `failed`; the reason (`session_not_found`, `inactivity_timeout`, `process_exited`) stays
+/// in the message, the progress line and the JSON registry's `termination_reason`. JSON
+/// (2025) tasks keep `terminated`, as that generation's repair writes. Pure; applied right
+/// after `decide`, so `plan` shows what `once` writes.
+pub fn for_backend(backend: Backend, mut decision: Decision) -> Decision {
+    if backend == Backend::Sqlite {
+        for action in &mut decision.actions {
+            if let Action::SetStatus { status, .. } = action
+                && *status == "terminated"
+            {
+                *status = "failed";
+            }
+        }
+    }
+    decision
 }
 
 #[cfg(test)]

@@ -306,3 +306,34 @@ fn names_in_text_and_json_agree() {
         );
     }
 }
+
+fn zombie(status: &'static str, reason: Option<&'static str>) -> Decision {
+    Decision {
+        class: AgentClass::Zombie,
+        actions: vec![
+            Action::SetStatus {
+                status,
+                termination_reason: reason,
+            },
+            Action::RecordCleanup,
+        ],
+        waiting: None,
+        recheck: None,
+    }
+}
+
+#[test]
+fn the_sqlite_generation_marks_dead_and_stuck_agents_failed_and_keeps_the_reason() {
+    for reason in ["session_not_found", "inactivity_timeout", "process_exited"] {
+        let d = for_backend(Backend::Sqlite, zombie("terminated", Some(reason)));
+        assert_eq!(d, zombie("failed", Some(reason)));
+        // The JSON generation keeps its own word.
+        let d = for_backend(Backend::Json, zombie("terminated", Some(reason)));
+        assert_eq!(d, zombie("terminated", Some(reason)));
+    }
+    // A result line's verdict is the same in both.
+    assert_eq!(
+        for_backend(Backend::Sqlite, zombie("completed", None)),
+        zombie("completed", None)
+    );
+}

@@ -147,6 +147,24 @@ pub fn age(now: SystemTime, then: SystemTime) -> Duration {
     now.duration_since(then).unwrap_or_default()
 }
 
+/// Where a task's agents are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `AGENT_REGISTRY.json` in the task folder.
+    Json,
+    /// `<base>/registry/state.sqlite3` (newer orchestrators), which has rows for the task.
+    Sqlite,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Json => "json",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

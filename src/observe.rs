@@ -5,7 +5,7 @@ pub mod tracked;
 
 use crate::decide::{AgentFacts, FileFact, FileState, SessionFact, StreamEnd};
 use crate::fs::{Dir, EntryKind, Purpose};
-use crate::model::{AgentId, StatusClass, age, classify_status, parse_timestamp};
+use crate::model::{AgentId, Backend, StatusClass, age, classify_status, parse_timestamp};
 use crate::procs::ProcessSource;
 use crate::procs::environ::EnvIndex;
 use crate::procs::openfiles::FileId;
@@ -47,24 +47,6 @@ pub struct AgentView {
 impl AgentView {
     pub fn session_name(&self) -> String {
         self.id.session_name()
-    }
-}
-
-/// Where a task's agents are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// `AGENT_REGISTRY.json` in the task folder.
-    Json,
-    /// `<base>/registry/state.sqlite3` (newer orchestrators), which has rows for the task.
-    Sqlite,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Json => "json",
-            Backend::Sqlite => "sqlite",
-        }
     }
 }
 

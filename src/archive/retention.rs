@@ -13,9 +13,7 @@
 //! file) counts towards the base's size but is never removed.
 
 use crate::config::{Config, Retention};
-use crate::decide::AgentClass;
 use crate::fs::{self as cfs, Compare, Dir, EntryKind, FileId, UnlinkOutcome};
-use crate::reap::pass::{PassReport, TaskReport};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -130,9 +128,20 @@ pub struct Removal {
     id: Option<FileId>,
 }
 
-/// Lists the archive folder of every task in `report` (grouped by workspace base) and
+/// A task a pass looked at, as retention needs it.
+#[derive(Debug, Clone)]
+pub struct SeenTask<'a> {
+    pub dir: &'a Path,
+    pub task_id: &'a str,
+    pub agent_ids: Vec<&'a str>,
+    /// Every agent cleaned with nothing left to do, and the registry read without error:
+    /// only then are its agents' archives removable.
+    pub cleaned: bool,
+}
+
+/// Lists the archive folder of every task in `tasks` (grouped by workspace base) and
 /// decides, with [`choose`], what `config.retention` removes. Changes nothing.
-pub fn survey(config: &Config, report: &PassReport, now: SystemTime) -> ArchiveSurvey {
+pub fn survey(config: &Config, tasks: &[SeenTask<'_>], now: SystemTime) -> ArchiveSurvey {
     let mut out = ArchiveSurvey {
         bases: Vec::new(),
         retention: config.retention.is_enabled(),
@@ -148,11 +157,10 @@ pub fn survey(config: &Config, report: &PassReport, now: SystemTime) -> ArchiveS
             errors: Vec::new(),
         };
         let mut listed: Vec<(Candidate, Removal)> = Vec::new();
-        let tasks = report
-            .tasks
+        let in_base = tasks
             .iter()
             .filter(|t| t.dir.parent() == Some(base.as_path()));
-        for task in tasks {
+        for task in in_base {
             match list_task(config, base, task) {
                 Ok(None) => {}
                 Ok(Some((summary, files))) => {
@@ -215,12 +223,12 @@ pub fn remove(survey: &mut ArchiveSurvey) {
 fn list_task(
     config: &Config,
     base: &Path,
-    task: &TaskReport,
+    task: &SeenTask<'_>,
 ) -> Result<Option<(TaskArchives, Vec<(Candidate, Removal)>)>, cfs::FsError> {
     let dir = match &config.archive_dir {
-        Some(root) => Dir::open_base(root).and_then(|d| d.open_dir(&task.task_id)),
+        Some(root) => Dir::open_base(root).and_then(|d| d.open_dir(task.task_id)),
         None => Dir::open_base(base)
-            .and_then(|b| b.open_dir(&task.task_id))
+            .and_then(|b| b.open_dir(task.task_id))
             .and_then(|t| t.open_dir("archive")),
     };
     let dir = match dir {
@@ -228,14 +236,14 @@ fn list_task(
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e),
     };
-    let cleaned = task_is_cleaned(task);
+    let cleaned = task.cleaned;
     let ours: HashSet<OsString> = if cleaned {
-        task.agents.iter().flat_map(|a| log_names(&a.id)).collect()
+        task.agent_ids.iter().flat_map(|id| log_names(id)).collect()
     } else {
         HashSet::new()
     };
     let mut summary = TaskArchives {
-        task_id: task.task_id.clone(),
+        task_id: task.task_id.to_string(),
         folder: dir.path().to_path_buf(),
         bytes: 0,
         files: 0,
@@ -281,18 +289,6 @@ fn list_task(
     // Files of one age go in name order, whatever order the folder lists them in.
     files.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     Ok(Some((summary, files)))
-}
-
-/// Every agent cleaned with nothing left to do, and the registry read without error.
-fn task_is_cleaned(task: &TaskReport) -> bool {
-    task.error.is_none()
-        && !task.agents.is_empty()
-        && task.agents.iter().all(|a| {
-            a.class == AgentClass::Cleaned
-                && a.actions.is_empty()
-                && a.waiting.is_none()
-                && a.errors.is_empty()
-        })
 }
 
 /// The archive names an agent's logs can have, plain and compressed.

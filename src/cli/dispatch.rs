@@ -197,7 +197,8 @@ pub fn run(cli: Cli) -> Result<()> {
             });
             // After the pass, on what it saw: the same survey `plan` prints.
             if config.retention.is_enabled() {
-                let mut archives = retention::survey(&config, &report, SystemTime::now());
+                let mut archives =
+                    retention::survey(&config, &report.seen_tasks(), SystemTime::now());
                 retention::remove(&mut archives);
                 report.archives = Some(archives);
             }
@@ -212,7 +213,11 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let mut report = reaper.run(Mode::Plan);
             if config.retention.is_enabled() {
-                report.archives = Some(retention::survey(&config, &report, SystemTime::now()));
+                report.archives = Some(retention::survey(
+                    &config,
+                    &report.seen_tasks(),
+                    SystemTime::now(),
+                ));
             }
             print(&report, json, crate::cli::render::plan)
         }
@@ -223,7 +228,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 reaper.pane_map = crate::state::load_pane_map(&state).read_only();
             }
             let mut report = reaper.run(Mode::Plan);
-            report.archives = Some(retention::survey(&config, &report, SystemTime::now()));
+            report.archives = Some(retention::survey(
+                &config,
+                &report.seen_tasks(),
+                SystemTime::now(),
+            ));
             print(&report, json, crate::cli::render::status)
         }
     }

@@ -584,7 +584,7 @@ mod tests {
                 && err.contains("GiB"),
             "{err}"
         );
-        let err = parse("[retention]\nmax_age = \"30 days\"\n")
+        let err = parse("[retention]\nmax_age = \"thirty days\"\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("retention.max_age"), "{err}");

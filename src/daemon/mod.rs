@@ -288,7 +288,8 @@ impl Daemon {
             // Retention needs every task of a base in view: full reconciles only.
             if scope.is_none() && reaper.config.retention.is_enabled() {
                 let now = std::time::SystemTime::now();
-                let mut archives = crate::archive::retention::survey(&reaper.config, &report, now);
+                let mut archives =
+                    crate::archive::retention::survey(&reaper.config, &report.seen_tasks(), now);
                 if mode != Mode::Plan {
                     crate::archive::retention::remove(&mut archives);
                 }

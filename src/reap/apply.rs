@@ -11,12 +11,14 @@ use crate::procs::{
     Evidence, KillSession, ProcTable, ProcessSource, SetContext, StopPolicy, StopRequest, Tmux,
 };
 use crate::reap::events::{OrphanOutcome, PassEvent, StatusStore};
-use crate::reap::pass::OrphanReport;
+use crate::reap::outcome::Outcome;
+use crate::reap::report::OrphanReport;
 use crate::registry::edit::{
     AgentChange, Applied, CleanupRecord, GlobalChange, edit_global_registry, edit_task_registry,
 };
+use crate::registry::sqlite::tasks::{BaseDb, StatusWrite, StatusWritten, apply_transitions};
 use crate::registry::{UpdateOptions, UpdateOutcome, update_registry};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -25,47 +27,6 @@ use std::time::SystemTime;
 const KILL_THREADS: usize = 8;
 
 mod files;
-
-/// What happened to one agent this pass.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub stopped: bool,
-    pub session_killed: bool,
-    pub escalated: Option<bool>,
-    pub survivors: usize,
-    pub defunct: Vec<String>,
-    /// No defunct process waits on a living parent (see `StopReport::verified_no_zombies`).
-    pub reaped: bool,
-    pub archived: Vec<PathBuf>,
-    pub prompt_deleted: bool,
-    pub recorded: bool,
-    pub status_applied: Option<String>,
-    /// What the last search for its processes looked at (empty: the observation's).
-    pub checked: Vec<String>,
-    /// What was done, in order.
-    pub done: Vec<PassEvent>,
-    pub errors: Vec<String>,
-}
-
-impl Default for Outcome {
-    fn default() -> Self {
-        Outcome {
-            stopped: false,
-            session_killed: false,
-            escalated: None,
-            survivors: 0,
-            defunct: Vec::new(),
-            reaped: true,
-            archived: Vec::new(),
-            prompt_deleted: false,
-            recorded: false,
-            status_applied: None,
-            checked: Vec::new(),
-            done: Vec::new(),
-            errors: Vec::new(),
-        }
-    }
-}
 
 /// Runs `kill-session` for each name on a few threads: many sessions must not queue behind each other.
 pub fn kill_sessions(tmux: &dyn Tmux, names: &[String]) -> Vec<Result<KillSession, String>> {
@@ -342,7 +303,7 @@ pub fn apply_task(
     now: SystemTime,
 ) -> Result<bool, String> {
     // DB-backed tasks had their transitions written before (one transaction per base).
-    let db_backed = view.backend == crate::observe::Backend::Sqlite;
+    let db_backed = view.backend == crate::model::Backend::Sqlite;
     let mut files = files::TaskFiles::new(view, config);
     let stamp = format_timestamp(now);
     let mut changes = Vec::new();
@@ -512,4 +473,81 @@ pub fn update_global(
     update_registry(path, opts, |root| edit_global_registry(root, &changes))
         .map(|(written, ())| written == UpdateOutcome::Written)
         .map_err(|e| e.to_string())
+}
+
+/// Writes the status changes of DB-backed tasks, one transaction per base, and records
+/// what became of each in its agent's outcome. Returns the tasks to skip this round: those
+/// of a base whose DB another writer held past the timeout.
+pub fn apply_db_transitions(
+    state_dbs: &HashMap<PathBuf, BaseDb>,
+    views: &[TaskView],
+    decisions: &[Vec<Decision>],
+    outcomes: &mut [Vec<Outcome>],
+    opts: &UpdateOptions,
+    now: SystemTime,
+    errors: &mut Vec<String>,
+) -> HashSet<usize> {
+    let mut skip = HashSet::new();
+    for (base, db) in state_dbs {
+        let mut writes = Vec::new();
+        let mut which = Vec::new();
+        let mut tasks = Vec::new();
+        for (t, view) in views.iter().enumerate() {
+            if view.backend != crate::model::Backend::Sqlite || &view.task.base != base {
+                continue;
+            }
+            tasks.push(t);
+            for (a, (agent, decision)) in view.agents.iter().zip(&decisions[t]).enumerate() {
+                let Some((status, reason)) = decision.actions.iter().find_map(|x| match x {
+                    Action::SetStatus {
+                        status,
+                        termination_reason,
+                    } => Some((*status, *termination_reason)),
+                    _ => None,
+                }) else {
+                    continue;
+                };
+                writes.push(StatusWrite {
+                    task: view.task.clone(),
+                    agent_id: agent.id.to_string(),
+                    expect_status: agent.registry_status.clone(),
+                    status,
+                    reason,
+                });
+                which.push((t, a));
+            }
+        }
+        match apply_transitions(&db.db, &writes, opts, now) {
+            Ok(results) => {
+                for ((&(t, a), write), result) in which.iter().zip(&writes).zip(results) {
+                    let out = &mut outcomes[t][a];
+                    match result {
+                        StatusWritten::Done { side_errors } => {
+                            out.status_applied = Some(write.status.to_string());
+                            out.done.push(PassEvent::Marked {
+                                status: write.status,
+                                reason: write.reason,
+                            });
+                            out.errors.extend(side_errors);
+                        }
+                        StatusWritten::StatusMoved => out.done.push(PassEvent::StatusKept {
+                            store: StatusStore::StateDb,
+                        }),
+                        StatusWritten::Missing => out
+                            .errors
+                            .push("agent row vanished from the state DB meanwhile".into()),
+                    }
+                }
+            }
+            Err(e) => {
+                errors.push(format!(
+                    "{e}; {} task(s) of {} wait for the next round",
+                    tasks.len(),
+                    base.display()
+                ));
+                skip.extend(tasks);
+            }
+        }
+    }
+    skip
 }

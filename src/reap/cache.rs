@@ -5,7 +5,8 @@
 use super::read::{FileKey, registry_key};
 use crate::decide::{AgentClass, Decision};
 use crate::model::AgentId;
-use crate::observe::{Backend, TaskView};
+use crate::model::Backend;
+use crate::observe::TaskView;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};

@@ -7,11 +7,14 @@ pub mod events;
 #[cfg(test)]
 mod fakes;
 mod lean;
+pub mod outcome;
 pub mod pass;
 #[cfg(test)]
 mod pass_fixture_tests;
 #[cfg(test)]
 mod pass_guard_tests;
+#[cfg(test)]
+mod pass_sqlite_tests;
 #[cfg(test)]
 mod pass_tests;
 mod read;

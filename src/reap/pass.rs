@@ -2,13 +2,14 @@
 
 use crate::config::Config;
 use crate::decide::{Action, Decision, Policy, SessionFact, decide, decide_orphan};
-use crate::model::StatusClass;
+use crate::model::{Backend, StatusClass};
 use crate::observe::{
-    self, AgentView, Backend, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
+    self, AgentView, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
     scan_writers, task_view,
 };
 use crate::procs::{LiveProcesses, ProcTable, ProcessSource, Tmux};
-use crate::reap::apply::{self as act, Outcome};
+use crate::reap::apply as act;
+use crate::reap::outcome::Outcome;
 use crate::registry::sqlite::tasks::{db_task_dirs, open_base_db};
 use crate::registry::{UpdateOptions, recover_sidecar};
 use crate::workspace::{discover_tasks, global_registry};
@@ -259,10 +260,9 @@ impl Reaper {
                     .iter()
                     .map(|a| match ambiguous.get(&a.id) {
                         Some(why) => Decision::ambiguous(why),
-                        None => crate::registry::sqlite::tasks::for_backend(
-                            v.backend,
-                            decide(&a.facts, &policy, now),
-                        ),
+                        None => {
+                            crate::decide::for_backend(v.backend, decide(&a.facts, &policy, now))
+                        }
                     })
                     .collect()
             })
@@ -490,7 +490,15 @@ impl Reaper {
         }
         // 3. DB-backed tasks' transitions, one transaction per base; a DB held by another
         // writer skips its tasks this round.
-        let skip = self.apply_db_transitions(views, &decisions, &mut outcomes, now, report);
+        let skip = act::apply_db_transitions(
+            &self.state_dbs,
+            views,
+            &decisions,
+            &mut outcomes,
+            &self.update_options(),
+            now,
+            &mut report.errors,
+        );
         // 4. Files, then the registries: tasks are independent, so a few at a time.
         let written = self.apply_tasks(views, &decisions, &mut outcomes, now, &skip);
         for result in written {
@@ -550,42 +558,6 @@ impl Reaper {
             first.waiting = second.waiting;
             first.recheck = second.recheck;
         }
-    }
-
-    /// Writes the transitions of DB-backed tasks; returns the tasks to skip this round.
-    fn apply_db_transitions(
-        &self,
-        views: &[TaskView],
-        decisions: &[Vec<Decision>],
-        outcomes: &mut [Vec<Outcome>],
-        now: SystemTime,
-        report: &mut PassReport,
-    ) -> HashSet<usize> {
-        let mut skip = HashSet::new();
-        for (base, db) in &self.state_dbs {
-            let mut work = Vec::new();
-            let mut indexes = Vec::new();
-            for (t, (outs, view)) in outcomes.iter_mut().zip(views).enumerate() {
-                if view.backend == Backend::Sqlite && &view.task.base == base {
-                    work.push((view, decisions[t].as_slice(), outs.as_mut_slice()));
-                    indexes.push(t);
-                }
-            }
-            if let Err(e) = crate::registry::sqlite::tasks::apply_transitions(
-                &db.db,
-                &mut work,
-                &self.update_options(),
-                now,
-            ) {
-                report.errors.push(format!(
-                    "{e}; {} task(s) of {} wait for the next round",
-                    indexes.len(),
-                    base.display()
-                ));
-                skip.extend(indexes);
-            }
-        }
-        skip
     }
 
     /// Runs `act::apply_task` for every readable task on a few threads; per task, whether

@@ -3,8 +3,8 @@
 use crate::decide::{Action, AgentClass, Decision};
 use crate::model::StatusClass;
 use crate::observe::TaskView;
-use crate::reap::apply::Outcome;
 use crate::reap::events::{OrphanOutcome, PassEvent};
+use crate::reap::outcome::Outcome;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,6 +103,19 @@ pub struct PassReport {
 }
 
 impl PassReport {
+    /// The tasks as archive retention sees them (which are wholly cleaned, and whose logs).
+    pub fn seen_tasks(&self) -> Vec<crate::archive::retention::SeenTask<'_>> {
+        self.tasks
+            .iter()
+            .map(|task| crate::archive::retention::SeenTask {
+                dir: &task.dir,
+                task_id: &task.task_id,
+                agent_ids: task.agents.iter().map(|a| a.id.as_str()).collect(),
+                cleaned: task.is_cleaned(),
+            })
+            .collect()
+    }
+
     /// The transitions this report says were committed (in `plan`: decided), for hooks.
     /// `reason` is the termination reason, else the agent's class (`zombie`, `finished`...).
     pub fn transitions(&self) -> Vec<crate::hooks::Transition> {
@@ -215,4 +228,18 @@ pub(super) fn fill_report(
         report.tasks.push(task);
     }
     report.totals.errors += report.errors.len();
+}
+
+impl TaskReport {
+    /// Every agent cleaned with nothing left to do, and the registry read without error.
+    fn is_cleaned(&self) -> bool {
+        self.error.is_none()
+            && !self.agents.is_empty()
+            && self.agents.iter().all(|a| {
+                a.class == AgentClass::Cleaned
+                    && a.actions.is_empty()
+                    && a.waiting.is_none()
+                    && a.errors.is_empty()
+            })
+    }
 }

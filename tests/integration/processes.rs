@@ -32,17 +32,6 @@ fn finished(s: &Sandbox, id: &str) {
     .unwrap();
 }
 
-fn alive(pid: i32) -> bool {
-    // Gone, or a zombie nobody reaped yet (PID 1 in a container may never reap): not running.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z') && !state.starts_with('X')
-        }
-        Err(_) => false,
-    }
-}
-
 fn read_pids(path: &Path) -> Vec<i32> {
     fs::read_to_string(path)
         .unwrap_or_default()

@@ -1,5 +1,6 @@
 //! procs against real tmux servers (private sockets) and real processes.
 
+use crate::common::alive;
 use agent_reaper::model::AgentId;
 use agent_reaper::procs::evidence::fresh_sets;
 use agent_reaper::procs::openfiles::{file_id, writers_of};
@@ -19,14 +20,6 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Alive = present and not a zombie (a zombie is dead; pid 1 here may never reap it).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| agent_reaper::procs::table::parse_stat(&s))
-        .is_some_and(|s| s.state != 'Z')
 }
 
 /// SIGKILLs whatever test processes (and their descendants) are still alive when a test

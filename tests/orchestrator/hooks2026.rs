@@ -1,6 +1,6 @@
 //! Transition hooks with the 2026 orchestrator's own code: the phase goes to review, dead reviewers are retried, failing and hanging hooks.
 
-use crate::common::{Sandbox, wait_until};
+use crate::common::{Sandbox, alive, wait_until};
 use crate::harness::{Generation, World as Harness};
 use serde_json::Value;
 use std::fs;
@@ -396,11 +396,6 @@ print(json.dumps({"status": a["status"]}))
 fn quick_agent(w: &World, task: &str, agent: &str) {
     w.python(QUICK_TASK, &[task, agent]);
     w.h.start_session(&format!("agent_{agent}"), "exec sleep 3600");
-}
-
-fn alive(pid: i32) -> bool {
-    // Not gone and not a zombie.
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
 }
 
 #[test]

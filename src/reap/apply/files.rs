@@ -324,8 +324,13 @@ impl<'a> TaskFiles<'a> {
             };
             let plain = archiver.existing(name).ok().flatten();
             let zst = archiver.existing(&compress::zst_name(name)).ok().flatten();
-            if plain.is_some() && zst.is_none() {
-                self.maybe_compress(name, journal, out);
+            if let (Some(plain), None) = (plain, zst)
+                && let Some(zst) = self.maybe_compress(name, journal, out)
+            {
+                // This pass's list names what is on disk now.
+                for listed in out.archived.iter_mut().filter(|p| **p == plain) {
+                    *listed = zst.clone();
+                }
             }
         }
     }

@@ -1,10 +1,6 @@
 //! Tasks kept in the orchestrator's SQLite state DB: which tasks it owns, the status its generation uses, and writing their transitions (DB, then the task's JSON registry where it lists the agent).
 
-use crate::decide::{Action, Decision};
 use crate::model::{StatusClass, classify_status, format_timestamp};
-use crate::observe::{Backend, TaskView};
-use crate::reap::apply::Outcome;
-use crate::reap::events::{PassEvent, StatusStore};
 use crate::registry::edit::{AgentChange, Applied, edit_task_registry};
 use crate::registry::sqlite::{
     DbApplied, DbChange, StateDb, append_progress_line_in, progress_line, state_db_path,
@@ -13,7 +9,7 @@ use crate::registry::sqlite::{
 use crate::registry::{RegistryError, UpdateOptions, update_registry};
 use crate::workspace::TaskDir;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -59,28 +55,6 @@ pub fn db_task_dirs(base: &Path, rows: &BTreeMap<String, Vec<Value>>) -> Vec<Tas
         })
         .map(|(id, _)| TaskDir::new(base, id))
         .collect()
-}
-
-/// The decision in the vocabulary of the orchestrator generation that keeps the task.
-///
-/// The 2026 (SQLite) orchestrators' own detectors mark an agent whose session died or that
-/// got stuck `failed`, with a progress line saying why, never `terminated`; their readers
-/// count `failed` agents as such. So a DB-backed agent we find dead or stale is marked
-/// `failed`; the reason (`session_not_found`, `inactivity_timeout`, `process_exited`) stays
-/// in the message, the progress line and the JSON registry's `termination_reason`. JSON
-/// (2025) tasks keep `terminated`, as that generation's repair writes. Pure; applied right
-/// after `decide`, so `plan` shows what `once` writes.
-pub fn for_backend(backend: Backend, mut decision: Decision) -> Decision {
-    if backend == Backend::Sqlite {
-        for action in &mut decision.actions {
-            if let Action::SetStatus { status, .. } = action
-                && *status == "terminated"
-            {
-                *status = "failed";
-            }
-        }
-    }
-    decision
 }
 
 /// One agent's transition as written to the DB.
@@ -243,59 +217,69 @@ fn write_side_stores(
 /// How long the JSON mirror waits for a registry lock while the DB write lock is held.
 const MIRROR_LOCK_WAIT: Duration = Duration::from_secs(1);
 
-/// One DB-backed task's share of a round: its view, decisions and outcomes.
-pub type TaskWork<'a> = (&'a TaskView, &'a [Decision], &'a mut [Outcome]);
+/// One agent's status change for the state DB, as the pass asks for it.
+#[derive(Debug, Clone)]
+pub struct StatusWrite {
+    /// The agent's task folder: its progress log and JSON registry follow the DB.
+    pub task: TaskDir,
+    pub agent_id: String,
+    /// Compare-and-set: the row's status as read at the start of the pass.
+    pub expect_status: String,
+    pub status: &'static str,
+    pub reason: Option<&'static str>,
+}
 
-/// Writes this round's status transitions of every DB-backed task of a base in one
+/// What became of one [`StatusWrite`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusWritten {
+    /// Written to the DB; `side_errors`: its progress line or JSON registry did not follow.
+    Done { side_errors: Vec<String> },
+    /// The orchestrator changed the status meanwhile: left as it set it.
+    StatusMoved,
+    /// The agent's row vanished from the DB meanwhile.
+    Missing,
+}
+
+/// Writes this round's status changes of a base's DB-backed tasks in one
 /// `BEGIN IMMEDIATE` transaction; before it commits, appends the terminal progress line
 /// the orchestrator's health checks read and gives the task's JSON registry the same
 /// transitions where it lists the agent, so no orchestrator writer acts on one store
 /// disagreeing with another (`reconcile_task_workspace` reads the file and the line, then
-/// writes the DB). Runs before the logs are archived, so that line is archived with them. A DB held by
-/// another writer past the timeout is one error for the whole base (not one per agent); the
-/// caller skips these tasks this round.
+/// writes the DB). Runs before the logs are archived, so that line is archived with them.
+/// Returns one result per write, in order. A DB held by another writer past the timeout
+/// is one error for the whole base (not one per agent); the caller skips these tasks this
+/// round.
 pub fn apply_transitions(
     db: &Mutex<StateDb>,
-    tasks: &mut [TaskWork<'_>],
+    writes: &[StatusWrite],
     opts: &UpdateOptions,
     now: SystemTime,
-) -> Result<(), String> {
+) -> Result<Vec<StatusWritten>, String> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
     let stamp = format_timestamp(now);
-    let mut changes = Vec::new();
-    let mut which = Vec::new();
-    for (t, (view, decisions, _)) in tasks.iter().enumerate() {
-        for (a, (agent, decision)) in view.agents.iter().zip(decisions.iter()).enumerate() {
-            let Some((status, reason)) = decision.actions.iter().find_map(|x| match x {
-                Action::SetStatus {
-                    status,
-                    termination_reason,
-                } => Some((*status, *termination_reason)),
-                _ => None,
-            }) else {
-                continue;
-            };
-            changes.push(DbChange {
-                task_id: view.task.task_id.clone(),
-                agent_id: agent.id.to_string(),
-                expect_status: agent.registry_status.clone(),
-                set_status: Some((status, reason)),
-                message: terminal_message(status, reason),
-            });
-            which.push((t, a));
-        }
-    }
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let sides: Vec<SideStores> = which
+    let changes: Vec<DbChange> = writes
         .iter()
-        .map(|&(t, a)| {
-            let view = tasks[t].0;
+        .map(|w| DbChange {
+            task_id: w.task.task_id.clone(),
+            agent_id: w.agent_id.clone(),
+            expect_status: w.expect_status.clone(),
+            set_status: Some((w.status, w.reason)),
+            message: terminal_message(w.status, w.reason),
+        })
+        .collect();
+    // Writes of one task share its JSON registry: numbered by folder, first seen first.
+    let mut task_numbers: HashMap<&Path, usize> = HashMap::new();
+    let sides: Vec<SideStores> = writes
+        .iter()
+        .map(|w| {
+            let next = task_numbers.len();
             SideStores {
-                task_dir: view.task.clone(),
-                progress_name: format!("{}_progress.jsonl", view.agents[a].id),
-                registry: view.task.registry(),
-                task: t,
+                task_dir: w.task.clone(),
+                progress_name: format!("{}_progress.jsonl", w.agent_id),
+                registry: w.task.registry(),
+                task: *task_numbers.entry(w.task.dir.as_path()).or_insert(next),
             }
         })
         .collect();
@@ -307,66 +291,26 @@ pub fn apply_transitions(
             side_errors = write_side_stores(&changes, results, &sides, opts, &stamp);
         })
         .map_err(|e| e.to_string())?;
-    for (((&(t, a), change), result), i) in which.iter().zip(&changes).zip(applied).zip(0..) {
-        let out = &mut tasks[t].2[a];
-        match result.applied {
-            Applied::Done => {
-                let (status, reason) = change.set_status.expect("set above");
-                out.status_applied = Some(status.to_string());
-                out.done.push(PassEvent::Marked { status, reason });
-                out.errors.extend(
-                    side_errors
-                        .iter()
-                        .filter(|(k, _)| *k == i)
-                        .map(|(_, e)| e.clone()),
-                );
-            }
-            Applied::StatusMoved => out.done.push(PassEvent::StatusKept {
-                store: StatusStore::StateDb,
-            }),
-            Applied::Missing => out
-                .errors
-                .push("agent row vanished from the state DB meanwhile".into()),
-        }
-    }
-    Ok(())
+    Ok(applied
+        .into_iter()
+        .enumerate()
+        .map(|(i, result)| match result.applied {
+            Applied::Done => StatusWritten::Done {
+                side_errors: side_errors
+                    .iter()
+                    .filter(|(k, _)| *k == i)
+                    .map(|(_, e)| e.clone())
+                    .collect(),
+            },
+            Applied::StatusMoved => StatusWritten::StatusMoved,
+            Applied::Missing => StatusWritten::Missing,
+        })
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::AgentClass;
-
-    fn zombie(status: &'static str, reason: Option<&'static str>) -> Decision {
-        Decision {
-            class: AgentClass::Zombie,
-            actions: vec![
-                Action::SetStatus {
-                    status,
-                    termination_reason: reason,
-                },
-                Action::RecordCleanup,
-            ],
-            waiting: None,
-            recheck: None,
-        }
-    }
-
-    #[test]
-    fn the_sqlite_generation_marks_dead_and_stuck_agents_failed_and_keeps_the_reason() {
-        for reason in ["session_not_found", "inactivity_timeout", "process_exited"] {
-            let d = for_backend(Backend::Sqlite, zombie("terminated", Some(reason)));
-            assert_eq!(d, zombie("failed", Some(reason)));
-            // The JSON generation keeps its own word.
-            let d = for_backend(Backend::Json, zombie("terminated", Some(reason)));
-            assert_eq!(d, zombie("terminated", Some(reason)));
-        }
-        // A result line's verdict is the same in both.
-        assert_eq!(
-            for_backend(Backend::Sqlite, zombie("completed", None)),
-            zombie("completed", None)
-        );
-    }
 
     #[test]
     fn only_entries_still_active_in_the_json_cache_follow_the_db() {

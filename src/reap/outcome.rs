@@ -1,0 +1,45 @@
+//! What happened to one agent in a pass: filled while acting, read by the report.
+
+use crate::reap::events::PassEvent;
+use std::path::PathBuf;
+
+/// What happened to one agent this pass.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub stopped: bool,
+    pub session_killed: bool,
+    pub escalated: Option<bool>,
+    pub survivors: usize,
+    pub defunct: Vec<String>,
+    /// No defunct process waits on a living parent (see `StopReport::verified_no_zombies`).
+    pub reaped: bool,
+    pub archived: Vec<PathBuf>,
+    pub prompt_deleted: bool,
+    pub recorded: bool,
+    pub status_applied: Option<String>,
+    /// What the last search for its processes looked at (empty: the observation's).
+    pub checked: Vec<String>,
+    /// What was done, in order.
+    pub done: Vec<PassEvent>,
+    pub errors: Vec<String>,
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome {
+            stopped: false,
+            session_killed: false,
+            escalated: None,
+            survivors: 0,
+            defunct: Vec::new(),
+            reaped: true,
+            archived: Vec::new(),
+            prompt_deleted: false,
+            recorded: false,
+            status_applied: None,
+            checked: Vec::new(),
+            done: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+}
