@@ -371,3 +371,38 @@ fn the_daemon_uploads_from_its_pass_thread_and_backs_off_an_unreachable_bucket()
     assert_eq!(moto.objects(BUCKET), expected_objects(&s, &files));
     assert!(daemon.log_text().contains("uploaded archive"));
 }
+
+#[test]
+fn with_compression_the_stream_log_goes_up_once_as_its_zst() {
+    let Some(moto) = Moto::start_or_skip() else {
+        return;
+    };
+    moto.create_bucket(BUCKET);
+    let s = Sandbox::new();
+    let files = finished_agent(&s, false);
+    config(&s, &moto.endpoint(), "compress = true\n");
+    let out = once_ok(&s);
+    assert!(out.contains("Uploads to"), "{out}");
+    let objects = moto.objects(BUCKET);
+    let names: Vec<&str> = objects
+        .keys()
+        .map(|k| k.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("{ID}_findings.jsonl"),
+            format!("{ID}_progress.jsonl"),
+            format!("{ID}_stream.jsonl.zst"),
+        ],
+        "never the plain stream log beside its .zst"
+    );
+    let zst = objects
+        .iter()
+        .find(|(k, _)| k.ends_with(".zst"))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let decoded = zstd::decode_all(zst.as_slice()).unwrap();
+    assert!(decoded == files[&format!("{ID}_stream.jsonl")], "decodes to the log");
+    assert_no_local_copies(&s);
+}
