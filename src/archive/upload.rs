@@ -351,7 +351,8 @@ fn upload_one(
     c: &Candidate,
 ) -> Result<UploadedFile, UploadError> {
     let name = c.name.to_string_lossy();
-    let file = c.dir.open_file(&c.name, Purpose::ReadToMove)?;
+    let dir = c.open_folder()?;
+    let file = dir.open_file(&c.name, Purpose::ReadToMove)?;
     if file.id != c.file {
         return Err(UploadError::Changed {
             path: c.path.clone(),
@@ -399,7 +400,7 @@ fn upload_one(
             })?;
     } else {
         drop(file);
-        remove_local(&c.dir, &c.name, &c.path, &c.file)?;
+        remove_local(&dir, &c.name, &c.path, &c.file)?;
     }
     failpoint::hit(failpoint::UPLOAD_AFTER_UNLINK);
     lock().finish(&[seq])?;

@@ -2,8 +2,8 @@
 //! gathers its facts through `crate::fs` handles.
 //!
 //! Settled means all of:
-//! - it is an archive the daemon made: a regular file with one link, a plain name (no
-//!   leading dot, not a `.partial`/`.tmp` working file) in a task's archive folder;
+//! - it is an archive the daemon made: a regular file with one link in a task's archive
+//!   folder, named as one of an agent's logs (or its `.zst`), not a working file;
 //! - its agent is cleaned and no late bytes are pending: the live file it was archived
 //!   from (`logs/<name>`, `progress/<name>`, `findings/<name>`) is absent. Archiving only
 //!   happens once the agent's processes are gone and its logs settled; a live file back at
@@ -18,7 +18,6 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
@@ -83,10 +82,11 @@ pub(crate) fn judge(f: &Facts, now: SystemTime, upload_after: Duration) -> Resul
     Ok(())
 }
 
-/// A plain name the daemon gives archives: agent-id characters, no leading dot, not a
-/// working file of a copy or compression in progress.
+/// A name the daemon gives archives: one of an agent's logs (`<id>_stream.jsonl`,
+/// `<id>_progress.jsonl`, `<id>_findings.jsonl`, `deploy_<id>.json`, or their `.zst`),
+/// agent-id characters, no leading dot, not a working file of a copy or compression.
 pub(crate) fn is_archive_name(name: &str) -> bool {
-    !name.is_empty()
+    source_of(name).is_some()
         && !name.starts_with(['.', '-'])
         && name
             .bytes()
@@ -111,11 +111,14 @@ pub(crate) fn source_of(name: &str) -> Option<PathBuf> {
     Some(Path::new(folder).join(plain))
 }
 
-/// One settled archive, ready to upload.
+/// One settled archive, ready to upload. It holds no descriptor (a backlog of thousands
+/// of task folders must not hold thousands open): [`Candidate::open_folder`] reopens its
+/// archive folder, without following a symlink below the configured folders.
 #[derive(Debug)]
 pub(crate) struct Candidate {
-    /// The archive folder's handle.
-    pub dir: Arc<Dir>,
+    /// The workspace base (as configured) and, when set, `archive_dir`.
+    pub base: PathBuf,
+    pub archive_dir: Option<PathBuf>,
     pub name: OsString,
     /// Display path (journal, ledger, messages).
     pub path: PathBuf,
@@ -123,6 +126,18 @@ pub(crate) struct Candidate {
     /// The workspace base's folder name, the task id: parts of the object key.
     pub base_name: String,
     pub task_id: String,
+}
+
+impl Candidate {
+    /// The archive folder: `<archive_dir>/<task id>` or `<base>/<task id>/archive`.
+    pub(crate) fn open_folder(&self) -> Result<Dir, crate::fs::FsError> {
+        match &self.archive_dir {
+            Some(root) => Dir::open_base(root)?.open_dir(&self.task_id),
+            None => Dir::open_base(&self.base)?
+                .open_dir(&self.task_id)?
+                .open_dir("archive"),
+        }
+    }
 }
 
 /// Settled archives below every base, and one line per base or folder that could not be
@@ -180,7 +195,7 @@ pub(crate) fn gather(
                 None => task_dir.open_dir("archive"),
             };
             let archive = match archive {
-                Ok(a) => Arc::new(a),
+                Ok(a) => a,
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => {
                     problems.push(e.to_string());
@@ -229,7 +244,8 @@ pub(crate) fn gather(
                 };
                 if judge(&facts, now, config.upload_after).is_ok() {
                     out.push(Candidate {
-                        dir: Arc::clone(&archive),
+                        base: base.clone(),
+                        archive_dir: config.archive_dir.clone(),
                         name: listed.name.clone(),
                         path,
                         file: meta.id,
@@ -289,7 +305,14 @@ mod tests {
             ..facts("a_stream.jsonl")
         };
         assert_eq!(judge(&plain, now, wait), Err(NotYet::AwaitingCompression));
-        for working in ["a_stream.jsonl.partial", ".hidden", "x.tmp", "a b"] {
+        for working in [
+            "a_stream.jsonl.partial",
+            ".x_stream.jsonl",
+            "a_stream.jsonl.zst.partial",
+            "a b_stream.jsonl",
+            "notes.txt",
+            "AGENT_REGISTRY.json",
+        ] {
             assert_eq!(judge(&facts(working), now, wait), Err(NotYet::NotAnArchive));
         }
     }
