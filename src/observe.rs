@@ -8,7 +8,7 @@ use crate::fs::{Dir, EntryKind, Purpose};
 use crate::model::{AgentId, Backend, StatusClass, age, classify_status, parse_timestamp};
 use crate::procs::ProcessSource;
 use crate::procs::environ::EnvIndex;
-use crate::procs::openfiles::FileId;
+use crate::procs::openfiles::DevIno;
 use crate::procs::panemap::PaneMap;
 use crate::procs::{
     Evidence, ProcKey, ProcTable, SessionIdentity, SetContext, TmuxError, TmuxSnapshot, agent_set,
@@ -38,7 +38,7 @@ pub struct AgentView {
     /// What the search for its processes looked at (for the record).
     pub checked: Vec<String>,
     /// Identities of the logs in `facts.logs`, same order.
-    pub log_ids: Vec<FileId>,
+    pub log_ids: Vec<DevIno>,
     pub warnings: Vec<String>,
     /// The agent's task: its folder handle for every later look at the agent's files.
     pub task: TaskDir,
@@ -105,7 +105,7 @@ pub fn stream_end(task: &Dir, rel: &Path) -> StreamEnd {
 #[derive(Debug, Clone)]
 pub struct LogStat {
     pub path: PathBuf,
-    pub id: FileId,
+    pub id: DevIno,
     pub mtime: Option<SystemTime>,
     /// Hard links to it: more than one, and its writers are not evidence of the agent.
     pub nlink: u64,
@@ -211,8 +211,9 @@ pub struct World<'a> {
     pub now: SystemTime,
 }
 
-/// Per-agent raw material before the writers scan.
-struct Pending {
+/// An agent read from its registry, waiting for the round's writers scan (its raw
+/// material: entry, files, log stats).
+pub struct PendingAgent {
     /// The DB holds no cleanup record: an agent counts as recorded once nothing is left.
     db_backed: bool,
     id: AgentId,
@@ -300,7 +301,7 @@ pub fn task_view(
             &files,
         ));
         let logs = existing_logs(&task_dir, task, &files.logs, &mut warnings);
-        pending.push(PendingAgent(Pending {
+        pending.push(PendingAgent {
             db_backed: backend == Backend::Sqlite,
             id,
             entry,
@@ -308,17 +309,14 @@ pub fn task_view(
             logs,
             warnings,
             task: task.clone(),
-        }));
+        });
     }
     (view, pending)
 }
 
-/// An agent read from its registry, waiting for the round's writers scan.
-pub struct PendingAgent(Pending);
-
 impl PendingAgent {
-    pub fn file_ids(&self) -> impl Iterator<Item = FileId> + '_ {
-        self.0.logs.iter().map(|l| l.id)
+    pub fn file_ids(&self) -> impl Iterator<Item = DevIno> + '_ {
+        self.logs.iter().map(|l| l.id)
     }
 }
 
@@ -326,8 +324,8 @@ impl PendingAgent {
 pub fn scan_writers<'p>(
     source: &dyn ProcessSource,
     pending: impl IntoIterator<Item = &'p PendingAgent>,
-) -> HashMap<FileId, Vec<i32>> {
-    let ids: HashSet<FileId> = pending.into_iter().flat_map(|p| p.file_ids()).collect();
+) -> HashMap<DevIno, Vec<i32>> {
+    let ids: HashSet<DevIno> = pending.into_iter().flat_map(|p| p.file_ids()).collect();
     if ids.is_empty() {
         return HashMap::new();
     }
@@ -338,9 +336,9 @@ pub fn scan_writers<'p>(
 pub fn agent_view(
     pending: PendingAgent,
     world: &World<'_>,
-    writers: &HashMap<FileId, Vec<i32>>,
+    writers: &HashMap<DevIno, Vec<i32>>,
 ) -> AgentView {
-    let Pending {
+    let PendingAgent {
         db_backed,
         id,
         entry,
@@ -348,7 +346,7 @@ pub fn agent_view(
         logs,
         warnings,
         task,
-    } = pending.0;
+    } = pending;
     let status = str_field(&entry, "status").unwrap_or("").to_string();
     let session_name = id.session_name();
     let stream_log = files.stream_log().map(Path::to_path_buf);
@@ -498,7 +496,7 @@ pub fn agent_view(
 /// Re-stats an agent's logs and re-judges them (after a stop or a settle wait).
 pub fn refresh_logs(
     view: &mut AgentView,
-    writers: &HashMap<FileId, Vec<i32>>,
+    writers: &HashMap<DevIno, Vec<i32>>,
     settle: Duration,
     now: SystemTime,
 ) {

@@ -378,19 +378,17 @@ pub(crate) fn decodes_to(zst: &File, from: u64, original: &File, len: u64) -> io
         len,
         same: true,
         buf: Vec::new(),
+        failed: None,
     };
     let decoded = match zstd::stream::read::Decoder::new(ReadAt::new(zst, from)) {
         Ok(mut dec) => io::copy(&mut dec, &mut sink),
         Err(e) => Err(e),
     };
-    match decoded {
-        Ok(_) => Ok(sink.same && sink.off == len),
-        // A real read error of the original is an error; anything else is bad frames.
-        Err(e) if e.kind() == io::ErrorKind::Other && e.to_string().starts_with("original:") => {
-            Err(e)
-        }
-        Err(_) => Ok(false),
+    // A read error of the original is an error; a decoding error is bad frames.
+    if let Some(e) = sink.failed {
+        return Err(e);
     }
+    Ok(decoded.is_ok() && sink.same && sink.off == len)
 }
 
 /// Decodes every frame of `zst` from offset 0 (tests, the bench).
@@ -444,6 +442,8 @@ struct CompareSink<'a> {
     len: u64,
     same: bool,
     buf: Vec<u8>,
+    /// Reading the original failed (not a mismatch): reported as an error.
+    failed: Option<io::Error>,
 }
 
 impl Write for CompareSink<'_> {
@@ -462,7 +462,11 @@ impl Write for CompareSink<'_> {
                 self.same = false;
                 return Ok(data.len());
             }
-            Err(e) => return Err(io::Error::other(format!("original: {e}"))),
+            Err(e) => {
+                self.same = false;
+                self.failed = Some(e);
+                return Ok(data.len());
+            }
         }
         if self.buf[..] != *data {
             self.same = false;

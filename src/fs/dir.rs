@@ -1,7 +1,7 @@
 //! Directory handles, and resolving relative names beneath them without following a symlink.
 
 use super::error::FsError;
-use super::file::FileId;
+use super::id::FileId;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;

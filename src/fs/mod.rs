@@ -23,13 +23,15 @@
 mod dir;
 mod error;
 mod file;
+mod id;
 mod locate;
 mod ops;
 mod read;
 
 pub use dir::{Dir, Entry, EntryKind, Listed, Resolve};
 pub use error::FsError;
-pub use file::{FileId, Purpose, RegularFile, birth_ns};
+pub use file::{Purpose, RegularFile};
+pub use id::{FileId, birth_ns};
 pub use locate::{open_parent_below, open_parent_within};
 pub use ops::{
     Compare, UnlinkOutcome, link_then_unlink, rename_noreplace, replace_file, sync_dir,

@@ -3,7 +3,7 @@
 
 use super::dir::{Dir, EntryKind};
 use super::error::FsError;
-use super::file::FileId;
+use super::id::FileId;
 use rustix::fs::{self as rfs, AtFlags, RenameFlags};
 use rustix::io::Errno;
 use std::ffi::OsString;

@@ -7,7 +7,7 @@
 //! its ancestors, another user's process. A path in argv is no evidence at all.
 
 use super::environ::{EnvCache, EnvIndex};
-use super::openfiles::FileId;
+use super::openfiles::DevIno;
 use super::source::{LiveProcesses, ProcessSource};
 use super::table::{ID_MARKER, ProcInfo, ProcKey, ProcTable};
 use super::tmux::{TmuxServer, TmuxSnapshot};
@@ -38,7 +38,7 @@ pub struct Evidence {
     /// The sessions it ran in, now or remembered from earlier passes.
     pub sessions: Vec<SessionIdentity>,
     /// Its own logs, `(st_dev, st_ino)`.
-    pub logs: Vec<FileId>,
+    pub logs: Vec<DevIno>,
 }
 
 impl Evidence {
@@ -96,7 +96,7 @@ pub struct SetContext<'a> {
     pub pane_owner: HashMap<i32, String>,
     /// Only processes of this uid (`None` as root: any).
     pub uid: Option<u32>,
-    pub writers: &'a HashMap<FileId, Vec<i32>>,
+    pub writers: &'a HashMap<DevIno, Vec<i32>>,
     /// The round's sessions (name, pane pids) and tmux server, to rebuild this on a fresh table.
     sessions: Vec<(String, Vec<i32>)>,
     server: Option<i32>,
@@ -107,7 +107,7 @@ impl<'a> SetContext<'a> {
     pub fn new(
         table: &'a ProcTable,
         snapshot: Option<&TmuxSnapshot>,
-        writers: &'a HashMap<FileId, Vec<i32>>,
+        writers: &'a HashMap<DevIno, Vec<i32>>,
     ) -> Self {
         let sessions: Vec<(String, Vec<i32>)> = snapshot
             .into_iter()
@@ -127,7 +127,7 @@ impl<'a> SetContext<'a> {
     pub fn refreshed<'b>(
         &self,
         table: &'b ProcTable,
-        writers: &'b HashMap<FileId, Vec<i32>>,
+        writers: &'b HashMap<DevIno, Vec<i32>>,
     ) -> SetContext<'b> {
         SetContext::build(table, self.sessions.clone(), self.server, writers)
     }
@@ -143,7 +143,7 @@ impl<'a> SetContext<'a> {
         table: &'a ProcTable,
         sessions: Vec<(String, Vec<i32>)>,
         server: Option<i32>,
-        writers: &'a HashMap<FileId, Vec<i32>>,
+        writers: &'a HashMap<DevIno, Vec<i32>>,
     ) -> Self {
         let mut protected = pane_ancestors(table, sessions.iter().flat_map(|(_, p)| p.clone()));
         protected.extend(table.ancestors_and_self(std::process::id() as i32));
@@ -342,7 +342,7 @@ pub fn agent_set(ctx: &SetContext<'_>, ev: &Evidence, env: Option<&EnvIndex>) ->
 pub fn fresh_sets(
     round: &SetContext<'_>,
     evidence: &[&Evidence],
-    logs: &HashSet<FileId>,
+    logs: &HashSet<DevIno>,
     env: Option<&mut EnvCache>,
 ) -> Option<(ProcTable, Vec<Vec<ProcKey>>)> {
     fresh_sets_from(&LiveProcesses, round, evidence, logs, env)
@@ -353,7 +353,7 @@ pub fn fresh_sets_from(
     source: &dyn ProcessSource,
     round: &SetContext<'_>,
     evidence: &[&Evidence],
-    logs: &HashSet<FileId>,
+    logs: &HashSet<DevIno>,
     env: Option<&mut EnvCache>,
 ) -> Option<(ProcTable, Vec<Vec<ProcKey>>)> {
     let fresh = source.scan().ok()?;

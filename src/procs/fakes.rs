@@ -5,7 +5,7 @@
 //! one, so nothing a fake lists is ever a real process, even if some code read /proc.
 
 use super::environ::{EnvCache, EnvIndex, PaneTag};
-use super::openfiles::FileId;
+use super::openfiles::DevIno;
 use super::source::ProcessSource;
 use super::stop::{ProcessOps, Rescan, Sig, StopPolicy, StopReport, StopRequest, stop_all_with};
 use super::table::{ProcInfo, ProcKey, ProcTable, StatFields};
@@ -21,7 +21,7 @@ pub(crate) const FIRST_FAKE_PID: i32 = 1 << 23;
 #[derive(Debug, Default)]
 struct ProcWorld {
     procs: BTreeMap<i32, ProcInfo>,
-    writers: HashMap<FileId, Vec<i32>>,
+    writers: HashMap<DevIno, Vec<i32>>,
     env: HashMap<i32, PaneTag>,
     next_pid: i32,
     /// Every signal sent, in order.
@@ -65,7 +65,7 @@ impl FakeProcesses {
     }
 
     /// `pid` holds `file` open for writing.
-    pub(crate) fn open_for_writing(&self, pid: i32, file: FileId) {
+    pub(crate) fn open_for_writing(&self, pid: i32, file: DevIno) {
         self.world().writers.entry(file).or_default().push(pid);
     }
 
@@ -108,7 +108,7 @@ impl ProcessSource for FakeProcesses {
         Ok(ProcTable::from_procs(w.procs.values().cloned().collect()))
     }
 
-    fn writers_of(&self, candidates: &HashSet<FileId>) -> HashMap<FileId, Vec<i32>> {
+    fn writers_of(&self, candidates: &HashSet<DevIno>) -> HashMap<DevIno, Vec<i32>> {
         self.world()
             .writers
             .iter()

@@ -4,11 +4,11 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// A file identity: `(st_dev, st_ino)`.
-pub type FileId = (u64, u64);
+/// Which inode a file is: `(st_dev, st_ino)` (what `/proc/<pid>/fd` links are matched by; `crate::fs::FileId` adds size and mtime).
+pub type DevIno = (u64, u64);
 
 /// The identity of a file on disk, for building `candidates`.
-pub fn file_id(path: &Path) -> std::io::Result<FileId> {
+pub fn file_id(path: &Path) -> std::io::Result<DevIno> {
     let m = std::fs::metadata(path)?;
     Ok((m.dev(), m.ino()))
 }
@@ -28,8 +28,8 @@ pub fn fdinfo_writable(fdinfo: &str) -> Option<bool> {
 /// For each of `candidates`, the pids that hold it open with write access
 /// (`O_WRONLY`/`O_RDWR` in `/proc/<pid>/fdinfo/<fd>`). One pass over `/proc`.
 /// Processes and fds that vanish or cannot be read (another user's, as non-root) are skipped.
-pub fn writers_of(candidates: &HashSet<FileId>) -> HashMap<FileId, Vec<i32>> {
-    let mut out: HashMap<FileId, Vec<i32>> = HashMap::new();
+pub fn writers_of(candidates: &HashSet<DevIno>) -> HashMap<DevIno, Vec<i32>> {
+    let mut out: HashMap<DevIno, Vec<i32>> = HashMap::new();
     if candidates.is_empty() {
         return out;
     }

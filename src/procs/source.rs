@@ -4,7 +4,7 @@
 
 use super::cgroup;
 use super::environ::{EnvCache, EnvIndex};
-use super::openfiles::{self, FileId};
+use super::openfiles::{self, DevIno};
 use super::stop::{RealOps, Rescan, StopPolicy, StopReport, StopRequest, stop_all_with};
 use super::table::ProcTable;
 use std::collections::{HashMap, HashSet};
@@ -15,7 +15,7 @@ pub trait ProcessSource: Send + Sync {
     /// A fresh read of the whole process table.
     fn scan(&self) -> std::io::Result<ProcTable>;
     /// For each of `candidates`, the pids that hold it open for writing.
-    fn writers_of(&self, candidates: &HashSet<FileId>) -> HashMap<FileId, Vec<i32>>;
+    fn writers_of(&self, candidates: &HashSet<DevIno>) -> HashMap<DevIno, Vec<i32>>;
     /// The tmux pane tags in the environments of the processes of `table` that `wanted`
     /// accepts; with a `cache`, processes read before are not read again.
     fn environments(
@@ -45,7 +45,7 @@ impl ProcessSource for LiveProcesses {
         ProcTable::scan()
     }
 
-    fn writers_of(&self, candidates: &HashSet<FileId>) -> HashMap<FileId, Vec<i32>> {
+    fn writers_of(&self, candidates: &HashSet<DevIno>) -> HashMap<DevIno, Vec<i32>> {
         openfiles::writers_of(candidates)
     }
 

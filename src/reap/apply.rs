@@ -6,7 +6,7 @@ use crate::journal::Journal;
 use crate::model::format_timestamp;
 use crate::observe::TaskView;
 use crate::procs::evidence::fresh_sets_from;
-use crate::procs::openfiles::FileId;
+use crate::procs::openfiles::DevIno;
 use crate::procs::{
     Evidence, KillSession, ProcTable, ProcessSource, SetContext, StopPolicy, StopRequest, Tmux,
 };
@@ -107,7 +107,7 @@ pub fn stop_agents(
     let policy = StopPolicy {
         term_steps: config.term_grace.clone(),
     };
-    let logs: HashSet<FileId> = evidence
+    let logs: HashSet<DevIno> = evidence
         .iter()
         .flat_map(|e| e.logs.iter().copied())
         .collect();

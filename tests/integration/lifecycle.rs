@@ -356,3 +356,52 @@ fn retention_removes_exactly_what_plan_listed_and_never_touches_a_task_with_an_a
         "the active agent was left alone"
     );
 }
+
+#[test]
+fn compress_kinds_choose_which_logs_are_compressed_and_findings_stay_readable() {
+    let s = Sandbox::new();
+    s.write_config("settle = \"300ms\"\ncompress = true\ncompress_kinds = [\"progress\"]\n");
+    let task = finished_agent(&s, &stream_bytes(0, 100));
+    fs::write(
+        task.join(format!("findings/{ID}_findings.jsonl")),
+        "{\"finding\":1}\n",
+    )
+    .unwrap();
+    age_files(&task);
+    s.run_ok(&["once"]);
+    let archive = task.join("archive");
+    assert_eq!(
+        names(&archive),
+        [
+            format!("{ID}_findings.jsonl"),
+            format!("{ID}_progress.jsonl.zst"),
+            format!("{ID}_stream.jsonl"),
+        ]
+    );
+    assert_eq!(
+        decode(&archive.join(format!("{ID}_progress.jsonl.zst"))),
+        b"{\"n\":1}\n"
+    );
+    // The orchestrator reads findings by name: still there, plain.
+    assert_eq!(
+        fs::read_to_string(archive.join(format!("{ID}_findings.jsonl"))).unwrap(),
+        "{\"finding\":1}\n"
+    );
+}
+
+#[test]
+fn the_daemon_applies_retention_on_its_full_reconcile() {
+    let s = Sandbox::new();
+    let task = finished_agent(&s, &stream_bytes(0, 10));
+    s.run_ok(&["once"]);
+    let (old, young) = (
+        task.join("archive").join(format!("{ID}_stream.jsonl")),
+        task.join("archive").join(format!("{ID}_progress.jsonl")),
+    );
+    set_age(&old, std::time::SystemTime::now(), 40);
+    s.write_config("settle = \"300ms\"\n[retention]\nmax_age = \"30d\"\n");
+    let (held, log) = crate::common::guard::daemon_until(&s, |_| !old.exists());
+    assert!(held, "the 40-day-old archive went: {log}");
+    assert!(young.exists(), "the young one stays");
+    assert!(log.contains("retention removed archive"), "{log}");
+}

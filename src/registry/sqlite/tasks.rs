@@ -59,7 +59,7 @@ pub fn db_task_dirs(base: &Path, rows: &BTreeMap<String, Vec<Value>>) -> Vec<Tas
 
 /// One agent's transition as written to the DB.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Transition {
+pub struct DbTransition {
     pub id: String,
     pub status: &'static str,
     pub reason: Option<&'static str>,
@@ -70,7 +70,7 @@ pub struct Transition {
 /// The JSON-registry side of DB transitions: for each transition, a change for the entry
 /// with that id if it is still active there (whatever active status the JSON cache holds:
 /// it often lags the DB's). Entries already terminal, or absent, are left alone.
-pub fn mirror_changes(root: &Value, transitions: &[Transition], now: &str) -> Vec<AgentChange> {
+pub fn mirror_changes(root: &Value, transitions: &[DbTransition], now: &str) -> Vec<AgentChange> {
     let Some(agents) = root.get("agents").and_then(Value::as_array) else {
         return Vec::new();
     };
@@ -97,7 +97,7 @@ pub fn mirror_changes(root: &Value, transitions: &[Transition], now: &str) -> Ve
 /// DB's `progress` too: once the progress file is archived, `reconcile_task_workspace`
 /// takes progress from this file, and the JSON cache's value is whatever the deploy wrote
 /// (0), not what the agent last reported. A registry listing none of ours is left as is.
-pub fn mirror_edit(root: &mut Value, transitions: &[Transition], now: &str) {
+pub fn mirror_edit(root: &mut Value, transitions: &[DbTransition], now: &str) {
     let changes = mirror_changes(root, transitions, now);
     if changes.is_empty() {
         return;
@@ -129,7 +129,7 @@ pub fn mirror_edit(root: &mut Value, transitions: &[Transition], now: &str) {
 /// this it would set the agent back to `working`.
 fn mirror_to_json(
     path: &Path,
-    transitions: &[Transition],
+    transitions: &[DbTransition],
     opts: &UpdateOptions,
     now: &str,
 ) -> Result<(), String> {
@@ -177,7 +177,7 @@ fn write_side_stores(
 ) -> Vec<(usize, String)> {
     let mut errors = Vec::new();
     // Per task: (change index, transition), for its JSON registry.
-    let mut mirror: BTreeMap<usize, Vec<(usize, Transition)>> = BTreeMap::new();
+    let mut mirror: BTreeMap<usize, Vec<(usize, DbTransition)>> = BTreeMap::new();
     for (i, ((change, result), side)) in changes.iter().zip(results).zip(sides).enumerate() {
         let (Applied::Done, Some((status, reason))) = (result.applied, change.set_status) else {
             continue;
@@ -190,7 +190,7 @@ fn write_side_stores(
         }
         mirror.entry(side.task).or_default().push((
             i,
-            Transition {
+            DbTransition {
                 id: change.agent_id.clone(),
                 status,
                 reason,
@@ -205,7 +205,7 @@ fn write_side_stores(
         ..opts.clone()
     };
     for agents in mirror.values() {
-        let transitions: Vec<Transition> = agents.iter().map(|(_, t)| t.clone()).collect();
+        let transitions: Vec<DbTransition> = agents.iter().map(|(_, t)| t.clone()).collect();
         let registry = &sides[agents[0].0].registry;
         if let Err(e) = mirror_to_json(registry, &transitions, &opts, stamp) {
             errors.extend(agents.iter().map(|(i, _)| (*i, e.clone())));
@@ -319,7 +319,7 @@ mod tests {
             {"id": "b-1", "status": "completed"},
             {"id": "c-1"},
         ]});
-        let t = |id: &str| Transition {
+        let t = |id: &str| DbTransition {
             id: id.to_string(),
             status: "failed",
             reason: Some("session_not_found"),
