@@ -403,6 +403,9 @@ fn with_compression_the_stream_log_goes_up_once_as_its_zst() {
         .map(|(_, v)| v.clone())
         .unwrap();
     let decoded = zstd::decode_all(zst.as_slice()).unwrap();
-    assert!(decoded == files[&format!("{ID}_stream.jsonl")], "decodes to the log");
+    assert!(
+        decoded == files[&format!("{ID}_stream.jsonl")],
+        "decodes to the log"
+    );
     assert_no_local_copies(&s);
 }
