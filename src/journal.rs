@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fs::RegularFile;
+
 /// The journal's file name inside the state dir.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 /// Size past which the journal is compacted after a `done`.
@@ -54,21 +56,8 @@ pub enum JournalError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Step {
-    /// A late write (`src`, recreated after archiving) being appended to `archive`,
-    /// which was `archive_len` bytes long before the append.
-    Append {
-        src: PathBuf,
-        archive: PathBuf,
-        archive_len: u64,
-        src_dev: u64,
-        src_ino: u64,
-        src_len: u64,
-        /// Birth time (ns since the epoch) where the filesystem reports one: an inode
-        /// number is reused as soon as it is freed, e.g. right after our unlink, so
-        /// dev/ino alone cannot tell our file from a late write made after it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        src_birth_ns: Option<u64>,
-    },
+    /// A late write appended to an uncompressed archive (`crate::archive::late`).
+    Append(LateAppend),
     /// A cross-filesystem archive copy: `src` → `partial` → `dest`, then `src` unlinked.
     Copy {
         src: PathBuf,
@@ -84,18 +73,9 @@ pub enum Step {
         partial: PathBuf,
         archive_id: crate::fs::FileId,
     },
-    /// A late write appended to a compressed archive as one more zstd frame; fields as
-    /// for [`Step::Append`] (`crate::archive::compress::frame`).
-    AppendFrame {
-        src: PathBuf,
-        archive: PathBuf,
-        archive_len: u64,
-        src_dev: u64,
-        src_ino: u64,
-        src_len: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        src_birth_ns: Option<u64>,
-    },
+    /// A late write appended to a compressed archive as one more zstd frame
+    /// (`crate::archive::compress::frame`).
+    AppendFrame(LateAppend),
     /// A registry rewrite; informative only, the registry recovers through its sidecar.
     RegistryWrite { registry: PathBuf, sidecar: PathBuf },
     /// An archive being uploaded to object storage under `key` (`s3://bucket/key`); once
@@ -108,6 +88,49 @@ pub enum Step {
         file: crate::fs::FileId,
         keep_local: bool,
     },
+}
+
+/// A late write (`src`, recreated after archiving) being appended to `archive`, which
+/// was `archive_len` bytes long before the append: the record of [`Step::Append`] and
+/// [`Step::AppendFrame`] (same fields, same JSON as when they were inline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateAppend {
+    pub src: PathBuf,
+    pub archive: PathBuf,
+    pub archive_len: u64,
+    pub src_dev: u64,
+    pub src_ino: u64,
+    pub src_len: u64,
+    /// Birth time (ns since the epoch) where the filesystem reports one: an inode
+    /// number is reused as soon as it is freed, e.g. right after our unlink, so
+    /// dev/ino alone cannot tell our file from a late write made after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_birth_ns: Option<u64>,
+}
+
+impl LateAppend {
+    /// The record for appending the open source `src` (as it is now) to `archive`.
+    pub(crate) fn new(src: &RegularFile, archive: PathBuf, archive_len: u64) -> Self {
+        LateAppend {
+            src: src.path.clone(),
+            archive,
+            archive_len,
+            src_dev: src.id.dev,
+            src_ino: src.id.ino,
+            src_len: src.id.size,
+            src_birth_ns: crate::fs::birth_ns(&src.file),
+        }
+    }
+
+    /// Whether `f` is the recorded source: same dev/ino, and same birth time where both
+    /// sides know one.
+    pub(crate) fn is_source(&self, f: &RegularFile) -> bool {
+        let born_same = match (self.src_birth_ns, crate::fs::birth_ns(&f.file)) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        (f.id.dev, f.id.ino) == (self.src_dev, self.src_ino) && born_same
+    }
 }
 
 /// A step begun but neither done nor undone.

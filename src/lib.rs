@@ -2,20 +2,20 @@
 
 pub mod archive;
 pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod decide;
-pub mod failpoint;
+pub(crate) mod config;
+pub(crate) mod daemon;
+pub(crate) mod decide;
+pub(crate) mod failpoint;
 pub mod fs;
-pub mod hooks;
+pub(crate) mod hooks;
 pub mod journal;
-pub mod logging;
+pub(crate) mod logging;
 pub mod model;
-pub mod observe;
+pub(crate) mod observe;
 pub mod procs;
-pub mod reap;
+pub(crate) mod reap;
 pub mod registry;
-pub mod state;
+pub(crate) mod state;
 pub mod watch;
 pub mod workspace;
 

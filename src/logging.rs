@@ -1,6 +1,6 @@
 //! Where log lines go: journald's native protocol under systemd, readable stderr otherwise, plus an optional file.
 
-use crate::reap::events::{EventContext, OrphanOutcome, PassEvent};
+use crate::reap::events::{EventContext, OrphanOutcome, PassEvent, TaskEvent};
 use std::fs::OpenOptions;
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
@@ -96,6 +96,15 @@ pub fn planned_action(whose: &EventContext<'_>, action: &'static str, text: &str
         "{}/{}: would {text}",
         whose.task_id,
         whose.agent_id
+    );
+}
+
+/// One line for something a pass did to a whole task (`ACTION` is the event's name).
+pub fn task_event(task_id: &str, event: &TaskEvent) {
+    tracing::info!(
+        task_id = %task_id,
+        action = event.as_str(),
+        "{task_id}: {event}"
     );
 }
 

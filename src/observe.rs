@@ -13,7 +13,6 @@ use crate::procs::panemap::PaneMap;
 use crate::procs::{
     Evidence, ProcKey, ProcTable, SessionIdentity, SetContext, TmuxError, TmuxSnapshot, agent_set,
 };
-use crate::registry::{ReadOptions, read_registry};
 use crate::workspace::{AgentFiles, LogKind, TaskDir, agent_files};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -28,7 +27,6 @@ pub struct AgentView {
     /// The status as read from the registry (facts may move on within a pass).
     pub registry_status: String,
     pub facts: AgentFacts,
-    pub files: AgentFiles,
     pub pane_pids: Vec<i32>,
     pub processes: Vec<ProcKey>,
     /// What ties processes to this agent (panes, sessions now and remembered, logs).
@@ -73,11 +71,6 @@ pub type TmuxView = Result<TmuxSnapshot, String>;
 
 pub fn tmux_view(result: Result<TmuxSnapshot, TmuxError>) -> TmuxView {
     result.map_err(|e| e.to_string())
-}
-
-/// Reads a task registry (lock-free, tolerant) into agent entries.
-pub fn read_task(task: &TaskDir, read: &ReadOptions) -> Result<Value, String> {
-    read_registry(&task.registry(), read).map_err(|e| e.to_string())
 }
 
 fn str_field<'a>(entry: &'a Value, key: &str) -> Option<&'a str> {
@@ -241,7 +234,7 @@ pub fn task_view(
         duplicates: Vec::new(),
         error: None,
     };
-    let root = match registry {
+    let mut root = match registry {
         Ok(root) => root,
         Err(e) => {
             view.error = Some(e);
@@ -259,11 +252,12 @@ pub fn task_view(
     };
     view.active_count = root.get("active_count").and_then(Value::as_i64);
     view.expected_active = crate::registry::edit::expected_active_count(&root);
-    let entries = root
-        .get("agents")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    // Taken, not cloned: a registry of 300,000 entries is not held twice.
+    let entries = match root.get_mut("agents").map(Value::take) {
+        Some(Value::Array(entries)) => entries,
+        _ => Vec::new(),
+    };
+    drop(root);
     let mut seen: HashMap<String, usize> = HashMap::new();
     for entry in &entries {
         if let Some(id) = str_field(entry, "id") {
@@ -481,7 +475,6 @@ pub fn agent_view(
         id,
         registry_status: facts.status.clone(),
         facts,
-        files,
         pane_pids,
         processes,
         evidence,

@@ -164,6 +164,7 @@ pub struct BaseLock {
 }
 
 impl BaseLock {
+    #[cfg(test)]
     pub fn base(&self) -> &Path {
         &self.base
     }
@@ -277,6 +278,7 @@ impl BaseLocks {
         Ok(())
     }
 
+    #[cfg(test)]
     pub fn bases(&self) -> impl Iterator<Item = &Path> {
         self.held.iter().map(BaseLock::base)
     }

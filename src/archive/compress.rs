@@ -330,9 +330,7 @@ pub(crate) fn busy(journal: &Journal, paths: &[PathBuf]) -> Option<u64> {
     journal
         .pending()
         .find(|p| match &p.step {
-            Step::Append { archive, .. } | Step::AppendFrame { archive, .. } => {
-                paths.contains(archive)
-            }
+            Step::Append(a) | Step::AppendFrame(a) => paths.contains(&a.archive),
             Step::Compress { archive, zst, .. } => paths.contains(archive) || paths.contains(zst),
             _ => false,
         })
@@ -493,15 +491,6 @@ fn io_err(path: &Path, source: io::Error) -> CompressError {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// (dev, ino, birth) of the source of a late frame, as recorded.
-pub(crate) fn is_same_source(f: &cfs::RegularFile, dev: u64, ino: u64, birth: Option<u64>) -> bool {
-    let born_same = match (birth, cfs::birth_ns(&f.file)) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-    };
-    (f.id.dev, f.id.ino) == (dev, ino) && born_same
 }
 
 #[cfg(test)]

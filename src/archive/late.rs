@@ -39,6 +39,10 @@
 //! [`append_late_write`] refuses that archive (`LateError::Pending`) until recovery at
 //! the next start, since a new step would record a length including stray bytes.
 //!
+//! The recovery steps shared with the compressed variant (`crate::archive::compress::frame`,
+//! the same protocol with a zstd frame as the appended bytes) are here: reopening the
+//! recorded archive and source, finishing the unlink, leaving a step alone.
+//!
 //! Limits: one append per archive at a time (the caller serialises them). A writer that
 //! opened the source before our unlink and writes after our rescue read loses those
 //! bytes into the nameless inode; without a lock this window cannot be closed.
@@ -51,7 +55,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::archive::outcome::{AppendOutcome, RecoveryAction};
-use crate::journal::{Journal, JournalError, Pending, Step};
+use crate::journal::{Journal, JournalError, LateAppend, Pending, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LateError {
@@ -181,7 +185,7 @@ fn append_at(
     // new step would record; recovery must settle it first.
     let busy = journal
         .pending()
-        .find(|p| matches!(&p.step, Step::Append { archive: a, .. } if *a == archive.path));
+        .find(|p| matches!(&p.step, Step::Append(a) if a.archive == archive.path));
     if let Some(p) = busy {
         return Err(LateError::Pending {
             archive: archive.path.clone(),
@@ -211,15 +215,7 @@ fn append_at(
     }
     let archive_len = af.id.size;
     let src_len = start.size;
-    let step = Step::Append {
-        src: src.path.clone(),
-        archive: archive.path.clone(),
-        archive_len,
-        src_dev: start.dev,
-        src_ino: start.ino,
-        src_len,
-        src_birth_ns: birth_ns(&sf.file),
-    };
+    let step = Step::Append(LateAppend::new(&sf, archive.path.clone(), archive_len));
     let seq = journal.begin(&[step])?[0];
     if hook(Stage::Begun) {
         return Ok(None);
@@ -342,54 +338,24 @@ fn copy_verified(
 /// trusted roots ([`Journal::locate`]), so a folder swapped for a symlink meanwhile is
 /// refused, not followed.
 pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<RecoveryAction, LateError> {
-    let Step::Append {
-        src,
-        archive,
-        archive_len,
-        src_dev,
-        src_ino,
-        src_len,
-        src_birth_ns,
-    } = &p.step
-    else {
+    let Step::Append(step) = &p.step else {
         unreachable!("recover_append called with {:?}", p.step);
     };
-    let (archive_len, src_len) = (*archive_len, *src_len);
+    let (src, archive) = (&step.src, &step.archive);
+    let (archive_len, src_len) = (step.archive_len, step.src_len);
     let left_alone = |journal: &mut Journal, reason: String| -> Result<RecoveryAction, LateError> {
-        tracing::warn!(seq = p.seq, %reason, "append left alone");
-        journal.undo(&[p.seq])?;
-        Ok(RecoveryAction::LeftAlone { reason })
+        Ok(left_alone(journal, p.seq, "append", reason)?)
     };
-    let missing =
-        |journal: &mut Journal| left_alone(journal, format!("{} missing", archive.display()));
-    let (adir, aname) = match journal.locate(archive) {
-        Ok(found) => found,
-        Err(e) if e.is_not_found() => return missing(journal),
-        Err(e) => return Err(e.into()),
-    };
-    let af = match adir.open_file(&aname, Purpose::Append) {
-        Ok(f) => f,
-        Err(e) if e.is_not_found() => return missing(journal),
-        Err(e) => return Err(e.into()),
+    let Some((adir, aname, af)) = open_recorded_archive(journal, step)? else {
+        return left_alone(journal, format!("{} missing", archive.display()));
     };
     let alen = af.id.size;
     // The source, if the same file is still at its name.
-    let id = (*src_dev, *src_ino, *src_birth_ns);
-    let (sdir, sname) = match journal.locate(src) {
-        Ok((d, n)) => (Some(d), n),
-        Err(e) if e.is_not_found() => (None, OsString::new()),
-        Err(e) => return Err(e.into()),
+    let source_dir = locate_source(journal, step)?;
+    let sf = match &source_dir {
+        Some((sdir, sname)) => open_source(step, sdir, sname)?,
+        None => None,
     };
-    let open_same = |sdir: &Option<Dir>| -> Result<Option<RegularFile>, LateError> {
-        let Some(sdir) = sdir else { return Ok(None) };
-        match sdir.open_file(&sname, Purpose::Read) {
-            Ok(f) if is_same(&f, id) => Ok(Some(f)),
-            Ok(_) => Ok(None),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    };
-    let sf = open_same(&sdir)?;
     let truncate = |len: u64| -> Result<(), LateError> {
         af.file.set_len(len).map_err(|e| io_err(archive, e))?;
         af.file.sync_all().map_err(|e| io_err(archive, e))
@@ -406,20 +372,8 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<RecoveryActi
             && same_bytes(&sf.file, 0, &af.file, archive_len, src_len)
                 .map_err(|e| io_err(archive, e))?;
         if holds && len == src_len {
-            let sdir = sdir.as_ref().expect("sf was opened in it");
-            match cfs::unlink_if_same(sdir, &sname, &sf.id, Compare::Unchanged) {
-                Ok(_) => {}
-                Err(FsError::Changed { .. }) => {
-                    return left_alone(
-                        journal,
-                        format!("{} changed during recovery; both kept", src.display()),
-                    );
-                }
-                Err(e) => return Err(e.into()),
-            }
-            sdir.sync()?;
-            journal.finish(&[p.seq])?;
-            return Ok(RecoveryAction::Completed);
+            let (sdir, sname) = source_dir.as_ref().expect("sf was opened in it");
+            return unlink_source(journal, p.seq, "append", step, (sdir, sname), &sf);
         }
         if holds {
             truncate(archive_len)?;
@@ -463,11 +417,11 @@ pub fn recover_append(journal: &mut Journal, p: &Pending) -> Result<RecoveryActi
     }
     journal.undo(&[p.seq])?;
     drop(sf);
-    if let Some(sdir) = &sdir
-        && open_same(&Some(sdir.try_clone()?))?.is_some()
+    if let Some((sdir, sname)) = &source_dir
+        && open_source(step, sdir, sname)?.is_some()
     {
         // It had settled when the step began; if it has changed since, the append says so.
-        let out = append_late_write_at(sdir, &sname, &adir, &aname, journal)?;
+        let out = append_late_write_at(sdir, sname, &adir, &aname, journal)?;
         return Ok(RecoveryAction::Redone(out));
     }
     Ok(RecoveryAction::Undone)
@@ -516,19 +470,83 @@ fn rescue_tail(src: &File, copied: u64, out: &mut File) -> io::Result<u64> {
     Ok(off - copied)
 }
 
-/// Birth time in ns since the epoch, where the filesystem keeps one.
-fn birth_ns(f: &File) -> Option<u64> {
-    cfs::birth_ns(f)
+/// The recorded archive of a late append, reopened for appending beneath the journal's
+/// roots ([`Journal::locate`]); `None` when it or its folder is gone.
+pub(crate) fn open_recorded_archive(
+    journal: &Journal,
+    step: &LateAppend,
+) -> Result<Option<(Dir, OsString, RegularFile)>, FsError> {
+    let found = journal
+        .locate(&step.archive)
+        .and_then(|(dir, name)| Ok((dir.open_file(&name, Purpose::Append)?, dir, name)));
+    match found {
+        Ok((file, dir, name)) => Ok(Some((dir, name, file))),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-/// Whether `f` is the recorded source: same dev/ino, and same birth time where both
-/// sides know one.
-fn is_same(f: &RegularFile, (dev, ino, birth): (u64, u64, Option<u64>)) -> bool {
-    let born_same = match (birth, birth_ns(&f.file)) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-    };
-    (f.id.dev, f.id.ino) == (dev, ino) && born_same
+/// The recorded source's folder (beneath the journal's roots) and name; `None` when the
+/// folder is gone.
+pub(crate) fn locate_source(
+    journal: &Journal,
+    step: &LateAppend,
+) -> Result<Option<(Dir, OsString)>, FsError> {
+    match journal.locate(&step.src) {
+        Ok(found) => Ok(Some(found)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The file at `dir/name` if it is still the recorded source ([`LateAppend::is_source`]).
+pub(crate) fn open_source(
+    step: &LateAppend,
+    dir: &Dir,
+    name: &OsStr,
+) -> Result<Option<RegularFile>, FsError> {
+    match dir.open_file(name, Purpose::Read) {
+        Ok(f) if step.is_source(&f) => Ok(Some(f)),
+        Ok(_) => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Recovery of a late append (`what`: "append", "late frame") that leaves the files as
+/// they are: logged, recorded `undone`, nothing removed.
+pub(crate) fn left_alone(
+    journal: &mut Journal,
+    seq: u64,
+    what: &str,
+    reason: String,
+) -> Result<RecoveryAction, JournalError> {
+    tracing::warn!(seq, %reason, "{what} left alone");
+    journal.undo(&[seq])?;
+    Ok(RecoveryAction::LeftAlone { reason })
+}
+
+/// `appended`, and the archive holds the whole, unchanged source still at its name: the
+/// unlink did not happen. Unlinks it, fsyncs its folder, records `done`.
+pub(crate) fn unlink_source<E: From<FsError> + From<JournalError>>(
+    journal: &mut Journal,
+    seq: u64,
+    what: &str,
+    step: &LateAppend,
+    (dir, name): (&Dir, &OsStr),
+    sf: &RegularFile,
+) -> Result<RecoveryAction, E> {
+    match cfs::unlink_if_same(dir, name, &sf.id, Compare::Unchanged) {
+        Ok(_) => {}
+        Err(FsError::Changed { .. }) => {
+            let reason = format!("{} changed during recovery; both kept", step.src.display());
+            return Ok(left_alone(journal, seq, what, reason)?);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    dir.sync()?;
+    journal.finish(&[seq])?;
+    Ok(RecoveryAction::Completed)
 }
 
 /// The original error wins; a failed undo leaves the step pending for recovery.

@@ -7,6 +7,6 @@ pub mod compress;
 pub mod late;
 pub mod outcome;
 pub mod recover;
-pub mod retention;
-pub mod store;
+pub(crate) mod retention;
+pub(crate) mod store;
 pub mod upload;

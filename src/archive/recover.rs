@@ -44,12 +44,12 @@ pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
         .into_iter()
         .map(|p| {
             let outcome = match &p.step {
-                Step::Append { .. } => late::recover_append(journal, &p).map_err(Into::into),
+                Step::Append(_) => late::recover_append(journal, &p).map_err(Into::into),
                 Step::Copy { .. } => recover_copy(journal, &p),
                 Step::Compress { .. } => {
                     crate::archive::compress::recover_compress(journal, &p).map_err(Into::into)
                 }
-                Step::AppendFrame { .. } => {
+                Step::AppendFrame(_) => {
                     crate::archive::compress::frame::recover_frame(journal, &p).map_err(Into::into)
                 }
                 Step::Upload { .. } => {

@@ -78,7 +78,8 @@ impl Archived {
 ///
 /// On `ChangedDuringCopy` the original is untouched and no archive file is left: the
 /// caller should wait for the file to settle again and retry.
-pub fn archive_file(src: &Path, archive_dir: &Path) -> Result<Archived, ArchiveError> {
+#[cfg(test)]
+pub(crate) fn archive_file(src: &Path, archive_dir: &Path) -> Result<Archived, ArchiveError> {
     archive_file_with(src, archive_dir, Strategy::Rename, |_| {})
 }
 
@@ -105,11 +106,6 @@ impl Archiver {
             identity: (0, 0),
             checked_parents: HashSet::new(),
         }
-    }
-
-    /// Display path of the archive folder.
-    pub fn dir(&self) -> PathBuf {
-        self.parent.display(&self.rel)
     }
 
     /// The archive folder's handle, created (0755) and opened on first use.
@@ -196,6 +192,7 @@ enum Strategy {
     Copy,
 }
 
+#[cfg(test)]
 fn archive_file_with(
     src: &Path,
     archive_dir: &Path,

@@ -1,5 +1,5 @@
 //! The command line: argument parsing and dispatch, rendering of reports, the demo. Wiring only.
 
-pub mod demo;
+pub(crate) mod demo;
 pub mod dispatch;
-pub mod render;
+pub(crate) mod render;

@@ -72,6 +72,9 @@ fn task_head(task: &TaskReport, out: &mut String) {
     for w in &task.warnings {
         let _ = writeln!(out, "  warning: {w}");
     }
+    for event in &task.done {
+        let _ = writeln!(out, "  {event}");
+    }
 }
 
 fn orphans(report: &PassReport, out: &mut String) {
@@ -187,7 +190,11 @@ pub fn once(report: &PassReport) -> String {
                     || !a.warnings.is_empty()
             })
             .collect();
-        if busy.is_empty() && task.error.is_none() && task.warnings.is_empty() {
+        if busy.is_empty()
+            && task.error.is_none()
+            && task.warnings.is_empty()
+            && task.done.is_empty()
+        {
             continue;
         }
         task_head(task, &mut out);

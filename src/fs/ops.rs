@@ -148,6 +148,24 @@ pub fn replace_file(
     mode: u32,
     durable: bool,
 ) -> Result<(), FsError> {
+    replace_file_with(dir, name, mode, durable, &mut |file| {
+        file.write_all(bytes)?;
+        Ok(true)
+    })
+    .map(drop)
+}
+
+/// [`replace_file`] with the content streamed into the fresh file by `fill` (a large file
+/// need not be held in memory). `fill` returning `false` drops the fresh file (`name` is
+/// untouched): `Ok(None)`. Otherwise the file, renamed over `name`, is returned still open
+/// (reads through it see what was written, whatever is planted at `name` later).
+pub fn replace_file_with(
+    dir: &Dir,
+    name: impl AsRef<Path>,
+    mode: u32,
+    durable: bool,
+    fill: &mut dyn FnMut(&mut std::fs::File) -> std::io::Result<bool>,
+) -> Result<Option<std::fs::File>, FsError> {
     let name = dir.single_name(name.as_ref())?;
     let (tmp, mut file) = loop {
         let candidate = fresh_name(name, "tmp");
@@ -158,25 +176,34 @@ pub fn replace_file(
         }
     };
     // Exactly `mode`, whatever the umask took away (a sidecar keeps its registry's mode).
-    let written = rfs::fchmod(&file.file, rfs::Mode::from_raw_mode(mode as _))
+    let filled = rfs::fchmod(&file.file, rfs::Mode::from_raw_mode(mode as _))
         .map_err(std::io::Error::from)
-        .and_then(|()| file.file.write_all(bytes))
-        .and_then(|()| {
-            if durable {
-                file.file.sync_all()
-            } else {
-                Ok(())
+        .and_then(|()| fill(&mut file.file))
+        .and_then(|keep| {
+            if keep && durable {
+                file.file.sync_all()?;
             }
+            Ok(keep)
         })
-        .map_err(|e| FsError::io(dir.display(&tmp), e))
-        .and_then(|()| {
+        .map_err(|e| FsError::io(dir.display(&tmp), e));
+    let written = match filled {
+        Ok(false) => {
+            let _ = rfs::unlinkat(dir, &tmp, AtFlags::empty());
+            return Ok(None);
+        }
+        Ok(true) => {
             rfs::renameat(dir, &tmp, dir, name).map_err(|e| FsError::io(dir.display(name), e))
-        });
+        }
+        Err(e) => Err(e),
+    };
     if let Err(e) = written {
         let _ = rfs::unlinkat(dir, &tmp, AtFlags::empty());
         return Err(e);
     }
-    if durable { dir.sync() } else { Ok(()) }
+    if durable {
+        dir.sync()?;
+    }
+    Ok(Some(file.file))
 }
 
 /// fsync of a folder handle.

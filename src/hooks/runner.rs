@@ -4,7 +4,7 @@ use super::exec::{self, RunEnd, Stream};
 use super::pending::{PendingError, PendingRun, PendingStore, RunKey};
 use crate::config::hooks::HookSpec;
 use std::collections::{HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -47,7 +47,6 @@ impl Shared {
 
 pub struct Runner {
     shared: Arc<Shared>,
-    state_dir: PathBuf,
     _workers: Vec<JoinHandle<()>>,
 }
 
@@ -84,15 +83,10 @@ impl Runner {
         Ok((
             Runner {
                 shared,
-                state_dir: state_dir.to_path_buf(),
                 _workers: workers,
             },
             warning,
         ))
-    }
-
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
     }
 
     /// Applies a reloaded configuration: later runs use the new specs (by name). True when

@@ -28,9 +28,12 @@ struct ProcWorld {
     signals: Vec<(i32, Sig)>,
     /// When set, `scan` fails as an unreadable /proc would.
     unreadable: bool,
+    /// Processes that ignore SIGTERM (SIGKILL still ends them).
+    ignore_term: Vec<i32>,
 }
 
-/// A scripted process table: processes exit on SIGTERM or SIGKILL, at once.
+/// A scripted process table: processes exit at once on SIGKILL, and on SIGTERM unless
+/// told to ignore it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FakeProcesses(Arc<Mutex<ProcWorld>>);
 
@@ -82,6 +85,21 @@ impl FakeProcesses {
             }
         }
         out
+    }
+
+    /// `pid` ignores SIGTERM, as a process with a handler that does not exit would.
+    pub(crate) fn ignore_term(&self, pid: i32) {
+        self.world().ignore_term.push(pid);
+    }
+
+    /// The signals sent to `pid`, in order.
+    pub(crate) fn signals_to(&self, pid: i32) -> Vec<Sig> {
+        let w = self.world();
+        w.signals
+            .iter()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, s)| *s)
+            .collect()
     }
 
     pub(crate) fn set_unreadable(&self, unreadable: bool) {
@@ -176,8 +194,12 @@ impl ProcessOps for FakeProcesses {
         if !self.is_alive(*handle) {
             return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
-        self.world().signals.push((*handle, sig));
-        if matches!(sig, Sig::Term | Sig::Kill) {
+        let ends = {
+            let mut w = self.world();
+            w.signals.push((*handle, sig));
+            sig == Sig::Kill || (sig == Sig::Term && !w.ignore_term.contains(handle))
+        };
+        if ends {
             self.exit(*handle);
         }
         Ok(())

@@ -1,17 +1,17 @@
 //! Process truth: tmux sessions, the /proc table, open files, an agent's process set and stopping it.
 
-pub mod ambiguity;
-pub mod cgroup;
-pub mod environ;
+pub(crate) mod ambiguity;
+pub(crate) mod cgroup;
+pub(crate) mod environ;
 pub mod evidence;
 #[cfg(test)]
 pub(crate) mod fakes;
 pub mod openfiles;
-pub mod panemap;
-pub mod source;
+pub(crate) mod panemap;
+pub(crate) mod source;
 pub mod stop;
 pub mod table;
-pub mod tmux;
+pub(crate) mod tmux;
 
 pub use evidence::{Evidence, SessionIdentity, SetContext, agent_processes, agent_set};
 pub use source::{LiveProcesses, ProcessSource};

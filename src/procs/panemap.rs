@@ -96,10 +96,7 @@ impl PaneMap {
             .unwrap_or(&[])
     }
 
-    pub fn len(&self) -> usize {
-        self.agents.len()
-    }
-
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()
     }

@@ -14,10 +14,10 @@ use crate::reap::events::{OrphanOutcome, PassEvent, StatusStore};
 use crate::reap::outcome::Outcome;
 use crate::reap::report::OrphanReport;
 use crate::registry::edit::{
-    AgentChange, Applied, CleanupRecord, GlobalChange, edit_global_registry, edit_task_registry,
+    AgentChange, Applied, CleanupRecord, GlobalChange, TaskEdit, edit_global_registry,
 };
 use crate::registry::sqlite::tasks::{BaseDb, StatusWrite, StatusWritten, apply_transitions};
-use crate::registry::{UpdateOptions, UpdateOutcome, update_registry};
+use crate::registry::{UpdateOptions, UpdateOutcome, rewrite_registry, update_registry};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -377,7 +377,7 @@ pub fn apply_task(
         return Ok(false);
     }
     let path = view.task.registry();
-    match update_registry(&path, opts, |root| edit_task_registry(root, &changes)) {
+    match rewrite_registry(&path, opts, &mut TaskEdit::new(&changes)) {
         Ok((written, applied)) => {
             for ((a, change), applied) in change_of.iter().zip(&changes).zip(applied) {
                 let out = &mut outcomes[*a];

@@ -164,6 +164,35 @@ impl fmt::Display for PassEvent {
     }
 }
 
+/// Something a pass did to a task as a whole (not to one of its agents).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum TaskEvent {
+    /// A write of ours was cut short: the registry did not parse and was restored from the
+    /// sidecar that held the whole new content.
+    RegistryRestored,
+}
+
+impl TaskEvent {
+    /// Its name: the JSON `event` tag and the journald `ACTION` field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TaskEvent::RegistryRestored => "registry_restored",
+        }
+    }
+}
+
+impl fmt::Display for TaskEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskEvent::RegistryRestored => write!(
+                f,
+                "registry restored from its sidecar (a write of ours was cut short)"
+            ),
+        }
+    }
+}
+
 /// What stopping an orphan session (an `agent_*` session no registry lists) came to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "event")]
@@ -293,6 +322,8 @@ mod tests {
             let json = serde_json::to_value(&outcome).unwrap();
             assert_eq!(json["event"], outcome.as_str(), "{json}");
         }
+        let restored = serde_json::to_value(TaskEvent::RegistryRestored).unwrap();
+        assert_eq!(restored["event"], TaskEvent::RegistryRestored.as_str());
     }
 
     #[test]

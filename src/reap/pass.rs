@@ -11,13 +11,14 @@ use crate::procs::{LiveProcesses, ProcTable, ProcessSource, Tmux};
 use crate::reap::apply as act;
 use crate::reap::outcome::Outcome;
 use crate::registry::sqlite::tasks::{db_task_dirs, open_base_db};
-use crate::registry::{UpdateOptions, recover_sidecar};
+use crate::registry::{SidecarRecovery, UpdateOptions, recover_sidecar};
 use crate::workspace::{discover_tasks, global_registry};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::clock::{Clock, SystemClock};
+use super::events::TaskEvent;
 use super::{cache, read};
 
 use super::report::fill_report;
@@ -140,6 +141,8 @@ impl Reaper {
         let use_cache = scope.is_none() && tmux.is_ok();
         let mut still_clean: Vec<PathBuf> = Vec::new();
         let mut keys: HashMap<PathBuf, read::FileKey> = HashMap::new();
+        // Registries restored from their sidecar this pass (reported as done to the task).
+        let mut restored: HashSet<PathBuf> = HashSet::new();
         // Observe every task of every base.
         let mut views: Vec<TaskView> = Vec::new();
         let mut pending: Vec<Vec<PendingAgent>> = Vec::new();
@@ -185,10 +188,14 @@ impl Reaper {
                     still_clean.push(task.dir);
                     continue;
                 }
-                if let Mode::Execute { .. } = mode
-                    && let Err(e) = recover_sidecar(&task.registry(), &self.update_options())
-                {
-                    errors.push(e.to_string());
+                if let Mode::Execute { .. } = mode {
+                    match recover_sidecar(&task.registry(), &self.update_options()) {
+                        Ok(SidecarRecovery::Restored) => {
+                            restored.insert(task.dir.clone());
+                        }
+                        Ok(_) => {}
+                        Err(e) => errors.push(e.to_string()),
+                    }
                 }
                 let (view, agents) = match rows {
                     Some(rows) => task_view(
@@ -315,6 +322,11 @@ impl Reaper {
             }
         };
         fill_report(&mut report, &views, &decisions, outcomes);
+        for task in &mut report.tasks {
+            if restored.contains(&task.dir) {
+                task.done.push(TaskEvent::RegistryRestored);
+            }
+        }
         // Still-clean tasks are counted, not listed: nothing was or is to be done there.
         report.totals.tasks += skipped_tasks;
         report.totals.agents_seen += skipped_agents;

@@ -6,6 +6,7 @@ use super::events::{OrphanOutcome, PassEvent};
 use super::pass_fixture_tests::*;
 use crate::decide::AgentClass;
 use std::fs;
+use std::time::Duration;
 
 /// One id listed by two tasks: whose agent it is cannot be told, so nothing is done for
 /// it, not even to an idle session with a live process; both registries stay as they were.
@@ -167,4 +168,39 @@ fn idle_orphan_session_is_stopped_and_a_busy_one_reported() {
     assert_eq!(b.procs.signalled(), [idle.pid]);
     assert_eq!(b.tmux.killed(), ["agent_lost-120012-0a0b0c"]);
     assert!(b.procs.is_alive(busy.pid));
+}
+
+/// A process that ignores SIGTERM is SIGKILLed once `term_grace` is over, and the record
+/// says the stop escalated.
+#[test]
+fn a_process_ignoring_sigterm_is_killed_and_the_record_says_so() {
+    use crate::procs::stop::Sig;
+    let b = Bench::new();
+    let id = "stubborn-120015-0a0b0c";
+    b.task(TASK, vec![b.agent(id, "working", b.ago(3 * HOUR))]);
+    let pane = b.procs.spawn(0, &["claude"]);
+    b.procs.ignore_term(pane.pid);
+    b.tmux
+        .add_session(&format!("agent_{id}"), &[pane.pid], b.ago(3 * HOUR));
+    let mut reaper = b.reaper();
+    // The stopper's own grace: kept short, the fake answers at once anyway.
+    reaper.config.term_grace = vec![Duration::from_millis(1)];
+
+    let report = pass(&mut reaper);
+
+    let agent = agent_report(&report, id);
+    assert!(agent.errors.is_empty(), "{:?}", agent.errors);
+    assert_eq!(
+        agent.done[0],
+        PassEvent::Stopped {
+            processes: 1,
+            joined: 0,
+            escalated: true
+        }
+    );
+    assert_eq!(b.procs.signals_to(pane.pid), [Sig::Term, Sig::Kill]);
+    assert!(!b.procs.is_alive(pane.pid));
+    let record = &b.entry(TASK, id)["auto_cleanup_result"];
+    assert_eq!(record["escalated_to_sigkill"], true, "{record}");
+    assert_eq!(record["verified_no_zombies"], true);
 }

@@ -1,7 +1,7 @@
 //! Whole passes against fakes, the lifecycle: finished, zombie, stale, settling, late
 //! bytes, a crash between archive and record. No tmux, no real process, no sleep.
 
-use super::events::PassEvent;
+use super::events::{PassEvent, TaskEvent};
 use super::pass::Mode;
 use super::pass_fixture_tests::*;
 use crate::decide::AgentClass;
@@ -346,4 +346,41 @@ fn crash_between_archive_and_record_is_recorded_by_the_next_pass() {
     );
     assert_eq!(fs::read_to_string(&archive).unwrap(), "{\"p\":1}\n");
     assert_eq!(report.totals.cleaned, 1);
+}
+
+/// A registry left unparsable by a write of ours cut short (its sidecar holds the whole
+/// new content) is restored from the sidecar, said so in the report and in `once`'s
+/// text, and its agents are then cleaned as usual.
+#[test]
+fn registry_cut_short_is_restored_from_its_sidecar_and_reported() {
+    let b = Bench::new();
+    let id = "mender-120014-0a0b0c";
+    b.task(TASK, vec![b.agent(id, "completed", b.ago(HOUR))]);
+    b.file(
+        TASK,
+        &format!("progress/{id}_progress.jsonl"),
+        "{}\n",
+        b.ago(HOUR),
+    );
+    let registry = b.task_dir(TASK).join("AGENT_REGISTRY.json");
+    let whole = fs::read(&registry).unwrap();
+    fs::write(registry.with_extension("json.reaper"), &whole).unwrap();
+    fs::write(&registry, &whole[..whole.len() / 2]).unwrap();
+    let mut reaper = b.reaper();
+
+    let report = pass(&mut reaper);
+
+    assert_eq!(report.tasks[0].done, [TaskEvent::RegistryRestored]);
+    assert!(!registry.with_extension("json.reaper").exists());
+    let agent = agent_report(&report, id);
+    assert!(
+        matches!(agent.done[..], [PassEvent::Archived { .. }]),
+        "{agent:?}"
+    );
+    assert_eq!(b.entry(TASK, id)["auto_cleanup_result"]["success"], true);
+    let text = crate::cli::render::once(&report);
+    assert!(
+        text.contains("\n  registry restored from its sidecar"),
+        "{text}"
+    );
 }

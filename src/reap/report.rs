@@ -3,7 +3,7 @@
 use crate::decide::{Action, AgentClass, Decision};
 use crate::model::StatusClass;
 use crate::observe::TaskView;
-use crate::reap::events::{OrphanOutcome, PassEvent};
+use crate::reap::events::{OrphanOutcome, PassEvent, TaskEvent};
 use crate::reap::outcome::Outcome;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,9 @@ pub struct TaskReport {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the pass did to the task as a whole.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<TaskEvent>,
     pub registry_written: bool,
     pub agents: Vec<AgentReport>,
 }
@@ -186,6 +189,7 @@ pub(super) fn fill_report(
             backend: view.backend.name(),
             error: view.error.clone(),
             warnings: view.warnings.clone(),
+            done: Vec::new(),
             registry_written: report.written_tasks.get(t).copied().unwrap_or(false),
             agents: Vec::new(),
         };

@@ -5,25 +5,75 @@
 use super::json_file::{RegistryError, UpdateOutcome};
 use super::pyjson::to_python_json;
 use serde_json::Value;
+use std::io::Write;
 use std::path::Path;
 
 /// Edits redone on fresh bytes before the round is given up.
 pub const CAS_ROUNDS: u32 = 5;
 
-/// The locked registry as the CAS loop sees it (a fake in tests).
+/// Writes a document's new text into a sink.
+pub type Render<'r> = dyn FnMut(&mut dyn Write) -> std::io::Result<()> + 'r;
+
+/// The locked registry as the CAS loop sees it (a fake in tests). The new text is streamed,
+/// never held whole: into the sidecar, and from there into the registry.
 pub trait CasFile {
-    /// Makes `text` durable where a crash can restore it from (the sidecar), before any
-    /// byte of the registry changes.
-    fn stage(&mut self, text: &[u8]) -> Result<(), RegistryError>;
+    /// Streams the text `render` writes to where a crash can restore it from (the sidecar),
+    /// before any byte of the registry changes. `None` when that text is `base` byte for
+    /// byte (nothing staged); otherwise its length.
+    fn stage(&mut self, base: &[u8], render: &mut Render<'_>)
+    -> Result<Option<u64>, RegistryError>;
     /// The staged text will not be written (the registry is untouched).
     fn unstage(&mut self);
-    /// The registry's bytes now.
-    fn reread(&mut self) -> Result<Vec<u8>, RegistryError>;
-    /// The registry's bytes now, parsed (waiting out a half-written file like the first read).
-    fn reread_parsed(&mut self) -> Result<(Vec<u8>, Value), RegistryError>;
-    /// Writes `text` in place of the registry's content, which is `current_len` bytes long
-    /// (known from the comparison, so nothing but the write follows it).
-    fn write(&mut self, text: &[u8], current_len: usize) -> Result<(), RegistryError>;
+    /// Whether the registry's bytes are `base` still (compared a chunk at a time).
+    fn unchanged_since(&mut self, base: &[u8]) -> Result<bool, RegistryError>;
+    /// The registry's bytes now, checked to parse (waiting out a half-written file like the
+    /// first read).
+    fn reread_parsed(&mut self) -> Result<Vec<u8>, RegistryError>;
+    /// Writes the staged text (`len` bytes) in place of the registry's content, which is
+    /// `current_len` bytes long (known from the comparison, so nothing but the write follows).
+    fn write(&mut self, len: u64, current_len: usize) -> Result<(), RegistryError>;
+}
+
+/// One edit of a registry document as the CAS loop drives it: on the bytes read under the
+/// lock, then again on newer bytes each time an unlocked writer changed them meanwhile.
+pub trait Rewrite {
+    type Out;
+    /// What the edit makes of `bytes` (a checked JSON object): its result, and whether the
+    /// document changes at all.
+    fn prepare(&mut self, bytes: &[u8]) -> Result<(Self::Out, bool), String>;
+    /// Writes the edited document of the last `prepare`, as `json.dump(indent=2)` does (no
+    /// trailing newline).
+    fn render(&mut self, bytes: &[u8], out: &mut dyn Write) -> std::io::Result<()>;
+}
+
+/// An edit of the whole document as one `Value` (small registries, tests).
+pub struct WholeValue<F> {
+    edit: F,
+    edited: Option<Value>,
+}
+
+impl<F> WholeValue<F> {
+    pub fn new(edit: F) -> Self {
+        WholeValue { edit, edited: None }
+    }
+}
+
+impl<T, F: FnMut(&mut Value) -> T> Rewrite for WholeValue<F> {
+    type Out = T;
+    fn prepare(&mut self, bytes: &[u8]) -> Result<(T, bool), String> {
+        self.edited = None;
+        let mut value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let before = value.clone();
+        let result = (self.edit)(&mut value);
+        let changed = value != before;
+        drop(before);
+        self.edited = Some(value);
+        Ok((result, changed))
+    }
+    fn render(&mut self, _: &[u8], out: &mut dyn Write) -> std::io::Result<()> {
+        let value = self.edited.as_ref().expect("render follows prepare");
+        out.write_all(to_python_json(value).as_bytes())
+    }
 }
 
 /// The registry text for `value`, in Python's `json.dump(indent=2)` form, with a trailing
@@ -36,42 +86,56 @@ pub fn render(value: &Value, replaces: &[u8]) -> Vec<u8> {
     text
 }
 
-/// Applies `edit` to the document parsed from `bytes` and writes the result through `file`,
+/// Applies `rewrite` to the document in `bytes` and writes the result through `file`,
 /// redoing the edit whenever the registry changed between its read and the write. After
 /// `rounds` such changes in a row the round is skipped (`Contended`), registry untouched.
-pub fn edit_in_place<T>(
+pub fn edit_in_place<R: Rewrite>(
     file: &mut dyn CasFile,
     path: &Path,
-    (mut bytes, mut value): (Vec<u8>, Value),
+    mut bytes: Vec<u8>,
     rounds: u32,
-    edit: &mut dyn FnMut(&mut Value) -> T,
-) -> Result<(UpdateOutcome, T), RegistryError> {
+    rewrite: &mut R,
+) -> Result<(UpdateOutcome, R::Out), RegistryError> {
     for _ in 0..rounds.max(1) {
-        let before = value.clone();
-        let result = edit(&mut value);
-        if value == before {
+        let (result, changed) =
+            rewrite
+                .prepare(&bytes)
+                .map_err(|reason| RegistryError::Unparsable {
+                    path: path.to_owned(),
+                    attempts: 1,
+                    reason,
+                })?;
+        if !changed {
             return Ok((UpdateOutcome::Unchanged, result));
         }
-        let text = render(&value, &bytes);
+        let newline = bytes.ends_with(b"\n");
+        let base = &bytes;
+        let staged = file.stage(base, &mut |out| {
+            rewrite.render(base, out)?;
+            if newline {
+                out.write_all(b"\n")?;
+            }
+            Ok(())
+        })?;
         // Values can differ only in number spelling (`1E5` vs `100000.0`) and print the same.
-        if text == bytes {
+        let Some(len) = staged else {
             return Ok((UpdateOutcome::Unchanged, result));
-        }
-        file.stage(&text)?;
-        let now = match file.reread() {
-            Ok(now) => now,
+        };
+        let unchanged = match file.unchanged_since(&bytes) {
+            Ok(unchanged) => unchanged,
             Err(e) => {
                 file.unstage();
                 return Err(e);
             }
         };
-        // Nothing but the comparison stands between this read and the write.
-        if now == bytes {
-            file.write(&text, now.len())?;
+        // Nothing but the comparison stands between that read and the write.
+        if unchanged {
+            file.write(len, bytes.len())?;
             return Ok((UpdateOutcome::Written, result));
         }
         file.unstage();
-        (bytes, value) = file.reread_parsed()?;
+        drop(std::mem::take(&mut bytes));
+        bytes = file.reread_parsed()?;
     }
     Err(RegistryError::Contended {
         path: path.to_owned(),
@@ -109,35 +173,41 @@ mod tests {
     }
 
     impl CasFile for Fake {
-        fn stage(&mut self, text: &[u8]) -> Result<(), RegistryError> {
-            self.staged = Some(text.to_vec());
+        fn stage(
+            &mut self,
+            base: &[u8],
+            render: &mut Render<'_>,
+        ) -> Result<Option<u64>, RegistryError> {
+            let mut text = Vec::new();
+            render(&mut text).unwrap();
+            if text == base {
+                return Ok(None);
+            }
+            let len = text.len() as u64;
+            self.staged = Some(text);
             self.log.push("stage".into());
-            Ok(())
+            Ok(Some(len))
         }
         fn unstage(&mut self) {
             self.staged = None;
             self.log.push("unstage".into());
         }
-        fn reread(&mut self) -> Result<Vec<u8>, RegistryError> {
+        fn unchanged_since(&mut self, base: &[u8]) -> Result<bool, RegistryError> {
             if let Some(raced) = self.races.pop() {
                 self.content = raced;
             }
             self.log.push("compare".into());
+            Ok(self.content == base)
+        }
+        fn reread_parsed(&mut self) -> Result<Vec<u8>, RegistryError> {
+            self.log.push("reread".into());
             Ok(self.content.clone())
         }
-        fn reread_parsed(&mut self) -> Result<(Vec<u8>, Value), RegistryError> {
-            self.log.push("reread".into());
-            let v = serde_json::from_slice(&self.content).unwrap();
-            Ok((self.content.clone(), v))
-        }
-        fn write(&mut self, text: &[u8], current_len: usize) -> Result<(), RegistryError> {
+        fn write(&mut self, len: u64, current_len: usize) -> Result<(), RegistryError> {
             assert_eq!(current_len, self.content.len());
-            assert_eq!(
-                self.staged.as_deref(),
-                Some(text),
-                "written what was staged"
-            );
-            self.content = text.to_vec();
+            let staged = self.staged.take().expect("written what was staged");
+            assert_eq!(staged.len() as u64, len);
+            self.content = staged;
             self.log.push("write".into());
             Ok(())
         }
@@ -154,13 +224,12 @@ mod tests {
 
     fn run(fake: &mut Fake, rounds: u32) -> Result<(UpdateOutcome, u64), RegistryError> {
         let bytes = fake.content.clone();
-        let value = serde_json::from_slice(&bytes).unwrap();
         edit_in_place(
             fake,
             Path::new("/w/AGENT_REGISTRY.json"),
-            (bytes, value),
+            bytes,
             rounds,
-            &mut mark_terminated,
+            &mut WholeValue::new(mark_terminated),
         )
     }
 

@@ -1,14 +1,17 @@
 //! One JSON registry file: flock on the file itself, tolerant reads, in-place writes with a crash sidecar.
 
-use super::cas::{CAS_ROUNDS, CasFile, edit_in_place};
+use super::cas::{CAS_ROUNDS, Rewrite, WholeValue, edit_in_place};
 use super::seen;
 use super::torn::find_torn_tail;
+use locked::{Locked, cut_to, reserve};
 use rustix::fs::{FlockOperation, OFlags, fcntl_getfl, fcntl_setfl, flock};
 use rustix::io::Errno;
 use serde_json::Value;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+
+mod locked;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -121,10 +124,10 @@ pub enum SidecarRecovery {
 /// `opts.repair_torn` allows it, and reported as `Torn` otherwise.
 pub fn read_registry(path: &Path, opts: &ReadOptions) -> Result<Value, RegistryError> {
     let file = open_regular(path, false)?;
-    let unparsable = match read_parsed(&file, path, opts) {
+    let unparsable = match read_parsed(&file, path, opts, true) {
         Ok((bytes, value)) => {
             seen::global().note(path, &bytes);
-            return Ok(value);
+            return Ok(value.expect("asked for the value"));
         }
         Err(e @ RegistryError::Unparsable { .. }) => e,
         Err(e) => return Err(e),
@@ -146,20 +149,33 @@ pub fn read_registry(path: &Path, opts: &ReadOptions) -> Result<Value, RegistryE
         lock_timeout,
     };
     let file = lock_registry(path, &update)?;
-    read_locked(&file, path, opts).map(|(_, value)| value)
+    read_locked(&file, path, opts, true).map(|(_, value)| value.expect("asked for the value"))
 }
 
 /// Locks the file, reads it under the lock, lets `edit` change it, and writes it back in
 /// place (sidecar, fsync, compare, write/truncate, fsync, remove sidecar) only if the value
 /// changed. The compare is the CAS of DESIGN.md §3: when an unlocked writer changed the file
 /// since it was read, `edit` runs again on the new content (so it may run more than once).
+/// The whole document is one `Value` here: for small registries; [`rewrite_registry`]
+/// edits a large one item by item.
 pub fn update_registry<T>(
     path: &Path,
     opts: &UpdateOptions,
-    mut edit: impl FnMut(&mut Value) -> T,
+    edit: impl FnMut(&mut Value) -> T,
 ) -> Result<(UpdateOutcome, T), RegistryError> {
+    rewrite_registry(path, opts, &mut WholeValue::new(edit))
+}
+
+/// [`update_registry`] with any [`Rewrite`]: the new text is streamed into the sidecar and
+/// copied from there into the registry a chunk at a time, so only the bytes read (and what
+/// the rewrite itself keeps) are in memory.
+pub fn rewrite_registry<R: Rewrite>(
+    path: &Path,
+    opts: &UpdateOptions,
+    rewrite: &mut R,
+) -> Result<(UpdateOutcome, R::Out), RegistryError> {
     let file = lock_registry(path, opts)?;
-    let read = read_locked(&file, path, &opts.read)?;
+    let (bytes, _) = read_locked(&file, path, &opts.read, false)?;
     let mode = file
         .metadata()
         .map(|m| m.permissions().mode() & 0o777)
@@ -170,23 +186,26 @@ pub fn update_registry<T>(
         read: &opts.read,
         sidecar: sidecar_path(path),
         mode,
+        staged: None,
     };
-    edit_in_place(&mut locked, path, read, CAS_ROUNDS, &mut edit)
+    edit_in_place(&mut locked, path, bytes, CAS_ROUNDS, rewrite)
 }
 
 /// Reads under the lock; a provably torn registry is cut back to its document first.
-fn read_locked(
+/// The document as a `Value` only when `want_value` (else the bytes are only checked).
+pub(super) fn read_locked(
     file: &File,
     path: &Path,
     opts: &ReadOptions,
-) -> Result<(Vec<u8>, Value), RegistryError> {
-    match read_parsed(file, path, opts) {
+    want_value: bool,
+) -> Result<(Vec<u8>, Option<Value>), RegistryError> {
+    match read_parsed(file, path, opts, want_value) {
         Ok((bytes, value)) => {
             seen::global().note(path, &bytes);
             Ok((bytes, value))
         }
         Err(e @ RegistryError::Unparsable { .. }) => match repair_torn(file, path, opts)? {
-            Some(read) => Ok(read),
+            Some((bytes, value)) => Ok((bytes, want_value.then_some(value))),
             None => Err(e),
         },
         Err(e) => Err(e),
@@ -230,77 +249,6 @@ fn repair_torn(
     Ok(None)
 }
 
-/// The locked registry for the CAS loop.
-struct Locked<'a> {
-    file: &'a File,
-    path: &'a Path,
-    read: &'a ReadOptions,
-    sidecar: PathBuf,
-    mode: u32,
-}
-
-impl CasFile for Locked<'_> {
-    fn stage(&mut self, text: &[u8]) -> Result<(), RegistryError> {
-        if let Err(source) = write_sidecar(&self.sidecar, text, self.mode) {
-            // The registry is untouched, so a partial sidecar is only litter.
-            discard_sidecar(&self.sidecar);
-            return Err(RegistryError::Write {
-                path: self.sidecar.clone(),
-                source,
-            });
-        }
-        // Blocks for a longer registry are allocated now, before the comparison, so a full
-        // disk fails here (registry intact) and the write after the comparison is quick.
-        reserve(self.file, text.len() as u64).map_err(|source| {
-            discard_sidecar(&self.sidecar);
-            RegistryError::Write {
-                path: self.path.to_owned(),
-                source,
-            }
-        })?;
-        // Known before any byte of it can reach the registry: a torn tail of it is provable,
-        // after a restart too.
-        seen::global().note(self.path, text);
-        seen::global().persist(self.path);
-        Ok(())
-    }
-
-    fn unstage(&mut self) {
-        discard_sidecar(&self.sidecar);
-    }
-
-    fn reread(&mut self) -> Result<Vec<u8>, RegistryError> {
-        read_all(self.file, self.path, self.read.max_bytes)
-    }
-
-    fn reread_parsed(&mut self) -> Result<(Vec<u8>, Value), RegistryError> {
-        read_locked(self.file, self.path, self.read)
-    }
-
-    fn write(&mut self, text: &[u8], current_len: usize) -> Result<(), RegistryError> {
-        // A shorter document is padded with spaces to the old length and cut after: until
-        // the cut, an unlocked reader sees our document and trailing whitespace (valid JSON),
-        // not our document followed by the old one's tail ("Extra data").
-        let file = self.file;
-        let written = if current_len <= text.len() {
-            file.write_all_at(text, 0)
-        } else {
-            let mut padded = text.to_vec();
-            padded.resize(current_len, b' ');
-            file.write_all_at(&padded, 0)
-        }
-        .and_then(|()| cut_to(file, text.len() as u64))
-        .and_then(|()| file.sync_all());
-        // On failure the sidecar stays: it is what recover_sidecar restores from.
-        written.map_err(|source| RegistryError::Write {
-            path: self.path.to_owned(),
-            source,
-        })?;
-        discard_sidecar(&self.sidecar);
-        Ok(())
-    }
-}
-
 /// Finishes or discards what a crash left in `<registry>.reaper`.
 pub fn recover_sidecar(
     path: &Path,
@@ -333,7 +281,7 @@ pub fn recover_sidecar(
     {
         seen::global().note(path, &bytes);
     }
-    match read_locked(&file, path, &opts.read) {
+    match read_locked(&file, path, &opts.read, false) {
         Ok(_) => {
             discard_sidecar(&sidecar);
             return Ok(SidecarRecovery::StaleSidecarRemoved);
@@ -407,7 +355,7 @@ fn open_error(path: &Path, source: std::io::Error) -> RegistryError {
 const LEVELS_BELOW_BASE: usize = 2;
 
 /// The registry's folder (opened confined beneath its base) and its name.
-fn locate(path: &Path) -> std::io::Result<(crate::fs::Dir, std::ffi::OsString)> {
+pub(super) fn locate(path: &Path) -> std::io::Result<(crate::fs::Dir, std::ffi::OsString)> {
     crate::fs::open_parent_below(path, LEVELS_BELOW_BASE).map_err(std::io::Error::from)
 }
 
@@ -496,7 +444,7 @@ fn lock_registry(path: &Path, opts: &UpdateOptions) -> Result<File, RegistryErro
 }
 
 /// Reads from offset 0 with pread, so re-reads after a retry need no seek.
-fn read_all(file: &File, path: &Path, max_bytes: u64) -> Result<Vec<u8>, RegistryError> {
+pub(super) fn read_all(file: &File, path: &Path, max_bytes: u64) -> Result<Vec<u8>, RegistryError> {
     let too_large = |size: u64| RegistryError::TooLarge {
         path: path.to_owned(),
         size,
@@ -536,7 +484,9 @@ fn read_parsed(
     file: &File,
     path: &Path,
     opts: &ReadOptions,
-) -> Result<(Vec<u8>, Value), RegistryError> {
+    want_value: bool,
+) -> Result<(Vec<u8>, Option<Value>), RegistryError> {
+    use super::json_doc::{DocError, check_object};
     let attempts = opts.attempts.max(1);
     let mut reason = String::new();
     for attempt in 1..=attempts {
@@ -544,14 +494,23 @@ fn read_parsed(
         if bytes.iter().all(u8::is_ascii_whitespace) {
             reason = "empty file".to_owned();
         } else {
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(value @ Value::Object(_)) => return Ok((bytes, value)),
-                Ok(_) => {
+            let checked = if want_value {
+                match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(value @ Value::Object(_)) => Ok(Some(value)),
+                    Ok(_) => Err(DocError::NotObject),
+                    Err(e) => Err(DocError::Json(e)),
+                }
+            } else {
+                check_object(&bytes).map(|()| None)
+            };
+            match checked {
+                Ok(value) => return Ok((bytes, value)),
+                Err(DocError::NotObject) => {
                     return Err(RegistryError::NotObject {
                         path: path.to_owned(),
                     });
                 }
-                Err(e) => reason = e.to_string(),
+                Err(DocError::Json(e)) => reason = e.to_string(),
             }
         }
         if attempt < attempts {
@@ -573,47 +532,9 @@ fn write_in_place(file: &File, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Cuts the file to `len` after our write, and never lengthens it. Shorter than what we
-/// just wrote means an unlocked `open('w')` truncated it since: `ftruncate` would fill it
-/// with NUL bytes up to our length, and the writer's document would land in front of them
-/// (a registry nobody's reader can parse, and no version to prove a tear with). Left
-/// alone, it ends as that writer's document, or as its document over the rest of ours,
-/// which is provable (ours was noted before the write).
-fn cut_to(file: &File, len: u64) -> std::io::Result<()> {
-    if file.metadata()?.len() > len {
-        file.set_len(len)?;
-    }
-    Ok(())
-}
-
-/// Allocates the blocks a longer registry needs before its first byte is overwritten, so
-/// a full disk fails the write up front (registry intact) instead of after the old content
-/// is half replaced (registry torn). `KEEP_SIZE`: readers never see the reserved tail.
-/// Filesystems without `fallocate` keep the old behaviour (the sidecar still covers it).
-fn reserve(file: &File, len: u64) -> std::io::Result<()> {
-    use rustix::fs::{FallocateFlags, fallocate};
-    use rustix::io::Errno;
-    if file.metadata()?.len() >= len {
-        return Ok(());
-    }
-    match fallocate(file, FallocateFlags::KEEP_SIZE, 0, len) {
-        Ok(()) | Err(Errno::OPNOTSUPP | Errno::NOSYS) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Durable before the registry is touched: written under a fresh `O_EXCL|O_NOFOLLOW` name,
-/// fsynced, renamed over `<registry>.reaper` (a symlink planted there is replaced, never
-/// written through), folder fsynced; or a power cut mid-write could leave a torn registry
-/// and no sidecar.
-fn write_sidecar(sidecar: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let (dir, name) = locate(sidecar)?;
-    crate::fs::write_new_atomically(&dir, &name, bytes, mode).map_err(std::io::Error::from)
-}
-
 /// Called once the registry is consistent, so failures only leave a stale sidecar, which
 /// the next recover_sidecar removes: worth a warning, not an error.
-fn discard_sidecar(sidecar: &Path) {
+pub(super) fn discard_sidecar(sidecar: &Path) {
     let removed = locate(sidecar).and_then(|(dir, name)| match dir.unlink(&name) {
         Ok(()) => dir.sync().map_err(std::io::Error::from),
         Err(e) if e.is_not_found() => Ok(()),

@@ -20,7 +20,7 @@ pub fn to_python_json(value: &Value) -> String {
     out
 }
 
-fn write_value(out: &mut String, value: &Value, depth: usize) {
+pub(crate) fn write_value(out: &mut String, value: &Value, depth: usize) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
@@ -64,7 +64,7 @@ fn write_value(out: &mut String, value: &Value, depth: usize) {
     }
 }
 
-fn newline_indent(out: &mut String, depth: usize) {
+pub(crate) fn newline_indent(out: &mut String, depth: usize) {
     out.push('\n');
     for _ in 0..depth {
         out.push_str("  ");
@@ -72,7 +72,7 @@ fn newline_indent(out: &mut String, depth: usize) {
 }
 
 /// Python's `ensure_ascii` escaping: only printable ASCII (space to `~`) goes through as is.
-fn write_string(out: &mut String, s: &str) {
+pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

@@ -59,7 +59,11 @@ impl SeenVersions {
 
     /// Remembers `bytes` as a version of `path` (a repeat moves to the front).
     pub fn note(&self, path: &Path, bytes: &[u8]) {
-        let tail = VersionTail::of(bytes, TAIL_KEEP);
+        self.note_version(path, VersionTail::of(bytes, TAIL_KEEP));
+    }
+
+    /// [`SeenVersions::note`] of a version known by its tail (a text streamed, not held).
+    pub fn note_version(&self, path: &Path, tail: VersionTail) {
         let mut guard = self.inner.lock().expect("seen versions lock");
         let inner = &mut *guard;
         inner.clock += 1;

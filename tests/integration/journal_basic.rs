@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use agent_reaper::archive::outcome::RecoveryAction;
 use agent_reaper::archive::recover;
-use agent_reaper::journal::{COMPACT_AT, JOURNAL_FILE, Journal, Step};
+use agent_reaper::journal::{COMPACT_AT, JOURNAL_FILE, Journal, LateAppend, Step};
 
 fn copy_step(n: usize) -> Step {
     Step::Copy {
@@ -32,7 +32,7 @@ fn lines(state: &Path) -> Vec<String> {
 #[test]
 fn round_trip_keeps_pending_steps_and_marks() {
     let dir = tempfile::tempdir().unwrap();
-    let append = Step::Append {
+    let append = Step::Append(LateAppend {
         src: "/w/progress/x_progress.jsonl".into(),
         archive: "/a/x_progress.jsonl".into(),
         archive_len: 10,
@@ -40,7 +40,7 @@ fn round_trip_keeps_pending_steps_and_marks() {
         src_ino: 2,
         src_len: 3,
         src_birth_ns: Some(4),
-    };
+    });
     let (mut j, pending) = Journal::open(dir.path()).unwrap();
     assert!(pending.is_empty());
     let seqs = j

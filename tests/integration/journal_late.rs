@@ -9,7 +9,7 @@ use agent_reaper::archive::late::{LateError, append_late_write};
 use agent_reaper::archive::outcome::AppendOutcome;
 use agent_reaper::archive::outcome::RecoveryAction;
 use agent_reaper::archive::recover;
-use agent_reaper::journal::{Journal, Step};
+use agent_reaper::journal::{Journal, LateAppend, Step};
 
 const OLD: &[u8] = b"{\"a\":1}\n{\"torn";
 const NEW: &[u8] = b"\"}\n{\"b\":2}\n";
@@ -47,7 +47,7 @@ fn append_to(path: &Path, bytes: &[u8]) {
 /// Records the begin of an append of `t.src` as the daemon would, before any byte moves.
 fn begin(t: &T, j: &mut Journal) -> u64 {
     let m = fs::metadata(&t.src).unwrap();
-    let step = Step::Append {
+    let step = Step::Append(LateAppend {
         src: t.src.clone(),
         archive: t.archive.clone(),
         archive_len: OLD.len() as u64,
@@ -58,7 +58,7 @@ fn begin(t: &T, j: &mut Journal) -> u64 {
             .created()
             .ok()
             .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64),
-    };
+    });
     j.begin(&[step]).unwrap()[0]
 }
 

@@ -15,13 +15,17 @@
 //! done; same source, same length, frames decode to it → unlink it, done; grown → cut
 //! back, undone. Anything else is left alone, nothing removed.
 
-use super::{CompressError, busy, decodes_to, encode_range, io_err, is_same_source};
+use super::{CompressError, busy, decodes_to, encode_range, io_err};
+use crate::archive::late;
 use crate::archive::outcome::AppendOutcome;
 use crate::archive::outcome::RecoveryAction as Action;
 use crate::failpoint;
 use crate::fs::{self as cfs, Compare, Dir, FsError, Purpose, RegularFile, UnlinkOutcome};
-use crate::journal::{Journal, Pending, Step};
+use crate::journal::{Journal, LateAppend, Pending, Step};
 use std::ffi::OsStr;
+
+/// What recovery logs as left alone.
+const WHAT: &str = "late frame";
 
 pub const FP_BEGUN: &str = "frame-begun";
 /// Half of the new frame on disk, fsynced (a torn write).
@@ -61,15 +65,7 @@ pub fn append_frame(
         .into());
     }
     let archive_len = af.id.size;
-    let step = Step::AppendFrame {
-        src: sf.path.clone(),
-        archive: archive.clone(),
-        archive_len,
-        src_dev: start.dev,
-        src_ino: start.ino,
-        src_len: start.size,
-        src_birth_ns: cfs::birth_ns(&sf.file),
-    };
+    let step = Step::AppendFrame(LateAppend::new(&sf, archive, archive_len));
     let seq = journal.begin(&[step])?[0];
     failpoint::hit(FP_BEGUN);
     let undo = |journal: &mut Journal| -> Result<(), CompressError> {
@@ -166,46 +162,21 @@ fn rescue_tail(sf: &RegularFile, copied: u64, af: &RegularFile, level: i32) -> u
 
 /// Settles one pending [`Step::AppendFrame`] after a crash (see the module doc).
 pub fn recover_frame(journal: &mut Journal, p: &Pending) -> Result<Action, CompressError> {
-    let Step::AppendFrame {
-        src,
-        archive,
-        archive_len,
-        src_dev,
-        src_ino,
-        src_len,
-        src_birth_ns,
-    } = &p.step
-    else {
+    let Step::AppendFrame(step) = &p.step else {
         unreachable!("recover_frame called with {:?}", p.step);
     };
-    let (archive_len, src_len) = (*archive_len, *src_len);
+    let (src, archive) = (&step.src, &step.archive);
+    let (archive_len, src_len) = (step.archive_len, step.src_len);
     let left_alone = |journal: &mut Journal, reason: String| -> Result<Action, CompressError> {
-        tracing::warn!(seq = p.seq, %reason, "late frame left alone");
-        journal.undo(&[p.seq])?;
-        Ok(Action::LeftAlone { reason })
+        Ok(late::left_alone(journal, p.seq, WHAT, reason)?)
     };
-    let af = match journal
-        .locate(archive)
-        .and_then(|(d, n)| d.open_file(&n, Purpose::Append))
-    {
-        Ok(f) => f,
-        Err(e) if e.is_not_found() => {
-            return left_alone(journal, format!("{} missing", archive.display()));
-        }
-        Err(e) => return Err(e.into()),
+    let Some((_, _, af)) = late::open_recorded_archive(journal, step)? else {
+        return left_alone(journal, format!("{} missing", archive.display()));
     };
     let alen = af.id.size;
-    let (sdir, sf) = match journal.locate(src) {
-        Ok((d, n)) => match d.open_file(&n, Purpose::Read) {
-            Ok(f) if is_same_source(&f, *src_dev, *src_ino, *src_birth_ns) => {
-                (Some((d, n)), Some(f))
-            }
-            Ok(_) => (None, None),
-            Err(e) if e.is_not_found() => (None, None),
-            Err(e) => return Err(e.into()),
-        },
-        Err(e) if e.is_not_found() => (None, None),
-        Err(e) => return Err(e.into()),
+    let source = match late::locate_source(journal, step)? {
+        Some((d, n)) => late::open_source(step, &d, &n)?.map(|f| (d, n, f)),
+        None => None,
     };
     let cut_back = |journal: &mut Journal| -> Result<Action, CompressError> {
         af.file
@@ -226,27 +197,14 @@ pub fn recover_frame(journal: &mut Journal, p: &Pending) -> Result<Action, Compr
         // was not unlinked (that needs `appended`).
         return cut_back(journal);
     }
-    let Some(sf) = sf else {
+    let Some((sdir, sname, sf)) = source else {
         journal.finish(&[p.seq])?;
         return Ok(Action::AlreadyDone);
     };
     let holds = sf.id.size >= src_len
         && decodes_to(&af.file, archive_len, &sf.file, src_len).map_err(|e| io_err(&af.path, e))?;
     if holds && sf.id.size == src_len {
-        let (sdir, sname) = sdir.expect("opened with sf");
-        match cfs::unlink_if_same(&sdir, &sname, &sf.id, Compare::Unchanged) {
-            Ok(_) => {}
-            Err(FsError::Changed { .. }) => {
-                return left_alone(
-                    journal,
-                    format!("{} changed during recovery; both kept", src.display()),
-                );
-            }
-            Err(e) => return Err(e.into()),
-        }
-        sdir.sync()?;
-        journal.finish(&[p.seq])?;
-        return Ok(Action::Completed);
+        return late::unlink_source(journal, p.seq, WHAT, step, (&sdir, &sname), &sf);
     }
     if holds || alen == archive_len {
         // Grown before the unlink (or already cut back): the source holds it all.

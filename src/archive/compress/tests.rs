@@ -46,6 +46,11 @@ fn log_bytes(lines: usize) -> Vec<u8> {
     out
 }
 
+/// `data` as one zstd frame.
+fn zst(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap()
+}
+
 fn dir(p: &Path) -> Dir {
     Dir::open_base(p).unwrap()
 }
@@ -154,7 +159,7 @@ fn recovery_before_the_rename_keeps_the_original_and_drops_the_partial() {
     let t = setup();
     let data = log_bytes(2000);
     begun_compress(&t, &data);
-    let full = zstd::encode_all(&data[..], 3).unwrap();
+    let full = zst(&data);
     fs::write(t.arch.join("a.zst.partial"), &full[..full.len() / 2]).unwrap();
     assert_eq!(only_action(restart(&t)), Action::Undone);
     assert_eq!(fs::read(t.arch.join("a")).unwrap(), data);
@@ -167,11 +172,7 @@ fn recovery_after_the_rename_finishes_only_when_the_zst_decodes_to_the_original(
     let t = setup();
     let data = log_bytes(2000);
     begun_compress(&t, &data);
-    fs::write(
-        t.arch.join("a.zst"),
-        zstd::encode_all(&data[..], 3).unwrap(),
-    )
-    .unwrap();
+    fs::write(t.arch.join("a.zst"), zst(&data)).unwrap();
     assert_eq!(only_action(restart(&t)), Action::Completed);
     assert!(!t.arch.join("a").exists());
     assert_eq!(decoded(&t.arch.join("a.zst")), data);
@@ -179,11 +180,7 @@ fn recovery_after_the_rename_finishes_only_when_the_zst_decodes_to_the_original(
     // A `.zst` that is not the original's: both stay.
     let t = setup();
     begun_compress(&t, &data);
-    fs::write(
-        t.arch.join("a.zst"),
-        zstd::encode_all(&b"other"[..], 3).unwrap(),
-    )
-    .unwrap();
+    fs::write(t.arch.join("a.zst"), zst(b"other")).unwrap();
     assert!(matches!(only_action(restart(&t)), Action::LeftAlone { .. }));
     assert_eq!(fs::read(t.arch.join("a")).unwrap(), data);
     assert!(t.arch.join("a.zst").exists());
@@ -194,11 +191,7 @@ fn recovery_after_the_unlink_only_records_it() {
     let t = setup();
     let data = log_bytes(100);
     begun_compress(&t, &data);
-    fs::write(
-        t.arch.join("a.zst"),
-        zstd::encode_all(&data[..], 3).unwrap(),
-    )
-    .unwrap();
+    fs::write(t.arch.join("a.zst"), zst(&data)).unwrap();
     fs::remove_file(t.arch.join("a")).unwrap();
     assert_eq!(only_action(restart(&t)), Action::AlreadyDone);
     assert_eq!(decoded(&t.arch.join("a.zst")), data);
@@ -207,14 +200,14 @@ fn recovery_after_the_unlink_only_records_it() {
 /// A compressed archive of `old` and a late write `late`, with a begun frame append.
 fn begun_frame(t: &T, old: &[u8], late: &[u8], appended: bool) -> u64 {
     let z = t.arch.join("a.zst");
-    fs::write(&z, zstd::encode_all(old, 3).unwrap()).unwrap();
+    fs::write(&z, zst(old)).unwrap();
     let src = t.logs.join("a");
     fs::write(&src, late).unwrap();
     let archive_len = fs::metadata(&z).unwrap().len();
     let id = FileId::of_metadata(&fs::metadata(&src).unwrap());
     let (mut j, _) = Journal::open(&t.state).unwrap();
     let seq = j
-        .begin(&[Step::AppendFrame {
+        .begin(&[Step::AppendFrame(crate::journal::LateAppend {
             src: src.clone(),
             archive: z,
             archive_len,
@@ -222,12 +215,18 @@ fn begun_frame(t: &T, old: &[u8], late: &[u8], appended: bool) -> u64 {
             src_ino: id.ino,
             src_len: late.len() as u64,
             src_birth_ns: cfs::birth_ns(&File::open(&src).unwrap()),
-        }])
+        })])
         .unwrap()[0];
     if appended {
         j.mark_appended(&[seq]).unwrap();
     }
     archive_len
+}
+
+/// [`begun_frame`] marked `appended`, its frame whole in the `.zst`: a crash before the unlink.
+fn marked_frame_in_place(t: &T, old: &[u8], late: &[u8]) {
+    begun_frame(t, old, late, true);
+    append_raw(&t.arch.join("a.zst"), &zst(late));
 }
 
 fn append_raw(path: &Path, bytes: &[u8]) {
@@ -245,7 +244,7 @@ fn recovery_of_a_torn_frame_cuts_it_off_and_keeps_the_source() {
     let t = setup();
     let (old, late) = (log_bytes(500), log_bytes(300));
     let len = begun_frame(&t, &old, &late, false);
-    let frame = zstd::encode_all(&late[..], 3).unwrap();
+    let frame = zst(&late);
     append_raw(&t.arch.join("a.zst"), &frame[..frame.len() / 3]);
     assert_eq!(only_action(restart(&t)), Action::Undone);
     assert_eq!(fs::metadata(t.arch.join("a.zst")).unwrap().len(), len);
@@ -257,11 +256,7 @@ fn recovery_of_a_torn_frame_cuts_it_off_and_keeps_the_source() {
 fn recovery_of_a_marked_frame_unlinks_the_source_once() {
     let t = setup();
     let (old, late) = (log_bytes(500), log_bytes(300));
-    begun_frame(&t, &old, &late, true);
-    append_raw(
-        &t.arch.join("a.zst"),
-        &zstd::encode_all(&late[..], 3).unwrap(),
-    );
+    marked_frame_in_place(&t, &old, &late);
     assert_eq!(only_action(restart(&t)), Action::Completed);
     assert!(!t.logs.join("a").exists());
     assert_eq!(decoded(&t.arch.join("a.zst")), [old, late].concat());
@@ -271,11 +266,7 @@ fn recovery_of_a_marked_frame_unlinks_the_source_once() {
 fn recovery_of_a_marked_frame_whose_source_grew_cuts_the_frame_off() {
     let t = setup();
     let (old, late) = (log_bytes(500), log_bytes(300));
-    begun_frame(&t, &old, &late, true);
-    append_raw(
-        &t.arch.join("a.zst"),
-        &zstd::encode_all(&late[..], 3).unwrap(),
-    );
+    marked_frame_in_place(&t, &old, &late);
     append_raw(&t.logs.join("a"), b"{\"more\":1}\n");
     assert_eq!(only_action(restart(&t)), Action::Undone);
     assert_eq!(decoded(&t.arch.join("a.zst")), old);
@@ -289,11 +280,7 @@ fn recovery_of_a_marked_frame_whose_source_grew_cuts_the_frame_off() {
 fn recovery_of_a_frame_whose_source_is_gone_only_records_it() {
     let t = setup();
     let (old, late) = (log_bytes(50), log_bytes(30));
-    begun_frame(&t, &old, &late, true);
-    append_raw(
-        &t.arch.join("a.zst"),
-        &zstd::encode_all(&late[..], 3).unwrap(),
-    );
+    marked_frame_in_place(&t, &old, &late);
     fs::remove_file(t.logs.join("a")).unwrap();
     let (mut j, pending) = Journal::open(&t.state).unwrap();
     let action = recover_frame(&mut j, &pending[0]).unwrap();

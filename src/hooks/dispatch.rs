@@ -1,18 +1,14 @@
-//! Transition hooks: a configured command run after a pass has committed agents' transitions (wiring).
+//! Transition hooks: a configured command run after a pass has committed agents' transitions.
 //!
 //! `config::hooks` is the configuration and argv templates (pure), `pending` the durable list of runs
 //! owed, `exec` one process, `runner` the worker threads. Delivery is at least once: a run
 //! is remembered before it starts and forgotten only when it exits 0, so hooks must be
 //! idempotent.
 
-pub mod exec;
-pub mod pending;
-pub mod runner;
-
+use super::pending::{PendingRun, PendingStore};
+use super::runner::{self, Runner};
 use crate::config::Config;
 use crate::config::hooks::{HookSpec, Values, resolve_program};
-use pending::{PendingRun, PendingStore};
-use runner::Runner;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::SystemTime;

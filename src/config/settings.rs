@@ -17,9 +17,8 @@ fn log_kind(name: &str) -> Option<LogKind> {
     }
 }
 
-pub mod hooks;
-pub mod layer;
-pub mod upload;
+use super::hooks;
+use super::upload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

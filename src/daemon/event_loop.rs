@@ -1,20 +1,18 @@
-//! The daemon: one tokio `select!` loop that owns the state — file events, timers, signals, sd_notify, health.
+//! The daemon's loop: one tokio `select!` loop that owns the state — file events, timers, signals, sd_notify, health.
 
-mod health;
-mod progress;
-mod schedule;
-
+use super::handler::{self, OnSignal, Wake};
+use super::health;
+use super::progress::{Heartbeat, describe_stuck, may_feed_watchdog};
+use super::schedule::Schedule;
 use crate::config::Config;
 use crate::config::layer::{Overrides, resolve_config, tmux_client};
 use crate::decide::AgentClass;
 use crate::logging;
 use crate::reap::events::EventContext;
 use crate::reap::pass::{Mode, PassReport, Reaper, action_text};
-use crate::watch::{self, Change, PathKind, RenameSide, WatchEvent, Watcher};
+use crate::watch::{self, WatchEvent, Watcher};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use progress::{Heartbeat, describe_stuck, may_feed_watchdog};
-use schedule::Schedule;
 use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::collections::HashSet;
@@ -24,9 +22,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::state::{BaseLocks, InstanceLock, open_journal, state_dir};
-
-/// Events arriving this close together are handled in one pass.
-const COALESCE: Duration = Duration::from_millis(100);
 
 /// A task waiting on a timer is looked at no more often than this.
 const MIN_RECHECK: Duration = Duration::from_millis(50);
@@ -155,18 +150,20 @@ impl Daemon {
             let due = self.schedule.next_due();
             let idle = self.in_flight.is_none() && stopping.is_none();
             tokio::select! {
-                Some(signal) = signals.next() => match signal {
-                    SIGHUP => self.reload(),
-                    _ if stopping.is_some() => {
+                Some(signal) = signals.next() => match handler::on_signal(signal, stopping.is_some(), self.in_flight.is_some()) {
+                    OnSignal::Reload => self.reload(),
+                    OnSignal::ExitNow => {
                         tracing::warn!("second signal: exiting at once; the next start finishes what was in flight");
                         std::process::exit(1);
                     }
-                    _ => {
+                    OnSignal::Stop => {
                         tracing::info!("signal {signal}: stopping");
                         notify(&[NotifyState::Stopping]);
-                        if self.in_flight.is_none() {
-                            break;
-                        }
+                        break;
+                    }
+                    OnSignal::StopAfterPass => {
+                        tracing::info!("signal {signal}: stopping");
+                        notify(&[NotifyState::Stopping]);
                         stopping = Some(Instant::now() + self.config.shutdown_timeout);
                     }
                 },
@@ -218,35 +215,13 @@ impl Daemon {
     }
 
     fn on_event(&mut self, event: WatchEvent) {
-        let now = Instant::now();
-        match event {
-            WatchEvent::Rescan(reason) => {
-                tracing::info!("full reconcile: {reason}");
-                self.schedule.full_at(now + COALESCE);
-            }
-            WatchEvent::Path { event, change } => {
-                // Our own sidecar and archive moves echo back: never a reason to work.
-                if event.kind.is_own() {
-                    return;
-                }
-                let Some(task) = event.kind.task() else {
-                    // The state DB changed (its -wal is the signal): any DB-backed task may
-                    // have moved. The global registry alone asks for nothing.
-                    if event.kind == PathKind::StateDb {
-                        self.schedule.full_at(now + COALESCE);
-                    }
-                    return;
-                };
-                let gone = matches!(change, Change::Removed | Change::Renamed(RenameSide::From));
-                let at = match event.kind {
-                    // A log moved away (by us, archiving) asks for nothing.
-                    PathKind::Log { .. } | PathKind::Prompt { .. } if gone => return,
-                    // A write resets the log's settle timer: look again once it could be quiet.
-                    PathKind::Log { .. } => now + self.config.settle + COALESCE,
-                    _ => now + COALESCE,
-                };
-                self.schedule.task_at(event.base_dir.join(task), at);
-            }
+        if let WatchEvent::Rescan(reason) = &event {
+            tracing::info!("full reconcile: {reason}");
+        }
+        match handler::wake_for(&event, self.config.settle, Instant::now()) {
+            Wake::Nothing => {}
+            Wake::Full { at } => self.schedule.full_at(at),
+            Wake::Task { dir, at } => self.schedule.task_at(dir, at),
         }
     }
 
@@ -424,6 +399,9 @@ fn log_report(report: &PassReport, dry_run: bool) {
     for task in &report.tasks {
         if let Some(e) = &task.error {
             tracing::warn!(task_id = %task.task_id, "{e}");
+        }
+        for event in &task.done {
+            logging::task_event(&task.task_id, event);
         }
         for agent in &task.agents {
             let whose = EventContext {
