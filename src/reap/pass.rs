@@ -72,6 +72,8 @@ pub struct Reaper {
     pub trust_clean_cache: bool,
     /// Transition hooks: their worker threads and pending runs (started on first use).
     pub hooks: crate::hooks::Hooks,
+    /// Object-storage uploads (`archive_url`): client, backoff, ledger; built on first use.
+    pub uploader: Option<crate::archive::upload::Uploader>,
 }
 
 impl Reaper {
@@ -89,6 +91,7 @@ impl Reaper {
             clean_tasks: HashMap::new(),
             trust_clean_cache: false,
             hooks: crate::hooks::Hooks::default(),
+            uploader: None,
         }
     }
 
@@ -296,6 +299,7 @@ impl Reaper {
             written_tasks: Vec::new(),
             hooks: Vec::new(),
             archives: None,
+            upload: None,
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         let (decisions, outcomes) = match mode {
@@ -346,6 +350,19 @@ impl Reaper {
             report.transitions(),
             &mut report.errors,
         );
+        // Settled archives to object storage: full passes only (a scoped pass is a quick
+        // answer to one registry's change); the daemon within a time budget.
+        if let (Mode::Execute { wait_for_settle }, None, Some(journal)) =
+            (mode, scope, self.journal.as_ref())
+        {
+            let budget = (!wait_for_settle).then_some(crate::archive::upload::DAEMON_BUDGET);
+            report.upload = crate::archive::upload::run_stage(
+                &mut self.uploader,
+                &self.config,
+                journal,
+                budget,
+            );
+        }
         report
     }
 
