@@ -1,5 +1,6 @@
 //! One round's snapshot of the world: registries, files, tmux and /proc, turned into `AgentFacts`.
 
+mod folders;
 pub mod tail;
 pub mod tracked;
 
@@ -114,13 +115,22 @@ fn mtime_of(id: &crate::fs::FileId) -> Option<SystemTime> {
 /// What is at `path` (one of the task's own names) if it is a regular file, looked at
 /// through the task handle without opening it: a FIFO or device costs nothing.
 fn stat_regular(task_dir: &Dir, task: &TaskDir, path: &Path) -> Result<Option<LogStat>, String> {
+    stat_regular_with(task, path, |rel| task_dir.metadata(rel))
+}
+
+/// [`stat_regular`] with the look at `rel` (below the task folder) given.
+fn stat_regular_with(
+    task: &TaskDir,
+    path: &Path,
+    look: impl FnOnce(&Path) -> Result<Option<crate::fs::Entry>, crate::fs::FsError>,
+) -> Result<Option<LogStat>, String> {
     let Ok(rel) = path.strip_prefix(&task.dir) else {
         return Err(format!(
             "{}: not inside the task folder; left alone",
             path.display()
         ));
     };
-    match task_dir.metadata(rel) {
+    match look(rel) {
         Ok(None) => Ok(None),
         Ok(Some(entry)) if entry.kind == EntryKind::File => Ok(Some(LogStat {
             path: path.to_path_buf(),
@@ -150,14 +160,14 @@ fn result_line(line: &[u8]) -> StreamEnd {
 /// Stats the logs that exist through the task handle: regular files only, reached without
 /// a symlink on the way; anything else is a warning and left alone.
 fn existing_logs(
-    task_dir: &Dir,
+    folders: &mut folders::Folders<'_>,
     task: &TaskDir,
     candidates: &[(LogKind, PathBuf)],
     warnings: &mut Vec<String>,
 ) -> Vec<LogStat> {
     let mut out = Vec::new();
     for (_, path) in candidates {
-        match stat_regular(task_dir, task, path) {
+        match stat_regular_with(task, path, |rel| folders.metadata(rel)) {
             Ok(Some(log)) => out.push(log),
             Ok(None) => {}
             Err(w) => warnings.push(w),
@@ -264,6 +274,7 @@ pub fn task_view(
             *seen.entry(id.to_string()).or_default() += 1;
         }
     }
+    let mut folders = folders::Folders::new(&task_dir, entries.len());
     let mut pending = Vec::new();
     for entry in entries {
         let Some(raw_id) = str_field(&entry, "id") else {
@@ -294,7 +305,7 @@ pub fn task_view(
             &task.dir,
             &files,
         ));
-        let logs = existing_logs(&task_dir, task, &files.logs, &mut warnings);
+        let logs = existing_logs(&mut folders, task, &files.logs, &mut warnings);
         pending.push(PendingAgent {
             db_backed: backend == Backend::Sqlite,
             id,

@@ -88,7 +88,9 @@ pub fn reaper_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_agent-reaper")))
 }
 
-/// `agent-reaper once` on `base`, with a private (empty) tmux socket directory.
+/// `agent-reaper once` on `base`, with a private (empty) tmux socket directory and a
+/// private state dir (the default one is shared: another reaper's lock would make the run
+/// wait and fail).
 pub fn once(root: &Path, base: &Path) -> Command {
     let tmux = root.join("tmux");
     fs::create_dir_all(&tmux).unwrap();
@@ -96,6 +98,8 @@ pub fn once(root: &Path, base: &Path) -> Command {
     cmd.arg("once")
         .arg("--workspace-base")
         .arg(base)
+        .arg("--state-dir")
+        .arg(root.join("state"))
         .env("TMUX_TMPDIR", tmux)
         .env("AGENT_REAPER_LOG", "error")
         .env_remove("TMUX")
@@ -220,9 +224,12 @@ pub fn time_line(what: &str, run: &Run, goal: Duration, cap: Duration) {
             goal.as_secs_f64(),
             verdict(t <= goal),
             if run.success {
-                ""
+                String::new()
             } else {
-                " [exit status non-zero]"
+                format!(
+                    " [exit status non-zero: {}]",
+                    run.stderr.lines().last().unwrap_or("")
+                )
             }
         ),
         None => println!(

@@ -1,10 +1,11 @@
 //! Moving a settled log into the archive: never replacing, never losing a byte, across filesystems too.
 //!
 //! Everything goes through directory handles (`crate::fs`): the source's folder and the
-//! archive folder are opened without following a symlink, and the source is opened as a
-//! regular file with one link before anything moves. Same filesystem: one
-//! `renameat2(RENAME_NOREPLACE)` between the two handles (or `link`+`unlink` where the
-//! filesystem rejects the flag). Other filesystem: copy to `<name>.partial` created
+//! archive folder are opened without following a symlink, and the source is checked to be a
+//! regular file with one link (`fstatat(AT_SYMLINK_NOFOLLOW)` of its plain name) before
+//! anything moves. Same filesystem: one `renameat2(RENAME_NOREPLACE)` between the two
+//! handles (or `link`+`unlink` where the filesystem rejects the flag), then the moved name
+//! is checked to be that very file (put back otherwise). Other filesystem: copy to `<name>.partial` created
 //! `O_EXCL` under the archive handle, fsync, verify, rename into place without replacing,
 //! fsync the folder, and unlink the source only if it did not change meanwhile.
 //!
@@ -12,7 +13,7 @@
 //! [`ArchiveError::Taken`] says so and nothing moves; the caller appends the new bytes to
 //! it (`crate::archive::late`), never a numbered sibling the orchestrator could not find.
 
-use crate::fs::{self, Compare, Dir, FsError, Purpose, RegularFile, UnlinkOutcome};
+use crate::fs::{self, Compare, Dir, FileId, FsError, Purpose, RegularFile, UnlinkOutcome};
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -127,42 +128,73 @@ impl Archiver {
         Ok(dir.exists(name)?.then(|| dir.display(name)))
     }
 
-    /// Whether `src_dir` is on another filesystem than the archive folder (then archiving
-    /// is a copy, worth journaling).
-    pub fn crosses_filesystems(&mut self, src_dir: &Dir) -> bool {
-        let Ok(src) = src_dir.identity() else {
-            return false;
-        };
+    /// Hashes ([`name_hash`]) of the names in the archive folder now (none when it does not
+    /// exist yet): a name whose hash is absent was surely not archived when listed. One
+    /// `readdir` instead of a lookup per name when many are asked about (a backlog's records).
+    pub fn name_hashes(&mut self) -> Result<HashSet<u64>, ArchiveError> {
+        if self.dir.is_none() && self.parent.metadata(&self.rel)?.is_none() {
+            return Ok(HashSet::new());
+        }
+        let dir = self.open()?;
+        let mut hashes = HashSet::new();
+        dir.for_each_name(|name, _| {
+            hashes.insert(name_hash(name));
+        })?;
+        Ok(hashes)
+    }
+
+    /// Whether a source folder of identity `src` (see [`Dir::identity`]) is on another
+    /// filesystem than the archive folder (then archiving is a copy, worth journaling).
+    pub fn crosses_filesystems(&mut self, src: (u64, u64)) -> bool {
         self.open().is_ok() && self.identity.0 != src.0
     }
 
-    /// Moves `src_dir/name` into the archive under the same name.
-    pub fn archive(&mut self, src_dir: &Dir, name: &OsStr) -> Result<Archived, ArchiveError> {
-        self.archive_with(src_dir, name, Strategy::Rename, true, |_| {})
+    /// Moves `src_dir/name` into the archive under the same name. `src_identity` is
+    /// `src_dir`'s [`Dir::identity`] (asked once per folder by the caller, not per file).
+    pub fn archive(
+        &mut self,
+        src_dir: &Dir,
+        src_identity: (u64, u64),
+        name: &OsStr,
+    ) -> Result<Archived, ArchiveError> {
+        self.archive_with(src_dir, src_identity, name, Strategy::Rename, true, |_| {})
     }
 
     fn archive_with(
         &mut self,
         src_dir: &Dir,
+        src_parent: (u64, u64),
         name: &OsStr,
         strategy: Strategy,
         batched: bool,
         hook: impl FnMut(Stage),
     ) -> Result<Archived, ArchiveError> {
-        let src = src_dir.open_file(name, Purpose::ReadToMove)?;
+        // Checked as an open for a move would check it (a regular file, one link, no
+        // symlink), by one `fstatat` of the plain name: a rename needs no descriptor, and
+        // the copy path opens it (and checks it is still this file) when it gets there.
+        let checked = src_dir.stat_to_move(name)?;
         self.open()?;
-        let src_parent = src_dir.identity()?;
         // Archiving a file that already sits in the archive would only move it onto
         // itself each round; refuse instead of churning.
         if !self.checked_parents.contains(&src_parent) {
             if src_parent == self.identity {
-                return Err(ArchiveError::InArchive { path: src.path });
+                return Err(ArchiveError::InArchive {
+                    path: src_dir.display(name),
+                });
             }
             self.checked_parents.insert(src_parent);
         }
         let dir = self.dir.as_ref().expect("opened above");
-        move_into(src_dir, name, src, dir, strategy, batched, hook)
+        move_into(src_dir, name, checked, dir, strategy, batched, hook)
     }
+}
+
+/// A name's hash for [`Archiver::name_hashes`].
+pub fn name_hash(name: &OsStr) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
 }
 
 /// fsyncs each folder once; failures are logged (the moves themselves already happened).
@@ -202,34 +234,65 @@ fn archive_file_with(
     let (src_dir, name) = crate::fs::open_parent_within(src, &[])?;
     let (adir_parent, adir_name) = crate::fs::open_parent_within(archive_dir, &[])?;
     let mut archiver = Archiver::new(Arc::new(adir_parent), adir_name);
-    archiver.archive_with(&src_dir, &name, strategy, false, hook)
+    let src_identity = src_dir.identity()?;
+    archiver.archive_with(&src_dir, src_identity, &name, strategy, false, hook)
+}
+
+/// Opens `src_dir/name` for the copy path, refusing a file other than the one `checked`.
+fn open_checked(
+    src_dir: &Dir,
+    name: &OsStr,
+    checked: &FileId,
+) -> Result<RegularFile, ArchiveError> {
+    let src = src_dir.open_file(name, Purpose::ReadToMove)?;
+    if !src.id.same_file(checked) {
+        return Err(ArchiveError::Fs(FsError::Changed {
+            path: src.path,
+            what: "replaced by another file just before the copy".into(),
+        }));
+    }
+    Ok(src)
 }
 
 fn move_into(
     src_dir: &Dir,
     name: &OsStr,
-    src: RegularFile,
+    checked: FileId,
     dir: &Dir,
     strategy: Strategy,
     batched: bool,
     hook: impl FnMut(Stage),
 ) -> Result<Archived, ArchiveError> {
     if strategy == Strategy::Copy {
-        return copy_into(src_dir, name, src, dir, hook);
+        return copy_into(
+            src_dir,
+            name,
+            open_checked(src_dir, name, &checked)?,
+            dir,
+            hook,
+        );
     }
     match fs::rename_noreplace(src_dir, name, dir, name) {
         Ok(()) => {}
         Err(FsError::Exists { path }) => return Err(ArchiveError::Taken { path }),
-        Err(e) if e.is_cross_device() => return copy_into(src_dir, name, src, dir, hook),
+        Err(e) if e.is_cross_device() => {
+            return copy_into(
+                src_dir,
+                name,
+                open_checked(src_dir, name, &checked)?,
+                dir,
+                hook,
+            );
+        }
         Err(e) => return Err(e.into()),
     }
     // The name was checked, then renamed: if another file was swapped in between, put
     // it back and let the next pass look again.
     let moved = dir.metadata(name)?;
-    if !moved.is_some_and(|m| m.id.same_file(&src.id)) {
+    if !moved.is_some_and(|m| m.id.same_file(&checked) && m.kind == fs::EntryKind::File) {
         let back = fs::rename_noreplace(dir, name, src_dir, name);
         return Err(ArchiveError::Fs(FsError::Changed {
-            path: src.path,
+            path: src_dir.display(name),
             what: format!(
                 "replaced by another file just before the move ({})",
                 match back {

@@ -45,10 +45,19 @@ struct Daemon {
     in_flight: Option<InFlight>,
     schedule: Schedule,
     watcher: Option<Watcher>,
+    /// A watcher being set up on its own thread (a recursive watch of 20,000 task folders
+    /// takes seconds; the first pass runs meanwhile).
+    watch_setup: Option<tokio::sync::oneshot::Receiver<Result<Watcher, watch::WatchError>>>,
     events_tx: mpsc::UnboundedSender<WatchEvent>,
     ready: bool,
+    /// The status line of the first pass, once it is done (READY waits for the watch too).
+    first_status: Option<String>,
     /// Task folders with active agents, from the last passes (tmux is polled for them).
     active_tasks: HashSet<PathBuf>,
+    /// The next full pass looks at every clean task's registry: events may have been lost
+    /// (start, a new watcher, an overflow, polling, a reload). Otherwise full passes trust
+    /// the inotify watch to have sent every change of a clean task (see `Reaper::trust_clean_cache`).
+    verify_next_full: bool,
     cleaned_total: usize,
     pending_config: Option<Config>,
     /// Beaten by the pass in flight as it moves on; the watchdog is fed only while it does.
@@ -99,9 +108,12 @@ pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
             in_flight: None,
             schedule: Schedule::default(),
             watcher: None,
+            watch_setup: None,
             events_tx,
             ready: false,
+            first_status: None,
             active_tasks: HashSet::new(),
+            verify_next_full: true,
             cleaned_total: 0,
             pending_config: None,
             heartbeat,
@@ -118,12 +130,40 @@ pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
 }
 
 impl Daemon {
+    /// Starts setting up the watch on the bases on a thread of its own: the first pass
+    /// does not wait for it. Events flow as soon as each folder is watched; once the whole
+    /// watch is in place, a full pass that looks at every registry catches what changed
+    /// before (see `watch_ready`).
     fn start_watching(&mut self) {
         self.watcher = None;
-        match watch::watch(&self.config.workspace_bases, self.events_tx.clone()) {
-            Ok(w) => self.watcher = Some(w),
+        self.verify_next_full = true;
+        let (done, setup) = tokio::sync::oneshot::channel();
+        let (bases, tx) = (self.config.workspace_bases.clone(), self.events_tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("watch-setup".into())
+            .spawn(move || {
+                // Nobody waiting any more (a newer setup, shutdown): the watcher is dropped.
+                let _ = done.send(watch::watch(&bases, tx));
+            });
+        match spawned {
+            Ok(_) => self.watch_setup = Some(setup),
             Err(e) => tracing::warn!("watching failed ({e}); relying on periodic reconcile"),
         }
+    }
+
+    /// The watch set up by `start_watching` is in place (or failed).
+    fn watch_ready(&mut self, result: Result<Watcher, watch::WatchError>) {
+        self.watch_setup = None;
+        match result {
+            Ok(w) => {
+                self.watcher = Some(w);
+                // Changes made while the watch was being set up sent no event.
+                self.verify_next_full = true;
+                self.schedule.full_now();
+            }
+            Err(e) => tracing::warn!("watching failed ({e}); relying on periodic reconcile"),
+        }
+        self.maybe_ready();
     }
 
     async fn main_loop(&mut self, mut events: mpsc::UnboundedReceiver<WatchEvent>) -> Result<()> {
@@ -180,6 +220,15 @@ impl Daemon {
                 _ = tokio::time::sleep_until(due.into()), if idle && self.schedule.has_work() => {
                     self.start_pass();
                 }
+                result = async { self.watch_setup.as_mut().expect("guarded").await }, if self.watch_setup.is_some() => {
+                    match result {
+                        Ok(result) => self.watch_ready(result),
+                        Err(_) => {
+                            self.watch_setup = None;
+                            self.maybe_ready();
+                        }
+                    }
+                }
                 _ = reconcile.tick() => {
                     match self.watcher.as_mut() {
                         Some(w) => {
@@ -187,7 +236,8 @@ impl Daemon {
                                 tracing::warn!("still not watching: {e}");
                             }
                         }
-                        None => self.start_watching(),
+                        None if self.watch_setup.is_none() => self.start_watching(),
+                        None => {}
                     }
                     self.schedule.full_now();
                 }
@@ -217,6 +267,7 @@ impl Daemon {
     fn on_event(&mut self, event: WatchEvent) {
         if let WatchEvent::Rescan(reason) = &event {
             tracing::info!("full reconcile: {reason}");
+            self.verify_next_full = true;
         }
         match handler::wake_for(&event, self.config.settle, Instant::now()) {
             Wake::Nothing => {}
@@ -245,6 +296,10 @@ impl Daemon {
             return;
         };
         let scope = self.schedule.take_due(Instant::now());
+        if scope.is_none() {
+            let watched = self.watcher.as_ref().is_some_and(|w| !w.is_polling());
+            reaper.trust_clean_cache = watched && !std::mem::take(&mut self.verify_next_full);
+        }
         // A base created since the start is taken now; one another reaper holds waits.
         if !self.dry_run {
             reaper.config.workspace_bases = self.base_locks.servable(&self.config.workspace_bases);
@@ -318,13 +373,25 @@ impl Daemon {
             self.cleaned_total,
             took.as_millis()
         );
-        if !self.ready {
-            self.ready = true;
-            notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-            tracing::info!("ready: {status}");
-        } else {
+        self.first_status.get_or_insert_with(|| status.clone());
+        if !self.maybe_ready() {
             notify(&[NotifyState::Status(&status)]);
         }
+    }
+
+    /// READY=1 once the first reconcile is done and the watch is in place (both run at
+    /// once at start): from READY on, a change in a workspace is an event. True if sent now.
+    fn maybe_ready(&mut self) -> bool {
+        if self.ready || self.watch_setup.is_some() {
+            return false;
+        }
+        let Some(status) = self.first_status.clone() else {
+            return false;
+        };
+        self.ready = true;
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        tracing::info!("ready: {status}");
+        true
     }
 
     /// Task and agent warnings (a tracked_files entry ignored, a hostile id skipped) come
@@ -372,6 +439,7 @@ impl Daemon {
                 // there while another reaper holds them).
                 self.base_locks.keep_only(&config.workspace_bases);
                 tracing::info!("configuration reloaded");
+                self.verify_next_full = true;
                 self.config = config.clone();
                 match self.reaper.as_mut() {
                     Some(reaper) => reaper.config = config,

@@ -101,6 +101,36 @@ impl Dir {
         checked(File::from(fd), self.display(rel), purpose)
     }
 
+    /// What a move of `name` (one plain name) would check when opening it for
+    /// [`Purpose::ReadToMove`], without opening it: one `fstatat(AT_SYMLINK_NOFOLLOW)`.
+    /// Refused the same way: missing (not found), a symlink, anything but a regular file,
+    /// more than one hard link. A rename needs no descriptor; callers check after the move
+    /// that the name they moved is this file.
+    pub fn stat_to_move(&self, name: impl AsRef<Path>) -> Result<FileId, FsError> {
+        let name = self.single_name(name.as_ref())?;
+        let path = || self.display(name);
+        let entry = self
+            .metadata(name)?
+            .ok_or_else(|| FsError::io(path(), std::io::ErrorKind::NotFound))?;
+        match entry.kind {
+            EntryKind::File => {}
+            EntryKind::Symlink => return Err(FsError::Symlink { path: path() }),
+            kind => {
+                return Err(FsError::NotRegular {
+                    path: path(),
+                    kind: kind.describe(),
+                });
+            }
+        }
+        if entry.nlink != 1 {
+            return Err(FsError::HardLinked {
+                path: path(),
+                links: entry.nlink,
+            });
+        }
+        Ok(entry.id)
+    }
+
     /// Creates `name` (one plain name) with `O_CREAT|O_EXCL|O_NOFOLLOW`, open read-write:
     /// fails with [`FsError::Exists`] if anything, even a dangling symlink, has the name.
     pub fn create_new(&self, name: impl AsRef<Path>, mode: u32) -> Result<RegularFile, FsError> {

@@ -14,10 +14,10 @@ use crate::reap::events::{OrphanOutcome, PassEvent, StatusStore};
 use crate::reap::outcome::Outcome;
 use crate::reap::report::OrphanReport;
 use crate::registry::edit::{
-    AgentChange, Applied, CleanupRecord, GlobalChange, TaskEdit, edit_global_registry,
+    AgentChange, Applied, CleanupRecord, GlobalChange, GlobalEdit, TaskEdit,
 };
 use crate::registry::sqlite::tasks::{BaseDb, StatusWrite, StatusWritten, apply_transitions};
-use crate::registry::{UpdateOptions, UpdateOutcome, rewrite_registry, update_registry};
+use crate::registry::{UpdateOptions, UpdateOutcome, rewrite_registry};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -304,32 +304,29 @@ pub fn apply_task(
 ) -> Result<bool, String> {
     // DB-backed tasks had their transitions written before (one transaction per base).
     let db_backed = view.backend == crate::model::Backend::Sqlite;
-    let mut files = files::TaskFiles::new(view, config);
+    // Files first (archives, prompts), made durable before the registry says they moved.
+    let earlier = apply_files(view, decisions, outcomes, config, journal);
     let stamp = format_timestamp(now);
     let mut changes = Vec::new();
     let mut change_of = Vec::new();
-    for (a, (agent, decision)) in view.agents.iter().zip(decisions).enumerate() {
+    for (a, ((agent, decision), earlier)) in
+        view.agents.iter().zip(decisions).zip(earlier).enumerate()
+    {
         let out = &mut outcomes[a];
         let mut set_status = None;
         let mut record = false;
         for action in &decision.actions {
             match action {
-                // One archive per log: a log whose archive exists is appended to it.
-                Action::Archive { path } => files.archive(path, journal, out),
-                Action::DeletePrompt { path } => files.delete_prompt(path, out),
                 Action::SetStatus {
                     status,
                     termination_reason,
                 } => set_status = Some((*status, *termination_reason)),
                 Action::RecordCleanup => record = true,
-                Action::Stop { .. } => {}
+                Action::Archive { .. } | Action::DeletePrompt { .. } | Action::Stop { .. } => {}
             }
         }
         if set_status.is_none() && !record {
             continue;
-        }
-        if record {
-            files.compress_leftovers(agent, journal, out);
         }
         // Stopped agents had their facts refreshed after the stop, so this holds for both.
         let no_zombies = agent.facts.live_processes == 0 && out.survivors == 0 && out.reaped;
@@ -340,7 +337,7 @@ pub fn apply_task(
             log_files_archived: !out.archived.is_empty(),
             verified_no_zombies: no_zombies,
             errors: out.errors.clone(),
-            archived_files: archived_files(&out.archived, files.archives_of(agent, &out.archived)),
+            archived_files: archived_files(&out.archived, earlier),
             escalated_to_sigkill: out.escalated,
             defunct_processes: out.defunct.clone(),
             processes_checked: if out.checked.is_empty() {
@@ -358,8 +355,6 @@ pub fn apply_task(
         });
         change_of.push(a);
     }
-    // The moves are made durable before the registry says they happened.
-    files.sync();
     if outcomes.iter().any(|o| !o.archived.is_empty()) {
         crate::failpoint::hit_in(crate::failpoint::AFTER_ARCHIVE, &view.task.dir);
     }
@@ -408,6 +403,92 @@ pub fn apply_task(
             Err(e.to_string())
         }
     }
+}
+
+/// Agents per thread below which a task's file work stays on one thread.
+const FILE_CHUNK: usize = 256;
+
+/// Threads for one large task's file work: unlinks and renames mostly wait on the disk
+/// (inode eviction, discard), and waits overlap (40,000 unlinks on this disk kind: about
+/// 700 us each on one thread, 130 us each on eight).
+const FILE_THREADS: usize = 8;
+
+/// Carries out the agents' file actions (archives, prompt deletions), a large task's on a
+/// few threads (agents' files are disjoint), then fsyncs every folder touched once. Returns,
+/// per agent that records its cleanup, the archives of its logs an earlier pass made.
+fn apply_files(
+    view: &TaskView,
+    decisions: &[Decision],
+    outcomes: &mut [Outcome],
+    config: &Config,
+    journal: Option<&Mutex<Journal>>,
+) -> Vec<Vec<PathBuf>> {
+    let asking = decisions
+        .iter()
+        .flat_map(|d| &d.actions)
+        .filter(|a| matches!(a, Action::RecordCleanup | Action::Archive { .. }))
+        .count();
+    // Many archives and records each ask what the archive folder holds (a compressed
+    // archive of a log, the logs an earlier pass archived): one listing of it answers
+    // "surely not" for most, instead of a lookup per log.
+    let listing = (asking >= files::LIST_ABOVE)
+        .then(|| files::archive_listing(view, config))
+        .flatten()
+        .map(std::sync::Arc::new);
+    let run =
+        |agents: &[crate::observe::AgentView], decisions: &[Decision], outcomes: &mut [Outcome]| {
+            let mut files = files::TaskFiles::new(view, config, listing.clone());
+            let mut earlier = Vec::with_capacity(agents.len());
+            for ((agent, decision), out) in agents.iter().zip(decisions).zip(outcomes.iter_mut()) {
+                for action in &decision.actions {
+                    match action {
+                        // One archive per log: a log whose archive exists is appended to it.
+                        Action::Archive { path } => files.archive(path, journal, out),
+                        Action::DeletePrompt { path } => files.delete_prompt(path, out),
+                        _ => {}
+                    }
+                }
+                earlier.push(if decision.actions.contains(&Action::RecordCleanup) {
+                    files.compress_leftovers(agent, journal, out);
+                    files.archives_of(agent, &out.archived)
+                } else {
+                    Vec::new()
+                });
+            }
+            (files, earlier)
+        };
+    let with_files = decisions
+        .iter()
+        .filter(|d| {
+            d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Archive { .. } | Action::DeletePrompt { .. }))
+        })
+        .count();
+    let threads = (with_files / FILE_CHUNK).clamp(1, FILE_THREADS);
+    let mut parts = if threads == 1 {
+        vec![run(&view.agents, decisions, outcomes)]
+    } else {
+        let chunk = view.agents.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = view
+                .agents
+                .chunks(chunk)
+                .zip(decisions.chunks(chunk))
+                .zip(outcomes.chunks_mut(chunk))
+                .map(|((agents, decisions), outcomes)| {
+                    let run = &run;
+                    scope.spawn(move || run(agents, decisions, outcomes))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("file thread panicked"))
+                .collect()
+        })
+    };
+    files::sync_all(parts.iter_mut().map(|(f, _)| f));
+    parts.into_iter().flat_map(|(_, earlier)| earlier).collect()
 }
 
 /// What the record lists as archived: this pass's archives, then the archives of the
@@ -470,7 +551,7 @@ pub fn update_global(
             })
         })
         .collect();
-    update_registry(path, opts, |root| edit_global_registry(root, &changes))
+    rewrite_registry(path, opts, &mut GlobalEdit::new(&changes))
         .map(|(written, ())| written == UpdateOutcome::Written)
         .map_err(|e| e.to_string())
 }

@@ -2,11 +2,13 @@
 //! while their file (identity, size, mtime) stays the same and no live tmux session
 //! carries one of their agents' names.
 
-use super::read::{FileKey, registry_key};
+use super::read::FileKey;
 use crate::decide::{AgentClass, Decision};
+use crate::fs::EntryKind;
 use crate::model::AgentId;
 use crate::model::Backend;
 use crate::observe::TaskView;
+use crate::workspace::{TASK_REGISTRY, TaskDir};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -29,12 +31,28 @@ pub fn session_hash(name: &str) -> u64 {
 }
 
 impl CleanTask {
-    /// Still clean: the registry is the one read then, and none of its sessions runs.
-    /// `live`: `session_hash` of every live `agent_*` session.
-    pub fn still_holds(&self, registry: &Path, live: &[u64]) -> bool {
-        registry_key(registry) == Some(self.key)
-            && !live.iter().any(|h| self.sessions.binary_search(h).is_ok())
+    /// Still clean: none of its sessions runs and the registry is the one read then.
+    /// `live`: `session_hash` of every live `agent_*` session. `trusted`: file events keep
+    /// the cache current (a task with an event since is looked at by its own pass), so the
+    /// registry is not even looked at; else one `fstatat` beneath the base handle.
+    pub fn still_holds(&self, task: &TaskDir, live: &[u64], trusted: bool) -> bool {
+        !live.iter().any(|h| self.sessions.binary_search(h).is_ok())
+            && (trusted || registry_key_beneath(task) == Some(self.key))
     }
+}
+
+/// The registry's key by one `fstatat` through the base handle discovery opened. The
+/// folder on the way is not checked for a symlink: a match only ever means "skip", and a
+/// swapped folder holding this very file (same device, inode, size, mtime) is as clean.
+fn registry_key_beneath(task: &TaskDir) -> Option<FileKey> {
+    let base = task.base_handle().ok()?;
+    let entry = base.probe_metadata(Path::new(&task.task_id).join(TASK_REGISTRY))?;
+    (entry.kind == EntryKind::File).then_some(FileKey {
+        dev: entry.id.dev,
+        ino: entry.id.ino,
+        size: entry.id.size,
+        mtime: entry.id.mtime,
+    })
 }
 
 /// Ambiguous ids (see `procs::ambiguity`) over the tasks read this pass and the clean ones

@@ -67,8 +67,13 @@ pub struct Reaper {
     pub pane_map: crate::procs::panemap::PaneMap,
     /// Task folders whose registries a full pass found wholly cleaned (the steady state).
     clean_tasks: HashMap<PathBuf, cache::CleanTask>,
+    /// File events keep `clean_tasks` current (the daemon's healthy inotify watch): full
+    /// passes skip clean tasks without looking at their registries.
+    pub trust_clean_cache: bool,
     /// Transition hooks: their worker threads and pending runs (started on first use).
     pub hooks: crate::hooks::Hooks,
+    /// Object-storage uploads (`archive_url`): client, backoff, ledger; built on first use.
+    pub uploader: Option<crate::archive::upload::Uploader>,
 }
 
 impl Reaper {
@@ -84,7 +89,9 @@ impl Reaper {
             state_dbs: HashMap::new(),
             pane_map: crate::procs::panemap::PaneMap::in_memory(),
             clean_tasks: HashMap::new(),
+            trust_clean_cache: false,
             hooks: crate::hooks::Hooks::default(),
+            uploader: None,
         }
     }
 
@@ -177,10 +184,9 @@ impl Reaper {
                     .filter(|rows| !rows.is_empty());
                 if rows.is_none()
                     && use_cache
-                    && self
-                        .clean_tasks
-                        .get(&task.dir)
-                        .is_some_and(|c| c.still_holds(&task.registry(), &live_sessions))
+                    && self.clean_tasks.get(&task.dir).is_some_and(|c| {
+                        c.still_holds(&task, &live_sessions, self.trust_clean_cache)
+                    })
                 {
                     still_clean.push(task.dir);
                     continue;
@@ -233,6 +239,8 @@ impl Reaper {
             now,
         };
         for (view, agents) in views.iter_mut().zip(pending) {
+            // Held while its agents are looked at: one open per task, not one per agent.
+            let _held = view.task.handle();
             view.agents = agents
                 .into_iter()
                 .map(|p| agent_view(p, &world, &writers))
@@ -291,6 +299,7 @@ impl Reaper {
             written_tasks: Vec::new(),
             hooks: Vec::new(),
             archives: None,
+            upload: None,
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         let (decisions, outcomes) = match mode {
@@ -341,6 +350,19 @@ impl Reaper {
             report.transitions(),
             &mut report.errors,
         );
+        // Settled archives to object storage: full passes only (a scoped pass is a quick
+        // answer to one registry's change); the daemon within a time budget.
+        if let (Mode::Execute { wait_for_settle }, None, Some(journal)) =
+            (mode, scope, self.journal.as_ref())
+        {
+            let budget = (!wait_for_settle).then_some(crate::archive::upload::DAEMON_BUDGET);
+            report.upload = crate::archive::upload::run_stage(
+                &mut self.uploader,
+                &self.config,
+                journal,
+                budget,
+            );
+        }
         report
     }
 

@@ -348,6 +348,79 @@ fn crash_between_archive_and_record_is_recorded_by_the_next_pass() {
     assert_eq!(report.totals.cleaned, 1);
 }
 
+/// A backlog in one task (its file work split over threads, earlier archives found by one
+/// listing of the archive folder): every agent is archived, its prompt deleted and its
+/// cleanup recorded; a log archived by an earlier pass is listed in its agent's record,
+/// and a log whose archive already exists is appended to it, never a second file.
+#[test]
+fn a_backlog_task_is_archived_and_recorded_whole() {
+    let b = Bench::new();
+    let ids: Vec<String> = (0..600).map(|a| format!("backlog-{a:06}-0a0b0c")).collect();
+    b.task(
+        TASK,
+        ids.iter()
+            .map(|id| b.agent(id, "completed", b.ago(HOUR)))
+            .collect(),
+    );
+    for id in &ids {
+        b.file(
+            TASK,
+            &format!("progress/{id}_progress.jsonl"),
+            "p\n",
+            b.ago(HOUR),
+        );
+        b.file(
+            TASK,
+            &format!("agent_prompt_{id}.txt"),
+            "prompt",
+            b.ago(HOUR),
+        );
+    }
+    let archive = b.task_dir(TASK).join("archive");
+    fs::create_dir_all(&archive).unwrap();
+    // Agent 5's findings were archived by a pass that died before recording them.
+    let earlier = archive.join(format!("{}_findings.jsonl", ids[5]));
+    fs::write(&earlier, "f\n").unwrap();
+    // Agent 7's progress log was archived before and written again since.
+    let taken = archive.join(format!("{}_progress.jsonl", ids[7]));
+    fs::write(&taken, "old\n").unwrap();
+
+    let report = pass(&mut b.reaper());
+
+    assert_eq!(report.totals.cleaned, 600, "{:?}", report.errors);
+    for id in &ids {
+        let record = &b.entry(TASK, id)["auto_cleanup_result"];
+        assert_eq!(record["success"], true, "{id}: {record}");
+        assert_eq!(record["prompt_file_deleted"], true, "{id}: {record}");
+        assert!(
+            !b.task_dir(TASK)
+                .join(format!("agent_prompt_{id}.txt"))
+                .exists()
+        );
+        assert!(
+            !b.task_dir(TASK)
+                .join(format!("progress/{id}_progress.jsonl"))
+                .exists()
+        );
+    }
+    let listed = b.entry(TASK, &ids[5])["auto_cleanup_result"]["archived_files"].clone();
+    assert_eq!(
+        listed,
+        json!([
+            archive
+                .join(format!("{}_progress.jsonl", ids[5]))
+                .to_string_lossy(),
+            earlier.to_string_lossy()
+        ])
+    );
+    assert_eq!(fs::read_to_string(&taken).unwrap(), "old\np\n");
+    assert_eq!(
+        archive_names(&b.task_dir(TASK)).len(),
+        601,
+        "one archive per log"
+    );
+}
+
 /// A registry left unparsable by a write of ours cut short (its sidecar holds the whole
 /// new content) is restored from the sidecar, said so in the report and in `once`'s
 /// text, and its agents are then cleaned as usual.

@@ -6,31 +6,50 @@ use super::Outcome;
 use crate::archive::compress;
 use crate::archive::late::append_late_write_at;
 use crate::archive::outcome::AppendOutcome;
-use crate::archive::store::{ArchiveError, Archived, Archiver, sync_dirs};
+use crate::archive::store::{ArchiveError, Archived, Archiver, name_hash, sync_dirs};
 use crate::config::Config;
-use crate::fs::{self, Compare, Dir, FsError, Purpose, UnlinkOutcome};
+use crate::fs::{self, Compare, Dir, FsError, UnlinkOutcome};
 use crate::journal::{Journal, Step};
 use crate::observe::TaskView;
 use crate::reap::events::PassEvent;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// One task's file work in one pass; folders are opened once and fsynced together.
+/// Records at least this many in one task: list the archive folder once (see
+/// [`Archiver::name_hashes`]) instead of a lookup per log.
+pub(super) const LIST_ABOVE: usize = 64;
+
+/// A source folder, opened once per pass part, and its identity (asked once, not per file).
+#[derive(Clone)]
+struct SrcDir {
+    dir: Arc<Dir>,
+    identity: (u64, u64),
+}
+
+/// One task's file work in one pass (or one part of a large task's, on its own thread);
+/// folders are opened once and fsynced together.
 pub(super) struct TaskFiles<'a> {
     view: &'a TaskView,
     config: &'a Config,
     task: Option<Result<Arc<Dir>, String>>,
     archiver: Option<Result<Archiver, String>>,
     /// Source folders by their path relative to the task folder ("" = the task folder).
-    dirs: HashMap<PathBuf, Arc<Dir>>,
-    /// Folders whose entries changed: fsynced before the registry records the moves.
+    dirs: HashMap<PathBuf, SrcDir>,
+    /// Folders whose entries changed (each once): fsynced before the registry records the moves.
     touched: Vec<Arc<Dir>>,
+    /// Name hashes of the archive folder as listed before this pass's moves, when many
+    /// records ask about it.
+    listing: Option<Arc<HashSet<u64>>>,
 }
 
 impl<'a> TaskFiles<'a> {
-    pub(super) fn new(view: &'a TaskView, config: &'a Config) -> Self {
+    pub(super) fn new(
+        view: &'a TaskView,
+        config: &'a Config,
+        listing: Option<Arc<HashSet<u64>>>,
+    ) -> Self {
         TaskFiles {
             view,
             config,
@@ -38,6 +57,21 @@ impl<'a> TaskFiles<'a> {
             archiver: None,
             dirs: HashMap::new(),
             touched: Vec::new(),
+            listing,
+        }
+    }
+
+    /// Whether the archive folder may hold `name`: not when the listing taken before this
+    /// pass's moves lacks it (this pass adds a name only for the log it archives itself).
+    fn may_be_archived(&self, name: &OsStr) -> bool {
+        self.listing
+            .as_ref()
+            .is_none_or(|l| l.contains(&name_hash(name)))
+    }
+
+    fn touch(&mut self, dir: &Arc<Dir>) {
+        if !self.touched.iter().any(|d| Arc::ptr_eq(d, dir)) {
+            self.touched.push(Arc::clone(dir));
         }
     }
 
@@ -67,7 +101,7 @@ impl<'a> TaskFiles<'a> {
     }
 
     /// `path` (below the task folder) as its folder's handle and its name.
-    fn locate(&mut self, path: &Path) -> Result<(Arc<Dir>, OsString), String> {
+    fn locate(&mut self, path: &Path) -> Result<(SrcDir, OsString), String> {
         let rel = path.strip_prefix(&self.view.task.dir).map_err(|_| {
             format!(
                 "{}: not inside the task folder {}; left alone",
@@ -81,7 +115,7 @@ impl<'a> TaskFiles<'a> {
             .to_os_string();
         let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         if let Some(dir) = self.dirs.get(&parent) {
-            return Ok((Arc::clone(dir), name));
+            return Ok((dir.clone(), name));
         }
         let task = self.task()?;
         let dir = if parent.as_os_str().is_empty() {
@@ -89,8 +123,10 @@ impl<'a> TaskFiles<'a> {
         } else {
             Arc::new(task.open_dir(&parent).map_err(|e| e.to_string())?)
         };
-        self.dirs.insert(parent, Arc::clone(&dir));
-        Ok((dir, name))
+        let identity = dir.identity().map_err(|e| e.to_string())?;
+        let src = SrcDir { dir, identity };
+        self.dirs.insert(parent, src.clone());
+        Ok((src, name))
     }
 
     /// Archives one log: moved into the archive, or, when the archive already holds a
@@ -113,41 +149,45 @@ impl<'a> TaskFiles<'a> {
         journal: Option<&Mutex<Journal>>,
         out: &mut Outcome,
     ) -> Result<(), String> {
-        let (src_dir, name) = self.locate(path)?;
-        let existing = self
-            .archiver()?
-            .existing(&name)
-            .map_err(|e| e.to_string())?;
+        let (src, name) = self.locate(path)?;
+        // One log, one archive: a compressed archive of this name takes the new bytes as a
+        // further frame (the plain one, if both are there, takes them as they are).
         let zst = compress::zst_name(&name);
-        if existing.is_none()
+        if self.may_be_archived(&zst)
             && self
                 .archiver()?
                 .existing(&zst)
                 .map_err(|e| e.to_string())?
                 .is_some()
         {
-            return self.append_frame(path, &src_dir, &name, &zst, journal, out);
-        }
-        if existing.is_none() {
-            let archiver = self.archiver()?;
-            match archive_journaled(archiver, &src_dir, &name, journal) {
-                Ok(done) => {
-                    self.touched.push(Arc::clone(&src_dir));
-                    out.done.push(PassEvent::Archived {
-                        from: self.in_task(path),
-                        to: self.in_task(done.path()),
-                    });
-                    let archived = self.maybe_compress(&name, journal, out);
-                    out.archived
-                        .push(archived.unwrap_or_else(|| done.path().to_path_buf()));
-                    return Ok(());
-                }
-                // Archived by someone else between the look and the move: append below.
-                Err(ArchiveError::Taken { .. }) => {}
-                Err(e) => return Err(e.to_string()),
+            if self
+                .archiver()?
+                .existing(&name)
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return self.append(path, &src.dir, &name, journal, out);
             }
+            return self.append_frame(path, &src.dir, &name, &zst, journal, out);
         }
-        self.append(path, &src_dir, &name, journal, out)
+        // No lookup of the plain name first: `RENAME_NOREPLACE` (or the copy's check) says
+        // when the archive already holds it, atomically, and the bytes are appended instead.
+        let archiver = self.archiver()?;
+        match archive_journaled(archiver, &src, &name, journal) {
+            Ok(done) => {
+                self.touch(&src.dir);
+                out.done.push(PassEvent::Archived {
+                    from: self.in_task(path),
+                    to: self.in_task(done.path()),
+                });
+                let archived = self.maybe_compress(&name, journal, out);
+                out.archived
+                    .push(archived.unwrap_or_else(|| done.path().to_path_buf()));
+                Ok(())
+            }
+            Err(ArchiveError::Taken { .. }) => self.append(path, &src.dir, &name, journal, out),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Appends the bytes of `src_dir/name` to its archive and unlinks it (journaled).
@@ -279,9 +319,10 @@ impl<'a> TaskFiles<'a> {
     /// Deletes the prompt file if it is still a regular file with one link, and only the
     /// very file checked (a file swapped in after the check is never deleted).
     pub(super) fn delete_prompt(&mut self, path: &Path, out: &mut Outcome) {
-        let result = self.locate(path).and_then(|(dir, name)| {
-            let checked = match dir.open_file(&name, Purpose::ReadToMove) {
-                Ok(f) => f.id,
+        let result = self.locate(path).and_then(|(src, name)| {
+            let dir = src.dir;
+            let checked = match dir.stat_to_move(&name) {
+                Ok(id) => id,
                 Err(e) if e.is_not_found() => return Ok(UnlinkOutcome::Gone),
                 Err(e) => return Err(e.to_string()),
             };
@@ -346,6 +387,12 @@ impl<'a> TaskFiles<'a> {
         this_pass: &[PathBuf],
     ) -> Vec<PathBuf> {
         let logs = crate::workspace::agent_files(&self.view.task, &agent.id).logs;
+        let listing = self.listing.clone();
+        let listed = |name: &OsStr| {
+            listing
+                .as_ref()
+                .is_none_or(|l| l.contains(&name_hash(name)))
+        };
         let Ok(archiver) = self.archiver() else {
             return Vec::new();
         };
@@ -354,11 +401,15 @@ impl<'a> TaskFiles<'a> {
             .filter(|name| !this_pass.iter().any(|p| p.file_name() == Some(*name)))
             .filter_map(|name| {
                 // What is on disk: the plain archive, else its compressed form.
-                archiver.existing(name).ok().flatten().or_else(|| {
+                let plain = listed(name)
+                    .then(|| archiver.existing(name).ok().flatten())
+                    .flatten();
+                plain.or_else(|| {
                     let zst = compress::zst_name(name);
-                    if this_pass
-                        .iter()
-                        .any(|p| p.file_name() == Some(zst.as_os_str()))
+                    if !listed(&zst)
+                        || this_pass
+                            .iter()
+                            .any(|p| p.file_name() == Some(zst.as_os_str()))
                     {
                         return None;
                     }
@@ -366,18 +417,6 @@ impl<'a> TaskFiles<'a> {
                 })
             })
             .collect()
-    }
-
-    /// Makes this task's moves durable (one fsync per folder) before the registry records them.
-    pub(super) fn sync(&mut self) {
-        if self.touched.is_empty() {
-            return;
-        }
-        let archive = match self.archiver.as_mut() {
-            Some(Ok(a)) => a.open().ok(),
-            _ => None,
-        };
-        sync_dirs(self.touched.iter().map(|d| &**d).chain(archive));
     }
 
     /// A path as the user reads it: relative to the task folder when inside it.
@@ -389,16 +428,48 @@ impl<'a> TaskFiles<'a> {
     }
 }
 
+/// The archive folder's name hashes (see [`Archiver::name_hashes`]); `None` when it cannot
+/// be listed (then each name is looked up).
+pub(super) fn archive_listing(view: &TaskView, config: &Config) -> Option<HashSet<u64>> {
+    TaskFiles::new(view, config, None)
+        .archiver()
+        .ok()?
+        .name_hashes()
+        .ok()
+}
+
+/// Makes the moves of every part of a task durable, one fsync per folder (parts share
+/// folders), before the registry records them.
+pub(super) fn sync_all<'x, 'a: 'x>(parts: impl IntoIterator<Item = &'x mut TaskFiles<'a>>) {
+    let mut dirs: Vec<&Dir> = Vec::new();
+    for part in parts {
+        let TaskFiles {
+            touched, archiver, ..
+        } = part;
+        if touched.is_empty() {
+            continue;
+        }
+        dirs.extend(touched.iter().map(|d| &**d));
+        if let Some(Ok(a)) = archiver.as_mut()
+            && let Ok(d) = a.open()
+        {
+            dirs.push(d);
+        }
+    }
+    sync_dirs(dirs);
+}
+
 /// Archives `src_dir/name`; a copy to another filesystem is journaled first, so a crash
 /// between its rename and the unlink of the original is finished (not duplicated) at restart.
 fn archive_journaled(
     archiver: &mut Archiver,
-    src_dir: &Dir,
+    src: &SrcDir,
     name: &OsStr,
     journal: Option<&Mutex<Journal>>,
 ) -> Result<Archived, ArchiveError> {
+    let src_dir = &*src.dir;
     let step = match journal {
-        Some(j) if archiver.crosses_filesystems(src_dir) => {
+        Some(j) if archiver.crosses_filesystems(src.identity) => {
             let src_len = src_dir
                 .metadata(name)?
                 .map(|m| m.id.size)
@@ -425,7 +496,7 @@ fn archive_journaled(
         }
         _ => None,
     };
-    let result = archiver.archive(src_dir, name);
+    let result = archiver.archive(src_dir, src.identity, name);
     if let Some((j, seqs)) = step {
         let mut j = j.lock().expect("journal lock");
         let recorded = match &result {
