@@ -12,6 +12,7 @@
 //! with an active or settling agent, an unreadable registry, a `.partial`, a stranger's
 //! file) counts towards the base's size but is never removed.
 
+use crate::archive::upload::ledger::Ledger;
 use crate::config::{Config, Retention};
 use crate::fs::{self as cfs, Compare, Dir, EntryKind, FileId, UnlinkOutcome};
 use serde::Serialize;
@@ -157,11 +158,20 @@ pub fn survey(config: &Config, tasks: &[SeenTask<'_>], now: SystemTime) -> Archi
             errors: Vec::new(),
         };
         let mut listed: Vec<(Candidate, Removal)> = Vec::new();
+        // With object storage configured, a local archive is the only copy until it went up:
+        // retention may only drop what the upload ledger says is in the bucket unchanged
+        // (`keep_local`); without `keep_local` an uploaded archive is already gone locally.
+        let uploaded = config.archive_url.as_ref().map(|_| {
+            crate::state::state_dir(config)
+                .ok()
+                .and_then(|d| Ledger::load(&d).ok())
+                .unwrap_or_default()
+        });
         let in_base = tasks
             .iter()
             .filter(|t| t.dir.parent() == Some(base.as_path()));
         for task in in_base {
-            match list_task(config, base, task) {
+            match list_task(config, base, task, uploaded.as_ref()) {
                 Ok(None) => {}
                 Ok(Some((summary, files))) => {
                     b.bytes += summary.bytes;
@@ -224,6 +234,7 @@ fn list_task(
     config: &Config,
     base: &Path,
     task: &SeenTask<'_>,
+    uploaded: Option<&Ledger>,
 ) -> Result<Option<(TaskArchives, Vec<(Candidate, Removal)>)>, cfs::FsError> {
     let dir = match &config.archive_dir {
         Some(root) => Dir::open_base(root).and_then(|d| d.open_dir(task.task_id)),
@@ -267,14 +278,18 @@ fn list_task(
                 meta.id.mtime.0.max(0) as u64,
                 meta.id.mtime.1.clamp(0, 999_999_999) as u32,
             );
+        let path = dir.display(&entry.name);
         let candidate = Candidate {
             bytes: meta.id.size,
             mtime,
             // A second name for the file would keep its bytes anyway; never ours to drop.
-            removable: cleaned && meta.nlink == 1 && ours.contains(&entry.name),
+            removable: cleaned
+                && meta.nlink == 1
+                && ours.contains(&entry.name)
+                && uploaded.is_none_or(|l| l.has(&path, &meta.id)),
         };
         let removal = Removal {
-            path: dir.display(&entry.name),
+            path,
             bytes: meta.id.size,
             age_seconds: 0,
             reason: Reason::MaxAge,
@@ -284,8 +299,6 @@ fn list_task(
         };
         files.push((candidate, removal));
     }
-    // Files of one age go in name order, whatever order the folder lists them in.
-    files.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     // Files of one age go in name order, whatever order the folder lists them in.
     files.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     Ok(Some((summary, files)))

@@ -39,7 +39,7 @@ use crate::journal::{Journal, JournalError, Pending, Step};
 mod backoff;
 mod candidates;
 mod client;
-mod ledger;
+pub(crate) mod ledger;
 mod profile;
 mod transfer;
 

@@ -70,3 +70,43 @@ fn sizes_read_like_a_person_wrote_them() {
     assert_eq!(human_bytes(1536), "1.5 KiB");
     assert_eq!(human_bytes(10 << 30), "10.0 GiB");
 }
+
+#[test]
+fn with_object_storage_only_archives_the_ledger_shows_uploaded_may_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let state = tmp.path().join("state");
+    let archive = base.join("TASK-1").join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let log = archive.join("a1_stream.jsonl");
+    std::fs::write(&log, b"{\"type\":\"result\"}\n").unwrap();
+    let config = Config {
+        workspace_bases: vec![base.clone()],
+        state_dir: Some(state.clone()),
+        archive_url: Some(crate::config::upload::parse_archive_url("s3://bucket/p").unwrap()),
+        retention: retention(None, Some(1)),
+        ..Config::default()
+    };
+    let task_dir = base.join("TASK-1");
+    let seen = [SeenTask {
+        dir: &task_dir,
+        task_id: "TASK-1",
+        agent_ids: vec!["a1"],
+        cleaned: true,
+    }];
+    let later = SystemTime::now() + Duration::from_secs(DAY);
+
+    // Not uploaded yet: the local file is the only copy, whatever the size limit says.
+    let s = survey(&config, &seen, later);
+    assert!(s.bases[0].remove.is_empty(), "{:?}", s.bases[0].remove);
+
+    // Uploaded and kept local (the ledger names it as it is now): retention may drop it.
+    let mut ledger = Ledger::load(&state).unwrap();
+    ledger
+        .record(&log, FileId::of_metadata(&std::fs::metadata(&log).unwrap()))
+        .unwrap();
+    let s = survey(&config, &seen, later);
+    assert_eq!(s.bases[0].remove.len(), 1);
+    assert_eq!(s.bases[0].remove[0].path, log);
+}
