@@ -8,6 +8,14 @@ use std::path::Path;
 /// The points a test can name.
 pub const AFTER_ARCHIVE: &str = "after-archive";
 
+/// Upload steps (`crate::archive::upload`): after the journal's `begin`, after the object
+/// is stored (before it is verified), after the `uploaded` record (before the local copy
+/// goes), and after the local copy went (before `done`).
+pub const UPLOAD_AFTER_BEGIN: &str = "upload-after-begin";
+pub const UPLOAD_AFTER_PUT: &str = "upload-after-put";
+pub const UPLOAD_AFTER_VERIFY: &str = "upload-after-verify";
+pub const UPLOAD_AFTER_UNLINK: &str = "upload-after-unlink";
+
 /// Whether `AGENT_REAPER_FAILPOINT` names `point` (for a point that first leaves a torn
 /// write behind, then dies at [`hit`]).
 pub fn armed(point: &str) -> bool {

@@ -78,6 +78,16 @@ pub enum Step {
     AppendFrame(LateAppend),
     /// A registry rewrite; informative only, the registry recovers through its sidecar.
     RegistryWrite { registry: PathBuf, sidecar: PathBuf },
+    /// An archive being uploaded to object storage under `key` (`s3://bucket/key`); once
+    /// the object is verified (an `uploaded` record), the local file goes if it is still
+    /// the one `file` describes, unless `keep_local`.
+    Upload {
+        local: PathBuf,
+        url: String,
+        key: String,
+        file: crate::fs::FileId,
+        keep_local: bool,
+    },
 }
 
 /// A late write (`src`, recreated after archiving) being appended to `archive`, which
@@ -128,7 +138,8 @@ impl LateAppend {
 pub struct Pending {
     pub seq: u64,
     pub step: Step,
-    /// An `appended` record was written: the archive durably holds the source's bytes.
+    /// The step's durable midpoint was recorded: for an append (`appended`), the archive
+    /// durably holds the source's bytes; for an upload (`uploaded`), the object is verified.
     pub appended: bool,
 }
 
@@ -137,6 +148,7 @@ pub struct Pending {
 enum Op {
     Begin,
     Appended,
+    Uploaded,
     Done,
     Undone,
 }
@@ -282,6 +294,18 @@ impl Journal {
         Ok(())
     }
 
+    /// Records that the objects of these upload steps are stored and verified.
+    pub fn mark_uploaded(&mut self, seqs: &[u64]) -> Result<(), JournalError> {
+        let seqs = self.known(seqs);
+        self.write_records(seqs.iter().map(|&seq| rec(seq, Op::Uploaded)))?;
+        for seq in seqs {
+            if let Some(p) = self.pending.get_mut(&seq) {
+                p.appended = true;
+            }
+        }
+        Ok(())
+    }
+
     /// Records that these steps completed (one write, one fsync).
     pub fn finish(&mut self, seqs: &[u64]) -> Result<(), JournalError> {
         self.end(seqs, Op::Done)
@@ -341,7 +365,7 @@ impl Journal {
                 self.pending.insert(r.seq, p);
             }
             (Op::Begin, None) => tracing::warn!(seq = r.seq, "journal: begin without a step"),
-            (Op::Appended, _) => {
+            (Op::Appended | Op::Uploaded, _) => {
                 if let Some(p) = self.pending.get_mut(&r.seq) {
                     p.appended = true;
                 }
@@ -407,7 +431,11 @@ impl Journal {
                 step: Some(p.step.clone()),
             }];
             if p.appended {
-                lines.push(rec(p.seq, Op::Appended));
+                let op = match p.step {
+                    Step::Upload { .. } => Op::Uploaded,
+                    _ => Op::Appended,
+                };
+                lines.push(rec(p.seq, op));
             }
             for r in lines {
                 serde_json::to_writer(&mut buf, &r).map_err(|source| JournalError::Encode {

@@ -24,6 +24,8 @@ pub enum RecoverError {
     Fs(#[from] crate::fs::FsError),
     #[error(transparent)]
     Compress(#[from] crate::archive::compress::CompressError),
+    #[error(transparent)]
+    Upload(#[from] super::upload::UploadError),
 }
 
 /// One recovered step. On `Err` the step stays pending (and is retried at the next
@@ -49,6 +51,9 @@ pub fn recover(journal: &mut Journal, pending: Vec<Pending>) -> Vec<Recovered> {
                 }
                 Step::AppendFrame(_) => {
                     crate::archive::compress::frame::recover_frame(journal, &p).map_err(Into::into)
+                }
+                Step::Upload { .. } => {
+                    super::upload::recover_upload(journal, &p).map_err(Into::into)
                 }
                 Step::RegistryWrite { .. } => journal
                     .finish(&[p.seq])

@@ -207,6 +207,12 @@ pub fn once(report: &PassReport) -> String {
     if let Some(archives) = &report.archives {
         crate::archive::retention::render_removals(archives, true, &mut out);
     }
+    if let Some(upload) = report.upload.as_ref().filter(|u| !u.is_quiet()) {
+        for p in &upload.problems {
+            let _ = writeln!(out, "upload: {p}");
+        }
+        let _ = writeln!(out, "{}", upload.summary());
+    }
     for e in &report.errors {
         let _ = writeln!(out, "error: {e}");
     }

@@ -63,3 +63,47 @@ pub fn tmux_client(config: &Config) -> TmuxClient {
         timeout: config.tmux_timeout,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_a_reload_layers_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent-reaper.toml");
+        std::fs::write(
+            &file,
+            "workspace_bases = [\"/from/file\"]\nstate_dir = \"/file/state\"\nsettle = \"3s\"\n",
+        )
+        .unwrap();
+        let file_only = Overrides {
+            config_file: Some(file.clone()),
+            ..Overrides::default()
+        };
+        let c = resolve_config(&file_only).unwrap();
+        assert_eq!(c.workspace_bases, [PathBuf::from("/from/file")]);
+        assert_eq!(c.state_dir, Some(PathBuf::from("/file/state")));
+        let flags = Overrides {
+            config_file: Some(file.clone()),
+            workspace_bases: vec![PathBuf::from("/from/flag")],
+            state_dir: Some(PathBuf::from("/flag/state")),
+        };
+        let c = resolve_config(&flags).unwrap();
+        assert_eq!(c.workspace_bases, [PathBuf::from("/from/flag")]);
+        assert_eq!(c.state_dir, Some(PathBuf::from("/flag/state")));
+        // The file's other keys still count; a changed file is read again with the same flags.
+        assert_eq!(c.settle, std::time::Duration::from_secs(3));
+        std::fs::write(&file, "settle = \"5s\"\n").unwrap();
+        let c = resolve_config(&flags).unwrap();
+        assert_eq!(c.settle, std::time::Duration::from_secs(5));
+        assert_eq!(c.workspace_bases, [PathBuf::from("/from/flag")]);
+        // A broken file is an error naming it, not defaults.
+        std::fs::write(&file, "settle = \"soon\"\n").unwrap();
+        let err = resolve_config(&flags).unwrap_err().to_string();
+        assert!(
+            err.contains("agent-reaper.toml") && err.contains("settle"),
+            "{err}"
+        );
+    }
+}

@@ -18,6 +18,7 @@ fn log_kind(name: &str) -> Option<LogKind> {
 }
 
 use super::hooks;
+use super::upload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -89,6 +90,14 @@ pub struct Config {
     pub hooks: Vec<hooks::HookSpec>,
     /// Hook runs at the same time at most (runs of one task never overlap).
     pub hook_concurrency: usize,
+    /// Object storage for archives (`s3://bucket/prefix`); `None`: archives stay local.
+    pub archive_url: Option<upload::ArchiveUrl>,
+    /// An S3-compatible server's URL instead of AWS's (also `AWS_ENDPOINT_URL`).
+    pub archive_endpoint: Option<String>,
+    /// Keep the local copy of an uploaded archive.
+    pub keep_local: bool,
+    /// How long an archive stays unchanged before it is uploaded.
+    pub upload_after: Duration,
 }
 
 impl Default for Config {
@@ -125,6 +134,10 @@ impl Default for Config {
             ],
             hooks: Vec::new(),
             hook_concurrency: hooks::DEFAULT_CONCURRENCY,
+            archive_url: None,
+            archive_endpoint: None,
+            keep_local: false,
+            upload_after: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -160,6 +173,10 @@ struct RawConfig {
     term_grace: Option<TermGrace>,
     hooks: Option<Vec<hooks::RawHook>>,
     hook_concurrency: Option<usize>,
+    archive_url: Option<String>,
+    archive_endpoint: Option<String>,
+    keep_local: Option<bool>,
+    upload_after: Option<String>,
 }
 
 /// `[retention]`: every key optional.
@@ -366,6 +383,22 @@ impl Config {
                 },
             )?,
             hook_concurrency: raw.hook_concurrency.unwrap_or(d.hook_concurrency),
+            archive_url: match raw.archive_url {
+                None => None,
+                Some(v) => Some(
+                    upload::parse_archive_url(&v)
+                        .map_err(|reason| invalid("archive_url", v, &reason))?,
+                ),
+            },
+            archive_endpoint: match raw.archive_endpoint {
+                None => None,
+                Some(v) => Some(
+                    upload::parse_endpoint(&v)
+                        .map_err(|reason| invalid("archive_endpoint", v, &reason))?,
+                ),
+            },
+            keep_local: raw.keep_local.unwrap_or(d.keep_local),
+            upload_after: dur("upload_after", raw.upload_after, d.upload_after)?,
         };
         if config.hook_concurrency == 0 {
             return Err(invalid(

@@ -14,10 +14,10 @@ use crate::reap::events::{OrphanOutcome, PassEvent, StatusStore};
 use crate::reap::outcome::Outcome;
 use crate::reap::report::OrphanReport;
 use crate::registry::edit::{
-    AgentChange, Applied, CleanupRecord, GlobalChange, TaskEdit, edit_global_registry,
+    AgentChange, Applied, CleanupRecord, GlobalChange, GlobalEdit, TaskEdit,
 };
 use crate::registry::sqlite::tasks::{BaseDb, StatusWrite, StatusWritten, apply_transitions};
-use crate::registry::{UpdateOptions, UpdateOutcome, rewrite_registry, update_registry};
+use crate::registry::{UpdateOptions, UpdateOutcome, rewrite_registry};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -551,7 +551,7 @@ pub fn update_global(
             })
         })
         .collect();
-    update_registry(path, opts, |root| edit_global_registry(root, &changes))
+    rewrite_registry(path, opts, &mut GlobalEdit::new(&changes))
         .map(|(written, ())| written == UpdateOutcome::Written)
         .map_err(|e| e.to_string())
 }

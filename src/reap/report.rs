@@ -100,6 +100,9 @@ pub struct PassReport {
     /// Archive sizes and retention (`status`; `plan` and `once` with `[retention]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archives: Option<crate::archive::retention::ArchiveSurvey>,
+    /// The upload stage (`archive_url`): full passes that act only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload: Option<crate::archive::upload::UploadReport>,
 }
 
 impl PassReport {

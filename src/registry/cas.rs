@@ -2,11 +2,19 @@
 //! compared with the bytes the edit was based on, and the edit is redone on the new bytes when
 //! an unlocked writer (the orchestrator's `open('w')`) changed them meanwhile.
 
-use super::json_file::{RegistryError, UpdateOutcome};
+use super::error::RegistryError;
 use super::pyjson::to_python_json;
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
+
+/// Whether an edit wrote the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// The edit left the value equal to what was read: nothing written.
+    Unchanged,
+    Written,
+}
 
 /// Edits redone on fresh bytes before the round is given up.
 pub const CAS_ROUNDS: u32 = 5;
@@ -74,16 +82,6 @@ impl<T, F: FnMut(&mut Value) -> T> Rewrite for WholeValue<F> {
         let value = self.edited.as_ref().expect("render follows prepare");
         out.write_all(to_python_json(value).as_bytes())
     }
-}
-
-/// The registry text for `value`, in Python's `json.dump(indent=2)` form, with a trailing
-/// newline only when the bytes it replaces had one.
-pub fn render(value: &Value, replaces: &[u8]) -> Vec<u8> {
-    let mut text = to_python_json(value).into_bytes();
-    if replaces.ends_with(b"\n") {
-        text.push(b'\n');
-    }
-    text
 }
 
 /// Applies `rewrite` to the document in `bytes` and writes the result through `file`,

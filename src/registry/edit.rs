@@ -1,12 +1,12 @@
 //! What we write into registries: status transitions, `auto_cleanup_result`, counters. Pure edits on JSON.
 
-use super::cas::Rewrite;
-use super::json_doc::{Doc, string_fields};
 use crate::model::{StatusClass, classify_status};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
+
+mod streamed;
+pub use streamed::{GlobalEdit, TaskEdit};
 
 /// The orchestrator's `auto_cleanup_result` keys, plus what only we can tell.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -110,7 +110,7 @@ fn apply_at(agents: &mut [Value], at: Option<usize>, change: &AgentChange) -> Ap
 }
 
 /// Applies `change` to one agent entry.
-fn apply_to_entry(obj: &mut Map<String, Value>, change: &AgentChange) -> Applied {
+pub(super) fn apply_to_entry(obj: &mut Map<String, Value>, change: &AgentChange) -> Applied {
     if obj.get("status").and_then(Value::as_str) != Some(change.expect_status.as_str()) {
         return Applied::StatusMoved;
     }
@@ -137,7 +137,7 @@ fn apply_to_entry(obj: &mut Map<String, Value>, change: &AgentChange) -> Applied
     Applied::Done
 }
 
-fn count_active<'a>(statuses: impl Iterator<Item = Option<&'a str>>) -> i64 {
+pub(super) fn count_active<'a>(statuses: impl Iterator<Item = Option<&'a str>>) -> i64 {
     statuses
         .filter(|s| s.is_some_and(|s| classify_status(s) == StatusClass::Active))
         .count() as i64
@@ -179,115 +179,6 @@ pub fn edit_task_registry(root: &mut Value, changes: &[AgentChange]) -> Vec<Appl
     applied
 }
 
-/// [`edit_task_registry`] as a streamed rewrite of the registry's text: ids and statuses
-/// are read from each entry's text, and only the entries a change applies to are parsed
-/// and edited, one at a time (no `Value` of the whole registry). The text written is the
-/// one `edit_task_registry` and `to_python_json` would give.
-pub struct TaskEdit<'c> {
-    changes: &'c [AgentChange],
-    /// Per entry index, the changes applied to it, in order.
-    targets: HashMap<usize, Vec<usize>>,
-    /// `active_count` to set (the registry has the key).
-    active: Option<i64>,
-}
-
-impl<'c> TaskEdit<'c> {
-    pub fn new(changes: &'c [AgentChange]) -> Self {
-        TaskEdit {
-            changes,
-            targets: HashMap::new(),
-            active: None,
-        }
-    }
-
-    /// The entry as rendered: as read, with its changes applied.
-    fn entry(&self, index: usize, raw: &RawValue) -> serde_json::Result<Value> {
-        let mut entry: Value = serde_json::from_str(raw.get())?;
-        if let (Some(changes), Some(obj)) = (self.targets.get(&index), entry.as_object_mut()) {
-            for &c in changes {
-                apply_to_entry(obj, &self.changes[c]);
-            }
-        }
-        Ok(entry)
-    }
-}
-
-impl Rewrite for TaskEdit<'_> {
-    type Out = Vec<Applied>;
-
-    fn prepare(&mut self, bytes: &[u8]) -> Result<(Vec<Applied>, bool), String> {
-        self.targets.clear();
-        self.active = None;
-        let doc = Doc::parse(bytes).map_err(|e| e.to_string())?;
-        let Some(list) = doc.list.as_ref().filter(|l| !l.object) else {
-            return Ok((vec![Applied::Missing; self.changes.len()], false));
-        };
-        // Ids (the first entry of each, as a scan finds it) and statuses, from the text.
-        let mut index: HashMap<String, usize> = HashMap::with_capacity(list.items.len());
-        let mut statuses: Vec<Option<String>> = Vec::with_capacity(list.items.len());
-        for (i, (_, raw)) in list.items.iter().enumerate() {
-            let (id, status) = match string_fields(raw, &["id", "status"]).as_deref() {
-                Some([id, status]) => (id.clone(), status.clone()),
-                _ => (None, None),
-            };
-            if let Some(id) = id {
-                index.entry(id).or_insert(i);
-            }
-            statuses.push(status);
-        }
-        // The changes in order, as `apply_at` meets them.
-        let mut applied = Vec::with_capacity(self.changes.len());
-        for (c, change) in self.changes.iter().enumerate() {
-            let Some(&at) = index.get(change.id.as_str()) else {
-                applied.push(Applied::Missing);
-                continue;
-            };
-            if statuses[at].as_deref() != Some(change.expect_status.as_str()) {
-                applied.push(Applied::StatusMoved);
-                continue;
-            }
-            if let Some((status, _)) = change.set_status {
-                statuses[at] = Some(status.to_string());
-            }
-            self.targets.entry(at).or_default().push(c);
-            applied.push(Applied::Done);
-        }
-        drop(index);
-        let mut changed = false;
-        if doc.has_member("active_count") {
-            let active = count_active(statuses.iter().map(Option::as_deref));
-            let current = doc
-                .members
-                .iter()
-                .rev()
-                .find(|(k, _)| k == "active_count")
-                .map(|(_, raw)| raw.get());
-            changed |=
-                current.and_then(|t| serde_json::from_str::<Value>(t).ok()) != Some(json!(active));
-            self.active = Some(active);
-        }
-        for (&at, _) in self.targets.iter() {
-            if changed {
-                break;
-            }
-            let raw = list.items[at].1;
-            let before: Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-            changed |= self.entry(at, raw).map_err(|e| e.to_string())? != before;
-        }
-        Ok((applied, changed))
-    }
-
-    fn render(&mut self, bytes: &[u8], out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let doc = Doc::parse(bytes).map_err(std::io::Error::other)?;
-        let sets: Vec<(String, Value)> = self
-            .active
-            .map(|n| ("active_count".to_string(), json!(n)))
-            .into_iter()
-            .collect();
-        doc.render(&sets, &mut |i, raw| self.entry(i, raw), out)
-    }
-}
-
 /// A status transition to mirror into the global registry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GlobalChange {
@@ -305,30 +196,38 @@ pub fn edit_global_registry(root: &mut Value, changes: &[GlobalChange]) {
         return;
     };
     for change in changes {
-        let Some(entry) = agents.get_mut(&change.id).and_then(Value::as_object_mut) else {
-            continue;
-        };
-        let current = entry.get("status").and_then(Value::as_str);
-        // Only an entry still active (or without status) follows our transition.
-        if current.is_some_and(|s| classify_status(s) != StatusClass::Active) {
-            continue;
-        }
-        set(entry, "status", json!(change.status));
-        if entry.contains_key("last_update") {
-            set(entry, "last_update", json!(change.now));
-        }
-        let at = if change.status == "terminated" {
-            "terminated_at"
-        } else {
-            "completed_at"
-        };
-        if !entry.contains_key(at) {
-            set(entry, at, json!(change.now));
+        if let Some(entry) = agents.get_mut(&change.id).and_then(Value::as_object_mut) {
+            apply_global(entry, change);
         }
     }
     let active = global_active_agents(agents);
     if obj.contains_key("active_agents") {
         set(obj, "active_agents", json!(active));
+    }
+}
+
+/// Whether a global entry whose status is `current` follows a transition: only one still
+/// active (or without a string status).
+pub(super) fn follows_transition(current: Option<&str>) -> bool {
+    !current.is_some_and(|s| classify_status(s) != StatusClass::Active)
+}
+
+/// Applies one transition to a global entry (when it still follows transitions).
+pub(super) fn apply_global(entry: &mut Map<String, Value>, change: &GlobalChange) {
+    if !follows_transition(entry.get("status").and_then(Value::as_str)) {
+        return;
+    }
+    set(entry, "status", json!(change.status));
+    if entry.contains_key("last_update") {
+        set(entry, "last_update", json!(change.now));
+    }
+    let at = if change.status == "terminated" {
+        "terminated_at"
+    } else {
+        "completed_at"
+    };
+    if !entry.contains_key(at) {
+        set(entry, at, json!(change.now));
     }
 }
 

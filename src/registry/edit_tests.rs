@@ -1,7 +1,11 @@
-//! The streamed task-registry edit writes what the whole-`Value` edit writes, byte for byte.
+//! The streamed task and global registry edits write what the whole-`Value` edits write, byte
+//! for byte.
 
 use super::cas::Rewrite;
-use super::edit::{AgentChange, Applied, CleanupRecord, TaskEdit, edit_task_registry};
+use super::edit::{
+    AgentChange, Applied, CleanupRecord, GlobalChange, GlobalEdit, TaskEdit, edit_global_registry,
+    edit_task_registry,
+};
 use super::pyjson::to_python_json;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -137,5 +141,84 @@ fn registries_without_an_agent_list_are_edited_as_before() {
             whole(text, &[change]),
             "{text}"
         );
+    }
+}
+
+/// The global registry: streamed and whole-`Value` edits give the same bytes.
+fn global_both(text: &str, changes: &[GlobalChange]) -> ((bool, String), (bool, String)) {
+    let mut edit = GlobalEdit::new(changes);
+    let ((), changed) = edit.prepare(text.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    edit.render(text.as_bytes(), &mut out).unwrap();
+    let mut value: Value = serde_json::from_str(text).unwrap();
+    let before = value.clone();
+    edit_global_registry(&mut value, changes);
+    (
+        (changed, String::from_utf8(out).unwrap()),
+        (value != before, to_python_json(&value)),
+    )
+}
+
+fn global_entry() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => (
+            prop::option::of(prop_oneof![
+                prop::sample::select(&STATUSES[..]).prop_map(|s| json!(s)),
+                Just(Value::Null),
+                Just(json!(3)),
+            ]),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(status, last_update, done_at)| {
+                let mut m = serde_json::Map::new();
+                m.insert("task_id".into(), json!("T"));
+                if let Some(s) = status {
+                    m.insert("status".into(), s);
+                }
+                if last_update {
+                    m.insert("last_update".into(), json!("2026-11-27T09:00:00"));
+                }
+                if done_at {
+                    m.insert("completed_at".into(), json!("2026-11-27T09:30:00"));
+                }
+                Value::Object(m)
+            }),
+        1 => Just(json!(12345678901234567890u64)),
+        1 => Just(json!("s")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn streamed_global_edit_equals_the_whole_value_edit(
+        agents in prop::collection::vec((prop::sample::select(&IDS[..]), global_entry()), 0..6),
+        active in prop::option::of(0i64..4),
+        compact in any::<bool>(),
+        changes in prop::collection::vec(
+            (prop::sample::select(&IDS[..]), prop::sample::select(&["terminated", "completed"][..]))
+                .prop_map(|(id, status)| GlobalChange {
+                    id: id.into(),
+                    status,
+                    now: "2026-11-27T10:00:00.000000".into(),
+                }),
+            0..4,
+        ),
+    ) {
+        // Written by hand so a repeated id stays repeated in the text.
+        let list: Vec<String> = agents
+            .iter()
+            .map(|(id, v)| format!("{}: {}", json!(id), v))
+            .collect();
+        let active = active.map(|n| format!(", \"active_agents\": {n}")).unwrap_or_default();
+        let text = format!("{{\"agents\": {{{}}}{active}}}", list.join(", "));
+        let text = if compact {
+            text
+        } else {
+            to_python_json(&serde_json::from_str(&text).unwrap())
+        };
+        let (streamed, whole) = global_both(&text, &changes);
+        prop_assert_eq!(streamed, whole);
     }
 }

@@ -185,11 +185,47 @@ pub fn parse(raw: &RawValue) -> std::io::Result<Value> {
     serde_json::from_str(raw.get()).map_err(std::io::Error::other)
 }
 
+/// One field of an item as an edit plans with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    Absent,
+    Null,
+    Str(String),
+    /// Any other kind of value.
+    Other,
+}
+
+impl Field {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Field::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// For an item that is an object, `keys` as they are there (a repeated key counts by its
+/// last value); `None` for an item of another kind.
+pub fn fields(raw: &RawValue, keys: &[&str]) -> Option<Vec<Field>> {
+    if !raw.get().starts_with('{') {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    de.deserialize_any(Fields(keys)).ok().flatten()
+}
+
 /// For an item that is an object, the string values of `keys` (`None` where absent or not a
 /// string; a repeated key counts by its last value); `None` for an item of another kind.
 pub fn string_fields(raw: &RawValue, keys: &[&str]) -> Option<Vec<Option<String>>> {
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    de.deserialize_any(Fields(keys)).ok().flatten()
+    fields(raw, keys).map(|found| {
+        found
+            .into_iter()
+            .map(|f| match f {
+                Field::Str(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    })
 }
 
 /// Top-level `{key: span}` pairs in order, or `None` for a valid document of another kind.
@@ -294,15 +330,15 @@ fn dedupe<'a>(pairs: Vec<(Cow<'a, str>, &'a RawValue)>) -> Vec<(Cow<'a, str>, &'
 struct Fields<'k>(&'k [&'k str]);
 
 impl<'de> Visitor<'de> for Fields<'_> {
-    type Value = Option<Vec<Option<String>>>;
+    type Value = Option<Vec<Field>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = vec![None; self.0.len()];
+        let mut found = vec![Field::Absent; self.0.len()];
         while let Some(Key(key)) = map.next_key::<Key<'_>>()? {
             match self.0.iter().position(|k| *k == key) {
-                Some(i) => found[i] = map.next_value_seed(MaybeString)?,
+                Some(i) => found[i] = map.next_value_seed(AnyField)?,
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -334,15 +370,16 @@ impl<'de> Visitor<'de> for Fields<'_> {
     }
 }
 
-/// A value kept only when it is a string.
-struct MaybeString;
+/// A value as a [`Field`] (only a string's content kept).
+struct AnyField;
 
-impl<'de> DeserializeSeed<'de> for MaybeString {
-    type Value = Option<String>;
+impl<'de> DeserializeSeed<'de> for AnyField {
+    type Value = Field;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         Ok(match Value::deserialize(d)? {
-            Value::String(s) => Some(s),
-            _ => None,
+            Value::String(s) => Field::Str(s),
+            Value::Null => Field::Null,
+            _ => Field::Other,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! One JSON registry file: flock on the file itself, tolerant reads, in-place writes with a crash sidecar.
 
-use super::cas::{CAS_ROUNDS, Rewrite, WholeValue, edit_in_place};
+use super::cas::{CAS_ROUNDS, Rewrite, UpdateOutcome, WholeValue, edit_in_place};
+use super::error::RegistryError;
 use super::seen;
 use super::torn::find_torn_tail;
 use locked::{Locked, cut_to, reserve};
@@ -14,52 +15,6 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 mod locked;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("{path}: cannot open: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not a regular file (symlink, FIFO or device); skipped")]
-    NotRegular { path: PathBuf },
-    #[error(
-        "{path}: {size} bytes is over the {limit}-byte limit; skipped (raise max_registry_size in the config to read it)"
-    )]
-    TooLarge {
-        path: PathBuf,
-        size: u64,
-        limit: u64,
-    },
-    #[error(
-        "{path}: lock not granted within {waited:?} (another writer holds it); skipped this round"
-    )]
-    LockTimeout { path: PathBuf, waited: Duration },
-    #[error("{path}: unparsable after {attempts} reads ({reason}); left untouched")]
-    Unparsable {
-        path: PathBuf,
-        attempts: u32,
-        reason: String,
-    },
-    #[error(
-        "{path}: a complete document followed by {extra} byte(s) of a longer version this daemon saw (a torn unlocked write); left untouched here, `once` or `run` repair it"
-    )]
-    Torn { path: PathBuf, extra: usize },
-    #[error(
-        "{path}: changed by an unlocked writer {rounds} time(s) in a row between our read and our write; skipped this round"
-    )]
-    Contended { path: PathBuf, rounds: u32 },
-    #[error("{path}: top level is not a JSON object; left untouched")]
-    NotObject { path: PathBuf },
-    #[error("{path}: write failed: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 #[derive(Debug, Clone)]
 pub struct ReadOptions {
@@ -98,13 +53,6 @@ impl Default for UpdateOptions {
             lock_timeout: Duration::from_secs(10),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateOutcome {
-    /// The edit left the value equal to what was read: nothing written.
-    Unchanged,
-    Written,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@ pub(crate) mod cas;
 pub mod edit;
 #[cfg(test)]
 mod edit_tests;
+mod error;
 pub mod json_doc;
 pub mod json_file;
 pub mod pyjson;
@@ -13,7 +14,9 @@ pub mod seen;
 pub mod sqlite;
 pub mod torn;
 
+pub use cas::UpdateOutcome;
+pub use error::RegistryError;
 pub use json_file::{
-    ReadOptions, RegistryError, SidecarRecovery, UpdateOptions, UpdateOutcome, read_registry,
-    recover_sidecar, rewrite_registry, update_registry,
+    ReadOptions, SidecarRecovery, UpdateOptions, read_registry, recover_sidecar, rewrite_registry,
+    update_registry,
 };

@@ -2,6 +2,7 @@
 
 use super::json_file::*;
 use super::seen::{global, seen_path};
+use super::{RegistryError, UpdateOutcome};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

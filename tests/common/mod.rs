@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod moto;
 pub mod shared;
 #[allow(unused_imports)]
 pub use shared::{fixture_workspace, fixtures_dir, orchestrator_src, shared_or_skip};

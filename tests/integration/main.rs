@@ -32,6 +32,7 @@ mod sqlite_lock;
 mod sqlite_read;
 mod sqlite_rules;
 mod torture;
+mod upload;
 mod watch_events;
 
 /// `base` with failing seeds kept beside the module's source (`<module>.proptest-regressions`)

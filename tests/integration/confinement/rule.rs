@@ -26,6 +26,14 @@ const FS_ALLOWED: &[(&str, &str)] = &[
         "/proc/<pid>/cgroup and the cgroup filesystem (cgroup.procs, cgroup.kill)",
     ),
     ("src/procs/panemap.rs", "<state dir>/pane-map.json"),
+    (
+        "src/archive/upload/ledger.rs",
+        "<state dir>/uploaded.jsonl (uploads kept local)",
+    ),
+    (
+        "src/archive/upload/profile.rs",
+        "the AWS profile files in the user's home (~/.aws/credentials, ~/.aws/config)",
+    ),
     ("src/hooks/pending.rs", "<state dir>/hooks-pending.json"),
     (
         "src/config/hooks.rs",

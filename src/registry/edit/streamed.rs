@@ -1,0 +1,228 @@
+//! The task and global registry edits as streamed rewrites of the registry's text: ids and
+//! statuses are read from each entry's text, and only the entries a change applies to are
+//! parsed and edited, one at a time (no `Value` of the whole registry). The text written is
+//! the one the whole-`Value` edits and `to_python_json` would give.
+
+use super::{
+    AgentChange, Applied, GlobalChange, apply_global, apply_to_entry, count_active,
+    follows_transition,
+};
+use crate::model::{StatusClass, classify_status};
+use crate::registry::cas::Rewrite;
+use crate::registry::json_doc::{Doc, Field, fields, string_fields};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// [`super::edit_task_registry`] as a streamed rewrite.
+pub struct TaskEdit<'c> {
+    changes: &'c [AgentChange],
+    /// Per entry index, the changes applied to it, in order.
+    targets: HashMap<usize, Vec<usize>>,
+    /// `active_count` to set (the registry has the key).
+    active: Option<i64>,
+}
+
+impl<'c> TaskEdit<'c> {
+    pub fn new(changes: &'c [AgentChange]) -> Self {
+        TaskEdit {
+            changes,
+            targets: HashMap::new(),
+            active: None,
+        }
+    }
+
+    /// The entry as rendered: as read, with its changes applied.
+    fn entry(&self, index: usize, raw: &RawValue) -> serde_json::Result<Value> {
+        let mut entry: Value = serde_json::from_str(raw.get())?;
+        if let (Some(changes), Some(obj)) = (self.targets.get(&index), entry.as_object_mut()) {
+            for &c in changes {
+                apply_to_entry(obj, &self.changes[c]);
+            }
+        }
+        Ok(entry)
+    }
+}
+
+impl Rewrite for TaskEdit<'_> {
+    type Out = Vec<Applied>;
+
+    fn prepare(&mut self, bytes: &[u8]) -> Result<(Vec<Applied>, bool), String> {
+        self.targets.clear();
+        self.active = None;
+        let doc = Doc::parse(bytes).map_err(|e| e.to_string())?;
+        let Some(list) = doc.list.as_ref().filter(|l| !l.object) else {
+            return Ok((vec![Applied::Missing; self.changes.len()], false));
+        };
+        // Ids (the first entry of each, as a scan finds it) and statuses, from the text.
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(list.items.len());
+        let mut statuses: Vec<Option<String>> = Vec::with_capacity(list.items.len());
+        for (i, (_, raw)) in list.items.iter().enumerate() {
+            let (id, status) = match string_fields(raw, &["id", "status"]).as_deref() {
+                Some([id, status]) => (id.clone(), status.clone()),
+                _ => (None, None),
+            };
+            if let Some(id) = id {
+                index.entry(id).or_insert(i);
+            }
+            statuses.push(status);
+        }
+        // The changes in order, as `apply_at` meets them.
+        let mut applied = Vec::with_capacity(self.changes.len());
+        for (c, change) in self.changes.iter().enumerate() {
+            let Some(&at) = index.get(change.id.as_str()) else {
+                applied.push(Applied::Missing);
+                continue;
+            };
+            if statuses[at].as_deref() != Some(change.expect_status.as_str()) {
+                applied.push(Applied::StatusMoved);
+                continue;
+            }
+            if let Some((status, _)) = change.set_status {
+                statuses[at] = Some(status.to_string());
+            }
+            self.targets.entry(at).or_default().push(c);
+            applied.push(Applied::Done);
+        }
+        drop(index);
+        let mut changed = false;
+        if doc.has_member("active_count") {
+            let active = count_active(statuses.iter().map(Option::as_deref));
+            changed |= member_differs(&doc, "active_count", &json!(active));
+            self.active = Some(active);
+        }
+        for (&at, _) in self.targets.iter() {
+            if changed {
+                break;
+            }
+            let raw = list.items[at].1;
+            let before: Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+            changed |= self.entry(at, raw).map_err(|e| e.to_string())? != before;
+        }
+        Ok((applied, changed))
+    }
+
+    fn render(&mut self, bytes: &[u8], out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let doc = Doc::parse(bytes).map_err(std::io::Error::other)?;
+        let sets: Vec<(String, Value)> = self
+            .active
+            .map(|n| ("active_count".to_string(), json!(n)))
+            .into_iter()
+            .collect();
+        doc.render(&sets, &mut |i, raw| self.entry(i, raw), out)
+    }
+}
+
+/// Whether the current value of member `key` differs from `value`.
+fn member_differs(doc: &Doc<'_>, key: &str, value: &Value) -> bool {
+    let current = doc
+        .members
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, raw)| raw.get());
+    current
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .as_ref()
+        != Some(value)
+}
+
+/// [`super::edit_global_registry`] as a streamed rewrite.
+pub struct GlobalEdit<'c> {
+    changes: &'c [GlobalChange],
+    /// Per entry index, the changes applied to it, in order.
+    targets: HashMap<usize, Vec<usize>>,
+    /// `active_agents` to set (the registry has the key).
+    active: Option<i64>,
+}
+
+impl<'c> GlobalEdit<'c> {
+    pub fn new(changes: &'c [GlobalChange]) -> Self {
+        GlobalEdit {
+            changes,
+            targets: HashMap::new(),
+            active: None,
+        }
+    }
+
+    fn entry(&self, index: usize, raw: &RawValue) -> serde_json::Result<Value> {
+        let mut entry: Value = serde_json::from_str(raw.get())?;
+        if let (Some(changes), Some(obj)) = (self.targets.get(&index), entry.as_object_mut()) {
+            for &c in changes {
+                apply_global(obj, &self.changes[c]);
+            }
+        }
+        Ok(entry)
+    }
+}
+
+impl Rewrite for GlobalEdit<'_> {
+    type Out = ();
+
+    fn prepare(&mut self, bytes: &[u8]) -> Result<((), bool), String> {
+        self.targets.clear();
+        self.active = None;
+        let doc = Doc::parse(bytes).map_err(|e| e.to_string())?;
+        let Some(list) = doc.list.as_ref().filter(|l| l.object) else {
+            return Ok(((), false));
+        };
+        // Each entry's status as `global_active_agents` and the transition look at it;
+        // `None`: not an object (counted active, as a `Value` without a status is).
+        let mut statuses: Vec<Option<Field>> = list
+            .items
+            .iter()
+            .map(|(_, raw)| fields(raw, &["status"]).and_then(|mut f| f.pop()))
+            .collect();
+        let index: HashMap<&str, usize> = list
+            .items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (key, _))| key.as_deref().map(|k| (k, i)))
+            .collect();
+        for (c, change) in self.changes.iter().enumerate() {
+            let Some(&at) = index.get(change.id.as_str()) else {
+                continue;
+            };
+            let Some(status) = &statuses[at] else {
+                continue;
+            };
+            if !follows_transition(status.as_str()) {
+                continue;
+            }
+            statuses[at] = Some(Field::Str(change.status.to_string()));
+            self.targets.entry(at).or_default().push(c);
+        }
+        drop(index);
+        let mut changed = false;
+        if doc.has_member("active_agents") {
+            let active = statuses
+                .iter()
+                .filter(|s| match s {
+                    None | Some(Field::Absent | Field::Null) => true,
+                    Some(Field::Str(s)) => classify_status(s) == StatusClass::Active,
+                    Some(Field::Other) => false,
+                })
+                .count() as i64;
+            changed |= member_differs(&doc, "active_agents", &json!(active));
+            self.active = Some(active);
+        }
+        for &at in self.targets.keys() {
+            if changed {
+                break;
+            }
+            let raw = list.items[at].1;
+            let before: Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+            changed |= self.entry(at, raw).map_err(|e| e.to_string())? != before;
+        }
+        Ok(((), changed))
+    }
+
+    fn render(&mut self, bytes: &[u8], out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let doc = Doc::parse(bytes).map_err(std::io::Error::other)?;
+        let sets: Vec<(String, Value)> = self
+            .active
+            .map(|n| ("active_agents".to_string(), json!(n)))
+            .into_iter()
+            .collect();
+        doc.render(&sets, &mut |i, raw| self.entry(i, raw), out)
+    }
+}
