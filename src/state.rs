@@ -11,25 +11,8 @@ use std::time::{Duration, Instant};
 /// `state_dir` from the config, else `$STATE_DIRECTORY` (systemd `StateDirectory=`), else
 /// `$XDG_STATE_HOME/agent-reaper`, else `~/.local/state/agent-reaper`.
 pub fn state_dir(config: &Config) -> Result<PathBuf> {
-    if let Some(dir) = &config.state_dir {
-        return Ok(dir.clone());
-    }
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(dirs) = env("STATE_DIRECTORY") {
-        // systemd passes a colon-separated list when several are configured.
-        let first = dirs
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        return Ok(PathBuf::from(first));
-    }
-    if let Some(xdg) = env("XDG_STATE_HOME") {
-        return Ok(PathBuf::from(xdg).join("agent-reaper"));
-    }
-    match env("HOME") {
-        Some(home) => Ok(PathBuf::from(home).join(".local/state/agent-reaper")),
+    match crate::config::layer::state_dir(config) {
+        Some(dir) => Ok(dir),
         None => bail!("no state directory: set state_dir, --state-dir, STATE_DIRECTORY or HOME"),
     }
 }

@@ -162,8 +162,7 @@ pub fn survey(config: &Config, tasks: &[SeenTask<'_>], now: SystemTime) -> Archi
         // retention may only drop what the upload ledger says is in the bucket unchanged
         // (`keep_local`); without `keep_local` an uploaded archive is already gone locally.
         let uploaded = config.archive_url.as_ref().map(|_| {
-            crate::state::state_dir(config)
-                .ok()
+            crate::config::layer::state_dir(config)
                 .and_then(|d| Ledger::load(&d).ok())
                 .unwrap_or_default()
         });

@@ -5,6 +5,29 @@ use super::{Config, ConfigError, TmuxSocketSetting};
 use crate::procs::{TmuxClient, TmuxSocket};
 use std::path::{Path, PathBuf};
 
+/// `state_dir` from the config, else `$STATE_DIRECTORY` (systemd `StateDirectory=`), else
+/// `$XDG_STATE_HOME/agent-reaper`, else `~/.local/state/agent-reaper` (none without HOME).
+pub fn state_dir(config: &Config) -> Option<PathBuf> {
+    if let Some(dir) = &config.state_dir {
+        return Some(dir.clone());
+    }
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(dirs) = env("STATE_DIRECTORY") {
+        // systemd passes a colon-separated list when several are configured.
+        let first = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        return Some(PathBuf::from(first));
+    }
+    if let Some(xdg) = env("XDG_STATE_HOME") {
+        return Some(PathBuf::from(xdg).join("agent-reaper"));
+    }
+    env("HOME").map(|home| PathBuf::from(home).join(".local/state/agent-reaper"))
+}
+
 /// What the command line sets over the config file; kept by the daemon so a reload layers
 /// the file it re-reads the same way.
 #[derive(Debug, Clone, Default)]
