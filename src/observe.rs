@@ -1,6 +1,7 @@
 //! One round's snapshot of the world: registries, files, tmux and /proc, turned into `AgentFacts`.
 
 mod folders;
+mod quiet;
 pub mod tail;
 pub mod tracked;
 
@@ -15,6 +16,8 @@ use crate::procs::{
     Evidence, ProcKey, ProcTable, SessionIdentity, SetContext, TmuxError, TmuxSnapshot, agent_set,
 };
 use crate::workspace::{AgentFiles, LogKind, TaskDir, agent_files};
+pub use quiet::QuietAgent;
+use quiet::cleaned_status;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -65,6 +68,9 @@ pub struct TaskView {
     pub duplicates: Vec<AgentId>,
     /// The registry could not be read: the task is skipped this round.
     pub error: Option<String>,
+    /// Agents already cleaned with nothing of theirs present: kept as id and status only
+    /// (no view), so a registry of 300,000 cleaned agents costs little.
+    pub quiet: Vec<QuietAgent>,
 }
 
 /// tmux's answer this round.
@@ -228,11 +234,14 @@ pub struct PendingAgent {
 }
 
 /// Builds the agents of one task registry. Call `agent_view` on each afterwards with the
-/// writers of all logs so /proc is scanned once for every task together.
+/// writers of all logs so /proc is scanned once for every task together. `unseen`: no
+/// session of the agent runs or is remembered (false whenever tmux did not answer); a
+/// cleaned agent that is unseen and has no file present becomes a [`QuietAgent`].
 pub fn task_view(
     task: &TaskDir,
     backend: Backend,
     registry: Result<Value, String>,
+    unseen: &dyn Fn(&AgentId) -> bool,
 ) -> (TaskView, Vec<PendingAgent>) {
     let mut view = TaskView {
         task: task.clone(),
@@ -243,6 +252,7 @@ pub fn task_view(
         warnings: Vec::new(),
         duplicates: Vec::new(),
         error: None,
+        quiet: Vec::new(),
     };
     let mut root = match registry {
         Ok(root) => root,
@@ -306,6 +316,24 @@ pub fn task_view(
             &files,
         ));
         let logs = existing_logs(&mut folders, task, &files.logs, &mut warnings);
+        // Files are looked up in the one listing of each folder: a cleaned agent with none
+        // present costs no view (a late log or a leftover prompt brings the full one back).
+        if logs.is_empty()
+            && warnings.is_empty()
+            && let Some(status) = cleaned_status(&entry, backend == Backend::Sqlite)
+            && unseen(&id)
+            && matches!(
+                stat_regular_with(task, &files.prompt, |rel| folders.metadata(rel)),
+                Ok(None)
+            )
+        {
+            view.quiet.push(QuietAgent {
+                at: pending.len(),
+                id,
+                status,
+            });
+            continue;
+        }
         pending.push(PendingAgent {
             db_backed: backend == Backend::Sqlite,
             id,

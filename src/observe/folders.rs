@@ -30,6 +30,8 @@ pub struct Folders<'d> {
     task_dir: &'d Dir,
     list: bool,
     opened: HashMap<PathBuf, Folder>,
+    /// Hashes of the task folder's own names, once listed (for its agents' prompts).
+    root: Option<Option<HashSet<u64>>>,
 }
 
 impl<'d> Folders<'d> {
@@ -39,6 +41,7 @@ impl<'d> Folders<'d> {
             task_dir,
             list: agents >= LIST_FROM,
             opened: HashMap::new(),
+            root: None,
         }
     }
 
@@ -49,6 +52,18 @@ impl<'d> Folders<'d> {
         let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
             return self.task_dir.metadata(rel);
         };
+        // A name in the task folder: not in its one listing means not there.
+        if parent.as_os_str().is_empty() && self.list {
+            let task_dir = self.task_dir;
+            let names = self.root.get_or_insert_with(|| listing(task_dir));
+            if names
+                .as_ref()
+                .is_some_and(|n| !n.contains(&name_hash(name)))
+            {
+                return Ok(None);
+            }
+            return self.task_dir.metadata(rel);
+        }
         // The task folder itself, or deeper than one subfolder: the usual way.
         if parent.as_os_str().is_empty() || parent.parent() != Some(Path::new("")) {
             return self.task_dir.metadata(rel);
@@ -111,6 +126,7 @@ mod tests {
         let task = tmp.path();
         fs::create_dir_all(task.join("logs")).unwrap();
         fs::write(task.join("logs/a_stream.jsonl"), "x").unwrap();
+        fs::write(task.join("agent_prompt_a.txt"), "x").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", task.join("logs/b_stream.jsonl")).unwrap();
         fs::create_dir(task.join("elsewhere")).unwrap();
         fs::write(task.join("elsewhere/c_progress.jsonl"), "x").unwrap();
@@ -126,6 +142,9 @@ mod tests {
             );
             assert!(look(task, agents, "logs/missing.jsonl").unwrap().is_none());
             assert!(look(task, agents, "findings/x.jsonl").unwrap().is_none());
+            let prompt = look(task, agents, "agent_prompt_a.txt").unwrap().unwrap();
+            assert_eq!(prompt.kind, EntryKind::File, "a name of the task folder");
+            assert!(look(task, agents, "agent_prompt_b.txt").unwrap().is_none());
             // A symlinked subfolder is refused the way the task handle refuses it.
             let err = look(task, agents, "progress/c_progress.jsonl").unwrap_err();
             assert!(matches!(err, FsError::Symlink { .. }), "{err}");

@@ -235,6 +235,7 @@ pub fn forget_cleaned(
             }
         }
         listed.extend(view.duplicates.iter().map(|d| d.as_str()));
+        listed.extend(view.quiet.iter().map(|q| q.id.as_str()));
     }
     if full_pass && views.iter().all(|v| v.error.is_none()) {
         let gone: Vec<String> = map

@@ -63,6 +63,7 @@ pub fn ambiguous(views: &[TaskView], clean: &[&CleanTask]) -> BTreeMap<AgentId, 
         v.agents
             .iter()
             .map(|a| &a.id)
+            .chain(v.quiet.iter().map(|q| &q.id))
             .chain(v.duplicates.iter().flat_map(|d| [d, d]))
             .map(move |id| (task, id))
     });
@@ -79,6 +80,7 @@ pub fn newly_clean(
     decisions: &[Vec<Decision>],
     written: &[bool],
     keys: &HashMap<PathBuf, FileKey>,
+    ambiguous: &BTreeMap<AgentId, String>,
 ) -> Vec<(PathBuf, CleanTask)> {
     let mut out = Vec::new();
     for (t, v) in views.iter().enumerate() {
@@ -92,7 +94,8 @@ pub fn newly_clean(
                     && d.actions.is_empty()
                     && d.waiting.is_none()
                     && a.warnings.is_empty()
-            });
+            })
+            && v.quiet.iter().all(|q| !ambiguous.contains_key(&q.id));
         let Some(key) = keys.get(&v.task.dir).filter(|_| clean) else {
             continue;
         };
@@ -100,6 +103,7 @@ pub fn newly_clean(
             .agents
             .iter()
             .map(|a| session_hash(&a.session_name()))
+            .chain(v.quiet.iter().map(|q| session_hash(&q.session_name())))
             .collect();
         sessions.sort_unstable();
         sessions.dedup();
@@ -108,7 +112,12 @@ pub fn newly_clean(
             CleanTask {
                 key: *key,
                 task_id: v.task.task_id.clone(),
-                ids: v.agents.iter().map(|a| a.id.clone()).collect(),
+                ids: v
+                    .agents
+                    .iter()
+                    .map(|a| a.id.clone())
+                    .chain(v.quiet.iter().map(|q| q.id.clone()))
+                    .collect(),
                 sessions,
             },
         ));

@@ -150,6 +150,14 @@ impl Reaper {
         // Observe every task of every base.
         let mut views: Vec<TaskView> = Vec::new();
         let mut pending: Vec<Vec<PendingAgent>> = Vec::new();
+        // Nothing of the agent runs or is remembered: with tmux's answer only.
+        let unseen = |id: &crate::model::AgentId| match &tmux {
+            Ok(snapshot) => {
+                !snapshot.sessions.contains_key(&id.session_name())
+                    && self.pane_map.get(id).is_empty()
+            }
+            Err(_) => false,
+        };
         self.state_dbs.clear();
         for base in &self.config.workspace_bases {
             let mut tasks = match discover_tasks(base) {
@@ -205,6 +213,7 @@ impl Reaper {
                         &task,
                         Backend::Sqlite,
                         Ok(serde_json::json!({ "agents": rows })),
+                        &unseen,
                     ),
                     None => {
                         let (root, key) = read::read_small(
@@ -214,7 +223,7 @@ impl Reaper {
                         if let Some(key) = key {
                             keys.insert(task.dir.clone(), key);
                         }
-                        task_view(&task, Backend::Json, root)
+                        task_view(&task, Backend::Json, root, &unseen)
                     }
                 };
                 views.push(view);
@@ -326,7 +335,7 @@ impl Reaper {
                 (decisions, Some(outcomes))
             }
         };
-        fill_report(&mut report, &views, &decisions, outcomes);
+        fill_report(&mut report, &views, &decisions, outcomes, &ambiguous);
         for task in &mut report.tasks {
             if restored.contains(&task.dir) {
                 task.done.push(TaskEvent::RegistryRestored);
@@ -341,6 +350,7 @@ impl Reaper {
                 &decisions,
                 &report.written_tasks,
                 &keys,
+                &ambiguous,
             ));
         }
         // Hooks see only what this pass committed (in `plan`: what it would commit).
@@ -382,6 +392,12 @@ impl Reaper {
             .iter()
             .flat_map(|v| &v.agents)
             .map(AgentView::session_name)
+            .chain(
+                views
+                    .iter()
+                    .flat_map(|v| &v.quiet)
+                    .map(|q| q.session_name()),
+            )
             .collect();
         let mut keep: HashMap<String, SystemTime> = self
             .gone_since

@@ -300,6 +300,57 @@ fn late_bytes_are_appended_to_the_one_archive() {
     );
 }
 
+/// Cleaned agents with nothing present are kept as ids only (see `observe::quiet`): one
+/// whose log reappears still gets its late bytes appended, the others stay reported as
+/// cleaned, in registry order, with nothing done.
+#[test]
+fn a_cleaned_agent_whose_log_reappears_is_handled_among_quiet_ones() {
+    let b = Bench::new();
+    let ids = [
+        "quiet-120001-0a0b0c",
+        "chatty-120006-0a0b0c",
+        "quiet-120002-0a0b0c",
+    ];
+    b.task(
+        TASK,
+        ids.iter()
+            .map(|id| b.agent(id, "completed", b.ago(HOUR)))
+            .collect(),
+    );
+    let rel = format!("progress/{}_progress.jsonl", ids[1]);
+    b.file(TASK, &rel, "{\"line\":1}\n", b.ago(HOUR));
+    let mut reaper = b.reaper();
+    let first = pass(&mut reaper);
+    assert!(
+        ids.iter()
+            .all(|id| b.entry(TASK, id)["auto_cleanup_result"]["success"] == true)
+    );
+    assert_eq!(first.totals.agents_seen, 3);
+
+    b.file(TASK, &rel, "{\"line\":2}\n", b.ago(HOUR));
+    let second = pass(&mut reaper);
+    let listed: Vec<&str> = second.tasks[0]
+        .agents
+        .iter()
+        .map(|a| a.id.as_str())
+        .collect();
+    assert_eq!(listed, ids);
+    assert_eq!(second.totals.agents_seen, 3);
+    assert!(matches!(
+        agent_report(&second, ids[1]).done[..],
+        [PassEvent::Appended { bytes: 11, .. }]
+    ));
+    for quiet in [ids[0], ids[2]] {
+        let r = agent_report(&second, quiet);
+        assert_eq!(r.class, AgentClass::Cleaned);
+        assert!(
+            r.done.is_empty() && r.actions.is_empty() && r.errors.is_empty(),
+            "{r:?}"
+        );
+        assert_eq!(r.status, "completed");
+    }
+}
+
 /// A pass that dies between moving a log into its archive and recording it leaves the
 /// archive and no record; the next reaper (a restart) records the archive as archived,
 /// without moving or copying anything again.

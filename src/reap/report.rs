@@ -1,11 +1,12 @@
 //! What a pass returns: per task and agent, what was decided, done and still awaited.
 
 use crate::decide::{Action, AgentClass, Decision};
-use crate::model::StatusClass;
+use crate::model::{AgentId, StatusClass};
 use crate::observe::TaskView;
 use crate::reap::events::{OrphanOutcome, PassEvent, TaskEvent};
 use crate::reap::outcome::Outcome;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -180,6 +181,7 @@ pub(super) fn fill_report(
     views: &[TaskView],
     decisions: &[Vec<Decision>],
     outcomes: Option<Vec<Vec<Outcome>>>,
+    ambiguous: &BTreeMap<AgentId, String>,
 ) {
     let totals = &mut report.totals;
     for (t, view) in views.iter().enumerate() {
@@ -197,7 +199,29 @@ pub(super) fn fill_report(
         if view.error.is_some() {
             totals.errors += 1;
         }
-        for (a, agent) in view.agents.iter().enumerate() {
+        // Quiet agents (cleaned, nothing present) in registry order among the others.
+        let mut quiet = view.quiet.iter().peekable();
+        for a in 0..=view.agents.len() {
+            while let Some(q) = quiet.next_if(|q| q.at <= a) {
+                let d = quiet_decision(&q.id, ambiguous);
+                totals.agents_seen += 1;
+                totals.settling += usize::from(d.waiting.is_some());
+                task.agents.push(AgentReport {
+                    id: q.id.to_string(),
+                    status: q.status.to_string(),
+                    new_status: None,
+                    class: d.class,
+                    actions: Vec::new(),
+                    waiting: d.waiting,
+                    recheck: d.recheck,
+                    done: Vec::new(),
+                    errors: Vec::new(),
+                    warnings: Vec::new(),
+                });
+            }
+            let Some(agent) = view.agents.get(a) else {
+                break;
+            };
             let d = &decisions[t][a];
             let mut r = AgentReport {
                 id: agent.id.to_string(),
@@ -232,6 +256,19 @@ pub(super) fn fill_report(
         report.tasks.push(task);
     }
     report.totals.errors += report.errors.len();
+}
+
+/// What `decide` says of a quiet agent: cleaned, nothing to do (unless its id is ambiguous).
+pub(crate) fn quiet_decision(id: &AgentId, ambiguous: &BTreeMap<AgentId, String>) -> Decision {
+    match ambiguous.get(id) {
+        Some(why) => Decision::ambiguous(why),
+        None => Decision {
+            class: AgentClass::Cleaned,
+            actions: Vec::new(),
+            waiting: None,
+            recheck: None,
+        },
+    }
 }
 
 impl TaskReport {
