@@ -11,25 +11,35 @@ use crate::model::{StatusClass, classify_status};
 use crate::registry::cas::Rewrite;
 use crate::registry::json_doc::{Doc, Field, fields, string_fields};
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// [`super::edit_task_registry`] as a streamed rewrite.
-pub struct TaskEdit<'c> {
-    changes: &'c [AgentChange],
+/// What both streamed edits keep between `prepare` and `render`: the changes, the entries
+/// they apply to, and the count member to set.
+struct Targets<'c, C> {
+    changes: &'c [C],
     /// Per entry index, the changes applied to it, in order.
     targets: HashMap<usize, Vec<usize>>,
-    /// `active_count` to set (the registry has the key).
-    active: Option<i64>,
+    /// The count member (`active_count` / `active_agents`) and its value, when the registry
+    /// has it.
+    active: Option<(&'static str, i64)>,
+    apply: fn(&mut Map<String, Value>, &C),
 }
 
-impl<'c> TaskEdit<'c> {
-    pub fn new(changes: &'c [AgentChange]) -> Self {
-        TaskEdit {
+impl<'c, C> Targets<'c, C> {
+    fn new(changes: &'c [C], apply: fn(&mut Map<String, Value>, &C)) -> Self {
+        Targets {
             changes,
             targets: HashMap::new(),
             active: None,
+            apply,
         }
+    }
+
+    fn clear(&mut self) {
+        self.targets.clear();
+        self.active = None;
     }
 
     /// The entry as rendered: as read, with its changes applied.
@@ -37,10 +47,53 @@ impl<'c> TaskEdit<'c> {
         let mut entry: Value = serde_json::from_str(raw.get())?;
         if let (Some(changes), Some(obj)) = (self.targets.get(&index), entry.as_object_mut()) {
             for &c in changes {
-                apply_to_entry(obj, &self.changes[c]);
+                (self.apply)(obj, &self.changes[c]);
             }
         }
         Ok(entry)
+    }
+
+    /// Sets the count member `key` to `active` when the document has it; whether that
+    /// changes it.
+    fn count(&mut self, doc: &Doc<'_>, key: &'static str, active: i64) -> bool {
+        if !doc.has_member(key) {
+            return false;
+        }
+        self.active = Some((key, active));
+        member_differs(doc, key, &json!(active))
+    }
+
+    /// Whether an edited entry of `items` differs from what it was (stops at the first).
+    fn entries_change(&self, items: &[(Option<Cow<'_, str>>, &RawValue)]) -> Result<bool, String> {
+        for &at in self.targets.keys() {
+            let raw = items[at].1;
+            let before: Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+            if self.entry(at, raw).map_err(|e| e.to_string())? != before {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn render(&self, bytes: &[u8], out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let doc = Doc::parse(bytes).map_err(std::io::Error::other)?;
+        let sets: Vec<(String, Value)> = self
+            .active
+            .map(|(key, n)| (key.to_string(), json!(n)))
+            .into_iter()
+            .collect();
+        doc.render(&sets, &mut |i, raw| self.entry(i, raw), out)
+    }
+}
+
+/// [`super::edit_task_registry`] as a streamed rewrite.
+pub struct TaskEdit<'c>(Targets<'c, AgentChange>);
+
+impl<'c> TaskEdit<'c> {
+    pub fn new(changes: &'c [AgentChange]) -> Self {
+        TaskEdit(Targets::new(changes, |obj, change| {
+            apply_to_entry(obj, change);
+        }))
     }
 }
 
@@ -48,11 +101,11 @@ impl Rewrite for TaskEdit<'_> {
     type Out = Vec<Applied>;
 
     fn prepare(&mut self, bytes: &[u8]) -> Result<(Vec<Applied>, bool), String> {
-        self.targets.clear();
-        self.active = None;
+        let t = &mut self.0;
+        t.clear();
         let doc = Doc::parse(bytes).map_err(|e| e.to_string())?;
         let Some(list) = doc.list.as_ref().filter(|l| !l.object) else {
-            return Ok((vec![Applied::Missing; self.changes.len()], false));
+            return Ok((vec![Applied::Missing; t.changes.len()], false));
         };
         // Ids (the first entry of each, as a scan finds it) and statuses, from the text.
         let mut index: HashMap<String, usize> = HashMap::with_capacity(list.items.len());
@@ -68,8 +121,8 @@ impl Rewrite for TaskEdit<'_> {
             statuses.push(status);
         }
         // The changes in order, as `apply_at` meets them.
-        let mut applied = Vec::with_capacity(self.changes.len());
-        for (c, change) in self.changes.iter().enumerate() {
+        let mut applied = Vec::with_capacity(t.changes.len());
+        for (c, change) in t.changes.iter().enumerate() {
             let Some(&at) = index.get(change.id.as_str()) else {
                 applied.push(Applied::Missing);
                 continue;
@@ -81,35 +134,17 @@ impl Rewrite for TaskEdit<'_> {
             if let Some((status, _)) = change.set_status {
                 statuses[at] = Some(status.to_string());
             }
-            self.targets.entry(at).or_default().push(c);
+            t.targets.entry(at).or_default().push(c);
             applied.push(Applied::Done);
         }
         drop(index);
-        let mut changed = false;
-        if doc.has_member("active_count") {
-            let active = count_active(statuses.iter().map(Option::as_deref));
-            changed |= member_differs(&doc, "active_count", &json!(active));
-            self.active = Some(active);
-        }
-        for (&at, _) in self.targets.iter() {
-            if changed {
-                break;
-            }
-            let raw = list.items[at].1;
-            let before: Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-            changed |= self.entry(at, raw).map_err(|e| e.to_string())? != before;
-        }
+        let active = count_active(statuses.iter().map(Option::as_deref));
+        let changed = t.count(&doc, "active_count", active) || t.entries_change(&list.items)?;
         Ok((applied, changed))
     }
 
     fn render(&mut self, bytes: &[u8], out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let doc = Doc::parse(bytes).map_err(std::io::Error::other)?;
-        let sets: Vec<(String, Value)> = self
-            .active
-            .map(|n| ("active_count".to_string(), json!(n)))
-            .into_iter()
-            .collect();
-        doc.render(&sets, &mut |i, raw| self.entry(i, raw), out)
+        self.0.render(bytes, out)
     }
 }
 
@@ -127,31 +162,11 @@ fn member_differs(doc: &Doc<'_>, key: &str, value: &Value) -> bool {
 }
 
 /// [`super::edit_global_registry`] as a streamed rewrite.
-pub struct GlobalEdit<'c> {
-    changes: &'c [GlobalChange],
-    /// Per entry index, the changes applied to it, in order.
-    targets: HashMap<usize, Vec<usize>>,
-    /// `active_agents` to set (the registry has the key).
-    active: Option<i64>,
-}
+pub struct GlobalEdit<'c>(Targets<'c, GlobalChange>);
 
 impl<'c> GlobalEdit<'c> {
     pub fn new(changes: &'c [GlobalChange]) -> Self {
-        GlobalEdit {
-            changes,
-            targets: HashMap::new(),
-            active: None,
-        }
-    }
-
-    fn entry(&self, index: usize, raw: &RawValue) -> serde_json::Result<Value> {
-        let mut entry: Value = serde_json::from_str(raw.get())?;
-        if let (Some(changes), Some(obj)) = (self.targets.get(&index), entry.as_object_mut()) {
-            for &c in changes {
-                apply_global(obj, &self.changes[c]);
-            }
-        }
-        Ok(entry)
+        GlobalEdit(Targets::new(changes, apply_global))
     }
 }
 
@@ -159,8 +174,8 @@ impl Rewrite for GlobalEdit<'_> {
     type Out = ();
 
     fn prepare(&mut self, bytes: &[u8]) -> Result<((), bool), String> {
-        self.targets.clear();
-        self.active = None;
+        let t = &mut self.0;
+        t.clear();
         let doc = Doc::parse(bytes).map_err(|e| e.to_string())?;
         let Some(list) = doc.list.as_ref().filter(|l| l.object) else {
             return Ok(((), false));
@@ -178,7 +193,7 @@ impl Rewrite for GlobalEdit<'_> {
             .enumerate()
             .filter_map(|(i, (key, _))| key.as_deref().map(|k| (k, i)))
             .collect();
-        for (c, change) in self.changes.iter().enumerate() {
+        for (c, change) in t.changes.iter().enumerate() {
             let Some(&at) = index.get(change.id.as_str()) else {
                 continue;
             };
@@ -189,40 +204,22 @@ impl Rewrite for GlobalEdit<'_> {
                 continue;
             }
             statuses[at] = Some(Field::Str(change.status.to_string()));
-            self.targets.entry(at).or_default().push(c);
+            t.targets.entry(at).or_default().push(c);
         }
         drop(index);
-        let mut changed = false;
-        if doc.has_member("active_agents") {
-            let active = statuses
-                .iter()
-                .filter(|s| match s {
-                    None | Some(Field::Absent | Field::Null) => true,
-                    Some(Field::Str(s)) => classify_status(s) == StatusClass::Active,
-                    Some(Field::Other) => false,
-                })
-                .count() as i64;
-            changed |= member_differs(&doc, "active_agents", &json!(active));
-            self.active = Some(active);
-        }
-        for &at in self.targets.keys() {
-            if changed {
-                break;
-            }
-            let raw = list.items[at].1;
-            let before: Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-            changed |= self.entry(at, raw).map_err(|e| e.to_string())? != before;
-        }
+        let active = statuses
+            .iter()
+            .filter(|s| match s {
+                None | Some(Field::Absent | Field::Null) => true,
+                Some(Field::Str(s)) => classify_status(s) == StatusClass::Active,
+                Some(Field::Other) => false,
+            })
+            .count() as i64;
+        let changed = t.count(&doc, "active_agents", active) || t.entries_change(&list.items)?;
         Ok(((), changed))
     }
 
     fn render(&mut self, bytes: &[u8], out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let doc = Doc::parse(bytes).map_err(std::io::Error::other)?;
-        let sets: Vec<(String, Value)> = self
-            .active
-            .map(|n| ("active_agents".to_string(), json!(n)))
-            .into_iter()
-            .collect();
-        doc.render(&sets, &mut |i, raw| self.entry(i, raw), out)
+        self.0.render(bytes, out)
     }
 }
