@@ -67,8 +67,10 @@ fn main() {
         cpu_secs(pid) - settled
     );
     let cpu_start = cpu_secs(pid);
+    let children_start = children_cpu_secs(pid);
     std::thread::sleep(Duration::from_secs(idle_secs));
     let cpu = cpu_secs(pid) - cpu_start;
+    let children = children_cpu_secs(pid) - children_start;
     let per_minute = cpu * 60.0 / idle_secs as f64;
     rss_line(
         &format!("{tasks} task folders, daemon RSS after READY (peak)"),
@@ -84,5 +86,23 @@ fn main() {
          {cpu:.2} s over {idle_secs} s scaled to 60 s, 10 ms tick resolution){}",
         verdict(per_minute <= 0.02)
     );
+    println!(
+        "{tasks} task folders, idle CPU of the daemon's children (tmux clients asked for \
+         sessions, no goal): {:.3} CPU-s per minute",
+        children * 60.0 / idle_secs as f64
+    );
     d.stop();
+}
+
+/// User + system CPU of `pid`'s waited-for children (`cutime` + `cstime`), in seconds.
+fn children_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (fields.get(13).unwrap_or(&0.0) + fields.get(14).unwrap_or(&0.0)) / 100.0
 }
