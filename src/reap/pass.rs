@@ -212,18 +212,21 @@ impl Reaper {
                     Some(rows) => task_view(
                         &task,
                         Backend::Sqlite,
-                        Ok(serde_json::json!({ "agents": rows })),
+                        Ok(observe::entries::from_rows(rows)),
                         &unseen,
                     ),
                     None => {
-                        let (root, key) = read::read_small(
+                        let read = read::read_lean(
                             &task.registry(),
                             &read_options(&self.config, matches!(mode, Mode::Execute { .. })),
                         );
-                        if let Some(key) = key {
-                            keys.insert(task.dir.clone(), key);
-                        }
-                        task_view(&task, Backend::Json, root, &unseen)
+                        let registry = read.map(|(registry, key)| {
+                            if let Some(key) = key {
+                                keys.insert(task.dir.clone(), key);
+                            }
+                            registry
+                        });
+                        task_view(&task, Backend::Json, registry, &unseen)
                     }
                 };
                 views.push(view);
