@@ -348,6 +348,10 @@ pub fn task_view(
 }
 
 impl PendingAgent {
+    pub fn id(&self) -> &AgentId {
+        &self.id
+    }
+
     pub fn file_ids(&self) -> impl Iterator<Item = DevIno> + '_ {
         self.logs.iter().map(|l| l.id)
     }
