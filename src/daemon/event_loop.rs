@@ -4,6 +4,7 @@ use super::handler::{self, OnSignal, Wake};
 use super::health;
 use super::progress::{Heartbeat, describe_stuck, may_feed_watchdog};
 use super::schedule::Schedule;
+use super::steady;
 use crate::config::Config;
 use crate::config::layer::{Overrides, resolve_config, tmux_client};
 use crate::decide::AgentClass;
@@ -34,7 +35,20 @@ fn notify(states: &[NotifyState]) {
 }
 
 /// A pass running on a blocking thread; the reaper comes back with its report.
-type InFlight = JoinHandle<(Reaper, PassReport, Duration)>;
+type InFlight = JoinHandle<PassDone>;
+
+/// What a pass hands back to the loop.
+struct PassDone {
+    reaper: Reaper,
+    /// `None`: a periodic reconcile in the steady state found tmux's sessions unchanged
+    /// and ran no pass.
+    report: Option<PassReport>,
+    /// A full pass (or the look that stood in for one).
+    full: bool,
+    /// Full passes: tmux's sessions (`steady::sessions_key`) as seen right before the pass.
+    sessions: Option<u64>,
+    took: Duration,
+}
 
 struct Daemon {
     /// The command line's settings, layered again over the file on reload.
@@ -68,6 +82,11 @@ struct Daemon {
     warned: HashSet<String>,
     /// The lock of every workspace base served (none in a dry run).
     base_locks: BaseLocks,
+    /// tmux's sessions when the last full pass left nothing pending (`steady::is_steady`):
+    /// a periodic reconcile that finds them unchanged runs no pass.
+    steady_sessions: Option<u64>,
+    /// Periodic reconciles skipped in a row (bounded by `steady::MAX_SKIPS`).
+    steady_skips: u32,
 }
 
 pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
@@ -121,6 +140,8 @@ pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
             watchdog_withheld: false,
             warned: HashSet::new(),
             base_locks,
+            steady_sessions: None,
+            steady_skips: 0,
         };
         daemon.main_loop(events_rx).await
     });
@@ -211,9 +232,19 @@ impl Daemon {
                 Some(event) = events.recv() => self.on_event(event),
                 result = async { self.in_flight.as_mut().expect("guarded").await }, if self.in_flight.is_some() => {
                     self.in_flight = None;
-                    let (reaper, report, took) = result.context("a pass panicked")?;
-                    self.reaper = Some(reaper);
-                    self.after_pass(&report, took);
+                    let done = result.context("a pass panicked")?;
+                    self.reaper = Some(done.reaper);
+                    if let Some(config) = self.pending_config.take()
+                        && let Some(reaper) = self.reaper.as_mut()
+                    {
+                        reaper.config = config;
+                    }
+                    match done.report {
+                        Some(report) => {
+                            self.after_pass(&report, done.full.then_some(done.sessions), done.took)
+                        }
+                        None => self.after_look(),
+                    }
                     if stopping.is_some() {
                         break;
                     }
@@ -297,9 +328,17 @@ impl Daemon {
             return;
         };
         let scope = self.schedule.take_due(Instant::now());
+        // In the steady state a trusted full pass only runs when tmux's sessions changed.
+        let mut known_sessions = None;
         if scope.is_none() {
             let watched = self.watcher.as_ref().is_some_and(|w| !w.is_polling());
             reaper.trust_clean_cache = watched && !std::mem::take(&mut self.verify_next_full);
+            let config = &reaper.config;
+            // Retention and uploads work by the clock: their full passes always run.
+            let clockless = !config.retention.is_enabled() && config.archive_url.is_none();
+            if reaper.trust_clean_cache && clockless && self.steady_skips < steady::MAX_SKIPS {
+                known_sessions = self.steady_sessions;
+            }
         }
         // A base created since the start is taken now; one another reaper holds waits.
         if !self.dry_run {
@@ -315,6 +354,20 @@ impl Daemon {
         self.heartbeat.pass_started(Instant::now());
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let started = Instant::now();
+            // Taken before the pass: a session that comes after is seen by the next look.
+            let sessions = match scope {
+                None => steady::sessions_key(&reaper.tmux.snapshot()),
+                Some(_) => None,
+            };
+            if known_sessions.is_some() && known_sessions == sessions {
+                return PassDone {
+                    reaper,
+                    report: None,
+                    full: true,
+                    sessions,
+                    took: started.elapsed(),
+                };
+            }
             let mut report = reaper.run_scoped(mode, scope.as_ref());
             // Retention needs every task of a base in view: full reconciles only.
             if scope.is_none() && reaper.config.retention.is_enabled() {
@@ -326,15 +379,34 @@ impl Daemon {
                 }
                 report.archives = Some(archives);
             }
-            (reaper, report, started.elapsed())
+            PassDone {
+                reaper,
+                report: Some(report),
+                full: scope.is_none(),
+                sessions,
+                took: started.elapsed(),
+            }
         }));
     }
 
-    fn after_pass(&mut self, report: &PassReport, took: Duration) {
-        if let Some(config) = self.pending_config.take()
-            && let Some(reaper) = self.reaper.as_mut()
-        {
-            reaper.config = config;
+    /// A periodic reconcile that found nothing changed: the daemon is alive, nothing else.
+    fn after_look(&mut self) {
+        self.steady_skips += 1;
+        tracing::debug!("steady: tmux sessions unchanged, no pass");
+        health::write_all(&self.config);
+    }
+
+    /// `full`: for a full pass, tmux's sessions right before it (see `PassDone`).
+    fn after_pass(&mut self, report: &PassReport, full: Option<Option<u64>>, took: Duration) {
+        let steady = steady::is_steady(report, self.config.kill_orphan_sessions);
+        match full {
+            Some(sessions) => {
+                self.steady_skips = 0;
+                self.steady_sessions = sessions.filter(|_| steady);
+            }
+            // A task's own pass that left work for a later look: the next reconcile runs.
+            None if !steady => self.steady_sessions = None,
+            None => {}
         }
         log_report(report, self.dry_run);
         self.log_new_warnings(report);

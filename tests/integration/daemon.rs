@@ -393,3 +393,35 @@ fn a_stuck_pass_starves_the_watchdog_and_sigterm_still_exits_within_shutdown_tim
     assert_eq!(fs::read(registry(&s)).unwrap(), before);
     drop(holder);
 }
+
+/// Idle, with a healthy watch and every agent cleaned, a periodic reconcile only asks tmux
+/// for its sessions (no pass); a session that comes back for a cleaned agent writes no
+/// file, and that look still finds it: the full pass runs and the session is stopped.
+#[test]
+fn idle_reconciles_only_look_at_tmux_and_still_find_a_session_back_for_a_cleaned_agent() {
+    let s = Sandbox::new();
+    s.write_config(
+        "settle = \"200ms\"\nreconcile_interval = \"300ms\"\nsession_poll_interval = \"1h\"\n\
+         terminal_grace = \"0s\"\nterm_grace = [\"200ms\"]\n",
+    );
+    write_task(&s.base(), TASK, json!([agent_entry(ID, "completed")]));
+    append_line(&progress(&s), "{\"line\":0}\n");
+    age_files(&s.task(TASK));
+    let d = Daemon::start_with(&s, |cmd| {
+        cmd.env("AGENT_REAPER_LOG", "debug");
+    });
+    assert!(wait_until(WAIT, || recorded(&s)), "not recorded");
+    assert!(
+        d.wait_log("steady: tmux sessions unchanged"),
+        "periodic reconciles still run whole passes"
+    );
+    let session = format!("agent_{ID}");
+    s.start_session(&session, "sleep 600");
+    let alive = || {
+        s.tmux()
+            .args(["has-session", "-t", &format!("={session}")])
+            .status()
+            .is_ok_and(|st| st.success())
+    };
+    assert!(wait_until(WAIT, || !alive()), "session left running");
+}

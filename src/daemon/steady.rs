@@ -1,0 +1,175 @@
+//! The idle daemon's steady state: while the watch is healthy and the last full pass left
+//! nothing pending, a periodic reconcile asks tmux for its session list only, and runs the
+//! full pass only when that list changed (a session that dies or appears writes no file).
+
+use crate::procs::{TmuxError, TmuxSnapshot};
+use crate::reap::pass::PassReport;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// Every this many periodic reconciles skipped in a row, one runs in full anyway: a cheap
+/// guard against whatever no file event and no session change can show (hourly at the
+/// default 60 s `reconcile_interval`).
+pub(super) const MAX_SKIPS: u32 = 60;
+
+/// What a periodic look compares: every session's name and tmux id (a session killed and
+/// made again under the same name has a new id). `None` when tmux gave no answer: then
+/// nothing is known and the full pass runs.
+pub(super) fn sessions_key(snapshot: &Result<TmuxSnapshot, TmuxError>) -> Option<u64> {
+    let snapshot = snapshot.as_ref().ok()?;
+    let mut h = DefaultHasher::new();
+    for (name, session) in &snapshot.sessions {
+        (name, session.id).hash(&mut h);
+    }
+    Some(h.finish())
+}
+
+/// A full pass after which, with no file event, only a change of tmux sessions can give
+/// work: no error to retry, every agent read either done for good or active (active tasks
+/// are polled on their own), nothing waiting on a timer, and no orphan session whose age
+/// could make it due (`kill_orphans`).
+pub(super) fn is_steady(report: &PassReport, kill_orphans: bool) -> bool {
+    report.errors.is_empty()
+        && report.tmux_error.is_none()
+        && (report.orphans.is_empty() || !kill_orphans)
+        && report.tasks.iter().all(|task| {
+            task.error.is_none()
+                && task.agents.iter().all(|a| {
+                    a.still_active()
+                        || (a.errors.is_empty()
+                            && a.actions.is_empty()
+                            && a.waiting.is_none()
+                            && a.recheck.is_none())
+                })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::AgentClass;
+    use crate::procs::SessionInfo;
+    use crate::reap::pass::{AgentReport, OrphanReport, TaskReport, Totals};
+    use std::time::Duration;
+
+    fn snapshot(sessions: &[(&str, u32)]) -> Result<TmuxSnapshot, TmuxError> {
+        Ok(TmuxSnapshot {
+            sessions: sessions
+                .iter()
+                .map(|(name, id)| {
+                    (
+                        name.to_string(),
+                        SessionInfo {
+                            name: name.to_string(),
+                            id: Some(*id),
+                            created: None,
+                            activity: None,
+                            panes: Vec::new(),
+                        },
+                    )
+                })
+                .collect(),
+            server: None,
+        })
+    }
+
+    fn agent(status: &str, class: AgentClass) -> AgentReport {
+        AgentReport {
+            id: "a".into(),
+            status: status.into(),
+            new_status: None,
+            class,
+            actions: Vec::new(),
+            waiting: None,
+            recheck: None,
+            done: Vec::new(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn report(agents: Vec<AgentReport>) -> PassReport {
+        PassReport {
+            mode: "once",
+            bases: Vec::new(),
+            tmux_error: None,
+            tasks: vec![TaskReport {
+                task_id: "TASK-1".into(),
+                dir: "/ws/TASK-1".into(),
+                backend: "json",
+                error: None,
+                warnings: Vec::new(),
+                done: Vec::new(),
+                registry_written: false,
+                agents,
+            }],
+            orphans: Vec::new(),
+            errors: Vec::new(),
+            totals: Totals::default(),
+            written_tasks: Vec::new(),
+            hooks: Vec::new(),
+            archives: None,
+            upload: None,
+        }
+    }
+
+    #[test]
+    fn a_session_gone_come_or_made_again_changes_the_key() {
+        let base = sessions_key(&snapshot(&[("agent_a", 1), ("agent_b", 2)]));
+        assert!(base.is_some());
+        assert_eq!(
+            base,
+            sessions_key(&snapshot(&[("agent_a", 1), ("agent_b", 2)]))
+        );
+        assert_ne!(base, sessions_key(&snapshot(&[("agent_a", 1)])));
+        assert_ne!(
+            base,
+            sessions_key(&snapshot(&[("agent_a", 1), ("agent_b", 2), ("agent_c", 3)]))
+        );
+        assert_ne!(
+            base,
+            sessions_key(&snapshot(&[("agent_a", 1), ("agent_b", 7)]))
+        );
+        // No answer from tmux: nothing is known.
+        assert_eq!(
+            sessions_key(&Err(TmuxError::Timeout(Duration::from_secs(5)))),
+            None
+        );
+    }
+
+    #[test]
+    fn only_a_pass_with_nothing_pending_is_steady() {
+        assert!(is_steady(&report(vec![]), true));
+        assert!(is_steady(
+            &report(vec![agent("completed", AgentClass::Cleaned)]),
+            true
+        ));
+        // Active agents are polled on their own.
+        assert!(is_steady(
+            &report(vec![agent("working", AgentClass::Active)]),
+            true
+        ));
+        let mut waiting = agent("completed", AgentClass::Cleaned);
+        waiting.recheck = Some(Duration::from_secs(2));
+        assert!(!is_steady(&report(vec![waiting]), true));
+        let mut failed = agent("completed", AgentClass::Cleaned);
+        failed.errors.push("archive: EIO".into());
+        assert!(!is_steady(&report(vec![failed]), true));
+        let mut broken = report(vec![]);
+        broken.tasks[0].error = Some("registry locked".into());
+        assert!(!is_steady(&broken, true));
+        let mut no_tmux = report(vec![]);
+        no_tmux.tmux_error = Some("timeout".into());
+        assert!(!is_steady(&no_tmux, true));
+        let mut orphan = report(vec![]);
+        orphan.orphans.push(OrphanReport {
+            session: "agent_x".into(),
+            idle_seconds: Some(5),
+            stop: false,
+            pane_pids: Vec::new(),
+            outcome: None,
+        });
+        // An orphan may come due as it idles, unless orphans are never killed.
+        assert!(!is_steady(&orphan, true));
+        assert!(is_steady(&orphan, false));
+    }
+}
