@@ -1,7 +1,7 @@
 //! One reap pass: observe, decide, act (apply) and report. Wiring only.
 
 pub mod apply;
-mod cache;
+pub mod cache;
 pub mod clock;
 pub mod events;
 #[cfg(test)]
