@@ -48,7 +48,8 @@ mod tests {
     use super::*;
     use crate::decide::AgentClass;
     use crate::procs::SessionInfo;
-    use crate::reap::pass::{AgentDetail, AgentReport, OrphanReport, TaskReport, Totals};
+    use crate::reap::pass::{AgentReport, OrphanReport, TaskReport, Totals};
+    use crate::reap::report::AgentDetail;
     use std::time::Duration;
 
     fn snapshot(sessions: &[(&str, u32)]) -> Result<TmuxSnapshot, TmuxError> {

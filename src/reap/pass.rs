@@ -22,9 +22,7 @@ use super::events::TaskEvent;
 use super::{cache, read};
 
 use super::report::fill_report;
-pub use super::report::{
-    AgentDetail, AgentReport, OrphanReport, PassReport, TaskReport, Totals, action_text,
-};
+pub use super::report::{AgentReport, OrphanReport, PassReport, TaskReport, Totals, action_text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
