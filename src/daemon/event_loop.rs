@@ -119,6 +119,7 @@ pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
         reaper.journal = Some(journal);
         reaper.progress = Some(heartbeat.reaper_callback());
         reaper.pane_map = crate::state::load_pane_map(&state);
+        reaper.clean_tasks = crate::state::load_clean_tasks(&state);
         let mut daemon = Daemon {
             reaper: Some(reaper),
             overrides,

@@ -26,6 +26,7 @@ const FS_ALLOWED: &[(&str, &str)] = &[
         "/proc/<pid>/cgroup and the cgroup filesystem (cgroup.procs, cgroup.kill)",
     ),
     ("src/procs/panemap.rs", "<state dir>/pane-map.json"),
+    ("src/reap/cache/disk.rs", "<state dir>/clean-tasks.bin"),
     (
         "src/archive/upload/ledger.rs",
         "<state dir>/uploaded.jsonl (uploads kept local)",
