@@ -73,18 +73,12 @@ mod tests {
     }
 
     fn agent(status: &str, class: AgentClass) -> AgentReport {
-        AgentReport {
-            id: "a".into(),
-            status: status.into(),
-            new_status: None,
+        AgentReport::new(
+            "a".into(),
+            status.to_string().into(),
             class,
-            actions: Vec::new(),
-            waiting: None,
-            recheck: None,
-            done: Vec::new(),
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        }
+            Default::default(),
+        )
     }
 
     fn report(agents: Vec<AgentReport>) -> PassReport {
