@@ -196,7 +196,7 @@ impl Reaper {
                         c.still_holds(&task, &live_sessions, self.trust_clean_cache)
                     })
                 {
-                    still_clean.push(task.dir);
+                    still_clean.push(task.dir.clone());
                     continue;
                 }
                 if let Mode::Execute { .. } = mode {
