@@ -30,6 +30,17 @@ pub struct AgentId(String);
 
 impl AgentId {
     pub fn parse(raw: &str) -> Result<Self, ModelError> {
+        Self::check(raw)?;
+        Ok(AgentId(raw.to_string()))
+    }
+
+    /// [`AgentId::parse`] of an id already owned (no copy is made).
+    pub fn parse_owned(raw: Box<str>) -> Result<Self, ModelError> {
+        Self::check(&raw)?;
+        Ok(AgentId(raw.into_string()))
+    }
+
+    fn check(raw: &str) -> Result<(), ModelError> {
         if raw.is_empty() {
             return Err(ModelError::EmptyId);
         }
@@ -50,7 +61,7 @@ impl AgentId {
         if raw.contains("..") {
             return Err(ModelError::IdDotDot(raw.to_string()));
         }
-        Ok(AgentId(raw.to_string()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {

@@ -1,5 +1,6 @@
 //! One round's snapshot of the world: registries, files, tmux and /proc, turned into `AgentFacts`.
 
+pub mod entries;
 mod folders;
 mod quiet;
 pub mod tail;
@@ -15,7 +16,8 @@ use crate::procs::panemap::PaneMap;
 use crate::procs::{
     Evidence, ProcKey, ProcTable, SessionIdentity, SetContext, TmuxError, TmuxSnapshot, agent_set,
 };
-use crate::workspace::{AgentFiles, LogKind, TaskDir, agent_files};
+use crate::workspace::{LogKind, TaskDir, agent_file_rel, agent_files};
+use entries::{LeanAgent, LeanRegistry};
 pub use quiet::QuietAgent;
 use quiet::cleaned_status;
 use serde_json::Value;
@@ -80,12 +82,8 @@ pub fn tmux_view(result: Result<TmuxSnapshot, TmuxError>) -> TmuxView {
     result.map_err(|e| e.to_string())
 }
 
-fn str_field<'a>(entry: &'a Value, key: &str) -> Option<&'a str> {
-    entry.get(key).and_then(Value::as_str)
-}
-
-fn time_field(entry: &Value, key: &str) -> Option<SystemTime> {
-    str_field(entry, key).and_then(parse_timestamp)
+fn time_field(field: &Option<Box<str>>) -> Option<SystemTime> {
+    field.as_deref().and_then(parse_timestamp)
 }
 
 /// How a stream log ends: with `{"type":"result", ...}` or not. Opened beneath the task
@@ -121,32 +119,33 @@ fn mtime_of(id: &crate::fs::FileId) -> Option<SystemTime> {
 /// What is at `path` (one of the task's own names) if it is a regular file, looked at
 /// through the task handle without opening it: a FIFO or device costs nothing.
 fn stat_regular(task_dir: &Dir, task: &TaskDir, path: &Path) -> Result<Option<LogStat>, String> {
-    stat_regular_with(task, path, |rel| task_dir.metadata(rel))
-}
-
-/// [`stat_regular`] with the look at `rel` (below the task folder) given.
-fn stat_regular_with(
-    task: &TaskDir,
-    path: &Path,
-    look: impl FnOnce(&Path) -> Result<Option<crate::fs::Entry>, crate::fs::FsError>,
-) -> Result<Option<LogStat>, String> {
     let Ok(rel) = path.strip_prefix(&task.dir) else {
         return Err(format!(
             "{}: not inside the task folder; left alone",
             path.display()
         ));
     };
+    stat_rel(task, rel, |rel| task_dir.metadata(rel))
+}
+
+/// [`stat_regular`] of `rel` (below the task folder), with the look at it given.
+fn stat_rel(
+    task: &TaskDir,
+    rel: &Path,
+    look: impl FnOnce(&Path) -> Result<Option<crate::fs::Entry>, crate::fs::FsError>,
+) -> Result<Option<LogStat>, String> {
+    let path = || task.dir.join(rel);
     match look(rel) {
         Ok(None) => Ok(None),
         Ok(Some(entry)) if entry.kind == EntryKind::File => Ok(Some(LogStat {
-            path: path.to_path_buf(),
+            path: path(),
             id: (entry.id.dev, entry.id.ino),
             mtime: mtime_of(&entry.id),
             nlink: entry.nlink,
         })),
         Ok(Some(entry)) => Err(format!(
             "{}: is a {}, not a regular file; left alone",
-            path.display(),
+            path().display(),
             entry.kind.describe()
         )),
         Err(e) if e.is_not_found() => Ok(None),
@@ -168,12 +167,14 @@ fn result_line(line: &[u8]) -> StreamEnd {
 fn existing_logs(
     folders: &mut folders::Folders<'_>,
     task: &TaskDir,
-    candidates: &[(LogKind, PathBuf)],
+    id: &AgentId,
+    buf: &mut String,
     warnings: &mut Vec<String>,
 ) -> Vec<LogStat> {
     let mut out = Vec::new();
-    for (_, path) in candidates {
-        match stat_regular_with(task, path, |rel| folders.metadata(rel)) {
+    for kind in LogKind::ALL {
+        let rel = agent_file_rel(buf, Some(kind), id);
+        match stat_rel(task, rel, |rel| folders.metadata(rel)) {
             Ok(Some(log)) => out.push(log),
             Ok(None) => {}
             Err(w) => warnings.push(w),
@@ -221,13 +222,13 @@ pub struct World<'a> {
 }
 
 /// An agent read from its registry, waiting for the round's writers scan (its raw
-/// material: entry, files, log stats).
+/// material: entry, log stats).
 pub struct PendingAgent {
     /// The DB holds no cleanup record: an agent counts as recorded once nothing is left.
     db_backed: bool,
     id: AgentId,
-    entry: Value,
-    files: AgentFiles,
+    /// Its registry entry (the id taken out into `id`).
+    entry: LeanAgent,
     logs: Vec<LogStat>,
     warnings: Vec<String>,
     task: TaskDir,
@@ -240,7 +241,7 @@ pub struct PendingAgent {
 pub fn task_view(
     task: &TaskDir,
     backend: Backend,
-    registry: Result<Value, String>,
+    registry: Result<LeanRegistry, String>,
     unseen: &dyn Fn(&AgentId) -> bool,
 ) -> (TaskView, Vec<PendingAgent>) {
     let mut view = TaskView {
@@ -254,8 +255,8 @@ pub fn task_view(
         error: None,
         quiet: Vec::new(),
     };
-    let mut root = match registry {
-        Ok(root) => root,
+    let registry = match registry {
+        Ok(registry) => registry,
         Err(e) => {
             view.error = Some(e);
             return (view, Vec::new());
@@ -270,60 +271,57 @@ pub fn task_view(
             return (view, Vec::new());
         }
     };
-    view.active_count = root.get("active_count").and_then(Value::as_i64);
-    view.expected_active = crate::registry::edit::expected_active_count(&root);
-    // Taken, not cloned: a registry of 300,000 entries is not held twice.
-    let entries = match root.get_mut("agents").map(Value::take) {
-        Some(Value::Array(entries)) => entries,
-        _ => Vec::new(),
-    };
-    drop(root);
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for entry in &entries {
-        if let Some(id) = str_field(entry, "id") {
-            *seen.entry(id.to_string()).or_default() += 1;
-        }
-    }
+    view.active_count = registry.active_count;
+    view.expected_active = registry.expected_active();
+    let entries = registry.agents.unwrap_or_default();
+    let twice = listed_twice(&entries);
+    let db_backed = backend == Backend::Sqlite;
     let mut folders = folders::Folders::new(&task_dir, entries.len());
+    // One buffer for every name looked up.
+    let mut name = String::new();
     let mut pending = Vec::new();
-    for entry in entries {
-        let Some(raw_id) = str_field(&entry, "id") else {
+    for mut entry in entries {
+        let Some(raw_id) = entry.id.take() else {
             view.warnings
                 .push("an agent entry has no string \"id\"; skipped".into());
             continue;
         };
-        let id = match AgentId::parse(raw_id) {
+        let listed_twice = twice.contains(&raw_id);
+        let id = match AgentId::parse_owned(raw_id) {
             Ok(id) => id,
             Err(e) => {
                 view.warnings.push(format!("{e}; skipped"));
                 continue;
             }
         };
-        if seen.get(raw_id).copied().unwrap_or(0) > 1 {
+        if listed_twice {
             view.warnings
                 .push(format!("agent id {id} is listed twice; skipped"));
             view.duplicates.push(id);
             continue;
         }
-        let files = agent_files(task, &id);
         let mut warnings = Vec::new();
         // tracked_files can only confirm the agent's own files: the files are always these.
-        warnings.extend(tracked::check(
-            id.as_str(),
-            &entry,
-            &task.task_id,
-            &task.dir,
-            &files,
-        ));
-        let logs = existing_logs(&mut folders, task, &files.logs, &mut warnings);
+        if let Some(tracked) = entry.tracked_files.as_deref() {
+            let files = agent_files(task, &id);
+            warnings.extend(tracked::check(
+                id.as_str(),
+                tracked,
+                &task.task_id,
+                &task.dir,
+                &files,
+            ));
+        }
+        let logs = existing_logs(&mut folders, task, &id, &mut name, &mut warnings);
         // Files are looked up in the one listing of each folder: a cleaned agent with none
         // present costs no view (a late log or a leftover prompt brings the full one back).
         if logs.is_empty()
             && warnings.is_empty()
-            && let Some(status) = cleaned_status(&entry, backend == Backend::Sqlite)
+            && let Some(status) = cleaned_status(&entry, db_backed)
             && unseen(&id)
             && matches!(
-                stat_regular_with(task, &files.prompt, |rel| folders.metadata(rel)),
+                stat_rel(task, agent_file_rel(&mut name, None, &id), |rel| folders
+                    .metadata(rel)),
                 Ok(None)
             )
         {
@@ -335,16 +333,26 @@ pub fn task_view(
             continue;
         }
         pending.push(PendingAgent {
-            db_backed: backend == Backend::Sqlite,
+            db_backed,
             id,
             entry,
-            files,
             logs,
             warnings,
             task: task.clone(),
         });
     }
     (view, pending)
+}
+
+/// The ids listed more than once (found without copying the others).
+fn listed_twice(entries: &[LeanAgent]) -> HashSet<Box<str>> {
+    let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
+    entries
+        .iter()
+        .filter_map(|e| e.id.as_deref())
+        .filter(|id| !seen.insert(id))
+        .map(Box::from)
+        .collect()
 }
 
 impl PendingAgent {
@@ -379,14 +387,12 @@ pub fn agent_view(
         db_backed,
         id,
         entry,
-        files,
         logs,
         warnings,
         task,
     } = pending;
-    let status = str_field(&entry, "status").unwrap_or("").to_string();
+    let status = entry.status_str().to_string();
     let session_name = id.session_name();
-    let stream_log = files.stream_log().map(Path::to_path_buf);
     let mut seen_session = None;
     let (session, pane_pids) = match world.tmux {
         Err(_) => (SessionFact::Unknown, Vec::new()),
@@ -482,30 +488,32 @@ pub fn agent_view(
     // The folder handle again (shared while the pass holds it, reopened and checked for
     // the same folder otherwise); without it nothing of the agent's is looked at.
     let task_dir = task.handle().ok();
+    let mut name = String::new();
     let prompt = task_dir
         .as_deref()
-        .and_then(|d| stat_regular(d, &task, &files.prompt).ok().flatten())
+        .and_then(|d| {
+            stat_rel(&task, agent_file_rel(&mut name, None, &id), |rel| {
+                d.metadata(rel)
+            })
+            .ok()
+            .flatten()
+        })
         .map(|p| p.path);
     let class = classify_status(&status);
     // The end of the stream log only matters to a vanished active agent or a finished one
     // whose session still runs: the other agents' logs are not read.
-    let end = match (&stream_log, class, &session, task_dir.as_deref()) {
-        (Some(p), StatusClass::Active, SessionFact::Gone { .. }, Some(d))
-        | (Some(p), StatusClass::Terminal, SessionFact::Alive { .. }, Some(d)) => p
-            .strip_prefix(&task.dir)
-            .map_or(StreamEnd::NoResult, |rel| stream_end(d, rel)),
+    let end = match (class, &session, task_dir.as_deref()) {
+        (StatusClass::Active, SessionFact::Gone { .. }, Some(d))
+        | (StatusClass::Terminal, SessionFact::Alive { .. }, Some(d)) => {
+            stream_end(d, agent_file_rel(&mut name, Some(LogKind::Stream), &id))
+        }
         _ => StreamEnd::NoResult,
     };
     let facts = AgentFacts {
         class,
-        last_update: time_field(&entry, "last_update"),
-        finished_at: time_field(&entry, "completed_at").or(time_field(&entry, "terminated_at")),
-        cleanup_recorded: db_backed
-            || entry
-                .get("auto_cleanup_result")
-                .and_then(|r| r.get("success"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+        last_update: time_field(&entry.last_update),
+        finished_at: time_field(&entry.completed_at).or(time_field(&entry.terminated_at)),
+        cleanup_recorded: db_backed || entry.cleanup_success.unwrap_or(false),
         session,
         live_processes,
         live_writers,

@@ -179,28 +179,42 @@ impl AgentFiles {
     }
 }
 
+impl LogKind {
+    /// Every kind, in the order an agent's logs are listed.
+    pub const ALL: [LogKind; 4] = [
+        LogKind::Stream,
+        LogKind::Deploy,
+        LogKind::Progress,
+        LogKind::Findings,
+    ];
+}
+
+/// One of an agent's files: a log, or (`None`) its prompt.
+pub type FileOf = Option<LogKind>;
+
+/// The name of the agent's file `which` relative to its task folder, written into `buf`
+/// (one buffer for many agents: no allocation per look).
+pub fn agent_file_rel<'b>(buf: &'b mut String, which: FileOf, id: &AgentId) -> &'b Path {
+    let (folder, before, after) = match which {
+        None => ("", "agent_prompt_", ".txt"),
+        Some(LogKind::Stream) => ("logs/", "", "_stream.jsonl"),
+        Some(LogKind::Deploy) => ("logs/", "deploy_", ".json"),
+        Some(LogKind::Progress) => ("progress/", "", "_progress.jsonl"),
+        Some(LogKind::Findings) => ("findings/", "", "_findings.jsonl"),
+    };
+    buf.clear();
+    for part in [folder, before, id.as_str(), after] {
+        buf.push_str(part);
+    }
+    Path::new(buf.as_str())
+}
+
 pub fn agent_files(task: &TaskDir, id: &AgentId) -> AgentFiles {
-    let d = &task.dir;
+    let mut buf = String::new();
+    let mut at = |which| task.dir.join(agent_file_rel(&mut buf, which, id));
     AgentFiles {
-        prompt: d.join(format!("agent_prompt_{id}.txt")),
-        logs: vec![
-            (
-                LogKind::Stream,
-                d.join("logs").join(format!("{id}_stream.jsonl")),
-            ),
-            (
-                LogKind::Deploy,
-                d.join("logs").join(format!("deploy_{id}.json")),
-            ),
-            (
-                LogKind::Progress,
-                d.join("progress").join(format!("{id}_progress.jsonl")),
-            ),
-            (
-                LogKind::Findings,
-                d.join("findings").join(format!("{id}_findings.jsonl")),
-            ),
-        ],
+        prompt: at(None),
+        logs: LogKind::ALL.iter().map(|k| (*k, at(Some(*k)))).collect(),
     }
 }
 

@@ -26,7 +26,7 @@ fn header(report: &PassReport, out: &mut String) {
 fn agent_block(task: &TaskReport, agent: &AgentReport, out: &mut String, show_done: bool) {
     let status = match &agent.new_status {
         Some(new) => format!("{} -> {new}", agent.status),
-        None => agent.status.clone(),
+        None => agent.status.to_string(),
     };
     let _ = writeln!(
         out,

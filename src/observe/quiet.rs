@@ -1,7 +1,7 @@
 //! Cleaned agents with nothing present: what a pass keeps of them (id and status, no view).
 
+use super::entries::LeanAgent;
 use crate::model::AgentId;
-use serde_json::Value;
 
 /// An agent whose entry shows it terminal with its cleanup recorded, whose session is
 /// gone and remembered nowhere, with no file of its present (logs, prompt) and no warning:
@@ -21,17 +21,12 @@ impl QuietAgent {
 }
 
 /// The status of an entry that shows the agent terminal with its cleanup recorded.
-pub(super) fn cleaned_status(entry: &Value, db_backed: bool) -> Option<&'static str> {
-    let status = entry.get("status").and_then(Value::as_str)?;
+pub(super) fn cleaned_status(entry: &LeanAgent, db_backed: bool) -> Option<&'static str> {
+    let status = entry.status.as_ref()?.as_str();
     let known = crate::model::TERMINAL_STATUSES
         .iter()
         .find(|s| **s == status)?;
-    let recorded = db_backed
-        || entry
-            .get("auto_cleanup_result")
-            .and_then(|r| r.get("success"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+    let recorded = db_backed || entry.cleanup_success.unwrap_or(false);
     recorded.then_some(*known)
 }
 
@@ -73,7 +68,9 @@ mod tests {
         let (view, pending) = task_view(
             &task,
             Backend::Json,
-            Ok(json!({ "agents": agents })),
+            Ok(crate::observe::entries::from_value(
+                &json!({ "agents": agents }),
+            )),
             &unseen,
         );
 

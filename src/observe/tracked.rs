@@ -8,18 +8,17 @@ use std::path::Path;
 /// The most of a hostile path a warning repeats.
 const SHOWN: usize = 120;
 
-/// Checks `tracked_files` of one agent against its own files (`files`, in `task_dir` of a
+/// Checks `tracked_files` (`tracked`, not null) of one agent against its own files (`files`, in `task_dir` of a
 /// task called `task_id`). Returns one warning naming the agent and every field that named
 /// something else, or `None` when all fields confirm (or there are none). Nothing it names
 /// is ever used: the agent's files are always its conventional ones.
 pub fn check(
     agent: &str,
-    entry: &Value,
+    tracked: &Value,
     task_id: &str,
     task_dir: &Path,
     files: &AgentFiles,
 ) -> Option<String> {
-    let tracked = entry.get("tracked_files")?;
     let Some(fields) = tracked.as_object() else {
         return (!tracked.is_null())
             .then(|| format!("agent {agent}: tracked_files is not an object; ignored"));
@@ -99,13 +98,7 @@ mod tests {
 
     fn warn(tracked: Value) -> Option<String> {
         let (task, files) = setup();
-        check(
-            ID,
-            &json!({ "tracked_files": tracked }),
-            TASK,
-            &task.dir,
-            &files,
-        )
+        check(ID, &tracked, TASK, &task.dir, &files)
     }
 
     #[test]

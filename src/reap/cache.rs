@@ -220,7 +220,7 @@ fn judge(task: &TaskDir, max_bytes: u64, unseen: &dyn Fn(&AgentId) -> bool) -> O
     let now = SystemTime::now();
     let folders = stamp::take_folders(task, now)?;
     let (registry, bytes) = stamp::read_registry(task, now, max_bytes)?;
-    let root = super::lean::parse(&bytes).ok()?.into_root();
+    let root = super::lean::parse(&bytes).ok()?;
     drop(bytes);
     let (view, pending) = task_view(task, Backend::Json, Ok(root), unseen);
     let clean = pending.is_empty()

@@ -18,4 +18,4 @@ mod pass_sqlite_tests;
 #[cfg(test)]
 mod pass_tests;
 mod read;
-mod report;
+pub(crate) mod report;

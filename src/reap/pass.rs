@@ -198,7 +198,7 @@ impl Reaper {
                     Some(rows) => task_view(
                         &task,
                         Backend::Sqlite,
-                        Ok(serde_json::json!({ "agents": rows })),
+                        Ok(observe::entries::from_rows(rows)),
                         &unseen,
                     ),
                     None => self.read_json_task(
@@ -422,14 +422,17 @@ impl Reaper {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        let (root, key) = read::read_small(
+        let read = read::read_lean(
             &task.registry(),
             &read_options(&self.config, matches!(mode, Mode::Execute { .. })),
         );
-        if let Some(key) = key {
-            keys.insert(task.dir.clone(), key);
-        }
-        task_view(task, Backend::Json, root, unseen)
+        let registry = read.map(|(registry, key)| {
+            if let Some(key) = key {
+                keys.insert(task.dir.clone(), key);
+            }
+            registry
+        });
+        task_view(task, Backend::Json, registry, unseen)
     }
 
     /// Keeps `gone_since` for the sessions of agents still active in some registry.

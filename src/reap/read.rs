@@ -76,16 +76,3 @@ fn read_fast(path: &Path, max_bytes: u64) -> Option<(Vec<u8>, FileKey)> {
     }
     Some((bytes, key_of(&registry.id)))
 }
-
-/// The registry as `observe::task_view` reads it, holding only the fields it looks at
-/// (so a pass keeps a small tree per task, not the whole file's), and the key of what
-/// was read.
-pub fn read_small(
-    path: &Path,
-    opts: &ReadOptions,
-) -> (Result<serde_json::Value, String>, Option<FileKey>) {
-    match read_lean(path, opts) {
-        Ok((lean, key)) => (Ok(lean.into_root()), key),
-        Err(e) => (Err(e), None),
-    }
-}

@@ -6,33 +6,118 @@ use crate::observe::TaskView;
 use crate::reap::events::{OrphanOutcome, PassEvent, TaskEvent};
 use crate::reap::outcome::Outcome;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Serialize)]
+/// One agent in a pass's report. What is rarely set (actions, waits, events, errors) sits
+/// behind one pointer, read as fields through `Deref`: a report of 600,000 cleaned agents
+/// costs about 64 bytes and the id each.
+#[derive(Debug, Clone)]
 pub struct AgentReport {
     pub id: String,
-    pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_status: Option<String>,
+    pub status: Cow<'static, str>,
     pub class: AgentClass,
+    detail: Option<Box<AgentDetail>>,
+}
+
+/// The parts of an [`AgentReport`] an agent with nothing to report leaves empty.
+#[derive(Debug, Clone, Default)]
+pub struct AgentDetail {
+    pub new_status: Option<String>,
     pub actions: Vec<Action>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
     /// When another look could change the answer (the daemon schedules it).
-    #[serde(skip)]
     pub recheck: Option<Duration>,
     /// What the pass did, in order (`--json`: objects tagged by `event`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub done: Vec<PassEvent>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
 
+static NO_DETAIL: AgentDetail = AgentDetail {
+    new_status: None,
+    actions: Vec::new(),
+    waiting: None,
+    recheck: None,
+    done: Vec::new(),
+    errors: Vec::new(),
+    warnings: Vec::new(),
+};
+
+impl std::ops::Deref for AgentReport {
+    type Target = AgentDetail;
+    fn deref(&self) -> &AgentDetail {
+        self.detail.as_deref().unwrap_or(&NO_DETAIL)
+    }
+}
+
+impl AgentDetail {
+    fn is_empty(&self) -> bool {
+        self.new_status.is_none()
+            && self.actions.is_empty()
+            && self.waiting.is_none()
+            && self.recheck.is_none()
+            && self.done.is_empty()
+            && self.errors.is_empty()
+            && self.warnings.is_empty()
+    }
+}
+
+/// As `--json` has always printed an agent: empty lists and absent values left out, except
+/// `actions`.
+impl Serialize for AgentReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let d: &AgentDetail = self;
+        let mut out = s.serialize_struct("AgentReport", 9)?;
+        out.serialize_field("id", &self.id)?;
+        out.serialize_field("status", &self.status)?;
+        match &d.new_status {
+            Some(new) => out.serialize_field("new_status", new)?,
+            None => out.skip_field("new_status")?,
+        }
+        out.serialize_field("class", &self.class)?;
+        out.serialize_field("actions", &d.actions)?;
+        match &d.waiting {
+            Some(w) => out.serialize_field("waiting", w)?,
+            None => out.skip_field("waiting")?,
+        }
+        if d.done.is_empty() {
+            out.skip_field("done")?;
+        } else {
+            out.serialize_field("done", &d.done)?;
+        }
+        if d.errors.is_empty() {
+            out.skip_field("errors")?;
+        } else {
+            out.serialize_field("errors", &d.errors)?;
+        }
+        if d.warnings.is_empty() {
+            out.skip_field("warnings")?;
+        } else {
+            out.serialize_field("warnings", &d.warnings)?;
+        }
+        out.end()
+    }
+}
+
 impl AgentReport {
+    pub fn new(
+        id: String,
+        status: Cow<'static, str>,
+        class: AgentClass,
+        detail: AgentDetail,
+    ) -> AgentReport {
+        AgentReport {
+            id,
+            status,
+            class,
+            detail: (!detail.is_empty()).then(|| Box::new(detail)),
+        }
+    }
+
     /// The registry lists it as active after this pass.
     pub fn still_active(&self) -> bool {
         let status = self.new_status.as_deref().unwrap_or(&self.status);
@@ -193,7 +278,7 @@ pub(super) fn fill_report(
             warnings: view.warnings.clone(),
             done: Vec::new(),
             registry_written: report.written_tasks.get(t).copied().unwrap_or(false),
-            agents: Vec::new(),
+            agents: Vec::with_capacity(view.agents.len() + view.quiet.len()),
         };
         totals.tasks += 1;
         if view.error.is_some() {
@@ -206,34 +291,28 @@ pub(super) fn fill_report(
                 let d = quiet_decision(&q.id, ambiguous);
                 totals.agents_seen += 1;
                 totals.settling += usize::from(d.waiting.is_some());
-                task.agents.push(AgentReport {
-                    id: q.id.to_string(),
-                    status: q.status.to_string(),
-                    new_status: None,
-                    class: d.class,
-                    actions: Vec::new(),
-                    waiting: d.waiting,
-                    recheck: d.recheck,
-                    done: Vec::new(),
-                    errors: Vec::new(),
-                    warnings: Vec::new(),
-                });
+                task.agents.push(AgentReport::new(
+                    q.id.to_string(),
+                    Cow::Borrowed(q.status),
+                    d.class,
+                    AgentDetail {
+                        waiting: d.waiting,
+                        recheck: d.recheck,
+                        ..AgentDetail::default()
+                    },
+                ));
             }
             let Some(agent) = view.agents.get(a) else {
                 break;
             };
             let d = &decisions[t][a];
-            let mut r = AgentReport {
-                id: agent.id.to_string(),
-                status: agent.registry_status.clone(),
+            let mut r = AgentDetail {
                 new_status: d.new_status().map(String::from),
-                class: d.class,
                 actions: d.actions.clone(),
                 waiting: d.waiting.clone(),
                 recheck: d.recheck,
-                done: Vec::new(),
-                errors: Vec::new(),
                 warnings: agent.warnings.clone(),
+                ..AgentDetail::default()
             };
             if let Some(out) = outcomes.as_ref().map(|o| &o[t][a]) {
                 r.done = out.done.clone();
@@ -251,11 +330,28 @@ pub(super) fn fill_report(
             totals.zombies += usize::from(d.class == AgentClass::Zombie);
             totals.stale += usize::from(d.class == AgentClass::Stale);
             totals.settling += usize::from(r.waiting.is_some());
-            task.agents.push(r);
+            task.agents.push(AgentReport::new(
+                agent.id.to_string(),
+                status_text(&agent.registry_status),
+                d.class,
+                r,
+            ));
         }
         report.tasks.push(task);
     }
     report.totals.errors += report.errors.len();
+}
+
+/// A status as reported: the known ones shared, any other copied.
+fn status_text(status: &str) -> Cow<'static, str> {
+    match crate::model::ACTIVE_STATUSES
+        .iter()
+        .chain(crate::model::TERMINAL_STATUSES)
+        .find(|k| **k == status)
+    {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(status.to_string()),
+    }
 }
 
 /// What `decide` says of a quiet agent: cleaned, nothing to do (unless its id is ambiguous).
