@@ -198,8 +198,10 @@ pub fn run(cli: Cli) -> Result<()> {
             });
             // After the pass, on what it saw: the same survey `plan` prints.
             if config.retention.is_enabled() {
-                let mut archives =
-                    retention::survey(&config, &report.seen_tasks(), SystemTime::now());
+                // Clean tasks skipped unread count as the pass found them: cleaned.
+                let mut seen = report.seen_tasks();
+                seen.extend(reaper.clean_tasks.unread_seen());
+                let mut archives = retention::survey(&config, &seen, SystemTime::now());
                 retention::remove(&mut archives);
                 report.archives = Some(archives);
             }

@@ -375,8 +375,10 @@ impl Daemon {
             // Retention needs every task of a base in view: full reconciles only.
             if scope.is_none() && reaper.config.retention.is_enabled() {
                 let now = std::time::SystemTime::now();
-                let mut archives =
-                    crate::archive::retention::survey(&reaper.config, &report.seen_tasks(), now);
+                // Clean tasks skipped unread count as the pass found them: cleaned.
+                let mut seen = report.seen_tasks();
+                seen.extend(reaper.clean_tasks.unread_seen());
+                let mut archives = crate::archive::retention::survey(&reaper.config, &seen, now);
                 if mode != Mode::Plan {
                     crate::archive::retention::remove(&mut archives);
                 }

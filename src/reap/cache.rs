@@ -29,6 +29,9 @@ pub struct CleanTask {
     folders: [Seen; stamp::FOLDERS.len()],
     /// How many agents it lists (counted as seen in each pass that skips it).
     pub agents: usize,
+    /// Their ids, one per line: archive retention removes an agent's archives by their
+    /// exact names (a hash could make a stranger's file look like an agent's).
+    ids: Box<str>,
     /// `session_hash` of its agents' session names, sorted. A live one means: look again.
     /// Also the pass-wide ambiguity check: an id read elsewhere with one of these hashes
     /// has the task read again this pass (see `Reaper::run_scoped`), so the check always
@@ -59,6 +62,9 @@ pub struct CleanTasks {
     /// then: not confirmed again until the registry changes (a cleaned agent whose prompt
     /// is kept would otherwise cost a second read every pass).
     rejected: HashMap<PathBuf, FileKey>,
+    /// The tasks the last full pass skipped (for archive retention, which lists their
+    /// archives as the pass had read them).
+    unread: Vec<PathBuf>,
 }
 
 /// What a look at a cached task found.
@@ -87,6 +93,7 @@ impl CleanTasks {
             path: Some(path),
             tasks,
             rejected: HashMap::new(),
+            unread: Vec::new(),
         };
         (cache, problem)
     }
@@ -142,6 +149,27 @@ impl CleanTasks {
         let before = self.tasks.len();
         self.tasks.retain(|dir, _| keep(dir));
         self.dirty |= self.tasks.len() != before;
+    }
+
+    /// Records which tasks this pass skipped as still clean.
+    pub fn set_unread(&mut self, dirs: Vec<PathBuf>) {
+        self.unread = dirs;
+    }
+
+    /// The tasks the last pass skipped, as archive retention sees a wholly cleaned task.
+    pub fn unread_seen(&self) -> Vec<crate::archive::retention::SeenTask<'_>> {
+        self.unread
+            .iter()
+            .filter_map(|dir| {
+                let clean = self.tasks.get(dir)?;
+                Some(crate::archive::retention::SeenTask {
+                    dir,
+                    task_id: dir.file_name()?.to_str()?,
+                    agent_ids: clean.ids.lines().collect(),
+                    cleaned: true,
+                })
+            })
+            .collect()
     }
 
     pub fn remove(&mut self, dir: &Path) {
@@ -209,10 +237,12 @@ fn judge(task: &TaskDir, max_bytes: u64, unseen: &dyn Fn(&AgentId) -> bool) -> O
         .collect();
     sessions.sort_unstable();
     sessions.dedup();
+    let ids: Vec<&str> = view.quiet.iter().map(|q| q.id.as_str()).collect();
     Some(CleanTask {
         registry,
         folders,
         agents: view.quiet.len(),
+        ids: ids.join("\n").into(),
         sessions,
     })
 }

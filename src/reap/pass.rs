@@ -287,6 +287,8 @@ impl Reaper {
         if scope.is_none() {
             let keep: HashSet<&Path> = still_clean.iter().map(|t| t.dir.as_path()).collect();
             self.clean_tasks.retain(|dir| keep.contains(dir));
+            let unread = still_clean.iter().map(|t| t.dir.clone()).collect();
+            self.clean_tasks.set_unread(unread);
         } else {
             for view in &views {
                 self.clean_tasks.remove(&view.task.dir);

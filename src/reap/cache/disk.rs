@@ -2,7 +2,7 @@
 //! (a cache of 600,000 agents holds 600,000 session hashes: 5 MB, read in milliseconds).
 //!
 //! Layout, little-endian: magic, version (u32), count (u64), then per task: path (u32
-//! length + bytes), agents (u64), the registry's `Seen`, each folder's `Seen`, sessions
+//! length + bytes), agents (u64), their ids (u32 length + lines), the registry's `Seen`, each folder's `Seen`, sessions
 //! (u32 count + u64 each); last, the MD5 of everything before it. A file that fails any of
 //! this is never trusted: the cache starts empty and the next save replaces it.
 
@@ -90,6 +90,8 @@ pub fn encode(tasks: &HashMap<PathBuf, CleanTask>) -> Vec<u8> {
         out.extend_from_slice(&(path.len() as u32).to_le_bytes());
         out.extend_from_slice(path);
         out.extend_from_slice(&(clean.agents as u64).to_le_bytes());
+        out.extend_from_slice(&(clean.ids.len() as u32).to_le_bytes());
+        out.extend_from_slice(clean.ids.as_bytes());
         for seen in std::iter::once(&clean.registry).chain(&clean.folders) {
             put_seen(&mut out, seen);
         }
@@ -140,6 +142,10 @@ pub fn decode(bytes: &[u8]) -> Result<HashMap<PathBuf, CleanTask>, String> {
         let len = r.u32()? as usize;
         let dir = PathBuf::from(std::ffi::OsString::from_vec(r.take(len)?.to_vec()));
         let agents = usize::try_from(r.u64()?).map_err(|e| e.to_string())?;
+        let len = r.u32()? as usize;
+        let ids: Box<str> = std::str::from_utf8(r.take(len)?)
+            .map_err(|e| format!("agent ids: {e}"))?
+            .into();
         let registry = r.seen()?;
         let mut folders = [Seen::default(); FOLDERS.len()];
         for f in &mut folders {
@@ -158,6 +164,7 @@ pub fn decode(bytes: &[u8]) -> Result<HashMap<PathBuf, CleanTask>, String> {
             registry,
             folders,
             agents,
+            ids,
             sessions,
         };
         tasks.insert(dir, clean);

@@ -88,6 +88,7 @@ fn sample(n: u64) -> CleanTask {
             Seen::default(),
         ],
         agents: 3,
+        ids: "a-1\nb-2\nc-3".into(),
         sessions: vec![1, 5, u64::MAX],
     }
 }
