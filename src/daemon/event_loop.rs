@@ -45,6 +45,8 @@ struct PassDone {
     report: Option<PassReport>,
     /// A full pass (or the look that stood in for one).
     full: bool,
+    /// Over every configured base, each watched.
+    covers_all: bool,
     /// Full passes: tmux's sessions (`steady::sessions_key`) as seen right before the pass.
     sessions: Option<u64>,
     took: Duration,
@@ -59,8 +61,8 @@ struct Daemon {
     in_flight: Option<InFlight>,
     schedule: Schedule,
     watcher: Option<Watcher>,
-    /// A watcher being set up on its own thread (a recursive watch of 20,000 task folders
-    /// takes seconds; the first pass runs meanwhile).
+    /// A watcher being set up on its own thread (20,000 task folders are 80,000 watches,
+    /// about half a second; the first pass runs meanwhile).
     watch_setup: Option<tokio::sync::oneshot::Receiver<Result<Watcher, watch::WatchError>>>,
     events_tx: mpsc::UnboundedSender<WatchEvent>,
     ready: bool,
@@ -87,9 +89,6 @@ struct Daemon {
     steady_sessions: Option<u64>,
     /// Periodic reconciles skipped in a row (bounded by `steady::MAX_SKIPS`).
     steady_skips: u32,
-    /// The bases the last full pass covered: a base served since (created, or freed by
-    /// another reaper) has its full pass whatever tmux says.
-    full_pass_bases: Vec<PathBuf>,
 }
 
 pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
@@ -145,7 +144,6 @@ pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
             base_locks,
             steady_sessions: None,
             steady_skips: 0,
-            full_pass_bases: Vec::new(),
         };
         daemon.main_loop(events_rx).await
     });
@@ -248,7 +246,8 @@ impl Daemon {
                     }
                     match done.report {
                         Some(report) => {
-                            self.after_pass(&report, done.full.then_some(done.sessions), done.took)
+                            let sessions = done.sessions.filter(|_| done.covers_all);
+                            self.after_pass(&report, done.full.then_some(sessions), done.took)
                         }
                         None => self.after_look(),
                     }
@@ -271,8 +270,13 @@ impl Daemon {
                 _ = reconcile.tick() => {
                     match self.watcher.as_mut() {
                         Some(w) => {
+                            let lost = w.unwatched().len();
                             for e in w.retry_unwatched() {
                                 tracing::warn!("still not watching: {e}");
+                            }
+                            // A base watched again sent no event for what changed meanwhile.
+                            if w.unwatched().len() < lost {
+                                self.verify_next_full = true;
                             }
                         }
                         None if self.watch_setup.is_none() => self.start_watching(),
@@ -335,9 +339,20 @@ impl Daemon {
             return;
         };
         let scope = self.schedule.take_due(Instant::now());
+        // A base created since the start is taken now; one another reaper holds waits.
+        if !self.dry_run {
+            reaper.config.workspace_bases = self.base_locks.servable(&self.config.workspace_bases);
+        }
+        // A base left out (held by another reaper) or not watched can change with no event
+        // and no session: such a pass is never the steady state's reference.
+        let covers_all = reaper.config.workspace_bases.len() == self.config.workspace_bases.len()
+            && self
+                .watcher
+                .as_ref()
+                .is_some_and(|w| w.unwatched().is_empty());
         // In the steady state a trusted full pass only runs when tmux's sessions changed.
         let mut known_sessions = None;
-        if scope.is_none() {
+        if scope.is_none() && covers_all {
             let watched = self.watcher.as_ref().is_some_and(|w| !w.is_polling());
             reaper.trust_clean_cache = watched && !std::mem::take(&mut self.verify_next_full);
             let config = &reaper.config;
@@ -346,16 +361,6 @@ impl Daemon {
             if reaper.trust_clean_cache && clockless && self.steady_skips < steady::MAX_SKIPS {
                 known_sessions = self.steady_sessions;
             }
-        }
-        // A base created since the start is taken now; one another reaper holds waits.
-        if !self.dry_run {
-            reaper.config.workspace_bases = self.base_locks.servable(&self.config.workspace_bases);
-        }
-        if scope.is_none() {
-            if reaper.config.workspace_bases != self.full_pass_bases {
-                known_sessions = None;
-            }
-            self.full_pass_bases = reaper.config.workspace_bases.clone();
         }
         let mode = if self.dry_run {
             Mode::Plan
@@ -377,6 +382,7 @@ impl Daemon {
                     reaper,
                     report: None,
                     full: true,
+                    covers_all,
                     sessions,
                     took: started.elapsed(),
                 };
@@ -398,6 +404,7 @@ impl Daemon {
                 reaper,
                 report: Some(report),
                 full: scope.is_none(),
+                covers_all,
                 sessions,
                 took: started.elapsed(),
             }

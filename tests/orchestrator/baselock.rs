@@ -235,22 +235,29 @@ fn a_base_created_later_waits_for_its_holder_then_is_reaped() {
         "{}",
         daemon.log_text()
     );
-    // The base appears, already held by another reaper, with a zombie in it.
+    // The base appears, already held by another reaper, with a zombie in it: made under
+    // another name, locked by the holder and filled, then moved into place, so the daemon
+    // can never take the lock first (it would keep it and the holder would wait forever).
     const LATE_TASK: &str = "TASK-20261128-000000-0000abcd";
     const ID: &str = "worker-000001-abcdef";
-    let registry = crate::common::write_task(
-        &late,
+    let staging = s.dir.path().join("late-ws.staging");
+    fs::create_dir_all(&staging).unwrap();
+    let mut holder = spawn_holder(&staging);
+    crate::common::write_task(
+        &staging,
         LATE_TASK,
         serde_json::json!([crate::common::agent_entry(ID, "working")]),
     );
     fs::write(
-        late.join(LATE_TASK)
+        staging
+            .join(LATE_TASK)
             .join(format!("progress/{ID}_progress.jsonl")),
         "{\"line\": 1}\n",
     )
     .unwrap();
-    age_files(&late);
-    let mut holder = spawn_holder(&late);
+    age_files(&staging);
+    fs::rename(&staging, &late).unwrap();
+    let registry = late.join(LATE_TASK).join("AGENT_REGISTRY.json");
     let holder_pid = holder.id().to_string();
     assert!(
         daemon.wait_log(&format!("pid {holder_pid}) is reaping it")),
