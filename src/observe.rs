@@ -325,11 +325,7 @@ pub fn task_view(
                 Ok(None)
             )
         {
-            view.quiet.push(QuietAgent {
-                at: pending.len(),
-                id,
-                status,
-            });
+            view.quiet.push(QuietAgent::new(id, pending.len(), status));
             continue;
         }
         pending.push(PendingAgent {
@@ -341,6 +337,9 @@ pub fn task_view(
             task: task.clone(),
         });
     }
+    // Kept until the pass reports: no room left over from growing.
+    view.quiet.shrink_to_fit();
+    pending.shrink_to_fit();
     (view, pending)
 }
 

@@ -30,12 +30,25 @@ pub enum WorkspaceError {
 /// a symlink. The first open pins the folder's identity (dev, ino): a folder swapped in
 /// under the same name later is refused, not used. Handles are shared while in use and
 /// closed when the last user drops them, so 20,000 tasks do not hold 20,000 descriptors.
+///
+/// Cloned for every agent a pass looks at: a clone shares one allocation.
 #[derive(Debug, Clone)]
-pub struct TaskDir {
+pub struct TaskDir(Arc<TaskPlace>);
+
+/// Where a task folder is (read through [`TaskDir`]).
+#[derive(Debug)]
+pub struct TaskPlace {
     pub base: PathBuf,
     pub dir: PathBuf,
     pub task_id: String,
-    handle: Arc<TaskHandle>,
+    handle: TaskHandle,
+}
+
+impl std::ops::Deref for TaskDir {
+    type Target = TaskPlace;
+    fn deref(&self) -> &TaskPlace {
+        &self.0
+    }
 }
 
 #[derive(Debug, Default)]
@@ -59,12 +72,12 @@ impl Eq for TaskDir {}
 impl TaskDir {
     /// A task folder `<base>/<task_id>` whose base handle is opened on first use.
     pub fn new(base: &Path, task_id: &str) -> TaskDir {
-        TaskDir {
+        TaskDir(Arc::new(TaskPlace {
             base: base.to_path_buf(),
             dir: base.join(task_id),
             task_id: task_id.to_string(),
-            handle: Arc::default(),
-        }
+            handle: TaskHandle::default(),
+        }))
     }
 
     /// A task folder below an open base handle.
@@ -281,7 +294,7 @@ mod tests {
         let ids: Vec<_> = discover_tasks(base)
             .unwrap()
             .into_iter()
-            .map(|t| t.task_id)
+            .map(|t| t.task_id.clone())
             .collect();
         assert_eq!(ids, ["TASK-1", "TASK-3"]);
     }

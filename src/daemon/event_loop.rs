@@ -164,8 +164,11 @@ impl Daemon {
         let spawned = std::thread::Builder::new()
             .name("watch-setup".into())
             .spawn(move || {
+                let started = Instant::now();
+                let watcher = watch::watch(&bases, tx);
+                tracing::debug!("watch set up in {} ms", started.elapsed().as_millis());
                 // Nobody waiting any more (a newer setup, shutdown): the watcher is dropped.
-                let _ = done.send(watch::watch(&bases, tx));
+                let _ = done.send(watcher);
             });
         match spawned {
             Ok(_) => self.watch_setup = Some(setup),

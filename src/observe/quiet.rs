@@ -1,33 +1,54 @@
 //! Cleaned agents with nothing present: what a pass keeps of them (id and status, no view).
 
 use super::entries::LeanAgent;
-use crate::model::AgentId;
+use crate::model::{AgentId, TERMINAL_STATUSES};
 
 /// An agent whose entry shows it terminal with its cleanup recorded, whose session is
 /// gone and remembered nowhere, with no file of its present (logs, prompt) and no warning:
 /// it is cleaned and nothing is to be done (what `decide` says of it, without the view).
 #[derive(Debug, Clone)]
 pub struct QuietAgent {
-    /// How many of the task's full views (`agents`) precede it in registry order.
-    pub at: usize,
     pub id: AgentId,
-    pub status: &'static str,
+    /// How many of the task's full views (`agents`) precede it in registry order.
+    at: u32,
+    /// Its status: which of `TERMINAL_STATUSES` (32 bytes an agent, for 600,000 of them).
+    status: u8,
 }
 
 impl QuietAgent {
     pub fn session_name(&self) -> String {
         self.id.session_name()
     }
+
+    /// How many of the task's full views precede it in registry order.
+    pub fn at(&self) -> usize {
+        self.at as usize
+    }
+
+    pub fn status(&self) -> &'static str {
+        TERMINAL_STATUSES[usize::from(self.status)]
+    }
 }
 
-/// The status of an entry that shows the agent terminal with its cleanup recorded.
-pub(super) fn cleaned_status(entry: &LeanAgent, db_backed: bool) -> Option<&'static str> {
+/// Which of `TERMINAL_STATUSES` an entry shows, when it shows the agent terminal with its
+/// cleanup recorded.
+pub(super) fn cleaned_status(entry: &LeanAgent, db_backed: bool) -> Option<u8> {
     let status = entry.status.as_ref()?.as_str();
-    let known = crate::model::TERMINAL_STATUSES
-        .iter()
-        .find(|s| **s == status)?;
+    let known = TERMINAL_STATUSES.iter().position(|s| *s == status)?;
     let recorded = db_backed || entry.cleanup_success.unwrap_or(false);
-    recorded.then_some(*known)
+    recorded.then_some(known as u8)
+}
+
+impl QuietAgent {
+    /// `status`: from [`cleaned_status`]; `at`: full views before it.
+    pub(super) fn new(id: AgentId, at: usize, status: u8) -> QuietAgent {
+        QuietAgent {
+            id,
+            // A registry is far smaller than 4 billion entries (`max_registry_size`).
+            at: u32::try_from(at).unwrap_or(u32::MAX),
+            status,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,10 +108,10 @@ mod tests {
         let quiet: Vec<(usize, String)> = view
             .quiet
             .iter()
-            .map(|q| (q.at, q.id.to_string()))
+            .map(|q| (q.at(), q.id.to_string()))
             .collect();
         let want: Vec<(usize, String)> = quiet_ids.iter().map(|id| (4, id.clone())).collect();
         assert_eq!(quiet, want);
-        assert!(view.quiet.iter().all(|q| q.status == "completed"));
+        assert!(view.quiet.iter().all(|q| q.status() == "completed"));
     }
 }

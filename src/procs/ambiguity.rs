@@ -7,52 +7,75 @@ use crate::model::AgentId;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Each ambiguous id with why, in a stable order. Pure: `listings` is every `(task, id)`
-/// pair of the pass, duplicates included.
+/// pair of the pass, duplicates included. Costs one sorted list of the pairs (no map node
+/// or string per id): a pass over 600,000 ids stays small.
 pub fn ambiguous_ids<'a>(
     listings: impl IntoIterator<Item = (&'a str, &'a AgentId)>,
 ) -> BTreeMap<AgentId, String> {
-    let mut tasks: BTreeMap<&AgentId, Vec<&str>> = BTreeMap::new();
-    for (task, id) in listings {
-        tasks.entry(id).or_default().push(task);
-    }
-    let mut by_session: BTreeMap<String, BTreeSet<&AgentId>> = BTreeMap::new();
-    for id in tasks.keys() {
-        by_session.entry(id.session_name()).or_default().insert(id);
-    }
+    let mut listed: Vec<(&AgentId, &str)> = listings.into_iter().map(|(t, id)| (id, t)).collect();
+    // Stable: an id's tasks keep the order they were listed in.
+    listed.sort_by(|a, b| a.0.cmp(b.0));
     let mut out = BTreeMap::new();
-    for (id, listed) in &tasks {
-        if listed.len() > 1 {
-            let distinct: BTreeSet<&str> = listed.iter().copied().collect();
-            let why = if distinct.len() == 1 {
-                format!("listed {} times in task {}", listed.len(), listed[0])
+    let mut distinct: Vec<&AgentId> = Vec::new();
+    for group in listed.chunk_by(|a, b| a.0 == b.0) {
+        let id = group[0].0;
+        distinct.push(id);
+        if group.len() > 1 {
+            let tasks: BTreeSet<&str> = group.iter().map(|(_, t)| *t).collect();
+            let why = if tasks.len() == 1 {
+                format!("listed {} times in task {}", group.len(), group[0].1)
             } else {
                 format!(
                     "listed in {} tasks ({})",
-                    distinct.len(),
-                    distinct.into_iter().collect::<Vec<_>>().join(", ")
+                    tasks.len(),
+                    tasks.into_iter().collect::<Vec<_>>().join(", ")
                 )
             };
-            out.insert((*id).clone(), why);
+            out.insert(id.clone(), why);
         }
     }
-    for (session, ids) in by_session {
-        if ids.len() > 1 {
-            let names: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-            for id in ids {
-                let why = format!(
-                    "ids {} share the tmux session name {session}",
-                    names.join(", ")
-                );
-                out.entry(id.clone())
-                    .and_modify(|w: &mut String| {
-                        w.push_str("; ");
-                        w.push_str(&why);
-                    })
-                    .or_insert(why);
-            }
+    drop(listed);
+    for (session, ids) in shared_sessions(&distinct) {
+        let names: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        for id in ids {
+            let why = format!(
+                "ids {} share the tmux session name {session}",
+                names.join(", ")
+            );
+            out.entry(id.clone())
+                .and_modify(|w: &mut String| {
+                    w.push_str("; ");
+                    w.push_str(&why);
+                })
+                .or_insert(why);
         }
     }
     out
+}
+
+/// Session names two or more of the `distinct` ids share, with those ids in order. tmux
+/// turns `.` and `:` into `_`, so only an id holding one can share its session with
+/// another: the others are looked up among those, not each given a session name.
+fn shared_sessions<'i>(distinct: &[&'i AgentId]) -> BTreeMap<String, BTreeSet<&'i AgentId>> {
+    let renamed = |id: &AgentId| id.as_str().contains(['.', ':']);
+    let mut by_session: BTreeMap<String, BTreeSet<&AgentId>> = BTreeMap::new();
+    for id in distinct.iter().filter(|id| renamed(id)) {
+        by_session.entry(id.session_name()).or_default().insert(id);
+    }
+    if by_session.is_empty() {
+        return by_session;
+    }
+    let mut name = String::new();
+    for id in distinct.iter().filter(|id| !renamed(id)) {
+        name.clear();
+        name.push_str("agent_");
+        name.push_str(id.as_str());
+        if let Some(ids) = by_session.get_mut(name.as_str()) {
+            ids.insert(id);
+        }
+    }
+    by_session.retain(|_, ids| ids.len() > 1);
+    by_session
 }
 
 #[cfg(test)]

@@ -53,6 +53,13 @@ impl std::ops::Deref for AgentReport {
     }
 }
 
+/// Writing a part gives the report its own detail first.
+impl std::ops::DerefMut for AgentReport {
+    fn deref_mut(&mut self) -> &mut AgentDetail {
+        self.detail.get_or_insert_with(Box::default)
+    }
+}
+
 impl AgentDetail {
     fn is_empty(&self) -> bool {
         self.new_status.is_none()
@@ -287,13 +294,13 @@ pub(super) fn fill_report(
         // Quiet agents (cleaned, nothing present) in registry order among the others.
         let mut quiet = view.quiet.iter().peekable();
         for a in 0..=view.agents.len() {
-            while let Some(q) = quiet.next_if(|q| q.at <= a) {
+            while let Some(q) = quiet.next_if(|q| q.at() <= a) {
                 let d = quiet_decision(&q.id, ambiguous);
                 totals.agents_seen += 1;
                 totals.settling += usize::from(d.waiting.is_some());
                 task.agents.push(AgentReport::new(
                     q.id.to_string(),
-                    Cow::Borrowed(q.status),
+                    Cow::Borrowed(q.status()),
                     d.class,
                     AgentDetail {
                         waiting: d.waiting,

@@ -45,6 +45,11 @@ const FS_ALLOWED: &[(&str, &str)] = &[
         "whether a configured base exists, to watch it or poll",
     ),
     (
+        "src/watch/inotify.rs",
+        "inotify_add_watch takes a path: a watch only, nothing opened, read or written; the \
+         last component is not followed, and an event only ever asks for a confined pass",
+    ),
+    (
         "src/cli/demo.rs",
         "builds its own demo workspace in a temp dir it just created",
     ),
