@@ -87,6 +87,9 @@ struct Daemon {
     steady_sessions: Option<u64>,
     /// Periodic reconciles skipped in a row (bounded by `steady::MAX_SKIPS`).
     steady_skips: u32,
+    /// The bases the last full pass covered: a base served since (created, or freed by
+    /// another reaper) has its full pass whatever tmux says.
+    full_pass_bases: Vec<PathBuf>,
 }
 
 pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
@@ -142,6 +145,7 @@ pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
             base_locks,
             steady_sessions: None,
             steady_skips: 0,
+            full_pass_bases: Vec::new(),
         };
         daemon.main_loop(events_rx).await
     });
@@ -346,6 +350,12 @@ impl Daemon {
         // A base created since the start is taken now; one another reaper holds waits.
         if !self.dry_run {
             reaper.config.workspace_bases = self.base_locks.servable(&self.config.workspace_bases);
+        }
+        if scope.is_none() {
+            if reaper.config.workspace_bases != self.full_pass_bases {
+                known_sessions = None;
+            }
+            self.full_pass_bases = reaper.config.workspace_bases.clone();
         }
         let mode = if self.dry_run {
             Mode::Plan

@@ -532,10 +532,12 @@ fn path_string(p: &Path) -> String {
 }
 
 /// Mirrors this pass's transitions into `<base>/registry/GLOBAL_REGISTRY.json`.
+/// `live`: the ids the global registry counted live when the pass began (see
+/// `reap::mirror`); quiet agents among them get their mirror restored too.
 pub fn update_global(
     path: &Path,
-    views: &[TaskView],
-    outcomes: &[Vec<Outcome>],
+    (views, outcomes): (&[TaskView], &[Vec<Outcome>]),
+    live: Option<&HashSet<Box<str>>>,
     base: &Path,
     opts: &UpdateOptions,
     now: SystemTime,
@@ -571,6 +573,18 @@ pub fn update_global(
                 now: stamp.clone(),
             })
         })
+        .chain(
+            views
+                .iter()
+                .filter(|v| v.task.base == base)
+                .flat_map(|v| &v.quiet)
+                .filter(|q| live.is_some_and(|l| l.contains(q.id.as_str())))
+                .map(|q| GlobalChange {
+                    id: q.id.to_string(),
+                    status: q.status(),
+                    now: stamp.clone(),
+                }),
+        )
         .collect();
     rewrite_registry(path, opts, &mut GlobalEdit::new(&changes))
         .map(|(written, ())| written == UpdateOutcome::Written)

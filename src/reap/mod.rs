@@ -7,6 +7,7 @@ pub mod events;
 #[cfg(test)]
 mod fakes;
 mod lean;
+mod mirror;
 pub mod outcome;
 pub mod pass;
 #[cfg(test)]

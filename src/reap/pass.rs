@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use super::clock::{Clock, SystemClock};
 use super::events::TaskEvent;
-use super::{cache, read};
+use super::{cache, mirror, read};
 
 use super::report::fill_report;
 pub use super::report::{AgentReport, OrphanReport, PassReport, TaskReport, Totals, action_text};
@@ -68,6 +68,9 @@ pub struct Reaper {
     /// Task folders a pass found wholly cleaned (the steady state; kept in the state dir
     /// when loaded from there, see `crate::state::load_clean_tasks`).
     pub clean_tasks: cache::CleanTasks,
+    /// Per base, the ids its global registry still counts live (`mirror::live_mirrors`),
+    /// as read at the start of this pass: their mirrors are restored even for quiet agents.
+    live_mirrors: HashMap<PathBuf, HashSet<Box<str>>>,
     /// File events keep `clean_tasks` current (the daemon's healthy inotify watch): full
     /// passes skip clean tasks without looking at their registries.
     pub trust_clean_cache: bool,
@@ -90,6 +93,7 @@ impl Reaper {
             state_dbs: HashMap::new(),
             pane_map: crate::procs::panemap::PaneMap::in_memory(),
             clean_tasks: cache::CleanTasks::in_memory(),
+            live_mirrors: HashMap::new(),
             trust_clean_cache: false,
             hooks: crate::hooks::Hooks::default(),
             uploader: None,
@@ -223,6 +227,27 @@ impl Reaper {
             .filter_map(|t| self.clean_tasks.get(&t.dir))
             .collect();
         let (mut overlap, mut late) = cache::Overlap::new(&skipped_entries);
+        // Agents the global registry still counts live: their clean tasks are read too, so
+        // the pass restores those mirrors (an unlocked global rewrite can put one back).
+        self.live_mirrors = self
+            .config
+            .workspace_bases
+            .iter()
+            .map(|b| {
+                let live = mirror::live_mirrors(&global_registry(b), self.config.max_registry_size);
+                (b.clone(), live)
+            })
+            .filter(|(_, live)| !live.is_empty())
+            .collect();
+        late.extend(
+            overlap.more(
+                self.live_mirrors
+                    .values()
+                    .flatten()
+                    .filter_map(|id| crate::model::AgentId::parse(id).ok())
+                    .map(|id| cache::session_hash(&id.session_name())),
+            ),
+        );
         let mut hashed = 0;
         loop {
             let read = views[hashed..].iter().zip(&pending[hashed..]);

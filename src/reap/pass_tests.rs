@@ -508,3 +508,44 @@ fn registry_cut_short_is_restored_from_its_sidecar_and_reported() {
         "{text}"
     );
 }
+
+/// The orchestrator's unlocked global rewrite can put an agent's old mirror back after its
+/// end was recorded. A later pass restores it even when the task is clean (skipped by the
+/// steady-state cache) and the agent quiet: `active_agents` never counts it forever.
+#[test]
+fn a_global_mirror_put_back_is_restored_for_a_clean_task() {
+    let b = Bench::new();
+    let id = "mirror-120009-0a0b0c";
+    b.task(TASK, vec![b.agent(id, "completed", b.ago(HOUR))]);
+    fs::create_dir_all(b.base.join("registry")).unwrap();
+    let global = b.base.join(crate::workspace::GLOBAL_REGISTRY);
+    let put_back = || {
+        let doc = json!({"total_agents_spawned": 1, "active_agents": 1,
+                         "agents": {id: {"task_id": TASK, "status": "working"}}});
+        fs::write(&global, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    };
+    let mirror = || {
+        let doc: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&global).unwrap()).unwrap();
+        (
+            doc["agents"][id]["status"].clone(),
+            doc["active_agents"].clone(),
+        )
+    };
+    put_back();
+    let mut reaper = b.reaper();
+    pass(&mut reaper);
+    assert_eq!(mirror(), (json!("completed"), json!(0)));
+    // Clean now: a pass with nothing new skips the task unread.
+    b.clock.advance(HOUR);
+    pass(&mut reaper);
+    let skipped = pass(&mut reaper);
+    assert!(skipped.tasks.is_empty(), "{:?}", skipped.tasks);
+
+    put_back();
+    let report = pass(&mut reaper);
+
+    assert_eq!(report.tasks.len(), 1, "the task is read again");
+    assert_eq!(mirror(), (json!("completed"), json!(0)));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}

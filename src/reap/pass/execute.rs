@@ -95,9 +95,14 @@ impl Reaper {
         }
         for base in &self.config.workspace_bases {
             let path = global_registry(base);
-            if let Err(e) =
-                act::update_global(&path, views, &outcomes, base, &self.update_options(), now)
-            {
+            if let Err(e) = act::update_global(
+                &path,
+                (views, &outcomes),
+                self.live_mirrors.get(base),
+                base,
+                &self.update_options(),
+                now,
+            ) {
                 report.errors.push(e);
             }
         }
