@@ -128,7 +128,7 @@ impl CleanTasks {
         let Some(clean) = self.tasks.get_mut(&task.dir) else {
             return Holds::No;
         };
-        if live.iter().any(|h| clean.sessions.binary_search(h).is_ok()) {
+        if intersect(live, &clean.sessions) {
             return Holds::No;
         }
         if trusted {
@@ -211,6 +211,13 @@ impl CleanTasks {
             }
         }
     }
+}
+
+/// Whether two sorted lists share a value: each of the shorter looked up in the longer (a
+/// few live sessions against 600,000 cleaned agents, or the other way round).
+fn intersect(a: &[u64], b: &[u64]) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    short.iter().any(|h| long.binary_search(h).is_ok())
 }
 
 /// Stamps, then a fresh look at the registry and the agents' files: a clean task when every

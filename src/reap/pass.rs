@@ -139,7 +139,7 @@ impl Reaper {
             }
         };
         // Full passes skip the registries still known clean (see `cache`).
-        let live_sessions: Vec<u64> = match &tmux {
+        let mut live_sessions: Vec<u64> = match &tmux {
             Ok(snapshot) => snapshot
                 .sessions
                 .keys()
@@ -147,6 +147,7 @@ impl Reaper {
                 .collect(),
             Err(_) => Vec::new(),
         };
+        live_sessions.sort_unstable();
         let use_cache = scope.is_none() && tmux.is_ok();
         let mut still_clean: Vec<TaskDir> = Vec::new();
         let mut keys: HashMap<PathBuf, read::FileKey> = HashMap::new();

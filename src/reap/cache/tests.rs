@@ -209,6 +209,10 @@ fn a_live_session_of_one_of_its_agents_has_it_read() {
     let live = [session_hash(&format!("agent_{ID}"))];
     assert_eq!(cache.check(&task_in(tmp.path()), &live, true), Holds::No);
     assert_eq!(cache.check(&task_in(tmp.path()), &[1, 2], true), Holds::Yes);
+    // Sorted live sessions, many more than the task's agents: still found.
+    let mut many: Vec<u64> = (0..1000).chain(live).collect();
+    many.sort_unstable();
+    assert_eq!(cache.check(&task_in(tmp.path()), &many, true), Holds::No);
 }
 
 #[test]
