@@ -355,6 +355,10 @@ fn listed_twice(entries: &[LeanAgent]) -> HashSet<Box<str>> {
 }
 
 impl PendingAgent {
+    pub fn id(&self) -> &AgentId {
+        &self.id
+    }
+
     pub fn file_ids(&self) -> impl Iterator<Item = DevIno> + '_ {
         self.logs.iter().map(|l| l.id)
     }

@@ -1,5 +1,6 @@
-//! Filesystem watching: notify (inotify, or polling past the watch limit) on each workspace
-//! base, turned into domain events (base, task, kind, agent) for the daemon's loop.
+//! Filesystem watching: inotify on the folders of each workspace base that can hold its
+//! files (`inotify`), or notify's poller past the watch limit, turned into domain events
+//! (base, task, kind, agent) for the daemon's loop.
 //!
 //! Only changes of content or names are forwarded (create, data modify, remove, rename):
 //! the daemon reads registries and logs all the time, and its reads must not wake it.
@@ -13,11 +14,12 @@
 
 mod classify;
 mod handler;
+mod inotify;
 
 pub use classify::{PathEvent, PathKind, classify};
 
 use handler::{Fallback, Handler};
-use notify::{PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _};
+use notify::{PollWatcher, RecursiveMode, Watcher as _};
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -112,14 +114,14 @@ struct State {
 }
 
 enum Backend {
-    Inotify(RecommendedWatcher),
+    Inotify(inotify::Inotify),
     Poll(PollWatcher),
 }
 
 impl Backend {
     fn watch(&mut self, path: &Path) -> notify::Result<()> {
         match self {
-            Backend::Inotify(w) => w.watch(path, RecursiveMode::Recursive),
+            Backend::Inotify(w) => w.watch(path),
             Backend::Poll(w) => w.watch(path, RecursiveMode::Recursive),
         }
     }
@@ -191,6 +193,15 @@ impl Watcher {
     /// True when watching by polling (inotify limit reached, or forced).
     pub fn is_polling(&self) -> bool {
         matches!(*lock(&self.backend), Some(Backend::Poll(_)))
+    }
+
+    /// How many folders inotify watches (`None` when polling): each base, its `registry/`,
+    /// its task folders and their log folders, nothing else.
+    pub fn watched_folders(&self) -> Option<usize> {
+        match &*lock(&self.backend) {
+            Some(Backend::Inotify(w)) => Some(w.len()),
+            _ => None,
+        }
     }
 
     /// The wanted bases (absolute) in order; `PathEvent::base` indexes this list.
@@ -388,13 +399,13 @@ fn new_inotify(
     tx: &UnboundedSender<WatchEvent>,
     backend: &Arc<Mutex<Option<Backend>>>,
     options: WatchOptions,
-) -> notify::Result<RecommendedWatcher> {
+) -> notify::Result<inotify::Inotify> {
     let handler = Handler {
         state: Arc::clone(state),
         tx: tx.clone(),
         fallback: Some(Fallback::new(backend, state, options)),
     };
-    RecommendedWatcher::new(handler, notify_config(options))
+    inotify::Inotify::new(handler)
 }
 
 fn new_poll(

@@ -119,6 +119,7 @@ pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
         reaper.journal = Some(journal);
         reaper.progress = Some(heartbeat.reaper_callback());
         reaper.pane_map = crate::state::load_pane_map(&state);
+        reaper.clean_tasks = crate::state::load_clean_tasks(&state);
         let mut daemon = Daemon {
             reaper: Some(reaper),
             overrides,
@@ -163,8 +164,11 @@ impl Daemon {
         let spawned = std::thread::Builder::new()
             .name("watch-setup".into())
             .spawn(move || {
+                let started = Instant::now();
+                let watcher = watch::watch(&bases, tx);
+                tracing::debug!("watch set up in {} ms", started.elapsed().as_millis());
                 // Nobody waiting any more (a newer setup, shutdown): the watcher is dropped.
-                let _ = done.send(watch::watch(&bases, tx));
+                let _ = done.send(watcher);
             });
         match spawned {
             Ok(_) => self.watch_setup = Some(setup),

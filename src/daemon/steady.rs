@@ -49,6 +49,7 @@ mod tests {
     use crate::decide::AgentClass;
     use crate::procs::SessionInfo;
     use crate::reap::pass::{AgentReport, OrphanReport, TaskReport, Totals};
+    use crate::reap::report::AgentDetail;
     use std::time::Duration;
 
     fn snapshot(sessions: &[(&str, u32)]) -> Result<TmuxSnapshot, TmuxError> {
@@ -73,12 +74,11 @@ mod tests {
     }
 
     fn agent(status: &str, class: AgentClass) -> AgentReport {
-        AgentReport::new(
-            "a".into(),
-            status.to_string().into(),
-            class,
-            Default::default(),
-        )
+        agent_with(status, class, AgentDetail::default())
+    }
+
+    fn agent_with(status: &str, class: AgentClass, detail: AgentDetail) -> AgentReport {
+        AgentReport::new("a".into(), status.to_string().into(), class, detail)
     }
 
     fn report(agents: Vec<AgentReport>) -> PassReport {
@@ -142,11 +142,23 @@ mod tests {
             &report(vec![agent("working", AgentClass::Active)]),
             true
         ));
-        let mut waiting = agent("completed", AgentClass::Cleaned);
-        waiting.recheck = Some(Duration::from_secs(2));
+        let waiting = agent_with(
+            "completed",
+            AgentClass::Cleaned,
+            AgentDetail {
+                recheck: Some(Duration::from_secs(2)),
+                ..Default::default()
+            },
+        );
         assert!(!is_steady(&report(vec![waiting]), true));
-        let mut failed = agent("completed", AgentClass::Cleaned);
-        failed.errors.push("archive: EIO".into());
+        let failed = agent_with(
+            "completed",
+            AgentClass::Cleaned,
+            AgentDetail {
+                errors: vec!["archive: EIO".into()],
+                ..Default::default()
+            },
+        );
         assert!(!is_steady(&report(vec![failed]), true));
         let mut broken = report(vec![]);
         broken.tasks[0].error = Some("registry locked".into());

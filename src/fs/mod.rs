@@ -35,7 +35,7 @@ pub use id::{FileId, birth_ns};
 pub use locate::{open_parent_below, open_parent_within};
 pub use ops::{
     Compare, UnlinkOutcome, link_then_unlink, rename_noreplace, replace_file, replace_file_with,
-    sync_dir, unlink_if_same, write_new_atomically,
+    sync_dir, unlink_if_same, unlink_regular, write_new_atomically,
 };
 pub use read::{TailChunks, read_capped, tail_chunks_backwards};
 

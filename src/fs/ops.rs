@@ -78,21 +78,8 @@ pub fn unlink_if_same(
     compare: Compare,
 ) -> Result<UnlinkOutcome, FsError> {
     let name = dir.single_name(name.as_ref())?;
-    let private = loop {
-        let candidate = fresh_name(name, "del");
-        match rfs::renameat_with(dir, name, dir, &candidate, RenameFlags::NOREPLACE) {
-            Ok(()) => break candidate,
-            Err(Errno::NOENT) => return Ok(UnlinkOutcome::Gone),
-            // Someone planted our fresh name: take another.
-            Err(Errno::EXIST) => continue,
-            // No RENAME_NOREPLACE here: fresh names are unique, a plain rename is safe.
-            Err(Errno::INVAL | Errno::NOSYS) => match rfs::renameat(dir, name, dir, &candidate) {
-                Ok(()) => break candidate,
-                Err(Errno::NOENT) => return Ok(UnlinkOutcome::Gone),
-                Err(e) => return Err(FsError::io(dir.display(name), e)),
-            },
-            Err(e) => return Err(FsError::io(dir.display(name), e)),
-        }
+    let Some(private) = take_aside(dir, name)? else {
+        return Ok(UnlinkOutcome::Gone);
     };
     let now = rfs::statat(dir, &private, AtFlags::SYMLINK_NOFOLLOW);
     let ours = match &now {
@@ -111,18 +98,98 @@ pub fn unlink_if_same(
             .map_err(|e| FsError::io(dir.display(&private), e))?;
         return Ok(UnlinkOutcome::Unlinked);
     }
-    let what = match rfs::renameat_with(dir, &private, dir, name, RenameFlags::NOREPLACE) {
-        Ok(()) => "another file has the name now".to_string(),
-        Err(e) => format!(
-            "another file has the name now, and it could not be put back ({}): it is at {}",
-            std::io::Error::from(e),
-            dir.display(&private).display()
-        ),
-    };
     Err(FsError::Changed {
         path: dir.display(name),
-        what,
+        what: put_back(dir, &private, name, "another file has the name now"),
     })
+}
+
+/// Unlinks `dir/name` only if it is a regular file with one link (no symlink, folder,
+/// FIFO or device; no hard link to a file elsewhere), judged on the very file unlinked:
+/// the name is first renamed to a fresh private name (atomic), what was moved is checked
+/// by one `fstatat`, and either unlinked or renamed back. One check instead of a check
+/// before and a comparison after ([`unlink_if_same`]): what is unlinked is what was
+/// checked, because nothing else can be at the private name.
+/// Refused: the error [`Dir::stat_to_move`] would give (`Symlink`, `NotRegular`,
+/// `HardLinked`), the file left at its name.
+pub fn unlink_regular(dir: &Dir, name: impl AsRef<Path>) -> Result<UnlinkOutcome, FsError> {
+    let name = dir.single_name(name.as_ref())?;
+    let Some(private) = take_aside(dir, name)? else {
+        return Ok(UnlinkOutcome::Gone);
+    };
+    let st = match rfs::statat(dir, &private, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(e) => {
+            let what = put_back(dir, &private, name, "could not be checked");
+            return Err(FsError::io(
+                dir.display(name),
+                std::io::Error::other(format!("{}; {what}", std::io::Error::from(e))),
+            ));
+        }
+    };
+    let path = || dir.display(name);
+    let refused = match EntryKind::of_stat(&st) {
+        EntryKind::File if st.st_nlink == 1 => None,
+        EntryKind::File => Some(FsError::HardLinked {
+            path: path(),
+            links: st.st_nlink as u64,
+        }),
+        EntryKind::Symlink => Some(FsError::Symlink { path: path() }),
+        kind => Some(FsError::NotRegular {
+            path: path(),
+            kind: kind.describe(),
+        }),
+    };
+    if let Some(refused) = refused {
+        let back = rfs::renameat_with(dir, &private, dir, name, RenameFlags::NOREPLACE);
+        return match back {
+            Ok(()) => Err(refused),
+            Err(e) => Err(FsError::Changed {
+                path: path(),
+                what: format!(
+                    "{refused}; and it could not be put back ({}): it is at {}",
+                    std::io::Error::from(e),
+                    dir.display(&private).display()
+                ),
+            }),
+        };
+    }
+    rfs::unlinkat(dir, &private, AtFlags::empty())
+        .map_err(|e| FsError::io(dir.display(&private), e))?;
+    Ok(UnlinkOutcome::Unlinked)
+}
+
+/// Renames `dir/name` to a fresh private name (never replacing); `None` when nothing had
+/// the name.
+fn take_aside(dir: &Dir, name: &std::ffi::OsStr) -> Result<Option<OsString>, FsError> {
+    loop {
+        let candidate = fresh_name(name, "del");
+        match rfs::renameat_with(dir, name, dir, &candidate, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(Some(candidate)),
+            Err(Errno::NOENT) => return Ok(None),
+            // Someone planted our fresh name: take another.
+            Err(Errno::EXIST) => continue,
+            // No RENAME_NOREPLACE here: fresh names are unique, a plain rename is safe.
+            Err(Errno::INVAL | Errno::NOSYS) => match rfs::renameat(dir, name, dir, &candidate) {
+                Ok(()) => return Ok(Some(candidate)),
+                Err(Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(FsError::io(dir.display(name), e)),
+            },
+            Err(e) => return Err(FsError::io(dir.display(name), e)),
+        }
+    }
+}
+
+/// Renames the private name back to `name` (never replacing); says what happened after `why`.
+fn put_back(dir: &Dir, private: &std::ffi::OsStr, name: &std::ffi::OsStr, why: &str) -> String {
+    match rfs::renameat_with(dir, private, dir, name, RenameFlags::NOREPLACE) {
+        Ok(()) => why.to_string(),
+        Err(e) => format!(
+            "{why}, and it could not be put back ({}): it is at {}",
+            std::io::Error::from(e),
+            dir.display(private).display()
+        ),
+    }
 }
 
 /// Writes `bytes` as `dir/name`, atomically and durably: a fresh name created
@@ -222,9 +289,9 @@ fn fresh_name(name: &std::ffi::OsStr, what: &str) -> OsString {
         .unwrap_or(0);
     let mut s = OsString::from(".");
     s.push(name);
-    s.push(format!(
-        ".agent-reaper-{what}.{}.{n}.{nanos}",
-        std::process::id()
-    ));
+    // The pid once per process, not a `getpid` per name (a backlog asks for 40,000).
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    s.push(format!(".agent-reaper-{what}.{pid}.{n}.{nanos}"));
     s
 }

@@ -375,6 +375,73 @@ fn unlink_if_same_never_deletes_a_file_swapped_in_after_the_check() {
 }
 
 #[test]
+fn unlink_regular_deletes_only_a_regular_file_with_one_link() {
+    let f = fixture();
+    let task = open(&f, Resolve::detect()).open_dir("TASK-1").unwrap();
+    let entries = |task: &Dir| {
+        let mut names: Vec<_> = task.list().unwrap().into_iter().map(|l| l.name).collect();
+        names.sort();
+        names
+    };
+    // A hard link to a file elsewhere: refused, both names kept, nothing left aside.
+    stdfs::write(f.base.join("TASK-1/elsewhere"), "kept").unwrap();
+    stdfs::hard_link(
+        f.base.join("TASK-1/elsewhere"),
+        f.base.join("TASK-1/agent_prompt_a.txt"),
+    )
+    .unwrap();
+    let err = unlink_regular(&task, "agent_prompt_a.txt").unwrap_err();
+    assert!(matches!(err, FsError::HardLinked { links: 2, .. }), "{err}");
+    assert_eq!(
+        stdfs::read_to_string(f.base.join("TASK-1/agent_prompt_a.txt")).unwrap(),
+        "kept"
+    );
+    stdfs::remove_file(f.base.join("TASK-1/agent_prompt_a.txt")).unwrap();
+    // A symlink to an outside file: refused, the link and its target kept.
+    symlink(
+        f.outside.join("secret"),
+        f.base.join("TASK-1/agent_prompt_a.txt"),
+    )
+    .unwrap();
+    let err = unlink_regular(&task, "agent_prompt_a.txt").unwrap_err();
+    assert!(matches!(err, FsError::Symlink { .. }), "{err}");
+    assert!(
+        stdfs::symlink_metadata(f.base.join("TASK-1/agent_prompt_a.txt"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert_eq!(
+        stdfs::read_to_string(f.outside.join("secret")).unwrap(),
+        "outside bytes"
+    );
+    stdfs::remove_file(f.base.join("TASK-1/agent_prompt_a.txt")).unwrap();
+    // A folder (or FIFO) swapped in for the prompt: refused, left whole.
+    stdfs::create_dir(f.base.join("TASK-1/agent_prompt_a.txt")).unwrap();
+    stdfs::write(f.base.join("TASK-1/agent_prompt_a.txt/inner"), "x").unwrap();
+    let err = unlink_regular(&task, "agent_prompt_a.txt").unwrap_err();
+    assert!(matches!(err, FsError::NotRegular { .. }), "{err}");
+    assert!(f.base.join("TASK-1/agent_prompt_a.txt/inner").exists());
+    stdfs::remove_dir_all(f.base.join("TASK-1/agent_prompt_a.txt")).unwrap();
+    assert_eq!(entries(&task), ["elsewhere", "logs"]);
+    // A plain prompt: deleted; asked again, nothing had the name.
+    stdfs::write(f.base.join("TASK-1/agent_prompt_a.txt"), "prompt").unwrap();
+    assert_eq!(
+        unlink_regular(&task, "agent_prompt_a.txt").unwrap(),
+        UnlinkOutcome::Unlinked
+    );
+    assert_eq!(
+        unlink_regular(&task, "agent_prompt_a.txt").unwrap(),
+        UnlinkOutcome::Gone
+    );
+    assert_eq!(entries(&task), ["elsewhere", "logs"]);
+    assert!(unlink_regular(&task, "../secret").is_err());
+    assert_eq!(
+        stdfs::read_to_string(f.outside.join("secret")).unwrap(),
+        "outside bytes"
+    );
+}
+
+#[test]
 fn unlink_if_unchanged_keeps_a_file_that_grew() {
     let f = fixture();
     let logs = open(&f, Resolve::detect()).open_dir("TASK-1/logs").unwrap();

@@ -1,63 +1,268 @@
-//! The steady state: task registries a full pass found wholly cleaned are not read again
-//! while their file (identity, size, mtime) stays the same and no live tmux session
-//! carries one of their agents' names.
+//! The steady state: task registries a pass found wholly cleaned are not read again while
+//! their file and their folders (identity, size, mtime) stay the same and no live tmux
+//! session carries one of their agents' names. Kept in the state dir across runs.
+
+mod disk;
+mod stamp;
+#[cfg(test)]
+mod tests;
 
 use super::read::FileKey;
 use crate::decide::{AgentClass, Decision};
-use crate::fs::EntryKind;
-use crate::model::AgentId;
-use crate::model::Backend;
-use crate::observe::TaskView;
-use crate::workspace::{TASK_REGISTRY, TaskDir};
+use crate::model::{AgentId, Backend};
+use crate::observe::{PendingAgent, TaskView, task_view};
+use crate::workspace::TaskDir;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-/// A task whose agents were all cleaned, as last read.
-#[derive(Debug, Clone)]
+pub use disk::CacheError;
+use stamp::Seen;
+
+/// A task whose agents were all cleaned, with nothing of theirs present, as last looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CleanTask {
-    pub key: FileKey,
-    pub task_id: String,
-    /// Its agents' ids, for the pass-wide ambiguity check (an id listed in two tasks).
-    pub ids: Vec<AgentId>,
-    /// Hashes of its agents' session names, sorted (a live one means: look again).
+    /// The registry as read then.
+    registry: Seen,
+    /// The task folder and its `logs/`, `progress/`, `findings/` (see `stamp::FOLDERS`): a
+    /// late log, prompt or folder is a new name in one of them, which changes its mtime.
+    folders: [Seen; stamp::FOLDERS.len()],
+    /// How many agents it lists (counted as seen in each pass that skips it).
+    pub agents: usize,
+    /// `session_hash` of its agents' session names, sorted. A live one means: look again.
+    /// Also the pass-wide ambiguity check: an id read elsewhere with one of these hashes
+    /// has the task read again this pass (see `Reaper::run_scoped`), so the check always
+    /// compares real ids. A 64-bit collision only makes the task read: the safe direction.
     pub sessions: Vec<u64>,
 }
 
+/// A stable 64-bit hash (FNV-1a) of a session name: the same in every run and build, as
+/// it is kept on disk. Not collision-resistant: a collision only ever costs a read.
 pub fn session_hash(name: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    name.hash(&mut h);
-    h.finish()
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
-impl CleanTask {
-    /// Still clean: none of its sessions runs and the registry is the one read then.
-    /// `live`: `session_hash` of every live `agent_*` session. `trusted`: file events keep
-    /// the cache current (a task with an event since is looked at by its own pass), so the
-    /// registry is not even looked at; else one `fstatat` beneath the base handle.
-    pub fn still_holds(&self, task: &TaskDir, live: &[u64], trusted: bool) -> bool {
-        !live.iter().any(|h| self.sessions.binary_search(h).is_ok())
-            && (trusted || registry_key_beneath(task) == Some(self.key))
+/// The clean tasks, per task folder (`<base>/<task>`), and where they are kept.
+#[derive(Debug, Default)]
+pub struct CleanTasks {
+    /// `<state_dir>/clean-tasks.bin`; `None`: kept in memory only (plan, tests).
+    path: Option<PathBuf>,
+    tasks: HashMap<PathBuf, CleanTask>,
+    /// Changed since loaded or saved.
+    dirty: bool,
+    /// Tasks whose last confirmation found something present, by the registry key read
+    /// then: not confirmed again until the registry changes (a cleaned agent whose prompt
+    /// is kept would otherwise cost a second read every pass).
+    rejected: HashMap<PathBuf, FileKey>,
+}
+
+/// What a look at a cached task found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    /// Still clean: skip it.
+    Yes,
+    /// Something changed (or a live session): read it.
+    No,
+}
+
+impl CleanTasks {
+    /// A cache that is never written.
+    pub fn in_memory() -> Self {
+        CleanTasks::default()
+    }
+
+    /// Loads `<state_dir>/clean-tasks.bin`; missing is empty. A corrupt, truncated or
+    /// foreign-version file is never trusted: an empty cache (replaced at the next save)
+    /// and the problem to report.
+    pub fn load(state_dir: &Path) -> (Self, Option<CacheError>) {
+        let path = state_dir.join(disk::FILE_NAME);
+        let (tasks, problem) = disk::load(&path);
+        let cache = CleanTasks {
+            dirty: problem.is_some(),
+            path: Some(path),
+            tasks,
+            rejected: HashMap::new(),
+        };
+        (cache, problem)
+    }
+
+    /// Writes the cache if it changed (temp file, fsync, rename, folder fsync).
+    pub fn save(&mut self) -> Result<(), CacheError> {
+        let Some(path) = &self.path else {
+            self.dirty = false;
+            return Ok(());
+        };
+        if self.dirty {
+            disk::save(path, &self.tasks)?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn get(&self, dir: &Path) -> Option<&CleanTask> {
+        self.tasks.get(dir)
+    }
+
+    /// Whether the cached task at `task.dir` is still clean. `live`: `session_hash` of
+    /// every live session, sorted. `trusted`: file events keep the cache current (a task
+    /// with an event since is looked at by its own pass), so nothing is looked at; else a
+    /// few `fstatat`s beneath the base handle (and, for a stamp too recent to tell a change
+    /// by, one listing or read, see `stamp`).
+    pub fn check(&mut self, task: &TaskDir, live: &[u64], trusted: bool) -> Holds {
+        let Some(clean) = self.tasks.get_mut(&task.dir) else {
+            return Holds::No;
+        };
+        if live.iter().any(|h| clean.sessions.binary_search(h).is_ok()) {
+            return Holds::No;
+        }
+        if trusted {
+            return Holds::Yes;
+        }
+        match stamp::verify(task, &mut clean.registry, &mut clean.folders) {
+            stamp::Verified::Same => Holds::Yes,
+            stamp::Verified::SameSettled => {
+                self.dirty = true;
+                Holds::Yes
+            }
+            stamp::Verified::Changed => Holds::No,
+        }
+    }
+
+    /// Keeps only the tasks in `keep` (full passes: tasks read again or gone leave).
+    pub fn retain(&mut self, keep: impl Fn(&Path) -> bool) {
+        let before = self.tasks.len();
+        self.tasks.retain(|dir, _| keep(dir));
+        self.dirty |= self.tasks.len() != before;
+    }
+
+    pub fn remove(&mut self, dir: &Path) {
+        self.dirty |= self.tasks.remove(dir).is_some();
+    }
+
+    fn insert(&mut self, dir: PathBuf, clean: CleanTask) {
+        self.rejected.remove(&dir);
+        if self.tasks.get(&dir) != Some(&clean) {
+            self.tasks.insert(dir, clean);
+            self.dirty = true;
+        }
+    }
+
+    /// After a pass: each task it saw that may now be wholly cleaned (`candidates`) is
+    /// looked at once more, its stamps taken BEFORE that look, so a log written after
+    /// the look changes a stamp and one written before is seen by it. This also covers
+    /// the pass's own moves and registry writes (they precede the stamps). `keys`: the
+    /// registry versions this pass read, for `rejected`.
+    pub fn confirm(
+        &mut self,
+        candidates: &[&TaskDir],
+        keys: &HashMap<PathBuf, FileKey>,
+        max_bytes: u64,
+        unseen: &dyn Fn(&AgentId) -> bool,
+    ) {
+        for task in candidates {
+            let read = keys.get(&task.dir);
+            if read.is_some() && self.rejected.get(&task.dir) == read {
+                continue;
+            }
+            match judge(task, max_bytes, unseen) {
+                Some(clean) => self.insert(task.dir.clone(), clean),
+                None => {
+                    if let Some(key) = read {
+                        self.rejected.insert(task.dir.clone(), *key);
+                    }
+                }
+            }
+        }
     }
 }
 
-/// The registry's key by one `fstatat` through the base handle discovery opened. The
-/// folder on the way is not checked for a symlink: a match only ever means "skip", and a
-/// swapped folder holding this very file (same device, inode, size, mtime) is as clean.
-fn registry_key_beneath(task: &TaskDir) -> Option<FileKey> {
-    let base = task.base_handle().ok()?;
-    let entry = base.probe_metadata(Path::new(&task.task_id).join(TASK_REGISTRY))?;
-    (entry.kind == EntryKind::File).then_some(FileKey {
-        dev: entry.id.dev,
-        ino: entry.id.ino,
-        size: entry.id.size,
-        mtime: entry.id.mtime,
+/// Stamps, then a fresh look at the registry and the agents' files: a clean task when every
+/// agent is cleaned with nothing present and no session (`observe::QuietAgent`), nothing
+/// odd in the registry, and it is a JSON registry the fast reader parses.
+fn judge(task: &TaskDir, max_bytes: u64, unseen: &dyn Fn(&AgentId) -> bool) -> Option<CleanTask> {
+    let now = SystemTime::now();
+    let folders = stamp::take_folders(task, now)?;
+    let (registry, bytes) = stamp::read_registry(task, now, max_bytes)?;
+    let root = super::lean::parse(&bytes).ok()?;
+    drop(bytes);
+    let (view, pending) = task_view(task, Backend::Json, Ok(root), unseen);
+    let clean = pending.is_empty()
+        && view.error.is_none()
+        && view.warnings.is_empty()
+        && view.duplicates.is_empty();
+    if !clean {
+        return None;
+    }
+    let mut sessions: Vec<u64> = view
+        .quiet
+        .iter()
+        .map(|q| session_hash(&q.session_name()))
+        .collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    Some(CleanTask {
+        registry,
+        folders,
+        agents: view.quiet.len(),
+        sessions,
     })
 }
 
-/// Ambiguous ids (see `procs::ambiguity`) over the tasks read this pass and the clean ones
-/// skipped, so skipping a task never hides that an id is listed twice.
-pub fn ambiguous(views: &[TaskView], clean: &[&CleanTask]) -> BTreeMap<AgentId, String> {
+/// The tasks of this pass that may now be wholly cleaned: JSON registries read without a
+/// problem whose agents are cleaned, or finished with their cleanup done this pass
+/// (`judge` looks again before anything is cached), and no ambiguous id.
+pub fn candidates<'v>(
+    views: &'v [TaskView],
+    decisions: &[Vec<Decision>],
+    ambiguous: &BTreeMap<AgentId, String>,
+) -> Vec<&'v TaskDir> {
+    views
+        .iter()
+        .zip(decisions)
+        .filter(|(v, d)| {
+            v.backend == Backend::Json
+                && v.error.is_none()
+                && v.warnings.is_empty()
+                && v.duplicates.is_empty()
+                && v.agents.iter().zip(d.iter()).all(|(a, d)| {
+                    matches!(d.class, AgentClass::Cleaned | AgentClass::Finished)
+                        && d.waiting.is_none()
+                        && a.warnings.is_empty()
+                        && !ambiguous.contains_key(&a.id)
+                })
+                && v.quiet.iter().all(|q| !ambiguous.contains_key(&q.id))
+        })
+        .map(|(v, _)| &v.task)
+        .collect()
+}
+
+/// `session_hash` of every id a task read lists (its agents still to be looked at, quiet
+/// ones, duplicates).
+pub fn read_hashes<'v>(
+    view: &'v TaskView,
+    pending: &'v [PendingAgent],
+) -> impl Iterator<Item = u64> + 'v {
+    pending
+        .iter()
+        .map(PendingAgent::id)
+        .chain(view.agents.iter().map(|a| &a.id))
+        .chain(view.quiet.iter().map(|q| &q.id))
+        .chain(view.duplicates.iter())
+        .map(|id| session_hash(&id.session_name()))
+}
+
+/// Ambiguous ids (see `procs::ambiguity`) over the tasks read this pass. Clean tasks
+/// skipped hold no id another task lists or shares a session name with: those are read.
+pub fn ambiguous(views: &[TaskView]) -> BTreeMap<AgentId, String> {
     let read = views.iter().flat_map(|v| {
         let task = v.task.task_id.as_str();
         v.agents
@@ -67,60 +272,55 @@ pub fn ambiguous(views: &[TaskView], clean: &[&CleanTask]) -> BTreeMap<AgentId, 
             .chain(v.duplicates.iter().flat_map(|d| [d, d]))
             .map(move |id| (task, id))
     });
-    let skipped = clean
-        .iter()
-        .flat_map(|c| c.ids.iter().map(move |id| (c.task_id.as_str(), id)));
-    crate::procs::ambiguity::ambiguous_ids(read.chain(skipped))
+    crate::procs::ambiguity::ambiguous_ids(read)
 }
 
-/// The tasks of this pass that are wholly cleaned and were not written: cached until their
-/// registry changes. `keys`: what was read of each JSON registry; `written`: per view.
-pub fn newly_clean(
-    views: &[TaskView],
-    decisions: &[Vec<Decision>],
-    written: &[bool],
-    keys: &HashMap<PathBuf, FileKey>,
-    ambiguous: &BTreeMap<AgentId, String>,
-) -> Vec<(PathBuf, CleanTask)> {
-    let mut out = Vec::new();
-    for (t, v) in views.iter().enumerate() {
-        let clean = v.backend == Backend::Json
-            && v.error.is_none()
-            && v.warnings.is_empty()
-            && v.duplicates.is_empty()
-            && !written.get(t).copied().unwrap_or(false)
-            && v.agents.iter().zip(&decisions[t]).all(|(a, d)| {
-                d.class == AgentClass::Cleaned
-                    && d.actions.is_empty()
-                    && d.waiting.is_none()
-                    && a.warnings.is_empty()
-            })
-            && v.quiet.iter().all(|q| !ambiguous.contains_key(&q.id));
-        let Some(key) = keys.get(&v.task.dir).filter(|_| clean) else {
-            continue;
-        };
-        let mut sessions: Vec<u64> = v
-            .agents
-            .iter()
-            .map(|a| session_hash(&a.session_name()))
-            .chain(v.quiet.iter().map(|q| session_hash(&q.session_name())))
-            .collect();
-        sessions.sort_unstable();
-        sessions.dedup();
-        out.push((
-            v.task.dir.clone(),
-            CleanTask {
-                key: *key,
-                task_id: v.task.task_id.clone(),
-                ids: v
-                    .agents
-                    .iter()
-                    .map(|a| a.id.clone())
-                    .chain(v.quiet.iter().map(|q| q.id.clone()))
-                    .collect(),
-                sessions,
-            },
-        ));
+/// Which skipped clean tasks must be read after all for the ambiguity check: those sharing
+/// a session hash with another skipped one, and (through `more`) those sharing one with a
+/// task read. `skipped`: the cached entries, in order.
+pub struct Overlap {
+    owner: HashMap<u64, usize>,
+    taken: Vec<bool>,
+}
+
+impl Overlap {
+    /// Also returns the skipped tasks that share a hash with another skipped one.
+    pub fn new(skipped: &[&CleanTask]) -> (Self, Vec<usize>) {
+        let mut owner = HashMap::with_capacity(skipped.iter().map(|c| c.sessions.len()).sum());
+        let mut taken = vec![false; skipped.len()];
+        let mut out = Vec::new();
+        for (i, clean) in skipped.iter().enumerate() {
+            for h in &clean.sessions {
+                if let Some(j) = owner.insert(*h, i)
+                    && j != i
+                {
+                    for k in [i, j] {
+                        if !taken[k] {
+                            taken[k] = true;
+                            out.push(k);
+                        }
+                    }
+                }
+            }
+        }
+        (Overlap { owner, taken }, out)
     }
-    out
+
+    /// The skipped tasks not yet taken that hold one of `hashes`.
+    pub fn more(&mut self, hashes: impl IntoIterator<Item = u64>) -> Vec<usize> {
+        let mut out = Vec::new();
+        for h in hashes {
+            if let Some(&i) = self.owner.get(&h)
+                && !self.taken[i]
+            {
+                self.taken[i] = true;
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    pub fn is_taken(&self, i: usize) -> bool {
+        self.taken[i]
+    }
 }

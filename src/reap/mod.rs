@@ -1,7 +1,7 @@
 //! One reap pass: observe, decide, act (apply) and report. Wiring only.
 
 pub mod apply;
-mod cache;
+pub mod cache;
 pub mod clock;
 pub mod events;
 #[cfg(test)]
@@ -18,4 +18,4 @@ mod pass_sqlite_tests;
 #[cfg(test)]
 mod pass_tests;
 mod read;
-mod report;
+pub(crate) mod report;

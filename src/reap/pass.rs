@@ -12,9 +12,9 @@ use crate::reap::apply as act;
 use crate::reap::outcome::Outcome;
 use crate::registry::sqlite::tasks::{db_task_dirs, open_base_db};
 use crate::registry::{SidecarRecovery, UpdateOptions, recover_sidecar};
-use crate::workspace::{discover_tasks, global_registry};
+use crate::workspace::{TaskDir, discover_tasks, global_registry};
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::clock::{Clock, SystemClock};
@@ -65,8 +65,9 @@ pub struct Reaper {
     pub journal: Option<std::sync::Mutex<crate::journal::Journal>>,
     /// Sessions agents ran in (kept in the state dir when there is one).
     pub pane_map: crate::procs::panemap::PaneMap,
-    /// Task folders whose registries a full pass found wholly cleaned (the steady state).
-    clean_tasks: HashMap<PathBuf, cache::CleanTask>,
+    /// Task folders a pass found wholly cleaned (the steady state; kept in the state dir
+    /// when loaded from there, see `crate::state::load_clean_tasks`).
+    pub clean_tasks: cache::CleanTasks,
     /// File events keep `clean_tasks` current (the daemon's healthy inotify watch): full
     /// passes skip clean tasks without looking at their registries.
     pub trust_clean_cache: bool,
@@ -88,7 +89,7 @@ impl Reaper {
             journal: None,
             state_dbs: HashMap::new(),
             pane_map: crate::procs::panemap::PaneMap::in_memory(),
-            clean_tasks: HashMap::new(),
+            clean_tasks: cache::CleanTasks::in_memory(),
             trust_clean_cache: false,
             hooks: crate::hooks::Hooks::default(),
             uploader: None,
@@ -143,21 +144,14 @@ impl Reaper {
             Err(_) => Vec::new(),
         };
         let use_cache = scope.is_none() && tmux.is_ok();
-        let mut still_clean: Vec<PathBuf> = Vec::new();
+        let mut still_clean: Vec<TaskDir> = Vec::new();
         let mut keys: HashMap<PathBuf, read::FileKey> = HashMap::new();
         // Registries restored from their sidecar this pass (reported as done to the task).
         let mut restored: HashSet<PathBuf> = HashSet::new();
         // Observe every task of every base.
         let mut views: Vec<TaskView> = Vec::new();
         let mut pending: Vec<Vec<PendingAgent>> = Vec::new();
-        // Nothing of the agent runs or is remembered: with tmux's answer only.
-        let unseen = |id: &crate::model::AgentId| match &tmux {
-            Ok(snapshot) => {
-                !snapshot.sessions.contains_key(&id.session_name())
-                    && self.pane_map.get(id).is_empty()
-            }
-            Err(_) => false,
-        };
+        let unseen = |id: &crate::model::AgentId| is_unseen(&tmux, &self.pane_map, id);
         self.state_dbs.clear();
         for base in &self.config.workspace_bases {
             let mut tasks = match discover_tasks(base) {
@@ -192,21 +186,13 @@ impl Reaper {
                     .filter(|rows| !rows.is_empty());
                 if rows.is_none()
                     && use_cache
-                    && self.clean_tasks.get(&task.dir).is_some_and(|c| {
-                        c.still_holds(&task, &live_sessions, self.trust_clean_cache)
-                    })
+                    && self
+                        .clean_tasks
+                        .check(&task, &live_sessions, self.trust_clean_cache)
+                        == cache::Holds::Yes
                 {
-                    still_clean.push(task.dir.clone());
+                    still_clean.push(task);
                     continue;
-                }
-                if let Mode::Execute { .. } = mode {
-                    match recover_sidecar(&task.registry(), &self.update_options()) {
-                        Ok(SidecarRecovery::Restored) => {
-                            restored.insert(task.dir.clone());
-                        }
-                        Ok(_) => {}
-                        Err(e) => errors.push(e.to_string()),
-                    }
                 }
                 let (view, agents) = match rows {
                     Some(rows) => task_view(
@@ -215,19 +201,12 @@ impl Reaper {
                         Ok(observe::entries::from_rows(rows)),
                         &unseen,
                     ),
-                    None => {
-                        let read = read::read_lean(
-                            &task.registry(),
-                            &read_options(&self.config, matches!(mode, Mode::Execute { .. })),
-                        );
-                        let registry = read.map(|(registry, key)| {
-                            if let Some(key) = key {
-                                keys.insert(task.dir.clone(), key);
-                            }
-                            registry
-                        });
-                        task_view(&task, Backend::Json, registry, &unseen)
-                    }
+                    None => self.read_json_task(
+                        &task,
+                        mode,
+                        &unseen,
+                        (&mut keys, &mut restored, &mut errors),
+                    ),
                 };
                 views.push(view);
                 pending.push(agents);
@@ -236,6 +215,43 @@ impl Reaper {
                 self.state_dbs.insert(base.clone(), db);
             }
         }
+        // Skipped clean tasks sharing a session name (or its hash) with a task read, or
+        // with each other, are read too: the ambiguity check then compares real ids only.
+        let skipped_entries: Vec<&cache::CleanTask> = still_clean
+            .iter()
+            .filter_map(|t| self.clean_tasks.get(&t.dir))
+            .collect();
+        let (mut overlap, mut late) = cache::Overlap::new(&skipped_entries);
+        let mut hashed = 0;
+        loop {
+            let read = views[hashed..].iter().zip(&pending[hashed..]);
+            late.extend(overlap.more(read.flat_map(|(v, p)| cache::read_hashes(v, p))));
+            hashed = views.len();
+            if late.is_empty() {
+                break;
+            }
+            for i in std::mem::take(&mut late) {
+                let (view, agents) = self.read_json_task(
+                    &still_clean[i],
+                    mode,
+                    &unseen,
+                    (&mut keys, &mut restored, &mut errors),
+                );
+                views.push(view);
+                pending.push(agents);
+            }
+        }
+        let still_clean: Vec<TaskDir> = still_clean
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !overlap.is_taken(*i))
+            .map(|(_, t)| t)
+            .collect();
+        tracing::debug!(
+            "steady state: {} clean task(s) skipped, {} task(s) read",
+            still_clean.len(),
+            views.len()
+        );
         let writers = scan_writers(self.processes.as_ref(), pending.iter().flatten());
         let procs = crate::procs::SetContext::new(&table, tmux.as_ref().ok(), &writers);
         let env = std::cell::OnceCell::new();
@@ -261,16 +277,16 @@ impl Reaper {
         self.remember_sessions(&views, &tmux, now, scope.is_some());
         // Tasks read again leave the cache (they come back below if still clean); in full
         // passes so do tasks that are gone.
-        let kept: Vec<&cache::CleanTask> = still_clean
+        let ambiguous = cache::ambiguous(&views);
+        let skipped_agents: usize = still_clean
             .iter()
-            .filter_map(|d| self.clean_tasks.get(d))
-            .collect();
-        let ambiguous = cache::ambiguous(&views, &kept);
-        let skipped_agents: usize = kept.iter().map(|c| c.ids.len()).sum();
-        let skipped_tasks = kept.len();
+            .filter_map(|t| self.clean_tasks.get(&t.dir))
+            .map(|c| c.agents)
+            .sum();
+        let skipped_tasks = still_clean.len();
         if scope.is_none() {
-            let keep: HashSet<PathBuf> = still_clean.into_iter().collect();
-            self.clean_tasks.retain(|dir, _| keep.contains(dir));
+            let keep: HashSet<&Path> = still_clean.iter().map(|t| t.dir.as_path()).collect();
+            self.clean_tasks.retain(|dir| keep.contains(dir));
         } else {
             for view in &views {
                 self.clean_tasks.remove(&view.task.dir);
@@ -348,13 +364,16 @@ impl Reaper {
         report.totals.tasks += skipped_tasks;
         report.totals.agents_seen += skipped_agents;
         if tmux.is_ok() {
-            self.clean_tasks.extend(cache::newly_clean(
-                &views,
-                &decisions,
-                &report.written_tasks,
-                &keys,
-                &ambiguous,
-            ));
+            // Looked at once more, after this pass's own moves and writes (see `cache`).
+            let candidates = cache::candidates(&views, &decisions, &ambiguous);
+            let unseen = |id: &crate::model::AgentId| is_unseen(&tmux, &self.pane_map, id);
+            self.clean_tasks
+                .confirm(&candidates, &keys, self.config.max_registry_size, &unseen);
+        }
+        if let Mode::Execute { .. } = mode
+            && let Err(e) = self.clean_tasks.save()
+        {
+            tracing::warn!("{e}");
         }
         // Hooks see only what this pass committed (in `plan`: what it would commit).
         report.hooks = self.hooks.after_pass(
@@ -377,6 +396,41 @@ impl Reaper {
             );
         }
         report
+    }
+
+    /// Reads one JSON task registry (after restoring it from a sidecar a crashed edit
+    /// left, when acting). `keys`: what was read, per task folder.
+    fn read_json_task(
+        &self,
+        task: &TaskDir,
+        mode: Mode,
+        unseen: &dyn Fn(&crate::model::AgentId) -> bool,
+        (keys, restored, errors): (
+            &mut HashMap<PathBuf, read::FileKey>,
+            &mut HashSet<PathBuf>,
+            &mut Vec<String>,
+        ),
+    ) -> (TaskView, Vec<PendingAgent>) {
+        if let Mode::Execute { .. } = mode {
+            match recover_sidecar(&task.registry(), &self.update_options()) {
+                Ok(SidecarRecovery::Restored) => {
+                    restored.insert(task.dir.clone());
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let read = read::read_lean(
+            &task.registry(),
+            &read_options(&self.config, matches!(mode, Mode::Execute { .. })),
+        );
+        let registry = read.map(|(registry, key)| {
+            if let Some(key) = key {
+                keys.insert(task.dir.clone(), key);
+            }
+            registry
+        });
+        task_view(task, Backend::Json, registry, unseen)
     }
 
     /// Keeps `gone_since` for the sessions of agents still active in some registry.
@@ -455,6 +509,20 @@ impl Reaper {
                 }
             })
             .collect()
+    }
+}
+
+/// Nothing of the agent runs or is remembered: with tmux's answer only.
+fn is_unseen(
+    tmux: &TmuxView,
+    pane_map: &crate::procs::panemap::PaneMap,
+    id: &crate::model::AgentId,
+) -> bool {
+    match tmux {
+        Ok(snapshot) => {
+            !snapshot.sessions.contains_key(&id.session_name()) && pane_map.get(id).is_empty()
+        }
+        Err(_) => false,
     }
 }
 

@@ -74,7 +74,7 @@ pub struct PathEvent {
 }
 
 /// What a task folder is called; the same rule as `workspace::discover_tasks`.
-fn task_id(name: &str) -> Option<String> {
+pub(super) fn task_id(name: &str) -> Option<String> {
     (name.starts_with("TASK-") && AgentId::parse(name).is_ok()).then(|| name.to_string())
 }
 

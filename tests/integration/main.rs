@@ -31,6 +31,7 @@ mod sqlite_apply;
 mod sqlite_lock;
 mod sqlite_read;
 mod sqlite_rules;
+mod steady;
 mod torture;
 mod upload;
 mod watch_events;

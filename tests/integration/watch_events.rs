@@ -409,3 +409,63 @@ async fn moved_base_is_rewatched_without_stale_paths() {
     };
     assert_eq!((event.path, change), (reg, Change::Created));
 }
+
+/// One watch per folder that can hold a workspace file: the base, its `registry/`, each
+/// task and its `logs/`, `progress/`, `findings/`; never `archive/` (the reaper's own
+/// moves) nor other folders, whose writes then wake nothing.
+#[tokio::test]
+async fn only_workspace_folders_are_watched_archive_is_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("ws");
+    let task = base.join(T);
+    for dir in ["registry", "not-a-task/logs"] {
+        fs::create_dir_all(base.join(dir)).unwrap();
+    }
+    for dir in ["logs", "progress", "findings", "archive", "output/deep"] {
+        fs::create_dir_all(task.join(dir)).unwrap();
+    }
+    let (tx, mut rx) = unbounded_channel();
+    let w = watch(std::slice::from_ref(&base), tx).unwrap();
+    // base, registry, the task, its three log folders.
+    assert_eq!(w.watched_folders(), Some(6));
+    fs::write(task.join(format!("archive/{A}_stream.jsonl")), "{}\n").unwrap();
+    fs::write(task.join(format!("output/deep/{A}_stream.jsonl")), "{}\n").unwrap();
+    expect_quiet(&mut rx).await;
+    // A late log in a log folder that was there before the watch: seen at once.
+    let log = task.join(format!("logs/{A}_stream.jsonl"));
+    fs::write(&log, "{}\n").unwrap();
+    let kind = expect(&mut rx, &log, Change::Created).await;
+    assert!(matches!(
+        kind,
+        PathKind::Log {
+            kind: LogKind::Stream,
+            ..
+        }
+    ));
+}
+
+/// A task folder moved into the base with its log folders already inside is watched
+/// whole as it arrives; moved out, its writes no longer come back under the old path.
+#[tokio::test]
+async fn a_task_moved_in_is_watched_and_one_moved_out_is_let_go() {
+    let (tmp, base, w, mut rx) = setup();
+    let staged = tmp.path().join(T);
+    fs::create_dir_all(staged.join("progress")).unwrap();
+    let task = base.join(T);
+    fs::rename(&staged, &task).unwrap();
+    expect(&mut rx, &task, Change::Renamed(RenameSide::To)).await;
+    assert_eq!(w.watched_folders(), Some(4));
+    let log = task.join(format!("progress/{A}_progress.jsonl"));
+    append(&log, "{\"n\":1}\n");
+    expect(&mut rx, &log, Change::Created).await;
+
+    let away = tmp.path().join("away");
+    fs::rename(&task, &away).unwrap();
+    expect(&mut rx, &task, Change::Renamed(RenameSide::From)).await;
+    assert_eq!(w.watched_folders(), Some(2));
+    append(
+        &away.join(format!("progress/{A}_progress.jsonl")),
+        "{\"n\":2}\n",
+    );
+    expect_quiet(&mut rx).await;
+}

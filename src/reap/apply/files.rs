@@ -8,7 +8,7 @@ use crate::archive::late::append_late_write_at;
 use crate::archive::outcome::AppendOutcome;
 use crate::archive::store::{ArchiveError, Archived, Archiver, name_hash, sync_dirs};
 use crate::config::Config;
-use crate::fs::{self, Compare, Dir, FsError, UnlinkOutcome};
+use crate::fs::{self, Dir, FsError, UnlinkOutcome};
 use crate::journal::{Journal, Step};
 use crate::observe::TaskView;
 use crate::reap::events::PassEvent;
@@ -316,27 +316,33 @@ impl<'a> TaskFiles<'a> {
         }
     }
 
-    /// Deletes the prompt file if it is still a regular file with one link, and only the
-    /// very file checked (a file swapped in after the check is never deleted).
-    pub(super) fn delete_prompt(&mut self, path: &Path, out: &mut Outcome) {
-        let result = self.locate(path).and_then(|(src, name)| {
-            let dir = src.dir;
-            let checked = match dir.stat_to_move(&name) {
-                Ok(id) => id,
-                Err(e) if e.is_not_found() => return Ok(UnlinkOutcome::Gone),
-                Err(e) => return Err(e.to_string()),
-            };
-            fs::unlink_if_same(&dir, &name, &checked, Compare::Inode).map_err(|e| e.to_string())
-        });
-        match result {
+    /// Deletes the prompt file if it is a regular file with one link, judged on the very
+    /// file unlinked (a file swapped in after a check is never deleted).
+    pub(super) fn delete_prompt(&mut self, path: &Path) -> Result<UnlinkOutcome, String> {
+        let (src, name) = self.locate(path)?;
+        fs::unlink_regular(&src.dir, &name).map_err(|e| e.to_string())
+    }
+
+    /// Puts what [`Self::delete_prompt`] did into the agent's outcome, its event and error
+    /// at `at` (the lengths of `out.done` and `out.errors` when its turn came among the
+    /// agent's actions), so the outcome reads in the order of the actions.
+    pub(super) fn record_prompt(
+        &self,
+        path: &Path,
+        deleted: Result<UnlinkOutcome, String>,
+        out: &mut Outcome,
+        at: (usize, usize),
+    ) {
+        match deleted {
             Ok(UnlinkOutcome::Unlinked) => {
                 out.prompt_deleted = true;
-                out.done.push(PassEvent::PromptDeleted {
+                let event = PassEvent::PromptDeleted {
                     path: self.in_task(path),
-                });
+                };
+                out.done.insert(at.0.min(out.done.len()), event);
             }
             Ok(UnlinkOutcome::Gone) => {}
-            Err(e) => out.errors.push(e),
+            Err(e) => out.errors.insert(at.1.min(out.errors.len()), e),
         }
     }
 

@@ -28,6 +28,12 @@ fn a_clean_registry_is_read_again_only_when_its_file_changes() {
     fs::create_dir_all(&task).unwrap();
     let registry = task.join("AGENT_REGISTRY.json");
     fs::write(&registry, CLEAN).unwrap();
+    // Written long ago: the stamps vouch alone (a fresh one is trusted with its content
+    // only, see `cache::stamp`, which this rewrite would fail).
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    for path in [&registry, &task] {
+        fs::File::open(path).unwrap().set_modified(old).unwrap();
+    }
     let config = Config {
         workspace_bases: vec![tmp.path().to_path_buf()],
         ..Config::default()
@@ -78,4 +84,42 @@ fn a_clean_registry_is_read_again_only_when_its_file_changes() {
     let error = changed.tasks[0].error.as_deref().unwrap_or("");
     assert!(error.contains("AGENT_REGISTRY.json"), "{error}");
     assert_eq!(fs::read_to_string(&registry).unwrap(), garbage);
+}
+
+/// A clean task skipped by the cache still counts for the ambiguity check: a new task
+/// listing one of its ids has it read again, and the refusal names both real tasks.
+#[test]
+fn an_id_of_a_skipped_clean_task_listed_again_elsewhere_is_ambiguous() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("TASK-20261127-120000-cache0001");
+    fs::create_dir_all(&clean).unwrap();
+    fs::write(clean.join("AGENT_REGISTRY.json"), CLEAN).unwrap();
+    let other = tmp.path().join("TASK-20261127-120000-cache0003");
+    let config = Config {
+        workspace_bases: vec![tmp.path().to_path_buf()],
+        ..Config::default()
+    };
+    let mut reaper = Reaper::new(config, Box::new(NoSessions));
+    let execute = Mode::Execute {
+        wait_for_settle: false,
+    };
+    reaper.run(execute);
+    let cached = reaper.run(execute);
+    assert!(cached.tasks.is_empty(), "skipped: {:?}", cached.tasks);
+
+    fs::create_dir_all(&other).unwrap();
+    fs::write(
+        other.join("AGENT_REGISTRY.json"),
+        r#"{"agents":[{"id":"cache-000001-00000a","status":"working"}]}"#,
+    )
+    .unwrap();
+    let both = reaper.run(execute);
+    let want = "agent id cache-000001-00000a is ambiguous (listed in 2 tasks \
+                (TASK-20261127-120000-cache0001, TASK-20261127-120000-cache0003))";
+    assert!(
+        both.errors.iter().any(|e| e.starts_with(want)),
+        "{:?}",
+        both.errors
+    );
+    assert_eq!(both.tasks.len(), 2, "the clean task was read again");
 }

@@ -26,6 +26,7 @@ const FS_ALLOWED: &[(&str, &str)] = &[
         "/proc/<pid>/cgroup and the cgroup filesystem (cgroup.procs, cgroup.kill)",
     ),
     ("src/procs/panemap.rs", "<state dir>/pane-map.json"),
+    ("src/reap/cache/disk.rs", "<state dir>/clean-tasks.bin"),
     (
         "src/archive/upload/ledger.rs",
         "<state dir>/uploaded.jsonl (uploads kept local)",
@@ -42,6 +43,11 @@ const FS_ALLOWED: &[(&str, &str)] = &[
     (
         "src/watch.rs",
         "whether a configured base exists, to watch it or poll",
+    ),
+    (
+        "src/watch/inotify.rs",
+        "inotify_add_watch takes a path: a watch only, nothing opened, read or written; the \
+         last component is not followed, and an event only ever asks for a confined pass",
     ),
     (
         "src/cli/demo.rs",
