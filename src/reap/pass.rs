@@ -382,6 +382,15 @@ impl Reaper {
                 (decisions, Some(outcomes))
             }
         };
+        if tmux.is_ok() {
+            // Looked at once more, after this pass's own moves and writes (see `cache`),
+            // and before the report is built: a fresh look at a large registry does not
+            // stack on top of a report line for each of its agents.
+            let candidates = cache::candidates(&views, &decisions, &ambiguous);
+            let unseen = |id: &crate::model::AgentId| is_unseen(&tmux, &self.pane_map, id);
+            self.clean_tasks
+                .confirm(&candidates, &keys, self.config.max_registry_size, &unseen);
+        }
         fill_report(&mut report, &views, &decisions, outcomes, &ambiguous);
         for task in &mut report.tasks {
             if restored.contains(&task.dir) {
@@ -391,13 +400,6 @@ impl Reaper {
         // Still-clean tasks are counted, not listed: nothing was or is to be done there.
         report.totals.tasks += skipped_tasks;
         report.totals.agents_seen += skipped_agents;
-        if tmux.is_ok() {
-            // Looked at once more, after this pass's own moves and writes (see `cache`).
-            let candidates = cache::candidates(&views, &decisions, &ambiguous);
-            let unseen = |id: &crate::model::AgentId| is_unseen(&tmux, &self.pane_map, id);
-            self.clean_tasks
-                .confirm(&candidates, &keys, self.config.max_registry_size, &unseen);
-        }
         if let Mode::Execute { .. } = mode
             && let Err(e) = self.clean_tasks.save()
         {
