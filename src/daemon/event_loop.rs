@@ -339,6 +339,8 @@ impl Daemon {
             return;
         };
         let scope = self.schedule.take_due(Instant::now());
+        // Until READY, passes skip the clean tasks' second look: start-up answers first.
+        reaper.confirm_clean = self.ready;
         // A base created since the start is taken now; one another reaper holds waits.
         if !self.dry_run {
             reaper.config.workspace_bases = self.base_locks.servable(&self.config.workspace_bases);

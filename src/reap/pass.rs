@@ -71,6 +71,9 @@ pub struct Reaper {
     /// Per base, the ids its global registry still counts live (`mirror::live_mirrors`),
     /// as read at the start of this pass: their mirrors are restored even for quiet agents.
     live_mirrors: HashMap<PathBuf, HashSet<Box<str>>>,
+    /// Tasks a pass found clean are looked at once more and cached (see `cache::confirm`);
+    /// the daemon leaves that to the passes after READY (its first pass answers systemd).
+    pub confirm_clean: bool,
     /// File events keep `clean_tasks` current (the daemon's healthy inotify watch): full
     /// passes skip clean tasks without looking at their registries.
     pub trust_clean_cache: bool,
@@ -94,6 +97,7 @@ impl Reaper {
             pane_map: crate::procs::panemap::PaneMap::in_memory(),
             clean_tasks: cache::CleanTasks::in_memory(),
             live_mirrors: HashMap::new(),
+            confirm_clean: true,
             trust_clean_cache: false,
             hooks: crate::hooks::Hooks::default(),
             uploader: None,
@@ -382,7 +386,7 @@ impl Reaper {
                 (decisions, Some(outcomes))
             }
         };
-        if tmux.is_ok() {
+        if tmux.is_ok() && self.confirm_clean {
             // Looked at once more, after this pass's own moves and writes (see `cache`),
             // and before the report is built: a fresh look at a large registry does not
             // stack on top of a report line for each of its agents.
