@@ -105,17 +105,6 @@ pub fn load_pane_map(state_dir: &Path) -> crate::procs::panemap::PaneMap {
     map
 }
 
-/// Loads the clean-task cache (the steady state, see `reap::cache`) from `state_dir`; a bad
-/// file is reported and the cache starts empty (every task is read once, then cached).
-pub fn load_clean_tasks(state_dir: &Path) -> crate::reap::cache::CleanTasks {
-    let (cache, problem) = crate::reap::cache::CleanTasks::load(state_dir);
-    if let Some(e) = problem {
-        tracing::warn!("{e}");
-    }
-    tracing::debug!("clean-task cache: {} task(s) loaded", cache.len());
-    cache
-}
-
 /// The lock file of a workspace base, under `<base>/registry/`.
 pub const BASE_LOCK: &str = ".agent-reaper.lock";
 

@@ -191,7 +191,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let mut reaper = Reaper::new(config.clone(), Box::new(tmux_client(&config)));
             reaper.journal = Some(crate::state::open_journal(&state, config.trusted_roots())?);
             reaper.pane_map = crate::state::load_pane_map(&state);
-            reaper.clean_tasks = crate::state::load_clean_tasks(&state);
+            reaper.clean_tasks = crate::reap::cache::CleanTasks::load_or_warn(&state);
             reaper.progress = progress_printer();
             let mut report = reaper.run(Mode::Execute {
                 wait_for_settle: true,

@@ -121,7 +121,7 @@ pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
         reaper.journal = Some(journal);
         reaper.progress = Some(heartbeat.reaper_callback());
         reaper.pane_map = crate::state::load_pane_map(&state);
-        reaper.clean_tasks = crate::state::load_clean_tasks(&state);
+        reaper.clean_tasks = crate::reap::cache::CleanTasks::load_or_warn(&state);
         let mut daemon = Daemon {
             reaper: Some(reaper),
             overrides,

@@ -98,6 +98,17 @@ impl CleanTasks {
         (cache, problem)
     }
 
+    /// [`CleanTasks::load`], with a bad file reported (as a warning) rather than returned:
+    /// the cache then starts empty (every task is read once, then cached).
+    pub fn load_or_warn(state_dir: &Path) -> Self {
+        let (cache, problem) = CleanTasks::load(state_dir);
+        if let Some(e) = problem {
+            tracing::warn!("{e}");
+        }
+        tracing::debug!("clean-task cache: {} task(s) loaded", cache.len());
+        cache
+    }
+
     /// Writes the cache if it changed (temp file, fsync, rename, folder fsync).
     pub fn save(&mut self) -> Result<(), CacheError> {
         let Some(path) = &self.path else {

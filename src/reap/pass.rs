@@ -66,7 +66,7 @@ pub struct Reaper {
     /// Sessions agents ran in (kept in the state dir when there is one).
     pub pane_map: crate::procs::panemap::PaneMap,
     /// Task folders a pass found wholly cleaned (the steady state; kept in the state dir
-    /// when loaded from there, see `crate::state::load_clean_tasks`).
+    /// when loaded from there, see `cache::CleanTasks::load_or_warn`).
     pub clean_tasks: cache::CleanTasks,
     /// Per base, the ids its global registry still counts live (`mirror::live_mirrors`),
     /// as read at the start of this pass: their mirrors are restored even for quiet agents.
