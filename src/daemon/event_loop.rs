@@ -428,8 +428,10 @@ impl Daemon {
                 self.steady_skips = 0;
                 self.steady_sessions = sessions.filter(|_| steady);
             }
-            // A task's own pass that left work for a later look: the next reconcile runs.
-            None if !steady => self.steady_sessions = None,
+            // A task's own pass that left work for a later look, or that saw an active agent
+            // (its session may be newer than the last full pass's sessions: once it ends,
+            // tmux's list would match that reference again): the next reconcile runs.
+            None if !steady || steady::has_active_agent(report) => self.steady_sessions = None,
             None => {}
         }
         log_report(report, self.dry_run);

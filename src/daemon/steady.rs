@@ -43,6 +43,15 @@ pub(super) fn is_steady(report: &PassReport, kill_orphans: bool) -> bool {
         })
 }
 
+/// Whether a pass left some agent active (the registry lists it as running after the pass).
+pub(super) fn has_active_agent(report: &PassReport) -> bool {
+    report
+        .tasks
+        .iter()
+        .flat_map(|t| &t.agents)
+        .any(|a| a.still_active())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +137,20 @@ mod tests {
             sessions_key(&Err(TmuxError::Timeout(Duration::from_secs(5)))),
             None
         );
+    }
+
+    /// A task's own pass that saw an active agent ends the steady state: its session may
+    /// be newer than the reference, and once it ends tmux's list matches that again.
+    #[test]
+    fn a_pass_with_an_active_agent_has_the_next_reconcile_run() {
+        assert!(!has_active_agent(&report(vec![agent(
+            "completed",
+            AgentClass::Cleaned
+        )])));
+        assert!(has_active_agent(&report(vec![
+            agent("completed", AgentClass::Cleaned),
+            agent("working", AgentClass::Active),
+        ])));
     }
 
     #[test]
