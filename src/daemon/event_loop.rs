@@ -426,7 +426,10 @@ impl Daemon {
         match full {
             Some(sessions) => {
                 self.steady_skips = 0;
-                self.steady_sessions = sessions.filter(|_| steady);
+                // With an agent active, its session may start or end with no file event:
+                // only a pass with none active is the steady state's reference.
+                self.steady_sessions =
+                    sessions.filter(|_| steady && !steady::has_active_agent(report));
             }
             // A task's own pass that left work for a later look, or that saw an active agent
             // (its session may be newer than the last full pass's sessions: once it ends,
