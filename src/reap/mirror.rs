@@ -4,16 +4,10 @@
 //! clean tasks holding one of these ids are read (not skipped by the steady-state cache) and
 //! their quiet agents' mirrors are written too.
 
-use crate::fs::Purpose;
 use crate::model::TERMINAL_STATUSES;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::Path;
-
-/// How far above the global registry its trusted workspace base lies
-/// (`<base>/registry/GLOBAL_REGISTRY.json`): folders below are reached without a symlink.
-const LEVELS_BELOW_BASE: usize = 2;
 
 #[derive(Deserialize)]
 struct Global {
@@ -32,7 +26,8 @@ struct Mirror {
 /// Empty when the file is absent, unreadable, over `max_bytes` or not in this shape: then
 /// the pass restores only the mirrors of the agents it reads anyway (as before).
 pub fn live_mirrors(path: &Path, max_bytes: u64) -> HashSet<Box<str>> {
-    let Some(bytes) = read_capped(path, max_bytes) else {
+    // The same capped read through `fs/` as a task registry's.
+    let Some((bytes, _)) = super::read::read_fast(path, max_bytes) else {
         return HashSet::new();
     };
     let Ok(global) = serde_json::from_slice::<Global>(&bytes) else {
@@ -50,19 +45,6 @@ pub fn live_mirrors(path: &Path, max_bytes: u64) -> HashSet<Box<str>> {
         })
         .map(|(id, _)| id)
         .collect()
-}
-
-/// The file's bytes when it is a regular file within `max_bytes`, opened through
-/// `crate::fs` (no symlink followed at the name or on the way, a FIFO never blocks).
-fn read_capped(path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
-    let (dir, name) = crate::fs::open_parent_below(path, LEVELS_BELOW_BASE).ok()?;
-    let file = dir.open_file(&name, Purpose::Read).ok()?;
-    if file.id.size > max_bytes {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(file.id.size as usize + 1);
-    file.file.take(max_bytes + 1).read_to_end(&mut bytes).ok()?;
-    (bytes.len() as u64 <= max_bytes).then_some(bytes)
 }
 
 #[cfg(test)]

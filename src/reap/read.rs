@@ -59,7 +59,7 @@ pub fn read_lean(
 
 /// The file's bytes when it is a regular file within `max_bytes`, opened through
 /// `crate::fs` (no symlink followed at the name or on the way, a FIFO never blocks).
-fn read_fast(path: &Path, max_bytes: u64) -> Option<(Vec<u8>, FileKey)> {
+pub(super) fn read_fast(path: &Path, max_bytes: u64) -> Option<(Vec<u8>, FileKey)> {
     let (dir, name) = open_parent_below(path, LEVELS_BELOW_BASE).ok()?;
     let registry = dir.open_file(&name, Purpose::Read).ok()?;
     if registry.id.size > max_bytes {
