@@ -11,6 +11,7 @@ mod common;
 #[path = "../common_sqlite/mod.rs"]
 mod common_sqlite;
 
+mod allocator;
 mod confinement;
 mod daemon;
 mod fs_errors;
