@@ -101,6 +101,16 @@ impl SeenVersions {
         }
     }
 
+    /// Drops the versions of `path` kept in memory (not those in `<registry>.reaper-seen`).
+    pub fn forget(&self, path: &Path) {
+        let mut guard = self.inner.lock().expect("seen versions lock");
+        let inner = &mut *guard;
+        if let Some((when, versions)) = inner.by_path.remove(path) {
+            inner.order.remove(&when);
+            inner.bytes -= versions.iter().map(|v| v.suffix.len()).sum::<usize>();
+        }
+    }
+
     /// The versions of `path` in memory, newest first.
     pub fn versions(&self, path: &Path) -> Vec<VersionTail> {
         let inner = self.inner.lock().expect("seen versions lock");
@@ -221,6 +231,20 @@ mod tests {
         store.note(Path::new("/b"), &[b'b'; 60]);
         assert!(store.versions(Path::new("/a")).is_empty());
         assert_eq!(store.versions(Path::new("/b")).len(), 1);
+    }
+
+    #[test]
+    fn a_forgotten_registry_frees_its_share_of_the_budget() {
+        let store = SeenVersions::with_budget(100);
+        store.note(Path::new("/a"), &[b'a'; 60]);
+        store.forget(Path::new("/a"));
+        assert!(store.versions(Path::new("/a")).is_empty());
+        // What /a held no longer counts: /b and /c fit together.
+        store.note(Path::new("/b"), &[b'b'; 60]);
+        store.note(Path::new("/c"), &[b'c'; 40]);
+        assert_eq!(store.versions(Path::new("/b")).len(), 1);
+        assert_eq!(store.versions(Path::new("/c")).len(), 1);
+        store.forget(Path::new("/never-noted"));
     }
 
     #[test]
