@@ -93,6 +93,9 @@ struct Daemon {
     steady_sessions: Option<u64>,
     /// Periodic reconciles skipped in a row (bounded by `steady::MAX_SKIPS`).
     steady_skips: u32,
+    /// The next full pass was asked for by a change (the state DB), not only by the clock:
+    /// the steady look may not stand in for it (see `steady::may_skip`).
+    full_for_change: bool,
 }
 
 pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
@@ -152,6 +155,7 @@ pub fn run(overrides: Overrides, config: Config, dry_run: bool) -> Result<()> {
             base_locks,
             steady_sessions: None,
             steady_skips: 0,
+            full_for_change: false,
         };
         daemon.main_loop(events_rx).await
     });
@@ -322,7 +326,10 @@ impl Daemon {
         }
         match handler::wake_for(&event, self.config.settle, Instant::now()) {
             Wake::Nothing => {}
-            Wake::Full { at } => self.schedule.full_at(at),
+            Wake::Full { at } => {
+                self.schedule.full_at(at);
+                self.full_for_change = true;
+            }
             Wake::Task { dir, at } => self.schedule.task_at(dir, at),
         }
     }
@@ -360,7 +367,9 @@ impl Daemon {
                 .watcher
                 .as_ref()
                 .is_some_and(|w| w.unwatched().is_empty());
-        // In the steady state a trusted full pass only runs when tmux's sessions changed.
+        // In the steady state a trusted periodic full pass only runs when tmux's sessions
+        // changed; one a change asked for always runs.
+        let for_change = scope.is_none() && std::mem::take(&mut self.full_for_change);
         let mut known_sessions = None;
         if scope.is_none() && covers_all {
             let watched = self.watcher.as_ref().is_some_and(|w| !w.is_polling());
@@ -368,7 +377,12 @@ impl Daemon {
             let config = &reaper.config;
             // Retention and uploads work by the clock: their full passes always run.
             let clockless = !config.retention.is_enabled() && config.archive_url.is_none();
-            if reaper.trust_clean_cache && clockless && self.steady_skips < steady::MAX_SKIPS {
+            if steady::may_skip(
+                for_change,
+                reaper.trust_clean_cache,
+                clockless,
+                self.steady_skips,
+            ) {
                 known_sessions = self.steady_sessions;
             }
         }

@@ -23,6 +23,7 @@ use super::{cache, mirror, read};
 
 use super::report::fill_report;
 pub use super::report::{AgentReport, OrphanReport, PassReport, TaskReport, Totals, action_text};
+use phases::Phases;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -131,6 +132,7 @@ impl Reaper {
     /// judged only in full passes: a partial view cannot tell who owns a session.
     pub fn run_scoped(&mut self, mode: Mode, scope: Option<&HashSet<PathBuf>>) -> PassReport {
         let now = self.clock.now();
+        let mut phases = Phases::start();
         let policy = self.policy();
         let mut errors = Vec::new();
         let mut tmux: TmuxView = observe::tmux_view(self.tmux.snapshot());
@@ -282,6 +284,7 @@ impl Reaper {
             still_clean.len(),
             views.len()
         );
+        phases.mark("read");
         let writers = scan_writers(self.processes.as_ref(), pending.iter().flatten());
         let procs = crate::procs::SetContext::new(&table, tmux.as_ref().ok(), &writers);
         let env = std::cell::OnceCell::new();
@@ -325,6 +328,7 @@ impl Reaper {
             }
         }
         observe::remember_panes(&views, &ambiguous, &mut self.pane_map);
+        phases.mark("look");
         let decisions: Vec<Vec<Decision>> = views
             .iter()
             .map(|v| {
@@ -362,6 +366,7 @@ impl Reaper {
             upload: None,
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
+        phases.mark("decide");
         let (decisions, outcomes) = match mode {
             Mode::Plan => (decisions, None),
             Mode::Execute { wait_for_settle } => {
@@ -386,6 +391,7 @@ impl Reaper {
                 (decisions, Some(outcomes))
             }
         };
+        phases.mark("act");
         if tmux.is_ok() && self.confirm_clean {
             // Looked at once more, after this pass's own moves and writes (see `cache`),
             // and before the report is built: a fresh look at a large registry does not
@@ -395,6 +401,7 @@ impl Reaper {
             self.clean_tasks
                 .confirm(&candidates, &keys, self.config.max_registry_size, &unseen);
         }
+        phases.mark("confirm");
         fill_report(&mut report, &views, &decisions, outcomes, &ambiguous);
         for task in &mut report.tasks {
             if restored.contains(&task.dir) {
@@ -410,6 +417,7 @@ impl Reaper {
             tracing::warn!("{e}");
         }
         // Hooks see only what this pass committed (in `plan`: what it would commit).
+        phases.mark("report");
         report.hooks = self.hooks.after_pass(
             &self.config,
             mode.hook_mode(),
@@ -429,6 +437,8 @@ impl Reaper {
                 budget,
             );
         }
+        phases.mark("after");
+        tracing::debug!("pass phases: {phases}");
         report
     }
 
@@ -579,5 +589,6 @@ fn read_options(config: &Config, repair: bool) -> crate::registry::ReadOptions {
 }
 
 mod execute;
+mod phases;
 #[cfg(test)]
 mod tests;

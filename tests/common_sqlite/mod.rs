@@ -76,6 +76,14 @@ struct FixtureAgent(
     Option<String>,
 );
 
+/// `<base>/registry/state.sqlite3` with the orchestrator's schema and no rows; returns its path.
+pub fn empty_state_db(base: &Path) -> PathBuf {
+    let db = base.join("registry").join("state.sqlite3");
+    fs::create_dir_all(db.parent().unwrap()).unwrap();
+    orchestrator_conn(&db).execute_batch(SCHEMA).unwrap();
+    db
+}
+
 /// Builds `<base>/registry/state.sqlite3` plus the task folders' `progress/`; returns the DB path.
 pub fn build_state_db(base: &Path) -> PathBuf {
     let db = base.join("registry").join("state.sqlite3");

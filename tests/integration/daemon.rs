@@ -1,6 +1,7 @@
 //! `agent-reaper run` as a daemon: event-driven cleanup, no lost lines, reload, signals, sd_notify.
 
 use crate::common::*;
+use crate::common_sqlite::{agent_row, empty_state_db, orchestrator_conn};
 use serde_json::{Value, json};
 use std::fs;
 use std::io::Write;
@@ -424,4 +425,55 @@ fn idle_reconciles_only_look_at_tmux_and_still_find_a_session_back_for_a_cleaned
             .is_ok_and(|st| st.success())
     };
     assert!(wait_until(WAIT, || !alive()), "session left running");
+}
+
+/// In the steady state a periodic reconcile that finds tmux's sessions unchanged runs no
+/// pass; a change of the state DB still does. Here the orchestrator deploys an agent in the
+/// DB whose session is already gone (it came and went between two looks, as in a fast
+/// deploy-and-crash): tmux's list is as it was, and only the DB's change tells. The agent is
+/// marked failed at once, not after the steady look's 60 skips (a minute here, an hour by
+/// default).
+#[test]
+fn a_state_db_change_in_the_steady_state_is_looked_at_though_tmux_is_unchanged() {
+    const DB_TASK: &str = "TASK-20261127-141000-0000dddd";
+    const DB_AGENT: &str = "builder-141001-abcdef";
+    let s = Sandbox::new();
+    s.write_config(
+        "settle = \"200ms\"\nreconcile_interval = \"1s\"\nsession_poll_interval = \"1h\"\n\
+         zombie_grace = \"200ms\"\nterm_grace = [\"200ms\"]\n",
+    );
+    let db = empty_state_db(&s.base());
+    let d = Daemon::start_with(&s, |cmd| {
+        cmd.env("AGENT_REAPER_LOG", "debug");
+    });
+    assert!(
+        d.wait_log("steady: tmux sessions unchanged"),
+        "no steady state reached\n{}",
+        d.log_text()
+    );
+    let task_dir = s.base().join(DB_TASK);
+    fs::create_dir_all(task_dir.join("progress")).unwrap();
+    let an_hour_ago = "2026-11-27T13:00:00.000001";
+    let conn = orchestrator_conn(&db);
+    conn.execute(
+        "INSERT INTO tasks VALUES (?1, ?2, ?3, 'deployed', 'ACTIVE', 'P1', ?3, ?4, ?4, 0)",
+        rusqlite::params![DB_TASK, task_dir.to_str(), s.base().to_str(), an_hour_ago],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO agents (agent_id, task_id, type, model, tmux_session, parent, depth, \
+         phase_index, tracked_files, started_at, status, progress, last_update) \
+         VALUES (?1, ?2, 'builder', 'sonnet', ?3, 'orchestrator', 1, 0, NULL, ?4, 'running', \
+         10, ?4)",
+        rusqlite::params![DB_AGENT, DB_TASK, format!("agent_{DB_AGENT}"), an_hour_ago],
+    )
+    .unwrap();
+    drop(conn);
+    assert!(
+        wait_until(WAIT, || agent_row(&db, DB_AGENT).status.as_deref()
+            == Some("failed")),
+        "the agent deployed in the DB was not looked at: {:?}\n{}",
+        agent_row(&db, DB_AGENT),
+        d.log_text()
+    );
 }
