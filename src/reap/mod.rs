@@ -9,6 +9,7 @@ mod fakes;
 mod lean;
 mod mirror;
 pub mod outcome;
+mod parallel;
 pub mod pass;
 #[cfg(test)]
 mod pass_fixture_tests;

@@ -11,7 +11,7 @@ use crate::procs::{LiveProcesses, ProcTable, ProcessSource, Tmux};
 use crate::reap::apply as act;
 use crate::reap::outcome::Outcome;
 use crate::registry::sqlite::tasks::{db_task_dirs, open_base_db};
-use crate::registry::{SidecarRecovery, UpdateOptions, recover_sidecar};
+use crate::registry::UpdateOptions;
 use crate::workspace::{TaskDir, discover_tasks, global_registry};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -163,6 +163,10 @@ impl Reaper {
         let mut views: Vec<TaskView> = Vec::new();
         let mut pending: Vec<Vec<PendingAgent>> = Vec::new();
         let unseen = |id: &crate::model::AgentId| is_unseen(&tmux, &self.pane_map, id);
+        // The DB's tasks are read with the DB; the JSON registries after, all together on
+        // a few threads, and put back in the order of discovery.
+        let mut read_order: Vec<Slot> = Vec::new();
+        let mut json_tasks: Vec<TaskDir> = Vec::new();
         self.state_dbs.clear();
         for base in &self.config.workspace_bases {
             let mut tasks = match discover_tasks(base) {
@@ -205,26 +209,35 @@ impl Reaper {
                     still_clean.push(task);
                     continue;
                 }
-                let (view, agents) = match rows {
-                    Some(rows) => task_view(
+                read_order.push(match rows {
+                    Some(rows) => Slot::Db(task_view(
                         &task,
                         Backend::Sqlite,
                         Ok(observe::entries::from_rows(rows)),
                         &unseen,
-                    ),
-                    None => self.read_json_task(
-                        &task,
-                        mode,
-                        &unseen,
-                        (&mut keys, &mut restored, &mut errors),
-                    ),
-                };
-                views.push(view);
-                pending.push(agents);
+                    )),
+                    None => {
+                        json_tasks.push(task);
+                        Slot::Json
+                    }
+                });
             }
             if let Some(db) = db {
                 self.state_dbs.insert(base.clone(), db);
             }
+        }
+        let mut json_read =
+            read_tasks::read_json_tasks(&json_tasks, &self.config, mode, &unseen).into_iter();
+        for slot in read_order {
+            let (view, agents) = match slot {
+                Slot::Db(read) => read,
+                Slot::Json => json_read
+                    .next()
+                    .expect("one read per JSON task")
+                    .take((&mut keys, &mut restored, &mut errors)),
+            };
+            views.push(view);
+            pending.push(agents);
         }
         // Skipped clean tasks sharing a session name (or its hash) with a task read, or
         // with each other, are read too: the ambiguity check then compares real ids only.
@@ -262,13 +275,12 @@ impl Reaper {
             if late.is_empty() {
                 break;
             }
-            for i in std::mem::take(&mut late) {
-                let (view, agents) = self.read_json_task(
-                    &still_clean[i],
-                    mode,
-                    &unseen,
-                    (&mut keys, &mut restored, &mut errors),
-                );
+            let late_tasks: Vec<TaskDir> = std::mem::take(&mut late)
+                .into_iter()
+                .map(|i| still_clean[i].clone())
+                .collect();
+            for read in read_tasks::read_json_tasks(&late_tasks, &self.config, mode, &unseen) {
+                let (view, agents) = read.take((&mut keys, &mut restored, &mut errors));
                 views.push(view);
                 pending.push(agents);
             }
@@ -442,49 +454,6 @@ impl Reaper {
         report
     }
 
-    /// Reads one JSON task registry (after restoring it from a sidecar a crashed edit
-    /// left, when acting). `keys`: what was read, per task folder.
-    fn read_json_task(
-        &self,
-        task: &TaskDir,
-        mode: Mode,
-        unseen: &dyn Fn(&crate::model::AgentId) -> bool,
-        (keys, restored, errors): (
-            &mut HashMap<PathBuf, read::FileKey>,
-            &mut HashSet<PathBuf>,
-            &mut Vec<String>,
-        ),
-    ) -> (TaskView, Vec<PendingAgent>) {
-        if let Mode::Execute { .. } = mode {
-            match recover_sidecar(&task.registry(), &self.update_options()) {
-                Ok(SidecarRecovery::Restored) => {
-                    restored.insert(task.dir.clone());
-                }
-                Ok(_) => {}
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        let read = read::read_lean(
-            &task.registry(),
-            &read_options(&self.config, matches!(mode, Mode::Execute { .. })),
-        );
-        let registry = read.map(|(registry, key)| {
-            if let Some(key) = key {
-                keys.insert(task.dir.clone(), key);
-            }
-            registry
-        });
-        let (view, pending) = task_view(task, Backend::Json, registry, unseen);
-        // A registry whose agents are all cleaned, with nothing of theirs left, has no writer
-        // left to race (the unlocked one is an agent's progress report): the version read is
-        // no evidence anyone needs, and 20,000 of them were most of a first pass's memory
-        // (88 -> 65 MB peak at READY). One with an agent still to look at keeps it.
-        if pending.is_empty() && view.error.is_none() && view.duplicates.is_empty() {
-            crate::registry::seen::global().forget(&task.registry());
-        }
-        (view, pending)
-    }
-
     /// Keeps `gone_since` for the sessions of agents still active in some registry.
     fn remember_sessions(
         &mut self,
@@ -588,7 +557,15 @@ fn read_options(config: &Config, repair: bool) -> crate::registry::ReadOptions {
     }
 }
 
+/// A task in the order the pass found it: read with its base's state DB, or a JSON
+/// registry read with the others afterwards.
+enum Slot {
+    Db((TaskView, Vec<PendingAgent>)),
+    Json,
+}
+
 mod execute;
 mod phases;
+mod read_tasks;
 #[cfg(test)]
 mod tests;

@@ -156,20 +156,7 @@ impl Reaper {
         now: SystemTime,
         skip: &HashSet<usize>,
     ) -> Vec<Result<bool, Option<String>>> {
-        // Mostly waiting on renames and fsyncs, not CPU: more threads than cores keep the
-        // disk busy (`cargo bench --bench pass`, 2 cores: 10,000 agents in 2.2-2.5 s with 8
-        // threads, 2.5-3.4 s with 4). `AGENT_REAPER_IO_THREADS` overrides it.
-        let threads = std::env::var("AGENT_REAPER_IO_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2)
-                    .clamp(2, 8)
-                    * 4
-            })
-            .max(1);
+        let threads = crate::reap::parallel::io_threads();
         let total = views.len();
         let config = &self.config;
         let opts = self.update_options();
