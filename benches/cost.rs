@@ -4,7 +4,8 @@
 //! (time; then the cleaned tree again, nothing to do), and a 10 MB stream result line.
 //!
 //! `cargo bench --bench cost` runs all; `cargo bench --bench cost -- 40k tiny 10k result`
-//! picks some. Each run is capped (`REAPER_BENCH_CAP_SECS`, 60 s): "did not finish in N s".
+//! picks some. The 40k and 10k figures print the disk's floor beside them: the bare renames
+//! and unlinks of the same work on a second copy of the tree. Each run is capped (`REAPER_BENCH_CAP_SECS`, 60 s): "did not finish in N s".
 
 mod common;
 
@@ -37,22 +38,28 @@ fn main() {
 /// 40,000 finished agents (four files each) in one task registry of about 7 MB.
 fn forty_thousand_in_one(cap: Duration) {
     let tmp = tempdir();
-    let base = tmp.path().join("ws");
     let task = task_name("big", 0);
     let ids: Vec<String> = (0..40_000).map(|a| format!("big-{a:06}-{a:06x}")).collect();
-    // Lean compact entries: 40,000 of them come to the ~7 MB of the issue.
-    let entries = ids
-        .iter()
-        .map(|id| {
-            json!({"id": id, "tmux_session": format!("agent_{id}"), "status": "completed",
-                   "last_update": "2026-11-27T10:30:00.000001",
-                   "completed_at": "2026-11-27T10:30:00.000002"})
-        })
-        .collect();
-    let size = write_registry(&base, &task, entries, true);
-    for id in &ids {
-        write_agent_files(&base, &task, id, RESULT_LINE);
+    // Two copies of the tree: one for `once`, one for the disk's floor.
+    let mut size = 0;
+    for ws in ["ws", "floor"] {
+        let base = tmp.path().join(ws);
+        // Lean compact entries: 40,000 of them come to the ~7 MB of the issue.
+        let entries = ids
+            .iter()
+            .map(|id| {
+                json!({"id": id, "tmux_session": format!("agent_{id}"), "status": "completed",
+                       "last_update": "2026-11-27T10:30:00.000001",
+                       "completed_at": "2026-11-27T10:30:00.000002"})
+            })
+            .collect();
+        size = write_registry(&base, &task, entries, true);
+        for id in &ids {
+            write_agent_files(&base, &task, id, RESULT_LINE);
+        }
     }
+    let base = tmp.path().join("ws");
+    let floor = rename_unlink_floor(&tmp.path().join("floor"));
     let run = run_capped(once(tmp.path(), &base), cap);
     let mb = size as f64 / 1e6;
     time_line(
@@ -60,6 +67,11 @@ fn forty_thousand_in_one(cap: Duration) {
         &run,
         Duration::from_secs(2),
         cap,
+    );
+    floor_line(
+        "120,000 logs moved, 40,000 prompts unlinked",
+        floor,
+        Duration::from_secs(2),
     );
     rss_line(
         "40,000 finished agents, one registry, once",
@@ -117,18 +129,27 @@ fn two_tiny_registries(cap: Duration) {
 fn ten_thousand_in_100(cap: Duration) {
     let tmp = tempdir();
     let base = tmp.path().join("ws");
-    for t in 0..100 {
-        let ids: Vec<String> = (0..100)
-            .map(|a| format!("ten-{t:03}{a:03}-{:06x}", t * 1000 + a))
-            .collect();
-        finished_task(&base, &task_name("ten", t), &ids);
+    // Two copies of the tree: one for `once`, one for the disk's floor.
+    for ws in ["ws", "floor"] {
+        for t in 0..100 {
+            let ids: Vec<String> = (0..100)
+                .map(|a| format!("ten-{t:03}{a:03}-{:06x}", t * 1000 + a))
+                .collect();
+            finished_task(&tmp.path().join(ws), &task_name("ten", t), &ids);
+        }
     }
+    let floor = rename_unlink_floor(&tmp.path().join("floor"));
     let first = run_capped(once(tmp.path(), &base), cap);
     time_line(
         "10,000 finished agents in 100 tasks, once",
         &first,
         Duration::from_secs(1),
         cap,
+    );
+    floor_line(
+        "30,000 logs moved, 10,000 prompts unlinked",
+        floor,
+        Duration::from_secs(1),
     );
     println!("  {}", first.summary());
     // The second run follows the first within moments: the clean tasks the first kept in

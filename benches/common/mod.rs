@@ -2,6 +2,10 @@
 //! a cap, and `measured X (goal Y)` lines.
 #![allow(dead_code)]
 
+mod floor;
+#[allow(unused_imports)]
+pub use floor::{floor_line, rename_unlink_floor};
+
 use serde_json::{Value, json};
 use std::fs;
 use std::io::Write;

@@ -52,7 +52,11 @@ mod tests {
         let items: Vec<u32> = (0..103).collect();
         for threads in [1, 2, 7, 200] {
             let got = map_ordered(&items, threads, |x| x * 2);
-            assert_eq!(got, items.iter().map(|x| x * 2).collect::<Vec<_>>(), "{threads}");
+            assert_eq!(
+                got,
+                items.iter().map(|x| x * 2).collect::<Vec<_>>(),
+                "{threads}"
+            );
         }
     }
 

@@ -10,8 +10,8 @@ use crate::observe::{
 use crate::procs::{LiveProcesses, ProcTable, ProcessSource, Tmux};
 use crate::reap::apply as act;
 use crate::reap::outcome::Outcome;
-use crate::registry::sqlite::tasks::{db_task_dirs, open_base_db};
 use crate::registry::UpdateOptions;
+use crate::registry::sqlite::tasks::{db_task_dirs, open_base_db};
 use crate::workspace::{TaskDir, discover_tasks, global_registry};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -231,10 +231,11 @@ impl Reaper {
         for slot in read_order {
             let (view, agents) = match slot {
                 Slot::Db(read) => read,
-                Slot::Json => json_read
-                    .next()
-                    .expect("one read per JSON task")
-                    .take((&mut keys, &mut restored, &mut errors)),
+                Slot::Json => json_read.next().expect("one read per JSON task").take((
+                    &mut keys,
+                    &mut restored,
+                    &mut errors,
+                )),
             };
             views.push(view);
             pending.push(agents);
