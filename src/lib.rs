@@ -16,6 +16,7 @@ pub mod procs;
 pub(crate) mod reap;
 pub mod registry;
 pub(crate) mod state;
+pub(crate) mod state_file;
 pub mod watch;
 pub mod workspace;
 

@@ -83,12 +83,20 @@ pub enum LateError {
 
 impl From<FsError> for LateError {
     fn from(e: FsError) -> Self {
-        match e {
-            FsError::Symlink { path }
-            | FsError::NotRegular { path, .. }
-            | FsError::NotDir { path, .. } => LateError::NotRegular { path },
-            e => LateError::Fs(e),
-        }
+        refused_path(e).map_or_else(LateError::Fs, |path| LateError::NotRegular { path })
+    }
+}
+
+/// The path of a file refused as not regular (a symlink or reached through one, a FIFO,
+/// device or folder), or `e` back when it failed otherwise. Both archive errors sort
+/// `FsError`s by it, so a move and a late append refuse the same cases; it lives here,
+/// not in `store`, because `store` already builds on this file.
+pub(crate) fn refused_path(e: FsError) -> Result<PathBuf, FsError> {
+    match e {
+        FsError::Symlink { path }
+        | FsError::NotRegular { path, .. }
+        | FsError::NotDir { path, .. } => Ok(path),
+        e => Err(e),
     }
 }
 

@@ -48,12 +48,8 @@ pub enum ArchiveError {
 
 impl From<FsError> for ArchiveError {
     fn from(e: FsError) -> Self {
-        match e {
-            FsError::Symlink { path }
-            | FsError::NotRegular { path, .. }
-            | FsError::NotDir { path, .. } => ArchiveError::NotRegular { path },
-            e => ArchiveError::Fs(e),
-        }
+        crate::archive::late::refused_path(e)
+            .map_or_else(ArchiveError::Fs, |path| ArchiveError::NotRegular { path })
     }
 }
 

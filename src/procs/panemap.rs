@@ -8,7 +8,6 @@ use super::evidence::SessionIdentity;
 use crate::model::AgentId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// File name inside the state dir.
@@ -158,15 +157,7 @@ impl PaneMap {
             agents: self.agents.clone(),
         };
         let bytes = serde_json::to_vec(&disk).expect("pane map serializes");
-        let write = |path: &Path| -> std::io::Result<()> {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-            tmp.write_all(&bytes)?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(path).map_err(|e| e.error)?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write(path).map_err(|source| PaneMapError::Write {
+        crate::state_file::replace(path, &bytes).map_err(|source| PaneMapError::Write {
             path: path.clone(),
             source,
         })?;

@@ -345,14 +345,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn global_registry_follows_and_recounts() {
-        let mut root: Value = serde_json::from_str(
-            r#"{"active_agents":1,"agents":{"a":{"task_id":"T","status":"working"},"b":{"task_id":"T","status":"completed"}}}"#,
-        )
-        .unwrap();
+    /// Marks global entry `a` terminated, the one change both global tests make.
+    fn terminate_a(root: &mut Value) {
         edit_global_registry(
-            &mut root,
+            root,
             &[GlobalChange {
                 id: "a".into(),
                 status: "terminated",
@@ -360,6 +356,15 @@ mod tests {
             }],
         );
         assert_eq!(root["agents"]["a"]["status"], "terminated");
+    }
+
+    #[test]
+    fn global_registry_follows_and_recounts() {
+        let mut root: Value = serde_json::from_str(
+            r#"{"active_agents":1,"agents":{"a":{"task_id":"T","status":"working"},"b":{"task_id":"T","status":"completed"}}}"#,
+        )
+        .unwrap();
+        terminate_a(&mut root);
         assert_eq!(root["active_agents"], 0);
     }
 
@@ -411,15 +416,7 @@ mod tests {
         .unwrap();
         edit_global_registry(&mut root, &[]);
         assert_eq!(root["active_agents"], 3);
-        edit_global_registry(
-            &mut root,
-            &[GlobalChange {
-                id: "a".into(),
-                status: "terminated",
-                now: "2026-11-27T10:00:00.000000".into(),
-            }],
-        );
-        assert_eq!(root["agents"]["a"]["status"], "terminated");
+        terminate_a(&mut root);
         assert_eq!(root["active_agents"], 2);
     }
 

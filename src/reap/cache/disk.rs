@@ -10,7 +10,6 @@ use super::CleanTask;
 use super::stamp::{FOLDERS, Seen, Stamp};
 use md5::{Digest, Md5};
 use std::collections::HashMap;
-use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -61,15 +60,7 @@ pub fn load(path: &Path) -> (HashMap<PathBuf, CleanTask>, Option<CacheError>) {
 /// Writes `tasks` to `path` atomically: temp file, fsync, rename, fsync of the folder.
 pub fn save(path: &Path, tasks: &HashMap<PathBuf, CleanTask>) -> Result<(), CacheError> {
     let bytes = encode(tasks);
-    let write = || -> std::io::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(&bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|source| CacheError::Write {
+    crate::state_file::replace(path, &bytes).map_err(|source| CacheError::Write {
         path: path.to_path_buf(),
         source,
     })
