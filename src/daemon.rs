@@ -7,6 +7,7 @@ mod event_loop;
 mod handler;
 mod health;
 mod progress;
+mod report_log;
 mod schedule;
 mod steady;
 

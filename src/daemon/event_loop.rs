@@ -3,14 +3,13 @@
 use super::handler::{self, OnSignal, Wake};
 use super::health;
 use super::progress::{Heartbeat, describe_stuck, may_feed_watchdog};
+use super::report_log;
 use super::schedule::Schedule;
 use super::steady;
 use crate::config::Config;
 use crate::config::layer::{Overrides, resolve_config, tmux_client};
 use crate::decide::AgentClass;
-use crate::logging;
-use crate::reap::events::EventContext;
-use crate::reap::pass::{Mode, PassReport, Reaper, action_text};
+use crate::reap::pass::{Mode, PassReport, Reaper};
 use crate::watch::{self, WatchEvent, Watcher};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
@@ -459,8 +458,8 @@ impl Daemon {
             None if !steady || steady::has_active_agent(report) => self.steady_sessions = None,
             None => {}
         }
-        log_report(report, self.dry_run);
-        self.log_new_warnings(report);
+        report_log::log_report(report, self.dry_run);
+        report_log::log_new_warnings(&mut self.warned, report);
         tracing::debug!(
             "pass over {} task(s) took {} ms",
             report.tasks.len(),
@@ -518,38 +517,6 @@ impl Daemon {
         true
     }
 
-    /// Task and agent warnings (a tracked_files entry ignored, a hostile id skipped) come
-    /// back every pass over the same registry; the log gets each once.
-    fn log_new_warnings(&mut self, report: &PassReport) {
-        const REMEMBERED: usize = 10_000;
-        if self.warned.len() > REMEMBERED {
-            self.warned.clear();
-        }
-        for task in &report.tasks {
-            let agent_warnings = task
-                .agents
-                .iter()
-                .flat_map(|a| a.warnings.iter().map(move |w| (Some(&a.id), w)));
-            for (agent, w) in task
-                .warnings
-                .iter()
-                .map(|w| (None, w))
-                .chain(agent_warnings)
-            {
-                let key = format!("{}\0{}", task.task_id, w);
-                if !self.warned.insert(key) {
-                    continue;
-                }
-                match agent {
-                    Some(id) => {
-                        tracing::warn!(agent_id = %id, task_id = %task.task_id, "{}/{id}: {w}", task.task_id)
-                    }
-                    None => tracing::warn!(task_id = %task.task_id, "{}: {w}", task.task_id),
-                }
-            }
-        }
-    }
-
     fn reload(&mut self) {
         let mut states = vec![NotifyState::Reloading];
         if let Ok(now) = NotifyState::monotonic_usec_now() {
@@ -577,51 +544,5 @@ impl Daemon {
             Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
         }
         notify(&[NotifyState::Ready]);
-    }
-}
-
-/// One journal line per thing done, with fields journalctl can filter on.
-fn log_report(report: &PassReport, dry_run: bool) {
-    for e in &report.errors {
-        tracing::warn!("{e}");
-    }
-    if let Some(e) = &report.tmux_error {
-        tracing::warn!("tmux: {e}; nothing destructive this round");
-    }
-    for task in &report.tasks {
-        if let Some(e) = &task.error {
-            tracing::warn!(task_id = %task.task_id, "{e}");
-        }
-        for event in &task.done {
-            logging::task_event(&task.task_id, event);
-        }
-        for agent in &task.agents {
-            let whose = EventContext {
-                task_id: &task.task_id,
-                agent_id: &agent.id,
-                reason: agent.class,
-            };
-            if dry_run {
-                for action in &agent.actions {
-                    logging::planned_action(
-                        &whose,
-                        action.as_str(),
-                        &action_text(&task.dir, action),
-                    );
-                }
-            } else {
-                for event in &agent.done {
-                    logging::pass_event(&whose, event);
-                }
-            }
-            for e in &agent.errors {
-                logging::agent_error(&whose, e);
-            }
-        }
-    }
-    for orphan in &report.orphans {
-        if let Some(outcome) = &orphan.outcome {
-            logging::orphan_outcome(&orphan.session, outcome);
-        }
     }
 }
