@@ -9,10 +9,10 @@
 //! together with its content (the folder's sorted names, the registry's bytes); the first
 //! check after `RACY` has passed compares the content once more and drops the digest.
 
-use crate::fs::{Dir, Entry, EntryKind, FileId, Purpose};
+use crate::fs::{Dir, Entry, EntryKind, FileId};
+use crate::reap::read::{RegistryText, read_registry_text};
 use crate::workspace::{TASK_REGISTRY, TaskDir};
 use md5::{Digest, Md5};
-use std::io::Read;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The folders whose names can bring work to a clean task: the task folder itself (prompt
@@ -125,31 +125,21 @@ pub fn take_folders(task: &TaskDir, now: SystemTime) -> Option<[Seen; FOLDERS.le
 
 /// The registry's bytes (a regular file within `max_bytes`) and its stamp, taken from the
 /// descriptor before the bytes are read.
-pub fn read_registry(task: &TaskDir, now: SystemTime, max_bytes: u64) -> Option<(Seen, Vec<u8>)> {
+pub fn read_registry(
+    task: &TaskDir,
+    now: SystemTime,
+    max_bytes: u64,
+) -> Option<(Seen, RegistryText)> {
     let dir = task.handle().ok()?;
-    let (bytes, id) = read_capped(&dir, max_bytes)?;
-    let digest = racy(now, id.mtime).then(|| Md5::digest(&bytes).into());
+    let text = read_registry_text(&dir, TASK_REGISTRY, max_bytes)?;
+    let digest = racy(now, text.id.mtime).then(|| Md5::digest(&text.bytes).into());
     Some((
         Seen {
-            stamp: Some(Stamp::of(&id)),
+            stamp: Some(Stamp::of(&text.id)),
             digest,
         },
-        bytes,
+        text,
     ))
-}
-
-fn read_capped(dir: &Dir, max_bytes: u64) -> Option<(Vec<u8>, FileId)> {
-    let registry = dir.open_file(TASK_REGISTRY, Purpose::Read).ok()?;
-    if registry.id.size > max_bytes {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(registry.id.size as usize + 1);
-    registry
-        .file
-        .take(max_bytes + 1)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    (bytes.len() as u64 <= max_bytes).then_some((bytes, registry.id))
 }
 
 /// What `verify` found.
@@ -211,9 +201,9 @@ pub fn verify(
         }
     }
     if let (Some(digest), Some(stamp)) = (registry.digest, registry.stamp) {
-        let now_digest = read_capped(&dir, stamp.size)
-            .filter(|(_, id)| Stamp::of(id) == stamp)
-            .map(|(bytes, _)| <[u8; 16]>::from(Md5::digest(&bytes)));
+        let now_digest = read_registry_text(&dir, TASK_REGISTRY, stamp.size)
+            .filter(|text| Stamp::of(&text.id) == stamp)
+            .map(|text| <[u8; 16]>::from(Md5::digest(&text.bytes)));
         if now_digest != Some(digest) {
             return Verified::Changed;
         }
