@@ -39,8 +39,8 @@ pub struct AgentView {
     pub evidence: Evidence,
     /// Its session as seen alive this round, for the remembered pane map.
     pub seen_session: Option<SessionIdentity>,
-    /// What the search for its processes looked at (for the record).
-    pub checked: Vec<String>,
+    /// The round's environment read looked for its sessions (see [`AgentView::checked`]).
+    pub env_read: bool,
     /// Identities of the logs in `facts.logs`, same order.
     pub log_ids: Vec<DevIno>,
     pub warnings: Vec<String>,
@@ -51,6 +51,13 @@ pub struct AgentView {
 impl AgentView {
     pub fn session_name(&self) -> String {
         self.id.session_name()
+    }
+
+    /// What the search for its processes looked at (for the record). Made when a record
+    /// asks, from the evidence kept (fixed once observed): 40,000 agents' lists held from
+    /// observation to record were 10 MB, and as many again in the records.
+    pub fn checked(&self) -> Vec<String> {
+        self.evidence.checked(self.env_read)
     }
 }
 
@@ -463,7 +470,6 @@ pub fn agent_view(
             .get_or_init(|| world.procs.read_environments_from(world.source))
     });
     let processes = agent_set(world.procs, &evidence, env);
-    let checked = evidence.checked(env.is_some());
     let live_processes = processes
         .iter()
         .filter(|k| world.table.get(k.pid).is_some_and(|p| p.state != 'Z'))
@@ -529,7 +535,7 @@ pub fn agent_view(
         processes,
         evidence,
         seen_session,
-        checked,
+        env_read: env.is_some(),
         log_ids,
         warnings,
         task,

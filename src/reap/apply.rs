@@ -108,7 +108,7 @@ pub fn apply_task(
             escalated_to_sigkill: out.escalated,
             defunct_processes: out.defunct.clone(),
             processes_checked: if out.checked.is_empty() {
-                agent.checked.clone()
+                agent.checked()
             } else {
                 out.checked.clone()
             },
