@@ -221,7 +221,7 @@ pub struct World<'a> {
     /// Sessions agents ran in, remembered from earlier passes.
     pub pane_map: &'a PaneMap,
     /// The round's environment read: made by the first agent that needs it.
-    pub env: &'a std::cell::OnceCell<EnvIndex>,
+    pub env: &'a std::sync::OnceLock<EnvIndex>,
     /// When each session was first seen gone (kept across rounds by the daemon).
     pub gone_since: &'a HashMap<String, SystemTime>,
     pub settle: Duration,

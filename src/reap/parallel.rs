@@ -21,20 +21,25 @@ pub(crate) fn io_threads() -> usize {
 /// `f` of every item, on up to `threads` threads (each a contiguous run of items), in the
 /// items' order. One item or one thread: on this thread. A panic on a worker is raised
 /// again here.
-pub(crate) fn map_ordered<T: Sync, R: Send>(
-    items: &[T],
+pub(crate) fn map_ordered<T: Send, R: Send>(
+    items: Vec<T>,
     threads: usize,
-    f: impl Fn(&T) -> R + Sync,
+    f: impl Fn(T) -> R + Sync,
 ) -> Vec<R> {
     if items.len() <= 1 || threads <= 1 {
-        return items.iter().map(f).collect();
+        return items.into_iter().map(f).collect();
     }
     let chunk = items.len().div_ceil(threads);
+    let mut parts: Vec<Vec<T>> = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        parts.push(items.by_ref().take(chunk).collect());
+    }
     let f = &f;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || part.into_iter().map(f).collect::<Vec<R>>()))
             .collect();
         handles
             .into_iter()
@@ -51,7 +56,7 @@ mod tests {
     fn results_come_back_in_the_items_order_whatever_the_threads() {
         let items: Vec<u32> = (0..103).collect();
         for threads in [1, 2, 7, 200] {
-            let got = map_ordered(&items, threads, |x| x * 2);
+            let got = map_ordered(items.clone(), threads, |x| x * 2);
             assert_eq!(
                 got,
                 items.iter().map(|x| x * 2).collect::<Vec<_>>(),
@@ -63,7 +68,7 @@ mod tests {
     #[test]
     fn the_work_is_spread_over_more_than_one_thread() {
         let items: Vec<u32> = (0..8).collect();
-        let ids = map_ordered(&items, 4, |_| std::thread::current().id());
+        let ids = map_ordered(items, 4, |_| std::thread::current().id());
         let distinct: std::collections::HashSet<_> = ids.into_iter().collect();
         assert_eq!(distinct.len(), 4);
     }
@@ -72,6 +77,6 @@ mod tests {
     #[should_panic(expected = "item 5")]
     fn a_panic_on_a_worker_reaches_the_caller() {
         let items: Vec<u32> = (0..8).collect();
-        map_ordered(&items, 4, |x| assert_ne!(*x, 5, "item 5"));
+        map_ordered(items, 4, |x| assert_ne!(x, 5, "item 5"));
     }
 }

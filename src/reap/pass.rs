@@ -300,7 +300,7 @@ impl Reaper {
         phases.mark("read");
         let writers = scan_writers(self.processes.as_ref(), pending.iter().flatten());
         let procs = crate::procs::SetContext::new(&table, tmux.as_ref().ok(), &writers);
-        let env = std::cell::OnceCell::new();
+        let env = std::sync::OnceLock::new();
         let world = World {
             tmux: &tmux,
             table: &table,
@@ -312,13 +312,20 @@ impl Reaper {
             settle: self.config.settle,
             now,
         };
-        for (view, agents) in views.iter_mut().zip(pending) {
-            // Held while its agents are looked at: one open per task, not one per agent.
-            let _held = view.task.handle();
-            view.agents = agents
-                .into_iter()
-                .map(|p| agent_view(p, &world, &writers))
-                .collect();
+        // Tasks on a few threads, each task's agents on one: its folder handle is held
+        // while they are looked at (one open per task, not one per agent).
+        let tasks: Vec<(TaskDir, Vec<PendingAgent>)> =
+            views.iter().map(|v| v.task.clone()).zip(pending).collect();
+        let looked =
+            super::parallel::map_ordered(tasks, super::parallel::io_threads(), |(task, agents)| {
+                let _held = task.handle();
+                agents
+                    .into_iter()
+                    .map(|p| agent_view(p, &world, &writers))
+                    .collect::<Vec<AgentView>>()
+            });
+        for (view, agents) in views.iter_mut().zip(looked) {
+            view.agents = agents;
         }
         self.remember_sessions(&views, &tmux, now, scope.is_some());
         // Tasks read again leave the cache (they come back below if still clean); in full

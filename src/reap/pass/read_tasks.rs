@@ -52,7 +52,7 @@ pub(super) fn read_json_tasks(
     unseen: &(dyn Fn(&AgentId) -> bool + Sync),
 ) -> Vec<JsonRead> {
     let threads = crate::reap::parallel::io_threads();
-    crate::reap::parallel::map_ordered(tasks, threads, |task| {
+    crate::reap::parallel::map_ordered(tasks.iter().collect(), threads, |task| {
         read_json_task(task, config, mode, unseen)
     })
 }

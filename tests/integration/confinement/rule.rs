@@ -28,6 +28,14 @@ const FS_ALLOWED: &[(&str, &str)] = &[
     ("src/procs/panemap.rs", "<state dir>/pane-map.json"),
     ("src/reap/cache/disk.rs", "<state dir>/clean-tasks.bin"),
     (
+        "src/state_file.rs",
+        "replaces a state-dir file (pane map, clean-task cache) atomically",
+    ),
+    (
+        "src/reap/pass/phases.rs",
+        "/proc/self/status: the daemon's own memory, for the debug log",
+    ),
+    (
         "src/archive/upload/ledger.rs",
         "<state dir>/uploaded.jsonl (uploads kept local)",
     ),
