@@ -175,14 +175,6 @@ pub fn apply_task(
 /// Prompt deletions per thread: a task with more deletes them on threads of their own.
 const PROMPT_CHUNK: usize = 16;
 
-/// A task with fewer prompts to delete deletes them on its own thread. Tasks are already
-/// acted on a few at a time (`reap::parallel::io_threads`), which overlaps their unlinks;
-/// threads of its own pay off only for a task large enough to be most of a pass. Below
-/// this, they were six hundred thread starts and exits in a pass over 100 tasks of 100
-/// agents, and each exit hands its memory back to the system (`perf`: 8% of the pass's
-/// CPU in `madvise` from `_mi_thread_done`).
-const PROMPT_THREADS_FROM: usize = 1024;
-
 /// Threads for one task's prompt deletions at most. An unlink waits on the disk (inode
 /// eviction, and a synchronous discard where the filesystem is mounted `discard`), and
 /// those waits overlap across threads (40,000 unlinks on this disk kind: 4.4 s on one
@@ -227,11 +219,10 @@ fn apply_files(
             })
         })
         .collect();
-    let prompt_threads = if prompts.len() >= PROMPT_THREADS_FROM {
-        (prompts.len() / PROMPT_CHUNK).min(PROMPT_THREADS)
-    } else {
-        1
-    };
+    // Even beside the other tasks' threads: on aged files (a discard per unlink) 100 tasks
+    // of 100 agents took 1.18 s so and 1.28 s with each task's unlinks on its own thread
+    // (`/work/prof/ab.sh 10k 5 sync`), though the threads' starts and exits cost CPU.
+    let prompt_threads = (prompts.len() / PROMPT_CHUNK).min(PROMPT_THREADS);
     std::thread::scope(|scope| {
         let deleting: Vec<_> = if prompt_threads > 1 {
             prompts
