@@ -220,8 +220,8 @@ fn apply_files(
         })
         .collect();
     // Even beside the other tasks' threads: on aged files (a discard per unlink) 100 tasks
-    // of 100 agents took 1.18 s so and 1.28 s with each task's unlinks on its own thread
-    // (`/work/prof/ab.sh 10k 5 sync`), though the threads' starts and exits cost CPU.
+    // of 100 agents took 1.18 s with these threads, 1.28 s with each task's unlinks on the
+    // task's own thread (`/work/prof/ab.sh 10k 5 sync`), though thread starts cost CPU.
     let prompt_threads = (prompts.len() / PROMPT_CHUNK).min(PROMPT_THREADS);
     std::thread::scope(|scope| {
         let deleting: Vec<_> = if prompt_threads > 1 {
