@@ -94,12 +94,16 @@ impl RegistryText {
     /// The bytes dropped, the turn kept: for a caller whose work on what it parsed is as
     /// large as the text (a whole task's view), to be done before the next large read.
     pub(super) fn into_turn(self) -> ReadTurn {
-        ReadTurn(self._alone)
+        ReadTurn {
+            _alone: self._alone,
+        }
     }
 }
 
 /// A large registry's turn among the pass's readers, held until dropped.
-pub(super) struct ReadTurn(#[allow(dead_code)] Option<MutexGuard<'static, ()>>);
+pub(super) struct ReadTurn {
+    _alone: Option<MutexGuard<'static, ()>>,
+}
 
 /// `dir/name` when it is a regular file of at most `max_bytes`, opened beneath `dir`
 /// (`O_NOFOLLOW|O_NONBLOCK`: no symlink followed, a FIFO never blocks) and read in one

@@ -20,25 +20,8 @@ const KILL_THREADS: usize = 8;
 
 /// Runs `kill-session` for each name on a few threads: many sessions must not queue behind each other.
 fn kill_sessions(tmux: &dyn Tmux, names: &[String]) -> Vec<Result<KillSession, String>> {
-    if names.is_empty() {
-        return Vec::new();
-    }
-    let chunk = names.len().div_ceil(KILL_THREADS);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = names
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|n| tmux.kill_session(n).map_err(|e| e.to_string()))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("kill-session thread panicked"))
-            .collect()
+    crate::reap::parallel::map_ordered(names.iter().collect(), KILL_THREADS, |n| {
+        tmux.kill_session(n).map_err(|e| e.to_string())
     })
 }
 
