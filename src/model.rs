@@ -68,6 +68,10 @@ impl AgentId {
         &self.0
     }
 
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// The tmux session the orchestrator starts for this agent, as tmux stores it: tmux
     /// replaces `.` and `:` in session names with `_` (`api.v2-1` runs as `agent_api_v2-1`),
     /// so two ids can share one session name (see `procs::ambiguity`).

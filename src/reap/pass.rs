@@ -421,8 +421,15 @@ impl Reaper {
             self.clean_tasks
                 .confirm(&candidates, &keys, self.config.max_registry_size, &unseen);
         }
+        // Saved before the report is built: the cache's file image and the report of a
+        // large pass are not held at once.
+        if let Mode::Execute { .. } = mode
+            && let Err(e) = self.clean_tasks.save()
+        {
+            tracing::warn!("{e}");
+        }
         phases.mark("confirm");
-        fill_report(&mut report, &views, &decisions, outcomes, &ambiguous);
+        fill_report(&mut report, views, decisions, outcomes, &ambiguous);
         for task in &mut report.tasks {
             if restored.contains(&task.dir) {
                 task.done.push(TaskEvent::RegistryRestored);
@@ -431,11 +438,6 @@ impl Reaper {
         // Still-clean tasks are counted, not listed: nothing was or is to be done there.
         report.totals.tasks += skipped_tasks;
         report.totals.agents_seen += skipped_agents;
-        if let Mode::Execute { .. } = mode
-            && let Err(e) = self.clean_tasks.save()
-        {
-            tracing::warn!("{e}");
-        }
         // Hooks see only what this pass committed (in `plan`: what it would commit).
         phases.mark("report");
         report.hooks = self.hooks.after_pass(
