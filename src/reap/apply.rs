@@ -4,11 +4,11 @@ use crate::config::Config;
 use crate::decide::{Action, Decision};
 use crate::journal::Journal;
 use crate::model::format_timestamp;
-use crate::observe::TaskView;
+use crate::observe::{AgentView, TaskView};
 use crate::reap::events::{PassEvent, StatusStore};
 use crate::reap::outcome::Outcome;
 use crate::registry::edit::{
-    AgentChange, Applied, CleanupRecord, GlobalChange, GlobalEdit, TaskEdit,
+    AgentChange, Applied, CleanupRecord, GlobalChange, GlobalEdit, Record, TaskEdit,
 };
 use crate::registry::sqlite::tasks::{BaseDb, StatusWrite, StatusWritten, apply_transitions};
 use crate::registry::{UpdateOptions, UpdateOutcome, rewrite_registry};
@@ -76,10 +76,7 @@ pub fn apply_task(
     let stamp = format_timestamp(now);
     let mut changes = Vec::new();
     let mut change_of = Vec::new();
-    for (a, ((agent, decision), earlier)) in
-        view.agents.iter().zip(decisions).zip(earlier).enumerate()
-    {
-        let out = &mut outcomes[a];
+    for (a, (agent, decision)) in view.agents.iter().zip(decisions).enumerate() {
         let mut set_status = None;
         let mut record = false;
         for action in &decision.actions {
@@ -95,29 +92,12 @@ pub fn apply_task(
         if set_status.is_none() && !record {
             continue;
         }
-        // Stopped agents had their facts refreshed after the stop, so this holds for both.
-        let no_zombies = agent.facts.live_processes == 0 && out.survivors == 0 && out.reaped;
-        let cleanup = record.then(|| CleanupRecord {
-            success: out.errors.is_empty() && no_zombies,
-            tmux_session_killed: out.session_killed,
-            prompt_file_deleted: out.prompt_deleted,
-            log_files_archived: !out.archived.is_empty(),
-            verified_no_zombies: no_zombies,
-            errors: out.errors.clone(),
-            archived_files: archived_files(&out.archived, earlier),
-            escalated_to_sigkill: out.escalated,
-            defunct_processes: out.defunct.clone(),
-            processes_checked: if out.checked.is_empty() {
-                agent.checked()
-            } else {
-                out.checked.clone()
-            },
-        });
         changes.push(AgentChange {
             id: agent.id.to_string(),
             expect_status: agent.registry_status.clone(),
             set_status,
-            cleanup,
+            // Made from the outcome when the entry is written (`cleanup_record`).
+            cleanup: record.then_some(Record::Made),
             now: stamp.clone(),
         });
         change_of.push(a);
@@ -139,7 +119,13 @@ pub fn apply_task(
         return Ok(false);
     }
     let path = view.task.registry();
-    match rewrite_registry(&path, opts, &mut TaskEdit::new(&changes)) {
+    let outcomes_read: &[Outcome] = outcomes;
+    let maker = |c: usize| {
+        let a = change_of[c];
+        cleanup_record(&view.agents[a], &outcomes_read[a], &earlier[a])
+    };
+    let edited = rewrite_registry(&path, opts, &mut TaskEdit::with_records(&changes, &maker));
+    match edited {
         Ok((written, applied)) => {
             for ((a, change), applied) in change_of.iter().zip(&changes).zip(applied) {
                 let out = &mut outcomes[*a];
@@ -281,14 +267,37 @@ fn apply_files(
     })
 }
 
+/// An agent's `auto_cleanup_result`, from what this pass did to it (`out`) and the
+/// archives of its logs an earlier pass made (`earlier`). Stopped agents had their facts
+/// refreshed after the stop, so this holds for both.
+fn cleanup_record(agent: &AgentView, out: &Outcome, earlier: &[PathBuf]) -> CleanupRecord {
+    let no_zombies = agent.facts.live_processes == 0 && out.survivors == 0 && out.reaped;
+    CleanupRecord {
+        success: out.errors.is_empty() && no_zombies,
+        tmux_session_killed: out.session_killed,
+        prompt_file_deleted: out.prompt_deleted,
+        log_files_archived: !out.archived.is_empty(),
+        verified_no_zombies: no_zombies,
+        errors: out.errors.clone(),
+        archived_files: archived_files(&out.archived, earlier),
+        escalated_to_sigkill: out.escalated,
+        defunct_processes: out.defunct.clone(),
+        processes_checked: if out.checked.is_empty() {
+            agent.checked()
+        } else {
+            out.checked.clone()
+        },
+    }
+}
+
 /// What the record lists as archived: this pass's archives, then the archives of the
 /// agent's logs already in its archive folder (a pass that died before recording, or one
 /// that archived a log while another still settled). Each is checked to be there now: the
 /// record lists what exists, not what was once attempted.
-fn archived_files(this_pass: &[PathBuf], on_disk: Vec<PathBuf>) -> Vec<String> {
+fn archived_files(this_pass: &[PathBuf], on_disk: &[PathBuf]) -> Vec<String> {
     let mut files: Vec<String> = this_pass.iter().map(|p| path_string(p)).collect();
     for path in on_disk {
-        let listed = path_string(&path);
+        let listed = path_string(path);
         if !files.contains(&listed) {
             files.push(listed);
         }

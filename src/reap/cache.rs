@@ -247,10 +247,8 @@ fn intersect(a: &[u64], b: &[u64]) -> bool {
 fn judge(task: &TaskDir, max_bytes: u64, unseen: &dyn Fn(&AgentId) -> bool) -> Option<CleanTask> {
     let now = SystemTime::now();
     let folders = stamp::take_folders(task, now)?;
-    let (registry, text) = stamp::read_registry(task, now, max_bytes)?;
-    let root = super::lean::parse(&text.bytes).ok()?;
     // A large registry's view is as large as its text: built before the next large read.
-    let _turn = text.into_turn();
+    let (registry, root, _turn) = stamp::parse_registry(task, now, max_bytes)?;
     let (view, pending) = task_view(task, Backend::Json, Ok(root), unseen);
     let clean = pending.is_empty()
         && view.error.is_none()

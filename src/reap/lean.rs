@@ -19,6 +19,15 @@ pub fn parse(bytes: &[u8]) -> serde_json::Result<LeanRegistry> {
     Ok(registry)
 }
 
+/// [`parse`] as the bytes are read from `reader` (buffer it): for a text too large to hold
+/// beside what is parsed from it. The entries' vector grows as they come.
+pub fn parse_reader(reader: impl std::io::Read) -> serde_json::Result<LeanRegistry> {
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let registry = RegistrySeed { agents_hint: 0 }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(registry)
+}
+
 /// About how many `agents` entries `bytes` holds: its `"id"` strings, at most one per 9
 /// bytes (`{"id":1},`, the shortest entry with an id). The entries' vector is sized from
 /// it instead of growing by doubling: 319,000 tiny entries doubled to 524,288 slots, and

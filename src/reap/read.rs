@@ -15,7 +15,7 @@ const LEVELS_BELOW_BASE: usize = 2;
 /// Registries this large or larger are read and parsed one at a time, whichever of the
 /// pass's reading threads meets them: their text and its parse are a pass's largest
 /// passing memory (two 30 MB registries read together: 143 -> 190 MB peak RSS).
-const READ_ALONE_ABOVE: u64 = 4 * 1024 * 1024;
+pub(super) const READ_ALONE_ABOVE: u64 = 4 * 1024 * 1024;
 static READ_ALONE: Mutex<()> = Mutex::new(());
 
 /// What identifies one version of a registry file without reading it.
@@ -90,16 +90,6 @@ pub(super) struct RegistryText {
     _alone: Option<MutexGuard<'static, ()>>,
 }
 
-impl RegistryText {
-    /// The bytes dropped, the turn kept: for a caller whose work on what it parsed is as
-    /// large as the text (a whole task's view), to be done before the next large read.
-    pub(super) fn into_turn(self) -> ReadTurn {
-        ReadTurn {
-            _alone: self._alone,
-        }
-    }
-}
-
 /// A large registry's turn among the pass's readers, held until dropped.
 pub(super) struct ReadTurn {
     _alone: Option<MutexGuard<'static, ()>>,
@@ -113,6 +103,34 @@ pub(super) fn read_registry_text(
     name: impl AsRef<Path>,
     max_bytes: u64,
 ) -> Option<RegistryText> {
+    let opened = open_registry(dir, name, max_bytes)?;
+    let mut bytes = Vec::with_capacity(opened.id.size as usize + 1);
+    opened
+        .reader
+        .take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() as u64 <= max_bytes).then_some(RegistryText {
+        bytes,
+        id: opened.id,
+        _alone: opened.turn._alone,
+    })
+}
+
+/// A registry opened for reading as [`read_registry_text`] opens it (same checks, same
+/// turn), to be read by the caller as it parses.
+pub(super) struct OpenRegistry {
+    pub reader: std::fs::File,
+    /// At open time.
+    pub id: FileId,
+    pub turn: ReadTurn,
+}
+
+pub(super) fn open_registry(
+    dir: &Dir,
+    name: impl AsRef<Path>,
+    max_bytes: u64,
+) -> Option<OpenRegistry> {
     let registry = dir.open_file(name, Purpose::Read).ok()?;
     if registry.id.size > max_bytes {
         return None;
@@ -122,16 +140,10 @@ pub(super) fn read_registry_text(
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     });
-    let mut bytes = Vec::with_capacity(registry.id.size as usize + 1);
-    let mut file = registry.file;
-    file.by_ref()
-        .take(max_bytes + 1)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    (bytes.len() as u64 <= max_bytes).then_some(RegistryText {
-        bytes,
+    Some(OpenRegistry {
+        reader: registry.file,
         id: registry.id,
-        _alone: alone,
+        turn: ReadTurn { _alone: alone },
     })
 }
 
@@ -160,12 +172,22 @@ mod tests {
         let large = read_registry_text(&dir, "large.json", max).unwrap();
         assert_eq!(large.bytes.len() as u64, READ_ALONE_ABOVE);
         assert!(READ_ALONE.try_lock().is_err(), "the text holds the turn");
-        let turn = large.into_turn();
-        assert!(
-            READ_ALONE.try_lock().is_err(),
-            "the turn outlives the bytes"
-        );
+        drop(large);
+        assert!(READ_ALONE.try_lock().is_ok(), "and ends with it");
+
+        // Opened to be parsed as read: the turn is the caller's, kept past the bytes.
+        let opened = open_registry(&dir, "large.json", max).unwrap();
+        let turn = opened.turn;
+        drop(opened.reader);
+        assert!(READ_ALONE.try_lock().is_err(), "the turn outlives the file");
         drop(turn);
         assert!(READ_ALONE.try_lock().is_ok(), "and ends when dropped");
+        assert!(
+            open_registry(&dir, "small.json", max)
+                .unwrap()
+                .turn
+                ._alone
+                .is_none()
+        );
     }
 }

@@ -3,6 +3,7 @@
 use crate::model::{StatusClass, classify_status};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 mod streamed;
@@ -36,9 +37,42 @@ pub struct AgentChange {
     /// The status we decided on; if the registry now says otherwise, nothing is applied.
     pub expect_status: String,
     pub set_status: Option<(&'static str, Option<&'static str>)>,
-    pub cleanup: Option<CleanupRecord>,
+    pub cleanup: Option<Record>,
     /// Naive local ISO-8601, as the orchestrator writes.
     pub now: String,
+}
+
+/// The record a change merges into the entry's `auto_cleanup_result`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Given(Box<CleanupRecord>),
+    /// Made when its entry is written, by the edit's [`RecordMaker`] (given to
+    /// [`TaskEdit::with_records`]), from what the pass kept: 40,000 records made before the
+    /// edit and held through it were 35 MB of strings (archive paths, processes checked).
+    Made,
+}
+
+impl From<CleanupRecord> for Record {
+    fn from(record: CleanupRecord) -> Record {
+        Record::Given(Box::new(record))
+    }
+}
+
+/// Makes the record of the change at an index of the edit's changes.
+pub type RecordMaker<'m> = dyn Fn(usize) -> CleanupRecord + 'm;
+
+/// The record change `c` merges, if any.
+fn record_of<'r>(
+    change: &'r AgentChange,
+    c: usize,
+    maker: Option<&RecordMaker<'_>>,
+) -> Option<Cow<'r, CleanupRecord>> {
+    match change.cleanup.as_ref()? {
+        Record::Given(record) => Some(Cow::Borrowed(&**record)),
+        Record::Made => Some(Cow::Owned(maker.expect(
+            "a change whose record is made when written comes with the edit's record maker",
+        )(c))),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,11 +140,15 @@ fn apply_at(agents: &mut [Value], at: Option<usize>, change: &AgentChange) -> Ap
     let Some(obj) = entry.as_object_mut() else {
         return Applied::Missing;
     };
-    apply_to_entry(obj, change)
+    apply_to_entry(obj, change, record_of(change, 0, None).as_deref())
 }
 
 /// Applies `change` to one agent entry.
-pub(super) fn apply_to_entry(obj: &mut Map<String, Value>, change: &AgentChange) -> Applied {
+pub(super) fn apply_to_entry(
+    obj: &mut Map<String, Value>,
+    change: &AgentChange,
+    record: Option<&CleanupRecord>,
+) -> Applied {
     if obj.get("status").and_then(Value::as_str) != Some(change.expect_status.as_str()) {
         return Applied::StatusMoved;
     }
@@ -126,7 +164,7 @@ pub(super) fn apply_to_entry(obj: &mut Map<String, Value>, change: &AgentChange)
             set(obj, "termination_reason", json!(reason));
         }
     }
-    if let Some(record) = &change.cleanup {
+    if let Some(record) = record {
         let merged = merge_record(obj.get("auto_cleanup_result"), record);
         // The same outcome again (say a persisting error) is not news: no rewrite.
         if obj.get("auto_cleanup_result") != Some(&merged) {
@@ -271,16 +309,27 @@ mod tests {
         .unwrap()
     }
 
+    /// The record `change` gives, to change in a test.
+    fn given(change: &mut AgentChange) -> &mut CleanupRecord {
+        match change.cleanup.as_mut() {
+            Some(Record::Given(record)) => record,
+            other => panic!("no given record: {other:?}"),
+        }
+    }
+
     fn zombie_change() -> AgentChange {
         AgentChange {
             id: "a".into(),
             expect_status: "working".into(),
             set_status: Some(("terminated", Some("session_not_found"))),
-            cleanup: Some(CleanupRecord {
-                success: true,
-                archived_files: vec!["/w/archive/a_progress.jsonl".into()],
-                ..Default::default()
-            }),
+            cleanup: Some(
+                CleanupRecord {
+                    success: true,
+                    archived_files: vec!["/w/archive/a_progress.jsonl".into()],
+                    ..Default::default()
+                }
+                .into(),
+            ),
             now: "2026-11-27T10:00:00.000000".into(),
         }
     }
@@ -337,7 +386,7 @@ mod tests {
         let mut later = zombie_change();
         later.expect_status = "terminated".into();
         later.set_status = None;
-        later.cleanup.as_mut().unwrap().archived_files = vec!["/w/archive/late.jsonl".into()];
+        given(&mut later).archived_files = vec!["/w/archive/late.jsonl".into()];
         edit_task_registry(&mut root, &[later]);
         assert_eq!(
             root["agents"][0]["auto_cleanup_result"]["archived_files"],
@@ -372,7 +421,7 @@ mod tests {
     fn a_later_pass_never_takes_back_what_an_earlier_one_did() {
         let mut root = registry();
         let mut first = zombie_change();
-        let rec = first.cleanup.as_mut().unwrap();
+        let rec = given(&mut first);
         rec.tmux_session_killed = true;
         rec.prompt_file_deleted = true;
         rec.escalated_to_sigkill = Some(true);
@@ -382,13 +431,16 @@ mod tests {
         let mut later = zombie_change();
         later.expect_status = "terminated".into();
         later.set_status = None;
-        later.cleanup = Some(CleanupRecord {
-            success: true,
-            verified_no_zombies: true,
-            escalated_to_sigkill: Some(false),
-            archived_files: vec!["/w/archive/a_stream.jsonl".into()],
-            ..Default::default()
-        });
+        later.cleanup = Some(
+            CleanupRecord {
+                success: true,
+                verified_no_zombies: true,
+                escalated_to_sigkill: Some(false),
+                archived_files: vec!["/w/archive/a_stream.jsonl".into()],
+                ..Default::default()
+            }
+            .into(),
+        );
         edit_task_registry(&mut root, &[later]);
         let r = &root["agents"][0]["auto_cleanup_result"];
         assert_eq!(r["tmux_session_killed"], true);
@@ -432,10 +484,13 @@ mod tests {
                 id: format!("a-{i}"),
                 expect_status: "completed".into(),
                 set_status: None,
-                cleanup: Some(CleanupRecord {
-                    success: true,
-                    ..Default::default()
-                }),
+                cleanup: Some(
+                    CleanupRecord {
+                        success: true,
+                        ..Default::default()
+                    }
+                    .into(),
+                ),
                 now: "2026-11-27T10:00:00.000000".into(),
             })
             .collect();

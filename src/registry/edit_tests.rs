@@ -3,8 +3,8 @@
 
 use super::cas::Rewrite;
 use super::edit::{
-    AgentChange, Applied, CleanupRecord, GlobalChange, GlobalEdit, TaskEdit, edit_global_registry,
-    edit_task_registry,
+    AgentChange, Applied, CleanupRecord, GlobalChange, GlobalEdit, Record, TaskEdit,
+    edit_global_registry, edit_task_registry,
 };
 use super::pyjson::to_python_json;
 use proptest::prelude::*;
@@ -16,6 +16,31 @@ const STATUSES: [&str; 5] = ["working", "completed", "terminated", "blocked", "o
 /// What the streamed edit gives: its results, whether it changes anything, and its text.
 fn streamed(text: &str, changes: &[AgentChange]) -> (Vec<Applied>, bool, String) {
     let mut edit = TaskEdit::new(changes);
+    let (applied, changed) = edit.prepare(text.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    edit.render(text.as_bytes(), &mut out).unwrap();
+    (applied, changed, String::from_utf8(out).unwrap())
+}
+
+/// [`streamed`], each given record made instead when its entry is written (as the pass
+/// does), by a maker that knows only the change's index.
+fn streamed_made(text: &str, changes: &[AgentChange]) -> (Vec<Applied>, bool, String) {
+    let records: Vec<Option<CleanupRecord>> = changes
+        .iter()
+        .map(|c| match &c.cleanup {
+            Some(Record::Given(r)) => Some((**r).clone()),
+            _ => None,
+        })
+        .collect();
+    let made: Vec<AgentChange> = changes
+        .iter()
+        .map(|c| AgentChange {
+            cleanup: c.cleanup.as_ref().map(|_| Record::Made),
+            ..c.clone()
+        })
+        .collect();
+    let maker = |c: usize| records[c].clone().expect("made only where one was given");
+    let mut edit = TaskEdit::with_records(&made, &maker);
     let (applied, changed) = edit.prepare(text.as_bytes()).unwrap();
     let mut out = Vec::new();
     edit.render(text.as_bytes(), &mut out).unwrap();
@@ -72,10 +97,13 @@ fn change() -> impl Strategy<Value = AgentChange> {
             id: id.into(),
             expect_status: expect.into(),
             set_status: set.map(|s| (s, (s == "terminated").then_some("session_not_found"))),
-            cleanup: record.then(|| CleanupRecord {
-                success: true,
-                archived_files: vec![format!("/w/archive/{id}_stream.jsonl")],
-                ..Default::default()
+            cleanup: record.then(|| {
+                CleanupRecord {
+                    success: true,
+                    archived_files: vec![format!("/w/archive/{id}_stream.jsonl")],
+                    ..Default::default()
+                }
+                .into()
             }),
             now: "2026-11-27T10:00:00.000000".into(),
         })
@@ -114,9 +142,11 @@ proptest! {
     ) {
         let (applied, changed, out) = streamed(&text, &changes);
         let (w_applied, w_changed, w_out) = whole(&text, &changes);
-        prop_assert_eq!(applied, w_applied);
+        let made = streamed_made(&text, &changes);
+        prop_assert_eq!(&applied, &w_applied);
         prop_assert_eq!(changed, w_changed);
-        prop_assert_eq!(out, w_out);
+        prop_assert_eq!(&out, &w_out);
+        prop_assert_eq!(made, (applied, changed, out), "records made when written");
     }
 }
 

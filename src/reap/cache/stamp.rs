@@ -10,9 +10,11 @@
 //! check after `RACY` has passed compares the content once more and drops the digest.
 
 use crate::fs::{Dir, Entry, EntryKind, FileId};
-use crate::reap::read::{RegistryText, read_registry_text};
+use crate::reap::lean::{self, LeanRegistry};
+use crate::reap::read::{READ_ALONE_ABOVE, ReadTurn, open_registry};
 use crate::workspace::{TASK_REGISTRY, TaskDir};
 use md5::{Digest, Md5};
+use std::io::Read;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The folders whose names can bring work to a clean task: the task folder itself (prompt
@@ -123,23 +125,81 @@ pub fn take_folders(task: &TaskDir, now: SystemTime) -> Option<[Seen; FOLDERS.le
     Some(out)
 }
 
-/// The registry's bytes (a regular file within `max_bytes`) and its stamp, taken from the
-/// descriptor before the bytes are read.
-pub fn read_registry(
+/// The registry (a regular file within `max_bytes`) parsed, and its stamp, taken from the
+/// descriptor before the bytes are read; with the registry's read turn, for the caller to
+/// hold while it builds the task's view (as large as the text). A large registry is parsed
+/// as it is read, its digest taken of the bytes as they pass: the look after a pass that
+/// wrote 40,000 records held the 42.8 MB text beside the pass (peak 191 MB, 168 MB without).
+pub fn parse_registry(
     task: &TaskDir,
     now: SystemTime,
     max_bytes: u64,
-) -> Option<(Seen, RegistryText)> {
+) -> Option<(Seen, LeanRegistry, ReadTurn)> {
     let dir = task.handle().ok()?;
-    let text = read_registry_text(&dir, TASK_REGISTRY, max_bytes)?;
-    let digest = racy(now, text.id.mtime).then(|| Md5::digest(&text.bytes).into());
+    let opened = open_registry(&dir, TASK_REGISTRY, max_bytes)?;
+    let mut bytes = Digesting::new(opened.reader, max_bytes, racy(now, opened.id.mtime));
+    let root = if opened.id.size >= READ_ALONE_ABOVE {
+        lean::parse_reader(std::io::BufReader::with_capacity(1 << 16, &mut bytes))
+    } else {
+        let mut text = Vec::with_capacity(opened.id.size as usize + 1);
+        bytes.read_to_end(&mut text).ok()?;
+        lean::parse(&text)
+    };
+    let root = root.ok()?;
+    let digest = bytes.finish()?;
     Some((
         Seen {
-            stamp: Some(Stamp::of(&text.id)),
+            stamp: Some(Stamp::of(&opened.id)),
             digest,
         },
-        text,
+        root,
+        opened.turn,
     ))
+}
+
+/// The registry's stamp at open and the digest of its bytes (at most `max_bytes`), read
+/// in pieces.
+fn registry_digest(dir: &Dir, max_bytes: u64) -> Option<(Stamp, [u8; 16])> {
+    let opened = open_registry(dir, TASK_REGISTRY, max_bytes)?;
+    let bytes = Digesting::new(opened.reader, max_bytes, true);
+    Some((Stamp::of(&opened.id), bytes.finish()??))
+}
+
+/// A registry's bytes as read (at most a cap), digested on the way when asked.
+struct Digesting {
+    inner: std::io::Take<std::fs::File>,
+    md5: Option<Md5>,
+    len: u64,
+    max_bytes: u64,
+}
+
+impl Digesting {
+    fn new(file: std::fs::File, max_bytes: u64, digest: bool) -> Digesting {
+        Digesting {
+            inner: file.take(max_bytes + 1),
+            md5: digest.then(Md5::new),
+            len: 0,
+            max_bytes,
+        }
+    }
+
+    /// Reads what is left (after a parse's end: nothing); the digest when one was asked,
+    /// `None` when the bytes were more than the cap or could not be read.
+    fn finish(mut self) -> Option<Option<[u8; 16]>> {
+        std::io::copy(&mut self, &mut std::io::sink()).ok()?;
+        (self.len <= self.max_bytes).then(|| self.md5.map(|m| m.finalize().into()))
+    }
+}
+
+impl Read for Digesting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(md5) = &mut self.md5 {
+            md5.update(&buf[..n]);
+        }
+        self.len += n as u64;
+        Ok(n)
+    }
 }
 
 /// What `verify` found.
@@ -201,9 +261,9 @@ pub fn verify(
         }
     }
     if let (Some(digest), Some(stamp)) = (registry.digest, registry.stamp) {
-        let now_digest = read_registry_text(&dir, TASK_REGISTRY, stamp.size)
-            .filter(|text| Stamp::of(&text.id) == stamp)
-            .map(|text| <[u8; 16]>::from(Md5::digest(&text.bytes)));
+        let now_digest = registry_digest(&dir, stamp.size)
+            .filter(|(now, _)| *now == stamp)
+            .map(|(_, digest)| digest);
         if now_digest != Some(digest) {
             return Verified::Changed;
         }

@@ -202,6 +202,37 @@ fn a_registry_rewrite_invalidates_it() {
     assert_eq!(check(&mut cache, tmp.path()), Holds::No);
 }
 
+/// A registry of `READ_ALONE_ABOVE` bytes or more is parsed as it is read (its text never
+/// held whole): cached the same, its digest the one a later check computes, and a
+/// same-size rewrite within the tick still told by its bytes.
+#[test]
+fn a_large_registry_parsed_as_it_is_read_is_cached_and_a_rewrite_told_by_its_bytes() {
+    let large = |status: &str| {
+        let pad = "x".repeat(crate::reap::read::READ_ALONE_ABOVE as usize);
+        format!(r#"{{"pad":"{pad}",{}"#, &registry_text(status)[1..])
+    };
+    let (tmp, dir) = clean_task(false);
+    let registry = dir.join("AGENT_REGISTRY.json");
+    fs::write(&registry, large("completed")).unwrap();
+    let mut cache = CleanTasks::in_memory();
+    cache.confirm(&[&task_in(tmp.path())], &HashMap::new(), 64 << 20, &|_| {
+        true
+    });
+    let clean = cache.get(&dir).expect("a large clean registry is cached");
+    assert_eq!((clean.agents, &*clean.ids), (1, ID));
+    assert!(clean.registry.digest.is_some(), "just written: digested");
+    assert_eq!(
+        check(&mut cache, tmp.path()),
+        Holds::Yes,
+        "the same digest again"
+    );
+
+    let before = mtime(&registry);
+    fs::write(&registry, large("completeD")).unwrap();
+    set_mtime(&registry, before);
+    assert_eq!(check(&mut cache, tmp.path()), Holds::No);
+}
+
 #[test]
 fn a_live_session_of_one_of_its_agents_has_it_read() {
     let (tmp, _dir) = clean_task(true);

@@ -4,8 +4,8 @@
 //! the one the whole-`Value` edits and `to_python_json` would give.
 
 use super::{
-    AgentChange, Applied, GlobalChange, apply_global, apply_to_entry, count_active,
-    follows_transition,
+    AgentChange, Applied, GlobalChange, RecordMaker, apply_global, apply_to_entry, count_active,
+    follows_transition, record_of,
 };
 use crate::model::{StatusClass, classify_status};
 use crate::registry::cas::Rewrite;
@@ -24,11 +24,12 @@ struct Targets<'c, C> {
     /// The count member (`active_count` / `active_agents`) and its value, when the registry
     /// has it.
     active: Option<(&'static str, i64)>,
-    apply: fn(&mut Map<String, Value>, &C),
+    /// Applies the change at an index of `changes` to an entry.
+    apply: Box<dyn Fn(&mut Map<String, Value>, usize) + 'c>,
 }
 
 impl<'c, C> Targets<'c, C> {
-    fn new(changes: &'c [C], apply: fn(&mut Map<String, Value>, &C)) -> Self {
+    fn new(changes: &'c [C], apply: Box<dyn Fn(&mut Map<String, Value>, usize) + 'c>) -> Self {
         Targets {
             changes,
             targets: HashMap::new(),
@@ -47,7 +48,7 @@ impl<'c, C> Targets<'c, C> {
         let mut entry: Value = serde_json::from_str(raw.get())?;
         if let (Some(changes), Some(obj)) = (self.targets.get(&index), entry.as_object_mut()) {
             for &c in changes {
-                (self.apply)(obj, &self.changes[c]);
+                (self.apply)(obj, c);
             }
         }
         Ok(entry)
@@ -91,9 +92,23 @@ pub struct TaskEdit<'c>(Targets<'c, AgentChange>);
 
 impl<'c> TaskEdit<'c> {
     pub fn new(changes: &'c [AgentChange]) -> Self {
-        TaskEdit(Targets::new(changes, |obj, change| {
-            apply_to_entry(obj, change);
-        }))
+        Self::edit(changes, None)
+    }
+
+    /// The edit of `changes` whose records are [`super::Record::Made`] by `maker`, each
+    /// when its entry is written (and dropped after).
+    pub fn with_records(changes: &'c [AgentChange], maker: &'c RecordMaker<'c>) -> Self {
+        Self::edit(changes, Some(maker))
+    }
+
+    fn edit(changes: &'c [AgentChange], maker: Option<&'c RecordMaker<'c>>) -> Self {
+        TaskEdit(Targets::new(
+            changes,
+            Box::new(move |obj, c| {
+                let change = &changes[c];
+                apply_to_entry(obj, change, record_of(change, c, maker).as_deref());
+            }),
+        ))
     }
 }
 
@@ -166,7 +181,10 @@ pub struct GlobalEdit<'c>(Targets<'c, GlobalChange>);
 
 impl<'c> GlobalEdit<'c> {
     pub fn new(changes: &'c [GlobalChange]) -> Self {
-        GlobalEdit(Targets::new(changes, apply_global))
+        GlobalEdit(Targets::new(
+            changes,
+            Box::new(move |obj, c| apply_global(obj, &changes[c])),
+        ))
     }
 }
 
