@@ -15,6 +15,9 @@ use serde_json::{Map, Value, json};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+/// Applies the change at an index of the edit's changes to an entry.
+type ApplyChange<'c> = Box<dyn Fn(&mut Map<String, Value>, usize) + 'c>;
+
 /// What both streamed edits keep between `prepare` and `render`: the changes, the entries
 /// they apply to, and the count member to set.
 struct Targets<'c, C> {
@@ -24,12 +27,11 @@ struct Targets<'c, C> {
     /// The count member (`active_count` / `active_agents`) and its value, when the registry
     /// has it.
     active: Option<(&'static str, i64)>,
-    /// Applies the change at an index of `changes` to an entry.
-    apply: Box<dyn Fn(&mut Map<String, Value>, usize) + 'c>,
+    apply: ApplyChange<'c>,
 }
 
 impl<'c, C> Targets<'c, C> {
-    fn new(changes: &'c [C], apply: Box<dyn Fn(&mut Map<String, Value>, usize) + 'c>) -> Self {
+    fn new(changes: &'c [C], apply: ApplyChange<'c>) -> Self {
         Targets {
             changes,
             targets: HashMap::new(),
