@@ -7,6 +7,7 @@ use crate::model::format_timestamp;
 use crate::observe::{AgentView, TaskView};
 use crate::reap::events::{PassEvent, StatusStore};
 use crate::reap::outcome::Outcome;
+use crate::reap::parallel::Pool;
 use crate::registry::edit::{
     AgentChange, Applied, CleanupRecord, GlobalChange, GlobalEdit, Record, TaskEdit,
 };
@@ -60,19 +61,22 @@ pub fn forget_cleaned(
 
 /// Archives and deletes files, then records everything in the task registry under its lock.
 /// Returns whether the registry was written.
-pub fn apply_task(
-    view: &TaskView,
-    decisions: &[Decision],
+/// `prompt_pool`: the pass's threads for prompt deletions (see [`prompt_pool_threads`]).
+#[allow(clippy::too_many_arguments)]
+pub fn apply_task<'p>(
+    view: &'p TaskView,
+    decisions: &'p [Decision],
     outcomes: &mut [Outcome],
-    config: &Config,
+    config: &'p Config,
     opts: &UpdateOptions,
     journal: Option<&Mutex<Journal>>,
     now: SystemTime,
+    prompt_pool: &Pool<'p>,
 ) -> Result<bool, String> {
     // DB-backed tasks had their transitions written before (one transaction per base).
     let db_backed = view.backend == crate::model::Backend::Sqlite;
     // Files first (archives, prompts), made durable before the registry says they moved.
-    let earlier = apply_files(view, decisions, outcomes, config, journal);
+    let earlier = apply_files(view, decisions, outcomes, config, journal, prompt_pool);
     let stamp = format_timestamp(now);
     let mut changes = Vec::new();
     let mut change_of = Vec::new();
@@ -158,14 +162,25 @@ pub fn apply_task(
     }
 }
 
-/// Prompt deletions per thread: a task with more deletes them on threads of their own.
+/// Prompt deletions per thread: a task with more deletes them on the pass's prompt threads.
 const PROMPT_CHUNK: usize = 16;
 
-/// Threads for one task's prompt deletions at most. An unlink waits on the disk (inode
-/// eviction, and a synchronous discard where the filesystem is mounted `discard`), and
-/// those waits overlap across threads (40,000 unlinks on this disk kind: 4.4 s on one
-/// thread, 2.0 s on four, 1.5 s on sixteen; `/work/prof/unl.py`).
+/// Threads for one task's prompt deletions at most, and for the pass's prompt pool. An
+/// unlink waits on the disk (inode eviction, and a synchronous discard where the
+/// filesystem is mounted `discard`), and those waits overlap across threads (40,000
+/// unlinks on this disk kind: 4.4 s on one thread, 2.0 s on four, 1.5 s on sixteen;
+/// `/work/prof/unl.py`).
 const PROMPT_THREADS: usize = 16;
+
+/// The threads of the pass's prompt pool for these decisions: none below one chunk's worth
+/// of prompts to delete (each task then deletes its own), at most `PROMPT_THREADS`.
+pub fn prompt_pool_threads<'d>(decisions: impl Iterator<Item = &'d Decision>) -> usize {
+    let prompts = decisions
+        .flat_map(|d| &d.actions)
+        .filter(|a| matches!(a, Action::DeletePrompt { .. }))
+        .count();
+    (prompts / PROMPT_CHUNK).min(PROMPT_THREADS)
+}
 
 /// Carries out the agents' file actions (archives, prompt deletions), then fsyncs every
 /// folder touched once. Returns, per agent that records its cleanup, the archives of its
@@ -174,14 +189,15 @@ const PROMPT_THREADS: usize = 16;
 /// The moves into the archive run on this thread, in agent order: cross-folder renames
 /// serialize on the filesystem's rename lock, so more threads only spin on it (120,000
 /// renames: 1.3 s on one thread, 1.8 s on two). A task's many prompt deletions (renames
-/// within their folder and unlinks, which wait on the disk) run meanwhile on threads of
-/// their own; agents' files are disjoint.
-fn apply_files(
-    view: &TaskView,
-    decisions: &[Decision],
+/// within their folder and unlinks, which wait on the disk) run meanwhile on the pass's
+/// prompt threads; agents' files are disjoint.
+fn apply_files<'p>(
+    view: &'p TaskView,
+    decisions: &'p [Decision],
     outcomes: &mut [Outcome],
-    config: &Config,
+    config: &'p Config,
     journal: Option<&Mutex<Journal>>,
+    prompt_pool: &Pool<'p>,
 ) -> Vec<Vec<PathBuf>> {
     let asking = decisions
         .iter()
@@ -195,7 +211,7 @@ fn apply_files(
         .then(|| files::archive_listing(view, config))
         .flatten()
         .map(std::sync::Arc::new);
-    let prompts: Vec<(usize, &Path)> = decisions
+    let prompts: Vec<(usize, &'p Path)> = decisions
         .iter()
         .enumerate()
         .flat_map(|(a, d)| {
@@ -206,65 +222,64 @@ fn apply_files(
         })
         .collect();
     // Even beside the other tasks' threads: on aged files (a discard per unlink) 100 tasks
-    // of 100 agents took 1.18 s with these threads, 1.28 s with each task's unlinks on the
-    // task's own thread (`/work/prof/ab.sh 10k 5 sync`), though thread starts cost CPU.
+    // of 100 agents took 1.18 s with these deletions on threads beside each task's, 1.28 s
+    // with each task's unlinks on the task's own thread (`/work/prof/ab.sh 10k 5 sync`).
     let prompt_threads = (prompts.len() / PROMPT_CHUNK).min(PROMPT_THREADS);
-    std::thread::scope(|scope| {
-        let deleting: Vec<_> = if prompt_threads > 1 {
-            prompts
-                .chunks(prompts.len().div_ceil(prompt_threads))
-                .map(|part| {
-                    scope.spawn(move || {
-                        let mut files = files::TaskFiles::new(view, config, None);
-                        part.iter()
-                            .map(|&(a, path)| (a, path, files.delete_prompt(path)))
-                            .collect::<Vec<_>>()
-                    })
+    let deleting: Vec<_> = if prompt_threads > 1 {
+        prompts
+            .chunks(prompts.len().div_ceil(prompt_threads))
+            .map(|part| {
+                let part = part.to_vec();
+                prompt_pool.run(move || {
+                    let mut files = files::TaskFiles::new(view, config, None);
+                    part.into_iter()
+                        .map(|(a, path)| (a, path, files.delete_prompt(path)))
+                        .collect::<Vec<_>>()
                 })
-                .collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let inline = deleting.is_empty();
+    let mut files = files::TaskFiles::new(view, config, listing);
+    let mut earlier = Vec::with_capacity(view.agents.len());
+    // Where each agent's prompt deletion belongs in its outcome (events, errors), for the
+    // ones done on the prompt threads.
+    let mut slots = vec![(0, 0); if inline { 0 } else { view.agents.len() }];
+    for (a, ((agent, decision), out)) in view
+        .agents
+        .iter()
+        .zip(decisions)
+        .zip(outcomes.iter_mut())
+        .enumerate()
+    {
+        for action in &decision.actions {
+            match action {
+                // One archive per log: a log whose archive exists is appended to it.
+                Action::Archive { path } => files.archive(path, journal, out),
+                Action::DeletePrompt { path } if inline => {
+                    let deleted = files.delete_prompt(path);
+                    files.record_prompt(path, deleted, out, (out.done.len(), out.errors.len()));
+                }
+                Action::DeletePrompt { .. } => slots[a] = (out.done.len(), out.errors.len()),
+                _ => {}
+            }
+        }
+        earlier.push(if decision.actions.contains(&Action::RecordCleanup) {
+            files.compress_leftovers(agent, journal, out);
+            files.archives_of(agent, &out.archived)
         } else {
             Vec::new()
-        };
-        let inline = deleting.is_empty();
-        let mut files = files::TaskFiles::new(view, config, listing);
-        let mut earlier = Vec::with_capacity(view.agents.len());
-        // Where each agent's prompt deletion belongs in its outcome (events, errors), for
-        // the ones done on the other threads.
-        let mut slots = vec![(0, 0); if inline { 0 } else { view.agents.len() }];
-        for (a, ((agent, decision), out)) in view
-            .agents
-            .iter()
-            .zip(decisions)
-            .zip(outcomes.iter_mut())
-            .enumerate()
-        {
-            for action in &decision.actions {
-                match action {
-                    // One archive per log: a log whose archive exists is appended to it.
-                    Action::Archive { path } => files.archive(path, journal, out),
-                    Action::DeletePrompt { path } if inline => {
-                        let deleted = files.delete_prompt(path);
-                        files.record_prompt(path, deleted, out, (out.done.len(), out.errors.len()));
-                    }
-                    Action::DeletePrompt { .. } => slots[a] = (out.done.len(), out.errors.len()),
-                    _ => {}
-                }
-            }
-            earlier.push(if decision.actions.contains(&Action::RecordCleanup) {
-                files.compress_leftovers(agent, journal, out);
-                files.archives_of(agent, &out.archived)
-            } else {
-                Vec::new()
-            });
+        });
+    }
+    for pending in deleting {
+        for (a, path, deleted) in pending.wait() {
+            files.record_prompt(path, deleted, &mut outcomes[a], slots[a]);
         }
-        for handle in deleting {
-            for (a, path, deleted) in handle.join().expect("prompt thread panicked") {
-                files.record_prompt(path, deleted, &mut outcomes[a], slots[a]);
-            }
-        }
-        files::sync_all([&mut files]);
-        earlier
-    })
+    }
+    files::sync_all([&mut files]);
+    earlier
 }
 
 /// An agent's `auto_cleanup_result`, from what this pass did to it (`out`) and the

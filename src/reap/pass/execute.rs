@@ -164,47 +164,54 @@ impl Reaper {
         let progress = std::sync::Mutex::new((0usize, self.progress.take()));
         let mut jobs: Vec<(usize, &mut Vec<Outcome>)> = outcomes.iter_mut().enumerate().collect();
         let chunk = jobs.len().div_ceil(threads).max(1);
-        let mut results: Vec<(usize, Result<bool, Option<String>>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .chunks_mut(chunk)
-                .map(|part| {
-                    let (progress, opts) = (&progress, &opts);
-                    scope.spawn(move || {
-                        let mut done = Vec::new();
-                        for (t, outs) in part.iter_mut() {
-                            let view = &views[*t];
-                            let result = if view.error.is_some() {
-                                Err(None)
-                            } else if skip.contains(t) {
-                                Ok(false)
-                            } else {
-                                act::apply_task(
-                                    view,
-                                    &decisions[*t],
-                                    outs,
-                                    config,
-                                    opts,
-                                    journal,
-                                    now,
-                                )
-                                .map_err(Some)
-                            };
-                            done.push((*t, result));
-                            let mut p = progress.lock().expect("progress lock");
-                            p.0 += 1;
-                            let n = p.0;
-                            if let Some(f) = p.1.as_mut() {
-                                f(n, total);
+        let pool_threads = act::prompt_pool_threads(decisions.iter().flatten());
+        // The prompt pool's threads outlive the task threads (an inner scope), which share it.
+        let mut results: Vec<(usize, Result<bool, Option<String>>)> = std::thread::scope(|outer| {
+            let pool = crate::reap::parallel::Pool::new(outer, pool_threads);
+            let pool = &pool;
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = jobs
+                    .chunks_mut(chunk)
+                    .map(|part| {
+                        let (progress, opts) = (&progress, &opts);
+                        scope.spawn(move || {
+                            let mut done = Vec::new();
+                            for (t, outs) in part.iter_mut() {
+                                let view = &views[*t];
+                                let result = if view.error.is_some() {
+                                    Err(None)
+                                } else if skip.contains(t) {
+                                    Ok(false)
+                                } else {
+                                    act::apply_task(
+                                        view,
+                                        &decisions[*t],
+                                        outs,
+                                        config,
+                                        opts,
+                                        journal,
+                                        now,
+                                        pool,
+                                    )
+                                    .map_err(Some)
+                                };
+                                done.push((*t, result));
+                                let mut p = progress.lock().expect("progress lock");
+                                p.0 += 1;
+                                let n = p.0;
+                                if let Some(f) = p.1.as_mut() {
+                                    f(n, total);
+                                }
                             }
-                        }
-                        done
+                            done
+                        })
                     })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("task thread panicked"))
-                .collect()
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("task thread panicked"))
+                    .collect()
+            })
         });
         self.progress = progress.into_inner().expect("progress lock").1;
         results.sort_by_key(|(t, _)| *t);
