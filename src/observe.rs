@@ -23,6 +23,7 @@ use quiet::cleaned_status;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tail::{LastLine, STREAM_TAIL_CAP, last_line};
 
@@ -485,7 +486,7 @@ pub fn agent_view(
     for log in logs {
         log_facts.push(FileFact {
             state: file_state(log.mtime, writers.get(&log.id), world.settle, world.now),
-            path: log.path,
+            path: log.path.into(),
             mtime: log.mtime,
         });
         log_ids.push(log.id);
@@ -524,7 +525,7 @@ pub fn agent_view(
         live_writers,
         stream_end: end,
         logs: log_facts,
-        prompt,
+        prompt: prompt.map(Arc::from),
         status,
     };
     AgentView {

@@ -32,11 +32,11 @@ fn facts(status: &str, session: SessionFact) -> AgentFacts {
         live_writers: 0,
         stream_end: StreamEnd::NoResult,
         logs: vec![FileFact {
-            path: "/w/TASK-1/progress/a_progress.jsonl".into(),
+            path: Path::new("/w/TASK-1/progress/a_progress.jsonl").into(),
             state: FileState::Settled,
             mtime: Some(now() - 5 * MIN),
         }],
-        prompt: Some("/w/TASK-1/agent_prompt_a.txt".into()),
+        prompt: Some(Path::new("/w/TASK-1/agent_prompt_a.txt").into()),
     }
 }
 
@@ -67,10 +67,10 @@ fn working_agent_without_session_is_a_terminated_zombie() {
                 termination_reason: Some("session_not_found")
             },
             Action::Archive {
-                path: "/w/TASK-1/progress/a_progress.jsonl".into()
+                path: Path::new("/w/TASK-1/progress/a_progress.jsonl").into()
             },
             Action::DeletePrompt {
-                path: "/w/TASK-1/agent_prompt_a.txt".into()
+                path: Path::new("/w/TASK-1/agent_prompt_a.txt").into()
             },
             Action::RecordCleanup,
         ]
@@ -227,7 +227,7 @@ fn session_whose_panes_exited_is_a_zombie() {
 fn settling_logs_hold_back_the_record() {
     let mut f = facts("completed", gone_since(MIN));
     f.logs.push(FileFact {
-        path: "/w/TASK-1/logs/a_stream.jsonl".into(),
+        path: Path::new("/w/TASK-1/logs/a_stream.jsonl").into(),
         state: FileState::Recent("written 1s ago".into()),
         mtime: Some(now()),
     });
@@ -295,8 +295,12 @@ fn names_in_text_and_json_agree() {
             status: "failed",
             termination_reason: None,
         },
-        Action::Archive { path: "a".into() },
-        Action::DeletePrompt { path: "p".into() },
+        Action::Archive {
+            path: Path::new("a").into(),
+        },
+        Action::DeletePrompt {
+            path: Path::new("p").into(),
+        },
         Action::RecordCleanup,
     ];
     for action in actions {

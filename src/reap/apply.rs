@@ -216,7 +216,7 @@ fn apply_files<'p>(
         .enumerate()
         .flat_map(|(a, d)| {
             d.actions.iter().filter_map(move |x| match x {
-                Action::DeletePrompt { path } => Some((a, path.as_path())),
+                Action::DeletePrompt { path } => Some((a, &**path)),
                 _ => None,
             })
         })
