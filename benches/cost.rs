@@ -127,12 +127,13 @@ fn two_tiny_registries(cap: Duration) {
     }
 }
 
+/// Runs of `once` on the 10,000 agents, the median taken.
+const TEN_K_RUNS: usize = 3;
+
 /// 10,000 finished agents in 100 tasks; then the same tree once more (nothing to do).
 fn ten_thousand_in_100(cap: Duration) {
-    let tmp = tempdir();
-    let base = tmp.path().join("ws");
-    // The same tree twice: for `once`, then (written after it ran, so its writeback does
-    // not slow `once` down) for the disk's floor.
+    // The same tree for each run of `once`, then (written after they ran, so its writeback
+    // does not slow `once` down) for the disk's floor.
     let write_tree = |base: &std::path::Path| {
         for t in 0..100 {
             let ids: Vec<String> = (0..100)
@@ -141,10 +142,32 @@ fn ten_thousand_in_100(cap: Duration) {
             finished_task(base, &task_name("ten", t), &ids);
         }
     };
-    write_tree(&base);
-    let first = run_capped(once(tmp.path(), &base), cap);
+    // Single runs on this shared disk spread by a fifth around their median: the figure
+    // is the median of `TEN_K_RUNS`, each on a fresh tree and state dir, all printed.
+    let mut runs: Vec<(tempfile::TempDir, Run)> = (0..TEN_K_RUNS)
+        .map(|_| {
+            let tmp = tempdir();
+            let base = tmp.path().join("ws");
+            write_tree(&base);
+            let run = run_capped(once(tmp.path(), &base), cap);
+            (tmp, run)
+        })
+        .collect();
+    let each: Vec<String> = runs
+        .iter()
+        .map(|(_, r)| {
+            r.took
+                .map_or("capped".into(), |t| format!("{:.3}", t.as_secs_f64()))
+        })
+        .collect();
+    runs.sort_by_key(|(_, r)| r.took.unwrap_or(Duration::MAX));
+    let (tmp, first) = runs.swap_remove(TEN_K_RUNS / 2);
+    let base = tmp.path().join("ws");
     time_line(
-        "10,000 finished agents in 100 tasks, once",
+        &format!(
+            "10,000 finished agents in 100 tasks, once (median of {TEN_K_RUNS}: {} s)",
+            each.join(", ")
+        ),
         &first,
         Duration::from_secs(1),
         cap,
