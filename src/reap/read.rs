@@ -126,6 +126,8 @@ pub(super) struct OpenRegistry {
     pub turn: ReadTurn,
 }
 
+/// `dir/name` opened as [`read_registry_text`] opens it; `None` when it is not a regular
+/// file of at most `max_bytes`.
 pub(super) fn open_registry(
     dir: &Dir,
     name: impl AsRef<Path>,

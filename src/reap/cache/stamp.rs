@@ -166,15 +166,15 @@ fn registry_digest(dir: &Dir, max_bytes: u64) -> Option<(Stamp, [u8; 16])> {
 }
 
 /// A registry's bytes as read (at most a cap), digested on the way when asked.
-struct Digesting {
-    inner: std::io::Take<std::fs::File>,
+struct Digesting<R> {
+    inner: std::io::Take<R>,
     md5: Option<Md5>,
     len: u64,
     max_bytes: u64,
 }
 
-impl Digesting {
-    fn new(file: std::fs::File, max_bytes: u64, digest: bool) -> Digesting {
+impl<R: Read> Digesting<R> {
+    fn new(file: R, max_bytes: u64, digest: bool) -> Digesting<R> {
         Digesting {
             inner: file.take(max_bytes + 1),
             md5: digest.then(Md5::new),
@@ -191,7 +191,7 @@ impl Digesting {
     }
 }
 
-impl Read for Digesting {
+impl<R: Read> Read for Digesting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         if let Some(md5) = &mut self.md5 {
