@@ -15,7 +15,7 @@ use crate::registry::sqlite::tasks::{BaseDb, StatusWrite, StatusWritten, apply_t
 use crate::registry::{UpdateOptions, UpdateOutcome, rewrite_registry};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 mod files;
@@ -211,12 +211,12 @@ fn apply_files<'p>(
         .then(|| files::archive_listing(view, config))
         .flatten()
         .map(std::sync::Arc::new);
-    let prompts: Vec<(usize, &'p Path)> = decisions
+    let prompts: Vec<(usize, &'p Arc<Path>)> = decisions
         .iter()
         .enumerate()
         .flat_map(|(a, d)| {
             d.actions.iter().filter_map(move |x| match x {
-                Action::DeletePrompt { path } => Some((a, &**path)),
+                Action::DeletePrompt { path } => Some((a, path)),
                 _ => None,
             })
         })
@@ -309,7 +309,7 @@ fn cleanup_record(agent: &AgentView, out: &Outcome, earlier: &[PathBuf]) -> Clea
 /// agent's logs already in its archive folder (a pass that died before recording, or one
 /// that archived a log while another still settled). Each is checked to be there now: the
 /// record lists what exists, not what was once attempted.
-fn archived_files(this_pass: &[PathBuf], on_disk: &[PathBuf]) -> Vec<String> {
+fn archived_files(this_pass: &[Arc<Path>], on_disk: &[PathBuf]) -> Vec<String> {
     let mut files: Vec<String> = this_pass.iter().map(|p| path_string(p)).collect();
     for path in on_disk {
         let listed = path_string(path);

@@ -4,7 +4,79 @@
 use crate::decide::AgentClass;
 use serde::Serialize;
 use std::fmt;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A path shown relative to its task folder (as the user reads it), holding the whole path
+/// shared: an `Arc` clone of the one the agent's facts, actions and record hold. 40,000
+/// agents' events as rendered strings, beside the same paths in the record, were 10 MB.
+#[derive(Clone)]
+pub struct InTask {
+    path: Arc<Path>,
+    /// Bytes of `path` not shown: the task folder and its separator (0 outside it).
+    skip: usize,
+}
+
+impl InTask {
+    /// `path` as shown from `task_dir`: relative when inside it, else whole.
+    pub fn new(path: Arc<Path>, task_dir: &Path) -> InTask {
+        let skip = match path.strip_prefix(task_dir) {
+            Ok(rel) => path.as_os_str().len() - rel.as_os_str().len(),
+            Err(_) => 0,
+        };
+        InTask { path, skip }
+    }
+
+    /// The path as shown (relative to the task folder when inside it).
+    pub fn shown(&self) -> &Path {
+        Path::new(std::ffi::OsStr::from_bytes(
+            &self.path.as_os_str().as_bytes()[self.skip..],
+        ))
+    }
+}
+
+impl From<&str> for InTask {
+    fn from(shown: &str) -> InTask {
+        InTask {
+            path: Arc::from(Path::new(shown)),
+            skip: 0,
+        }
+    }
+}
+
+impl From<String> for InTask {
+    fn from(shown: String) -> InTask {
+        InTask::from(shown.as_str())
+    }
+}
+
+/// Two are the same when they read the same.
+impl PartialEq for InTask {
+    fn eq(&self, other: &InTask) -> bool {
+        self.shown() == other.shown()
+    }
+}
+
+impl Eq for InTask {}
+
+impl fmt::Debug for InTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.shown(), f)
+    }
+}
+
+impl fmt::Display for InTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.shown().display(), f)
+    }
+}
+
+impl Serialize for InTask {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.shown().display())
+    }
+}
 
 /// Which store held the status the orchestrator changed meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,31 +114,31 @@ pub enum PassEvent {
     },
     /// A settled log moved into its one archive.
     Archived {
-        from: String,
-        to: String,
+        from: InTask,
+        to: InTask,
     },
     /// Bytes that reached a log after it was archived, appended to that archive.
     Appended {
         bytes: u64,
-        from: String,
-        to: String,
+        from: InTask,
+        to: InTask,
     },
     /// The log grew while being appended: tried again once it settles.
     AppendRetried {
-        path: String,
+        path: InTask,
     },
     /// An archive compressed into `path` (`<name>.zst`), verified, the original removed.
     Compressed {
-        path: String,
+        path: InTask,
         bytes_in: u64,
         bytes_out: u64,
     },
     /// The archive changed while being compressed: kept plain, tried again later.
     CompressRetried {
-        path: String,
+        path: InTask,
     },
     PromptDeleted {
-        path: String,
+        path: InTask,
     },
     /// The status moved to a terminal one, with the termination reason when there is one.
     Marked {
@@ -324,6 +396,33 @@ mod tests {
         }
         let restored = serde_json::to_value(TaskEvent::RegistryRestored).unwrap();
         assert_eq!(restored["event"], TaskEvent::RegistryRestored.as_str());
+    }
+
+    /// An event's path reads relative to its own task folder only: a sibling folder whose
+    /// name starts with the task's (`TASK-1` and `TASK-10`) and an archive folder outside
+    /// the task are shown whole, in text and in JSON alike.
+    #[test]
+    fn a_path_in_an_event_reads_from_its_task_folder_only() {
+        let task = Path::new("/ws/TASK-1");
+        let shown = |p: &str| {
+            let at = InTask::new(Arc::from(Path::new(p)), task);
+            let json = serde_json::to_value(&at).unwrap();
+            assert_eq!(json, at.to_string(), "{p}");
+            at.to_string()
+        };
+        assert_eq!(shown("/ws/TASK-1/logs/a.jsonl"), "logs/a.jsonl");
+        assert_eq!(shown("/ws/TASK-1/agent_prompt_a.txt"), "agent_prompt_a.txt");
+        assert_eq!(
+            shown("/ws/TASK-10/logs/a.jsonl"),
+            "/ws/TASK-10/logs/a.jsonl"
+        );
+        assert_eq!(
+            shown("/srv/archive/TASK-1/a.jsonl"),
+            "/srv/archive/TASK-1/a.jsonl"
+        );
+        let inside = InTask::new(Arc::from(Path::new("/ws/TASK-1/logs/a.jsonl")), task);
+        assert_eq!(inside, InTask::from("logs/a.jsonl"));
+        assert_ne!(inside, InTask::from("/ws/TASK-1/logs/a.jsonl"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What happened to one agent in a pass: filled while acting, read by the report.
 
 use crate::reap::events::PassEvent;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
 /// What happened to one agent this pass.
 #[derive(Debug, Clone)]
@@ -13,7 +14,8 @@ pub struct Outcome {
     pub defunct: Vec<String>,
     /// No defunct process waits on a living parent (see `StopReport::verified_no_zombies`).
     pub reaped: bool,
-    pub archived: Vec<PathBuf>,
+    /// Where its logs are archived now (shared with the events that say so).
+    pub archived: Vec<Arc<Path>>,
     pub prompt_deleted: bool,
     pub recorded: bool,
     pub status_applied: Option<String>,

@@ -51,11 +51,11 @@ fn finished_agent_is_stopped_archived_and_recorded_once() {
                 session: format!("agent_{id}")
             },
             PassEvent::Archived {
-                from: format!("progress/{id}_progress.jsonl"),
-                to: format!("archive/{id}_progress.jsonl"),
+                from: format!("progress/{id}_progress.jsonl").into(),
+                to: format!("archive/{id}_progress.jsonl").into(),
             },
             PassEvent::PromptDeleted {
-                path: format!("agent_prompt_{id}.txt")
+                path: format!("agent_prompt_{id}.txt").into()
             },
         ]
     );
@@ -127,8 +127,8 @@ fn zombie_is_marked_only_after_zombie_grace_on_the_clock() {
         agent.done,
         [
             PassEvent::Archived {
-                from: format!("progress/{id}_progress.jsonl"),
-                to: format!("archive/{id}_progress.jsonl"),
+                from: format!("progress/{id}_progress.jsonl").into(),
+                to: format!("archive/{id}_progress.jsonl").into(),
             },
             PassEvent::Marked {
                 status: "terminated",
@@ -276,8 +276,8 @@ fn late_bytes_are_appended_to_the_one_archive() {
         agent.done,
         [PassEvent::Appended {
             bytes: 11,
-            from: rel.clone(),
-            to: format!("archive/{id}_progress.jsonl"),
+            from: rel.clone().into(),
+            to: format!("archive/{id}_progress.jsonl").into(),
         }]
     );
     assert!(!log.exists());

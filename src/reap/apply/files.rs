@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::fs::{self, Dir, FsError, UnlinkOutcome};
 use crate::journal::{Journal, Step};
 use crate::observe::TaskView;
-use crate::reap::events::PassEvent;
+use crate::reap::events::{InTask, PassEvent};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -134,7 +134,7 @@ impl<'a> TaskFiles<'a> {
     /// record), appended to it through the journal, exactly once.
     pub(super) fn archive(
         &mut self,
-        path: &Path,
+        path: &Arc<Path>,
         journal: Option<&Mutex<Journal>>,
         out: &mut Outcome,
     ) {
@@ -145,7 +145,7 @@ impl<'a> TaskFiles<'a> {
 
     fn try_archive(
         &mut self,
-        path: &Path,
+        path: &Arc<Path>,
         journal: Option<&Mutex<Journal>>,
         out: &mut Outcome,
     ) -> Result<(), String> {
@@ -176,13 +176,13 @@ impl<'a> TaskFiles<'a> {
         match archive_journaled(archiver, &src, &name, journal) {
             Ok(done) => {
                 self.touch(&src.dir);
+                let to: Arc<Path> = Arc::from(done.path());
                 out.done.push(PassEvent::Archived {
                     from: self.in_task(path),
-                    to: self.in_task(done.path()),
+                    to: self.in_task(&to),
                 });
                 let archived = self.maybe_compress(&name, journal, out);
-                out.archived
-                    .push(archived.unwrap_or_else(|| done.path().to_path_buf()));
+                out.archived.push(archived.map_or(to, Arc::from));
                 Ok(())
             }
             Err(ArchiveError::Taken { .. }) => self.append(path, &src.dir, &name, journal, out),
@@ -193,7 +193,7 @@ impl<'a> TaskFiles<'a> {
     /// Appends the bytes of `src_dir/name` to its archive and unlinks it (journaled).
     fn append(
         &mut self,
-        path: &Path,
+        path: &Arc<Path>,
         src_dir: &Dir,
         name: &OsStr,
         journal: Option<&Mutex<Journal>>,
@@ -201,7 +201,7 @@ impl<'a> TaskFiles<'a> {
     ) -> Result<(), String> {
         let archiver = self.archiver()?;
         let adir = archiver.open().map_err(|e| e.to_string())?;
-        let target = adir.display(name);
+        let target: Arc<Path> = Arc::from(adir.display(name));
         let Some(journal_lock) = journal else {
             return Err(format!(
                 "{}: {} already holds this log's archive; appending to it needs the journal (a state dir); left for a later pass",
@@ -219,7 +219,7 @@ impl<'a> TaskFiles<'a> {
                 });
                 drop(journal);
                 let archived = self.maybe_compress(name, Some(journal_lock), out);
-                out.archived.push(archived.unwrap_or(target));
+                out.archived.push(archived.map_or(target, Arc::from));
             }
             Ok(AppendOutcome::Changed) => out.done.push(PassEvent::AppendRetried {
                 path: self.in_task(path),
@@ -233,7 +233,7 @@ impl<'a> TaskFiles<'a> {
     /// more zstd frame and unlinks it (journaled, `crate::archive::compress::frame`).
     fn append_frame(
         &mut self,
-        path: &Path,
+        path: &Arc<Path>,
         src_dir: &Dir,
         name: &OsStr,
         zst: &OsStr,
@@ -243,7 +243,7 @@ impl<'a> TaskFiles<'a> {
         let level = self.config.compress_level;
         let archiver = self.archiver()?;
         let adir = archiver.open().map_err(|e| e.to_string())?;
-        let target = adir.display(zst);
+        let target: Arc<Path> = Arc::from(adir.display(zst));
         let Some(journal) = journal else {
             return Err(format!(
                 "{}: {} already holds this log's archive; appending to it needs the journal (a state dir); left for a later pass",
@@ -295,7 +295,7 @@ impl<'a> TaskFiles<'a> {
                 bytes_out,
             }) => {
                 out.done.push(PassEvent::Compressed {
-                    path: self.in_task(&zst),
+                    path: self.in_task(&Arc::from(zst.as_path())),
                     bytes_in,
                     bytes_out,
                 });
@@ -305,7 +305,7 @@ impl<'a> TaskFiles<'a> {
                 let plain = adir.display(name);
                 drop(journal);
                 out.done.push(PassEvent::CompressRetried {
-                    path: self.in_task(&plain),
+                    path: self.in_task(&Arc::from(plain)),
                 });
                 None
             }
@@ -328,7 +328,7 @@ impl<'a> TaskFiles<'a> {
     /// agent's actions), so the outcome reads in the order of the actions.
     pub(super) fn record_prompt(
         &self,
-        path: &Path,
+        path: &Arc<Path>,
         deleted: Result<UnlinkOutcome, String>,
         out: &mut Outcome,
         at: (usize, usize),
@@ -375,8 +375,8 @@ impl<'a> TaskFiles<'a> {
                 && let Some(zst) = self.maybe_compress(name, journal, out)
             {
                 // This pass's list names what is on disk now.
-                for listed in out.archived.iter_mut().filter(|p| **p == plain) {
-                    *listed = zst.clone();
+                for listed in out.archived.iter_mut().filter(|p| ***p == *plain) {
+                    *listed = Arc::from(zst.as_path());
                 }
             }
         }
@@ -390,7 +390,7 @@ impl<'a> TaskFiles<'a> {
     pub(super) fn archives_of(
         &mut self,
         agent: &crate::observe::AgentView,
-        this_pass: &[PathBuf],
+        this_pass: &[Arc<Path>],
     ) -> Vec<PathBuf> {
         let logs = crate::workspace::agent_files(&self.view.task, &agent.id).logs;
         let listing = self.listing.clone();
@@ -425,12 +425,10 @@ impl<'a> TaskFiles<'a> {
             .collect()
     }
 
-    /// A path as the user reads it: relative to the task folder when inside it.
-    fn in_task(&self, path: &Path) -> String {
-        path.strip_prefix(&self.view.task.dir)
-            .unwrap_or(path)
-            .display()
-            .to_string()
+    /// A path as the user reads it (relative to the task folder when inside it), sharing
+    /// the path itself.
+    fn in_task(&self, path: &Arc<Path>) -> InTask {
+        InTask::new(Arc::clone(path), &self.view.task.dir)
     }
 }
 
