@@ -22,8 +22,10 @@ type ApplyChange<'c> = Box<dyn Fn(&mut Map<String, Value>, usize) + 'c>;
 /// they apply to, and the count member to set.
 struct Targets<'c, C> {
     changes: &'c [C],
-    /// Per entry index, the changes applied to it, in order.
-    targets: HashMap<usize, Vec<usize>>,
+    /// `(entry index, change index)`: the changes applied to each entry, by entry and
+    /// then in change order once [`Targets::sort`] ran. A map of vectors was 4 MB for
+    /// 40,000 changes, held through the rewrite; these pairs are 0.6 MB.
+    targets: Vec<(usize, usize)>,
     /// The count member (`active_count` / `active_agents`) and its value, when the registry
     /// has it.
     active: Option<(&'static str, i64)>,
@@ -34,7 +36,7 @@ impl<'c, C> Targets<'c, C> {
     fn new(changes: &'c [C], apply: ApplyChange<'c>) -> Self {
         Targets {
             changes,
-            targets: HashMap::new(),
+            targets: Vec::new(),
             active: None,
             apply,
         }
@@ -45,11 +47,30 @@ impl<'c, C> Targets<'c, C> {
         self.active = None;
     }
 
+    /// Change `c` applies to entry `at`.
+    fn target(&mut self, at: usize, c: usize) {
+        self.targets.push((at, c));
+    }
+
+    /// Orders the targets by entry, each entry's changes staying in change order.
+    fn sort(&mut self) {
+        self.targets.sort_by_key(|&(at, _)| at);
+    }
+
+    /// The changes applied to entry `index`, in order.
+    fn changes_of(&self, index: usize) -> impl Iterator<Item = usize> + '_ {
+        let start = self.targets.partition_point(|&(at, _)| at < index);
+        self.targets[start..]
+            .iter()
+            .take_while(move |&&(at, _)| at == index)
+            .map(|&(_, c)| c)
+    }
+
     /// The entry as rendered: as read, with its changes applied.
     fn entry(&self, index: usize, raw: &RawValue) -> serde_json::Result<Value> {
         let mut entry: Value = serde_json::from_str(raw.get())?;
-        if let (Some(changes), Some(obj)) = (self.targets.get(&index), entry.as_object_mut()) {
-            for &c in changes {
+        if let Some(obj) = entry.as_object_mut() {
+            for c in self.changes_of(index) {
                 (self.apply)(obj, c);
             }
         }
@@ -68,7 +89,11 @@ impl<'c, C> Targets<'c, C> {
 
     /// Whether an edited entry of `items` differs from what it was (stops at the first).
     fn entries_change(&self, items: &[(Option<Cow<'_, str>>, &RawValue)]) -> Result<bool, String> {
-        for &at in self.targets.keys() {
+        let mut last = None;
+        for &(at, _) in &self.targets {
+            if last.replace(at) == Some(at) {
+                continue;
+            }
             let raw = items[at].1;
             let before: Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
             if self.entry(at, raw).map_err(|e| e.to_string())? != before {
@@ -151,10 +176,11 @@ impl Rewrite for TaskEdit<'_> {
             if let Some((status, _)) = change.set_status {
                 statuses[at] = Some(status.to_string());
             }
-            t.targets.entry(at).or_default().push(c);
+            t.target(at, c);
             applied.push(Applied::Done);
         }
         drop(index);
+        t.sort();
         let active = count_active(statuses.iter().map(Option::as_deref));
         let changed = t.count(&doc, "active_count", active) || t.entries_change(&list.items)?;
         Ok((applied, changed))
@@ -224,9 +250,10 @@ impl Rewrite for GlobalEdit<'_> {
                 continue;
             }
             statuses[at] = Some(Field::Str(change.status.to_string()));
-            t.targets.entry(at).or_default().push(c);
+            t.target(at, c);
         }
         drop(index);
+        t.sort();
         let active = statuses
             .iter()
             .filter(|s| match s {
