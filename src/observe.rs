@@ -38,8 +38,8 @@ pub struct AgentView {
     pub processes: Vec<ProcKey>,
     /// What ties processes to this agent (panes, sessions now and remembered, logs).
     pub evidence: Evidence,
-    /// Its session as seen alive this round, for the remembered pane map.
-    pub seen_session: Option<SessionIdentity>,
+    /// Its session as seen alive this round, for the pane map (boxed: most have none).
+    pub seen_session: Option<Box<SessionIdentity>>,
     /// The round's environment read looked for its sessions (see [`AgentView::checked`]).
     pub env_read: bool,
     /// Identities of the logs in `facts.logs`, same order.
@@ -414,7 +414,7 @@ pub fn agent_view(
                 });
                 let window_activity = info.panes.iter().filter_map(|p| p.window_activity).max();
                 if let (Some(server), Some(session_id)) = (&snapshot.server, info.id) {
-                    seen_session = Some(SessionIdentity {
+                    seen_session = Some(Box::new(SessionIdentity {
                         server: server.clone(),
                         session_id,
                         pane_ids: info.panes.iter().filter_map(|p| p.id).collect(),
@@ -422,7 +422,7 @@ pub fn agent_view(
                             .iter()
                             .filter_map(|p| world.table.get(*p).map(|i| i.key()))
                             .collect(),
-                    });
+                    }));
                 }
                 (
                     SessionFact::Alive {
@@ -453,7 +453,7 @@ pub fn agent_view(
     if let Some(seen) = &seen_session
         && !evidence.sessions.contains(seen)
     {
-        evidence.sessions.push(seen.clone());
+        evidence.sessions.push(SessionIdentity::clone(seen));
     }
     // A log hard-linked to some other file (st_nlink > 1) would make that file's writers
     // look like the agent's: only a log that is its own file is evidence.
@@ -590,7 +590,7 @@ pub fn remember_panes(
         if let Some(seen) = &agent.seen_session
             && !ambiguous.contains_key(&agent.id)
         {
-            map.observe(&agent.id, seen.clone());
+            map.observe(&agent.id, SessionIdentity::clone(seen));
         }
     }
 }
