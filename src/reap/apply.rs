@@ -295,7 +295,7 @@ fn cleanup_record(agent: &AgentView, out: &Outcome, earlier: &[PathBuf]) -> Clea
         log_files_archived: !out.archived.is_empty(),
         verified_no_zombies: no_zombies,
         errors: out.errors.clone(),
-        archived_files: archived_files(&out.archived, earlier),
+        archived_files: archived_files(&agent.task.dir, &out.archived, earlier),
         escalated_to_sigkill: out.escalated,
         defunct_processes: out.defunct.clone(),
         processes_checked: if out.checked.is_empty() {
@@ -310,8 +310,11 @@ fn cleanup_record(agent: &AgentView, out: &Outcome, earlier: &[PathBuf]) -> Clea
 /// agent's logs already in its archive folder (a pass that died before recording, or one
 /// that archived a log while another still settled). Each is checked to be there now: the
 /// record lists what exists, not what was once attempted.
-fn archived_files(this_pass: &[Arc<Path>], on_disk: &[PathBuf]) -> Vec<String> {
-    let mut files: Vec<String> = this_pass.iter().map(|p| path_string(p)).collect();
+fn archived_files(task_dir: &Path, this_pass: &[Arc<Path>], on_disk: &[PathBuf]) -> Vec<String> {
+    let mut files: Vec<String> = this_pass
+        .iter()
+        .map(|p| path_string(&task_dir.join(p)))
+        .collect();
     for path in on_disk {
         let listed = path_string(path);
         if !files.contains(&listed) {

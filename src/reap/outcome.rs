@@ -14,7 +14,9 @@ pub struct Outcome {
     pub defunct: Vec<String>,
     /// No defunct process waits on a living parent (see `StopReport::verified_no_zombies`).
     pub reaped: bool,
-    /// Where its logs are archived now (shared with the events that say so).
+    /// Where its logs are archived now, relative to the task folder when inside it (the
+    /// record joins it to the folder: 40,000 agents' absolute paths were 6 MB more), shared
+    /// with the events that say so.
     pub archived: Vec<Arc<Path>>,
     pub prompt_deleted: bool,
     pub recorded: bool,

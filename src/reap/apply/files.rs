@@ -176,13 +176,14 @@ impl<'a> TaskFiles<'a> {
         match archive_journaled(archiver, &src, &name, journal) {
             Ok(done) => {
                 self.touch(&src.dir);
-                let to: Arc<Path> = Arc::from(done.path());
+                let to = self.stored(done.path());
                 out.done.push(PassEvent::Archived {
                     from: self.in_task(path),
                     to: self.in_task(&to),
                 });
                 let archived = self.maybe_compress(&name, journal, out);
-                out.archived.push(archived.map_or(to, Arc::from));
+                out.archived
+                    .push(archived.map_or(to, |zst| self.stored(&zst)));
                 Ok(())
             }
             Err(ArchiveError::Taken { .. }) => self.append(path, &src.dir, &name, journal, out),
@@ -201,7 +202,7 @@ impl<'a> TaskFiles<'a> {
     ) -> Result<(), String> {
         let archiver = self.archiver()?;
         let adir = archiver.open().map_err(|e| e.to_string())?;
-        let target: Arc<Path> = Arc::from(adir.display(name));
+        let target = adir.display(name);
         let Some(journal_lock) = journal else {
             return Err(format!(
                 "{}: {} already holds this log's archive; appending to it needs the journal (a state dir); left for a later pass",
@@ -212,6 +213,7 @@ impl<'a> TaskFiles<'a> {
         let mut journal = journal_lock.lock().expect("journal lock");
         match append_late_write_at(src_dir, name, adir, name, &mut journal) {
             Ok(AppendOutcome::Appended { bytes, rescued }) => {
+                let target = self.stored(&target);
                 out.done.push(PassEvent::Appended {
                     bytes: bytes + rescued,
                     from: self.in_task(path),
@@ -219,7 +221,8 @@ impl<'a> TaskFiles<'a> {
                 });
                 drop(journal);
                 let archived = self.maybe_compress(name, Some(journal_lock), out);
-                out.archived.push(archived.map_or(target, Arc::from));
+                out.archived
+                    .push(archived.map_or(target, |zst| self.stored(&zst)));
             }
             Ok(AppendOutcome::Changed) => out.done.push(PassEvent::AppendRetried {
                 path: self.in_task(path),
@@ -243,7 +246,7 @@ impl<'a> TaskFiles<'a> {
         let level = self.config.compress_level;
         let archiver = self.archiver()?;
         let adir = archiver.open().map_err(|e| e.to_string())?;
-        let target: Arc<Path> = Arc::from(adir.display(zst));
+        let target = adir.display(zst);
         let Some(journal) = journal else {
             return Err(format!(
                 "{}: {} already holds this log's archive; appending to it needs the journal (a state dir); left for a later pass",
@@ -254,6 +257,7 @@ impl<'a> TaskFiles<'a> {
         let mut journal = journal.lock().expect("journal lock");
         match compress::frame::append_frame(src_dir, name, adir, zst, level, &mut journal) {
             Ok(AppendOutcome::Appended { bytes, rescued }) => {
+                let target = self.stored(&target);
                 out.done.push(PassEvent::Appended {
                     bytes: bytes + rescued,
                     from: self.in_task(path),
@@ -295,7 +299,7 @@ impl<'a> TaskFiles<'a> {
                 bytes_out,
             }) => {
                 out.done.push(PassEvent::Compressed {
-                    path: self.in_task(&Arc::from(zst.as_path())),
+                    path: self.in_task(&self.stored(&zst)),
                     bytes_in,
                     bytes_out,
                 });
@@ -305,7 +309,7 @@ impl<'a> TaskFiles<'a> {
                 let plain = adir.display(name);
                 drop(journal);
                 out.done.push(PassEvent::CompressRetried {
-                    path: self.in_task(&Arc::from(plain)),
+                    path: self.in_task(&self.stored(&plain)),
                 });
                 None
             }
@@ -375,8 +379,9 @@ impl<'a> TaskFiles<'a> {
                 && let Some(zst) = self.maybe_compress(name, journal, out)
             {
                 // This pass's list names what is on disk now.
-                for listed in out.archived.iter_mut().filter(|p| ***p == *plain) {
-                    *listed = Arc::from(zst.as_path());
+                let plain = self.stored(&plain);
+                for listed in out.archived.iter_mut().filter(|p| **p == plain) {
+                    *listed = self.stored(&zst);
                 }
             }
         }
@@ -423,6 +428,12 @@ impl<'a> TaskFiles<'a> {
                 })
             })
             .collect()
+    }
+
+    /// An archive's path as an outcome keeps it: relative to the task folder when inside
+    /// it (see [`Outcome::archived`]).
+    fn stored(&self, path: &Path) -> Arc<Path> {
+        Arc::from(path.strip_prefix(&self.view.task.dir).unwrap_or(path))
     }
 
     /// A path as the user reads it (relative to the task folder when inside it), sharing
