@@ -31,8 +31,6 @@ pub struct SessionIdentity {
 #[derive(Debug, Clone)]
 pub struct Evidence {
     pub id: AgentId,
-    /// Its session name as tmux stores it: processes under that session's panes are its own.
-    pub session_name: String,
     /// Its live pane processes this round (pid + start time: a pid reused later is not it).
     pub panes: Vec<ProcKey>,
     /// The sessions it ran in, now or remembered from earlier passes.
@@ -44,7 +42,6 @@ pub struct Evidence {
 impl Evidence {
     pub fn new(id: AgentId) -> Self {
         Evidence {
-            session_name: id.session_name(),
             id,
             panes: Vec::new(),
             sessions: Vec::new(),
@@ -280,7 +277,8 @@ fn holds_token(arg: &str, needle: &str) -> bool {
 /// environment read, when the agent's liveness or stop depends on it.
 pub fn agent_set(ctx: &SetContext<'_>, ev: &Evidence, env: Option<&EnvIndex>) -> Vec<ProcKey> {
     let table = ctx.table;
-    let own = ev.session_name.as_str();
+    let own = ev.id.session_name();
+    let own = own.as_str();
     let mut roots: Vec<i32> = Vec::new();
     // Process groups and sessions of the panes, now and as remembered. A remembered pane's
     // pid names its group only while that pid is unused or still the same process: the
