@@ -289,3 +289,31 @@ fn the_cut_after_a_write_never_lengthens_the_file() {
     cut_to(&file, 4).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\"");
 }
+
+/// After our cut: another writer's document cut to our length (its `json.dump` landed
+/// between our write and our cut) is told from ours, from a document that parses, and from
+/// a file of another length (a writer's `open('w')` since the cut).
+#[test]
+fn a_cut_that_tore_another_writers_document_is_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = "{\n  \"py_count\": 52,\n  \"rs_count\": 6\n}";
+    let sidecar = dir.path().join("ours");
+    std::fs::write(&sidecar, ours).unwrap();
+    let sidecar = std::fs::File::open(&sidecar).unwrap();
+    let len = ours.len() as u64;
+    let theirs = "{\n  \"py_count\": 53,\n  \"rs_count\": 6,\n  \"pad\": \"xxxxxxxx\"\n}";
+    let torn_by = |text: &str| {
+        let path = registry(&dir, text);
+        let file = std::fs::File::open(&path).unwrap();
+        cut_tore_theirs(&file, &sidecar, len).unwrap()
+    };
+    assert!(
+        torn_by(&theirs[..ours.len()]),
+        "their document cut to our length"
+    );
+    assert!(!torn_by(ours), "ours");
+    let same_length = "{\n  \"py_count\": 53,\n  \"rs_count\": 7\n}";
+    assert_eq!(same_length.len(), ours.len());
+    assert!(!torn_by(same_length), "a whole document of our length");
+    assert!(!torn_by(theirs), "another length");
+}
