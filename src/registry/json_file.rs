@@ -4,8 +4,6 @@ use super::cas::{CAS_ROUNDS, Rewrite, UpdateOutcome, WholeValue, edit_in_place};
 use super::error::RegistryError;
 use super::seen;
 use super::torn::find_torn_tail;
-#[cfg(test)]
-use locked::cut_tore_theirs;
 use locked::{Locked, cut_to, reserve};
 use rustix::fs::{FlockOperation, OFlags, fcntl_getfl, fcntl_setfl, flock};
 use rustix::io::Errno;

@@ -1,5 +1,6 @@
 //! Unit tests of `json_file`: reads, locked in-place writes, sidecar recovery, on real files.
 
+use super::locked::cut_tore_theirs;
 use super::*;
 use std::time::SystemTime;
 
