@@ -277,9 +277,7 @@ impl Run {
     /// The orchestrator tore a registry by itself (see `tears`): nobody can repair it, so
     /// the run says nothing about agent-reaper's part.
     fn self_torn(&self) -> bool {
-        self.finals
-            .iter()
-            .any(|f| matches!(f, Final::SelfTorn { .. }))
+        self.finals.iter().any(Final::by_orchestrator)
     }
 }
 
@@ -363,9 +361,7 @@ fn load(with_reaper: bool) -> Option<(Run, Option<Daemon>)> {
             let self_torn = [world.registry(), world.global()]
                 .iter()
                 .zip(before.iter().zip(now))
-                .any(|(p, (b, n))| {
-                    n >= b + 2 && matches!(final_state(p, sandbox), Final::SelfTorn { .. })
-                });
+                .any(|(p, (b, n))| n >= b + 2 && final_state(p, sandbox).by_orchestrator());
             if self_torn {
                 return true;
             }
@@ -464,6 +460,13 @@ fn describe(finals: &[Final]) -> String {
             } => Some(format!(
                 "{which}: {doc_by}'s document + {extra} bytes of the {tail_by}'s version"
             )),
+            Final::SelfCut {
+                doc_by,
+                cut_by,
+                short,
+            } => Some(format!(
+                "{which}: {doc_by}'s document cut {short} byte(s) short at the length of the {cut_by}'s version"
+            )),
             Final::Unparsable(why) => Some(format!("{which}: unparsable, {why}")),
             Final::Parses => None,
         })
@@ -507,7 +510,7 @@ fn json2025_writers_race_the_daemon_without_a_torn_or_unrepairable_registry() {
          \x20 terminal status set back to active (orchestrator's unlocked rewrite undoing agent-reaper): with {}\n\
          \x20 cleanup records wiped by an unlocked rewrite: with {}\n\
          \x20 torn registries repaired by agent-reaper: {repaired}; rounds skipped as contended: {contended}\n\
-         \x20 torn by the orchestrator itself (update_agent_progress's open('w') over atomic_add_agent's write; no version agent-reaper saw, not provable, left as is):\n\
+         \x20 torn by the orchestrator itself (update_agent_progress's open('w') over atomic_add_agent's write, or its truncate() after that dump; no version agent-reaper saw, not provable, left as is):\n\
          \x20   without agent-reaper: {}\n\
          \x20   with: {} of {} run(s){}\n\
          \x20 agents deployed, then dropped from the task registry by update_agent_progress's unlocked rewrite (the global still counts them): without {}, with {}\n\

@@ -58,8 +58,24 @@ pub enum Final {
         tail_by: String,
         extra: usize,
     },
+    /// A version the `doc_by` writer wrote, cut short at the length of a version the `cut_by`
+    /// writer wrote: `LockedRegistryFile`'s `truncate()` (at the end of its own write) landing
+    /// after `update_agent_progress`'s `open('w')` and longer dump. agent-reaper cuts a
+    /// registry only at the end of a version it saw or wrote, and none of those has this length.
+    SelfCut {
+        doc_by: String,
+        cut_by: String,
+        short: usize,
+    },
     /// Anything else that does not parse: agent-reaper's to repair or to answer for.
     Unparsable(String),
+}
+
+impl Final {
+    /// The orchestrator's writers broke the file by themselves (nobody can repair it).
+    pub fn by_orchestrator(&self) -> bool {
+        matches!(self, Final::SelfTorn { .. } | Final::SelfCut { .. })
+    }
 }
 
 /// Every version the test's Python writers recorded in `sandbox`: (role, bytes).
@@ -101,7 +117,10 @@ pub fn final_state(registry: &Path, sandbox: &Path) -> Final {
     let bytes = fs::read(registry).unwrap_or_default();
     let (end, extra_at) = match shape(&bytes) {
         Shape::Whole => return Final::Parses,
-        Shape::Broken => return Final::Unparsable("no complete first document".into()),
+        Shape::Broken => {
+            return cut_short(&bytes, registry, sandbox)
+                .unwrap_or_else(|| Final::Unparsable("no complete first document".into()));
+        }
         Shape::Extra { end, extra_at, .. } => (end, extra_at),
     };
     let reaper = SeenVersions::with_budget(64 << 20).versions_with_persisted(registry);
@@ -133,6 +152,30 @@ pub fn final_state(registry: &Path, sandbox: &Path) -> Final {
         tail_by: tail_by.clone(),
         extra: bytes.len() - end,
     }
+}
+
+/// `bytes` as a recorded version cut at the length of another writer's version (see
+/// [`Final::SelfCut`]), when no version agent-reaper saw or wrote has that length.
+fn cut_short(bytes: &[u8], registry: &Path, sandbox: &Path) -> Option<Final> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let versions = recorded(sandbox);
+    let (doc_by, doc) = versions
+        .iter()
+        .find(|(_, v)| v.len() > bytes.len() && v.starts_with(bytes))?;
+    let (cut_by, _) = versions
+        .iter()
+        .find(|(role, v)| role != doc_by && v.len() == bytes.len())?;
+    let reaper = SeenVersions::with_budget(64 << 20).versions_with_persisted(registry);
+    if reaper.iter().any(|t| t.len == bytes.len() as u64) {
+        return None;
+    }
+    Some(Final::SelfCut {
+        doc_by: doc_by.clone(),
+        cut_by: cut_by.clone(),
+        short: doc.len() - bytes.len(),
+    })
 }
 
 /// Agents `atomic_add_agent` added (listed in `added`) that the task registry no longer
@@ -173,4 +216,43 @@ pub fn lost_adds(registry: &Path, added: &Path, sandbox: &Path) -> Vec<String> {
                 .any(|v| v.windows(quoted.len()).any(|w| w == &quoted[..]))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `versions-<role>.bin` as `trace_writes` does.
+    fn record(sandbox: &Path, role: &str, versions: &[&str]) {
+        let mut out = Vec::new();
+        for v in versions {
+            out.extend(format!("{}\n{v}\n", v.len()).into_bytes());
+        }
+        fs::write(sandbox.join(format!("versions-{role}.bin")), out).unwrap();
+    }
+
+    #[test]
+    fn a_dump_cut_at_the_length_of_the_adders_version_is_the_orchestrators_own_cut() {
+        let sandbox = tempfile::tempdir().unwrap();
+        let adder = "{\"agents\": [1, 2], \"n\": 9}";
+        let driver = "{\"agents\": [1, 2], \"n\": 10}";
+        record(sandbox.path(), "adder", &[adder]);
+        record(sandbox.path(), "driver", &[driver]);
+        let registry = sandbox.path().join("AGENT_REGISTRY.json");
+        fs::write(&registry, &driver[..adder.len()]).unwrap();
+        assert_eq!(
+            final_state(&registry, sandbox.path()),
+            Final::SelfCut {
+                doc_by: "driver".into(),
+                cut_by: "adder".into(),
+                short: 1
+            }
+        );
+        // Cut at a length no other writer wrote: not the orchestrator's truncate().
+        fs::write(&registry, &driver[..adder.len() - 3]).unwrap();
+        assert!(matches!(
+            final_state(&registry, sandbox.path()),
+            Final::Unparsable(_)
+        ));
+    }
 }
