@@ -4,7 +4,7 @@ use super::cas::{CAS_ROUNDS, Rewrite, UpdateOutcome, WholeValue, edit_in_place};
 use super::error::RegistryError;
 use super::seen;
 use super::torn::find_torn_tail;
-use locked::{Locked, cut_to, reserve};
+use locked::{Locked, cut_to, end_of_bytes, keep_ours_after_cut, pad, reserve};
 use rustix::fs::{FlockOperation, OFlags, fcntl_getfl, fcntl_setfl, flock};
 use rustix::io::Errno;
 use serde_json::Value;
@@ -177,7 +177,17 @@ fn repair_torn(
         if read_all(file, path, opts.max_bytes)? != bytes {
             continue;
         }
-        file.set_len(torn.keep as u64)
+        // Never lengthened (an `open('w')` since the compare: NULs up to `keep`), and the
+        // document kept again when the cut landed after another writer's whole dump.
+        let kept = &bytes[..torn.keep];
+        let keep = torn.keep as u64;
+        let write_kept = |old_len: u64| {
+            file.write_all_at(kept, 0)
+                .and_then(|()| pad(file, keep, old_len))
+                .and_then(|()| cut_to(file, keep))
+        };
+        cut_to(file, keep)
+            .and_then(|()| keep_ours_after_cut(file, path, end_of_bytes(kept), keep, write_kept))
             .and_then(|()| file.sync_all())
             .map_err(|source| RegistryError::Write {
                 path: path.to_owned(),
@@ -190,7 +200,7 @@ fn repair_torn(
             path.display(),
             torn.extra
         );
-        let kept = bytes[..torn.keep].to_vec();
+        let kept = kept.to_vec();
         seen::global().note(path, &kept);
         return Ok(Some((kept, torn.document)));
     }
@@ -273,7 +283,7 @@ pub fn recover_sidecar(
         discard_sidecar(&sidecar);
         return Ok(SidecarRecovery::StaleSidecarRemoved);
     }
-    write_in_place(&file, &bytes).map_err(|source| RegistryError::Write {
+    write_in_place(&file, path, &bytes).map_err(|source| RegistryError::Write {
         path: path.to_owned(),
         source,
     })?;
@@ -472,11 +482,18 @@ fn read_parsed(
     })
 }
 
-/// Same sequence as the Python writers (write from 0, truncate), plus the fsync they skip.
-fn write_in_place(file: &File, bytes: &[u8]) -> std::io::Result<()> {
-    reserve(file, bytes.len() as u64)?;
-    file.write_all_at(bytes, 0)?;
-    cut_to(file, bytes.len() as u64)?;
+/// Same sequence as the Python writers (write from 0, truncate), plus the fsync they skip,
+/// and ours written again when the cut tore an unlocked writer's document.
+fn write_in_place(file: &File, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let len = bytes.len() as u64;
+    let write = |old_len: u64| {
+        file.write_all_at(bytes, 0)
+            .and_then(|()| pad(file, len, old_len))
+            .and_then(|()| cut_to(file, len))
+    };
+    reserve(file, len)?;
+    write(0)?;
+    keep_ours_after_cut(file, path, end_of_bytes(bytes), len, write)?;
     file.sync_all()
 }
 

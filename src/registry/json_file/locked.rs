@@ -118,24 +118,8 @@ impl CasFile for Locked<'_> {
                 .and_then(|()| cut_to(file, len))
         };
         let written = write_ours(current_len as u64)
-            .and_then(|()| {
-                // The cut can land just after an unlocked writer's whole `open('w')` +
-                // `json.dump` and leave the head of its document, which nothing can repair
-                // (seen: 3 of 75 runs of the python race test under load stayed torn).
-                // Ours again: that writer's update is lost, as when it writes just before us.
-                for _ in 0..REWRITES {
-                    if !cut_tore_theirs(file, &sidecar, len)? {
-                        break;
-                    }
-                    tracing::warn!(
-                        path = %self.path.display(),
-                        "an unlocked writer's document landed between our write and our cut, \
-                         which left it torn; our document written again"
-                    );
-                    write_ours(file.metadata()?.len())?;
-                }
-                Ok(())
-            })
+            .and_then(|()| end_of(&sidecar, len))
+            .and_then(|end| keep_ours_after_cut(file, self.path, &end, len, write_ours))
             .and_then(|()| file.sync_all());
         // On failure the sidecar stays: it is what recover_sidecar restores from.
         written.map_err(|e| self.write_error(self.path, e))?;
@@ -149,19 +133,58 @@ const REWRITES: usize = 3;
 /// Bytes of the end compared to tell our document from another after the cut.
 const END_COMPARED: u64 = 4096;
 
+/// After our cut to `len`: while that cut tore an unlocked writer's document (see
+/// [`cut_tore_theirs`]), ours is written again (`write_ours`, given the file's length now),
+/// up to [`REWRITES`] times. The cut can land just after that writer's whole `open('w')` +
+/// `json.dump` and leave the head of its document, which nothing can repair (seen: 3 of 75
+/// runs of the python race test under load stayed torn). That writer's update is lost, as
+/// when it writes just before us. `ours_end`: the last bytes of ours ([`end_of`]).
+pub(super) fn keep_ours_after_cut(
+    file: &File,
+    path: &std::path::Path,
+    ours_end: &[u8],
+    len: u64,
+    write_ours: impl Fn(u64) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    for _ in 0..REWRITES {
+        if !cut_tore_theirs(file, ours_end, len)? {
+            break;
+        }
+        tracing::warn!(
+            path = %path.display(),
+            "an unlocked writer's document landed between our write and our cut, \
+             which left it torn; our document written again"
+        );
+        write_ours(file.metadata()?.len())?;
+    }
+    Ok(())
+}
+
+/// The last bytes of the `len` bytes of ours in `file` that [`cut_tore_theirs`] compares.
+pub(super) fn end_of(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
+    let n = len.min(END_COMPARED);
+    let mut end = vec![0u8; n as usize];
+    file.read_exact_at(&mut end, len - n)?;
+    Ok(end)
+}
+
+/// The same, of ours held in memory.
+pub(super) fn end_of_bytes(ours: &[u8]) -> &[u8] {
+    &ours[ours.len().saturating_sub(END_COMPARED as usize)..]
+}
+
 /// Whether the cut to `len` left another writer's document torn: the file is `len` bytes,
-/// does not end as ours (`ours`, the sidecar) does, and does not parse. Another length is
-/// a writer's `open('w')` since the cut (its document, whole or being written: left
-/// alone); a document that parses is left alone too.
-pub(super) fn cut_tore_theirs(file: &File, ours: &File, len: u64) -> std::io::Result<bool> {
+/// does not end as ours does (`ours_end`, its last bytes), and does not parse. Another
+/// length is a writer's `open('w')` since the cut (its document, whole or being written:
+/// left alone); a document that parses is left alone too.
+pub(super) fn cut_tore_theirs(file: &File, ours_end: &[u8], len: u64) -> std::io::Result<bool> {
     if file.metadata()?.len() != len {
         return Ok(false);
     }
-    let n = len.min(END_COMPARED);
-    let (mut theirs, mut mine) = (vec![0u8; n as usize], vec![0u8; n as usize]);
-    ours.read_exact_at(&mut mine, len - n)?;
+    let n = (ours_end.len() as u64).min(len);
+    let mut theirs = vec![0u8; n as usize];
     match file.read_exact_at(&mut theirs, len - n) {
-        Ok(()) if theirs == mine => return Ok(false),
+        Ok(()) if theirs == ours_end[ours_end.len() - n as usize..] => return Ok(false),
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e),
@@ -243,7 +266,7 @@ fn copy_at(from: &File, to: &File, len: u64) -> std::io::Result<()> {
 }
 
 /// Spaces from `from` up to `to` (nothing when `to <= from`).
-fn pad(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+pub(super) fn pad(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     if to <= from {
         return Ok(());
     }

@@ -1,6 +1,6 @@
 //! Unit tests of `json_file`: reads, locked in-place writes, sidecar recovery, on real files.
 
-use super::locked::cut_tore_theirs;
+use super::locked::{cut_tore_theirs, end_of};
 use super::*;
 use std::time::SystemTime;
 
@@ -302,11 +302,12 @@ fn a_cut_that_tore_another_writers_document_is_told_apart() {
     std::fs::write(&sidecar, ours).unwrap();
     let sidecar = std::fs::File::open(&sidecar).unwrap();
     let len = ours.len() as u64;
+    let ours_end = end_of(&sidecar, len).unwrap();
     let theirs = "{\n  \"py_count\": 53,\n  \"rs_count\": 6,\n  \"pad\": \"xxxxxxxx\"\n}";
     let torn_by = |text: &str| {
         let path = registry(&dir, text);
         let file = std::fs::File::open(&path).unwrap();
-        cut_tore_theirs(&file, &sidecar, len).unwrap()
+        cut_tore_theirs(&file, &ours_end, len).unwrap()
     };
     assert!(
         torn_by(&theirs[..ours.len()]),
@@ -317,4 +318,39 @@ fn a_cut_that_tore_another_writers_document_is_told_apart() {
     assert_eq!(same_length.len(), ours.len());
     assert!(!torn_by(same_length), "a whole document of our length");
     assert!(!torn_by(theirs), "another length");
+}
+
+/// A cut (the torn-tail repair's, the sidecar restore's, a write's) that tore another
+/// writer's document is followed by ours, written again over it: the registry parses and is
+/// ours. A whole document of another writer after the cut is left as it is.
+#[test]
+fn after_a_cut_that_tore_theirs_ours_is_written_again() {
+    use super::locked::{cut_to, end_of_bytes, keep_ours_after_cut, pad};
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ours = "{\n  \"py_count\": 52,\n  \"rs_count\": 6\n}";
+    let theirs = "{\n  \"py_count\": 53,\n  \"rs_count\": 6,\n  \"pad\": \"xxxxxxxx\"\n}";
+    let len = ours.len() as u64;
+    let after_cut = |left: &str| {
+        let path = registry(&dir, left);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let write_ours = |old_len: u64| {
+            file.write_all_at(ours.as_bytes(), 0)
+                .and_then(|()| pad(&file, len, old_len))
+                .and_then(|()| cut_to(&file, len))
+        };
+        keep_ours_after_cut(&file, &path, end_of_bytes(ours.as_bytes()), len, write_ours).unwrap();
+        std::fs::read_to_string(&path).unwrap()
+    };
+    assert_eq!(
+        after_cut(&theirs[..ours.len()]),
+        ours,
+        "theirs cut to our length"
+    );
+    assert_eq!(after_cut(theirs), theirs, "theirs whole, of another length");
+    assert_eq!(after_cut(ours), ours, "ours");
 }
