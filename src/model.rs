@@ -25,19 +25,22 @@ pub enum ModelError {
 ///
 /// Ids come from registries written by agents, so they are untrusted: only
 /// `[A-Za-z0-9_.-]`, not starting with `.` or `-` (so never `..`, never an option).
+///
+/// Shared (`Arc<str>`): a pass clones an agent's id into its evidence, its report and the
+/// pass-wide checks, and 40,000 agents' copies were megabytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AgentId(String);
+pub struct AgentId(std::sync::Arc<str>);
 
 impl AgentId {
     pub fn parse(raw: &str) -> Result<Self, ModelError> {
         Self::check(raw)?;
-        Ok(AgentId(raw.to_string()))
+        Ok(AgentId(raw.into()))
     }
 
-    /// [`AgentId::parse`] of an id already owned (no copy is made).
+    /// [`AgentId::parse`] of an id already owned.
     pub fn parse_owned(raw: Box<str>) -> Result<Self, ModelError> {
         Self::check(&raw)?;
-        Ok(AgentId(raw.into_string()))
+        Ok(AgentId(raw.into()))
     }
 
     fn check(raw: &str) -> Result<(), ModelError> {
@@ -68,8 +71,13 @@ impl AgentId {
         &self.0
     }
 
+    /// The id as shared text (no copy).
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::clone(&self.0)
+    }
+
     pub fn into_string(self) -> String {
-        self.0
+        self.0.to_string()
     }
 
     /// The tmux session the orchestrator starts for this agent, as tmux stores it: tmux

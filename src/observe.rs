@@ -457,7 +457,10 @@ pub fn agent_view(
     }
     // A log hard-linked to some other file (st_nlink > 1) would make that file's writers
     // look like the agent's: only a log that is its own file is evidence.
-    evidence.logs = logs.iter().filter(|l| l.nlink == 1).map(|l| l.id).collect();
+    evidence.logs = Vec::with_capacity(logs.len());
+    evidence
+        .logs
+        .extend(logs.iter().filter(|l| l.nlink == 1).map(|l| l.id));
     // Environments are read only where they can change the verdict: the agent looks dead
     // (session gone or every pane exited) and some session of it is known.
     let looks_dead = match session {
@@ -481,8 +484,9 @@ pub fn agent_view(
         .flat_map(|l| writers.get(l).into_iter().flatten())
         .collect::<HashSet<_>>()
         .len();
-    let mut log_facts = Vec::new();
-    let mut log_ids = Vec::new();
+    // Sized once: kept for the whole pass (a vector grown from empty holds four).
+    let mut log_facts = Vec::with_capacity(logs.len());
+    let mut log_ids = Vec::with_capacity(logs.len());
     for log in logs {
         log_facts.push(FileFact {
             state: file_state(log.mtime, writers.get(&log.id), world.settle, world.now),

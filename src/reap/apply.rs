@@ -77,7 +77,7 @@ pub fn apply_task<'p>(
     let db_backed = view.backend == crate::model::Backend::Sqlite;
     // Files first (archives, prompts), made durable before the registry says they moved.
     let earlier = apply_files(view, decisions, outcomes, config, journal, prompt_pool);
-    let stamp = format_timestamp(now);
+    let stamp: Arc<str> = format_timestamp(now).into();
     // Sized once: 40,000 changes grown by doubling held 8 MB at the last doubling.
     let mut changes = Vec::with_capacity(view.agents.len());
     let mut change_of = Vec::with_capacity(view.agents.len());
@@ -98,7 +98,7 @@ pub fn apply_task<'p>(
             continue;
         }
         changes.push(AgentChange {
-            id: agent.id.to_string(),
+            id: agent.id.shared(),
             expect_status: agent.registry_status.clone(),
             set_status,
             // Made from the outcome when the entry is written (`cleanup_record`).
@@ -136,7 +136,7 @@ pub fn apply_task<'p>(
                 let out = &mut outcomes[*a];
                 match applied {
                     Applied::Done => {
-                        out.status_applied = change.set_status.map(|(s, _)| s.to_string());
+                        out.status_applied = change.set_status.map(|(s, _)| s);
                         out.recorded = change.cleanup.is_some();
                         if let Some((s, reason)) = change.set_status {
                             out.done.push(PassEvent::Marked { status: s, reason });
@@ -436,7 +436,7 @@ pub fn apply_db_transitions(
                     let out = &mut outcomes[t][a];
                     match result {
                         StatusWritten::Done { side_errors } => {
-                            out.status_applied = Some(write.status.to_string());
+                            out.status_applied = Some(write.status);
                             out.done.push(PassEvent::Marked {
                                 status: write.status,
                                 reason: write.reason,

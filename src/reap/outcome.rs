@@ -20,7 +20,7 @@ pub struct Outcome {
     pub archived: Vec<Arc<Path>>,
     pub prompt_deleted: bool,
     pub recorded: bool,
-    pub status_applied: Option<String>,
+    pub status_applied: Option<&'static str>,
     /// What the last search for its processes looked at (empty: the observation's).
     pub checked: Vec<String>,
     /// What was done, in order.

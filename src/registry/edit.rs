@@ -33,13 +33,14 @@ pub struct CleanupRecord {
 /// One agent's changes, applied under the registry lock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentChange {
-    pub id: String,
+    /// Shared with the pass's view of the agent (no copy per change).
+    pub id: std::sync::Arc<str>,
     /// The status we decided on; if the registry now says otherwise, nothing is applied.
     pub expect_status: String,
     pub set_status: Option<(&'static str, Option<&'static str>)>,
     pub cleanup: Option<Record>,
-    /// Naive local ISO-8601, as the orchestrator writes.
-    pub now: String,
+    /// Naive local ISO-8601, as the orchestrator writes; one text shared by a pass's changes.
+    pub now: std::sync::Arc<str>,
 }
 
 /// The record a change merges into the entry's `auto_cleanup_result`.
@@ -154,11 +155,11 @@ pub(super) fn apply_to_entry(
     }
     if let Some((status, reason)) = change.set_status {
         set(obj, "status", json!(status));
-        set(obj, "last_update", json!(change.now));
+        set(obj, "last_update", json!(&*change.now));
         if status == "terminated" {
-            set(obj, "terminated_at", json!(change.now));
+            set(obj, "terminated_at", json!(&*change.now));
         } else if !obj.contains_key("completed_at") {
-            set(obj, "completed_at", json!(change.now));
+            set(obj, "completed_at", json!(&*change.now));
         }
         if let Some(reason) = reason {
             set(obj, "termination_reason", json!(reason));
@@ -169,7 +170,7 @@ pub(super) fn apply_to_entry(
         // The same outcome again (say a persisting error) is not news: no rewrite.
         if obj.get("auto_cleanup_result") != Some(&merged) {
             set(obj, "auto_cleanup_result", merged);
-            set(obj, "auto_cleanup_timestamp", json!(change.now));
+            set(obj, "auto_cleanup_timestamp", json!(&*change.now));
         }
     }
     Applied::Done
@@ -191,10 +192,7 @@ pub fn edit_task_registry(root: &mut Value, changes: &[AgentChange]) -> Vec<Appl
         // One pass over the agents finds every change's entry: linear, not a scan per change.
         let at: Vec<Option<usize>> = {
             let index = index_by_id(agents);
-            changes
-                .iter()
-                .map(|c| index.get(c.id.as_str()).copied())
-                .collect()
+            changes.iter().map(|c| index.get(&*c.id).copied()).collect()
         };
         for (change, at) in changes.iter().zip(at) {
             applied.push(apply_at(agents, at, change));
@@ -234,7 +232,7 @@ pub fn edit_global_registry(root: &mut Value, changes: &[GlobalChange]) {
         return;
     };
     for change in changes {
-        if let Some(entry) = agents.get_mut(&change.id).and_then(Value::as_object_mut) {
+        if let Some(entry) = agents.get_mut(&*change.id).and_then(Value::as_object_mut) {
             apply_global(entry, change);
         }
     }
@@ -257,7 +255,7 @@ pub(super) fn apply_global(entry: &mut Map<String, Value>, change: &GlobalChange
     }
     set(entry, "status", json!(change.status));
     if entry.contains_key("last_update") {
-        set(entry, "last_update", json!(change.now));
+        set(entry, "last_update", json!(&*change.now));
     }
     let at = if change.status == "terminated" {
         "terminated_at"
@@ -265,7 +263,7 @@ pub(super) fn apply_global(entry: &mut Map<String, Value>, change: &GlobalChange
         "completed_at"
     };
     if !entry.contains_key(at) {
-        set(entry, at, json!(change.now));
+        set(entry, at, json!(&*change.now));
     }
 }
 
@@ -481,7 +479,7 @@ mod tests {
         let mut root = json!({"agents": agents, "active_count": 0});
         let changes: Vec<AgentChange> = (0..n)
             .map(|i| AgentChange {
-                id: format!("a-{i}"),
+                id: format!("a-{i}").into(),
                 expect_status: "completed".into(),
                 set_status: None,
                 cleanup: Some(

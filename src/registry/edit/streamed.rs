@@ -165,7 +165,7 @@ impl Rewrite for TaskEdit<'_> {
         // The changes in order, as `apply_at` meets them.
         let mut applied = Vec::with_capacity(t.changes.len());
         for (c, change) in t.changes.iter().enumerate() {
-            let Some(&at) = index.get(change.id.as_str()) else {
+            let Some(&at) = index.get(&*change.id) else {
                 applied.push(Applied::Missing);
                 continue;
             };
@@ -240,7 +240,7 @@ impl Rewrite for GlobalEdit<'_> {
             .filter_map(|(i, (key, _))| key.as_deref().map(|k| (k, i)))
             .collect();
         for (c, change) in t.changes.iter().enumerate() {
-            let Some(&at) = index.get(change.id.as_str()) else {
+            let Some(&at) = index.get(&*change.id) else {
                 continue;
             };
             let Some(status) = &statuses[at] else {

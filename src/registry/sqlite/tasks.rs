@@ -83,11 +83,11 @@ pub fn mirror_changes(root: &Value, transitions: &[DbTransition], now: &str) -> 
                 .get("status")?
                 .as_str()?;
             (classify_status(current) == StatusClass::Active).then(|| AgentChange {
-                id: t.id.clone(),
+                id: t.id.as_str().into(),
                 expect_status: current.to_string(),
                 set_status: Some((t.status, t.reason)),
                 cleanup: None,
-                now: now.to_string(),
+                now: now.into(),
             })
         })
         .collect()
@@ -109,12 +109,12 @@ pub fn mirror_edit(root: &mut Value, transitions: &[DbTransition], now: &str) {
     for (change, applied) in changes.iter().zip(applied) {
         let progress = transitions
             .iter()
-            .find(|t| t.id == change.id)
+            .find(|t| *t.id == *change.id)
             .and_then(|t| t.progress);
         if let (Applied::Done, Some(progress)) = (applied, progress)
             && let Some(entry) = agents
                 .iter_mut()
-                .find(|a| a.get("id").and_then(Value::as_str) == Some(change.id.as_str()))
+                .find(|a| a.get("id").and_then(Value::as_str) == Some(&*change.id))
                 .and_then(Value::as_object_mut)
         {
             entry.insert("progress".into(), progress.into());
@@ -328,7 +328,7 @@ mod tests {
         let changes = mirror_changes(&root, &[t("a-1"), t("b-1"), t("c-1"), t("d-1")], "now");
         assert_eq!(changes.len(), 1);
         // Compare-and-set on what the JSON says (it lags the DB's `working`).
-        assert_eq!(changes[0].id, "a-1");
+        assert_eq!(&*changes[0].id, "a-1");
         assert_eq!(changes[0].expect_status, "running");
         assert_eq!(
             changes[0].set_status,
