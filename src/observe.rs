@@ -32,7 +32,7 @@ use tail::{LastLine, STREAM_TAIL_CAP, last_line};
 pub struct AgentView {
     pub id: AgentId,
     /// The status as read from the registry (facts may move on within a pass).
-    pub registry_status: String,
+    pub registry_status: std::sync::Arc<str>,
     pub facts: AgentFacts,
     pub pane_pids: Vec<i32>,
     pub processes: Vec<ProcKey>,
@@ -398,7 +398,7 @@ pub fn agent_view(
         warnings,
         task,
     } = pending;
-    let status = entry.status_str().to_string();
+    let status: Arc<str> = entry.status_str().into();
     let session_name = id.session_name();
     let mut seen_session = None;
     let (session, pane_pids) = match world.tmux {

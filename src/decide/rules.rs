@@ -58,7 +58,7 @@ pub struct FileFact {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentFacts {
-    pub status: String,
+    pub status: std::sync::Arc<str>,
     pub class: StatusClass,
     pub last_update: Option<SystemTime>,
     /// `completed_at`, else `terminated_at`: when it became terminal.

@@ -22,7 +22,7 @@ fn now() -> SystemTime {
 
 fn facts(status: &str, session: SessionFact) -> AgentFacts {
     AgentFacts {
-        status: status.to_string(),
+        status: status.into(),
         class: classify_status(status),
         last_update: Some(now() - 5 * MIN),
         finished_at: None,

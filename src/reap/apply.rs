@@ -357,10 +357,7 @@ pub fn update_global(
             // This pass's transition, else the task registry's terminal status: a mirror an
             // unlocked global rewrite wiped is restored (entries already terminal stay as
             // they are), so `active_agents` does not count finished agents forever.
-            let status = out
-                .status_applied
-                .as_deref()
-                .unwrap_or(agent.registry_status.as_str());
+            let status = out.status_applied.unwrap_or(&agent.registry_status);
             let status = crate::model::TERMINAL_STATUSES
                 .iter()
                 .find(|s| **s == status)?;
@@ -423,7 +420,7 @@ pub fn apply_db_transitions(
                 writes.push(StatusWrite {
                     task: view.task.clone(),
                     agent_id: agent.id.to_string(),
-                    expect_status: agent.registry_status.clone(),
+                    expect_status: agent.registry_status.to_string(),
                     status,
                     reason,
                 });

@@ -36,7 +36,7 @@ pub struct AgentChange {
     /// Shared with the pass's view of the agent (no copy per change).
     pub id: std::sync::Arc<str>,
     /// The status we decided on; if the registry now says otherwise, nothing is applied.
-    pub expect_status: String,
+    pub expect_status: std::sync::Arc<str>,
     pub set_status: Option<(&'static str, Option<&'static str>)>,
     pub cleanup: Option<Record>,
     /// Naive local ISO-8601, as the orchestrator writes; one text shared by a pass's changes.
@@ -150,7 +150,7 @@ pub(super) fn apply_to_entry(
     change: &AgentChange,
     record: Option<&CleanupRecord>,
 ) -> Applied {
-    if obj.get("status").and_then(Value::as_str) != Some(change.expect_status.as_str()) {
+    if obj.get("status").and_then(Value::as_str) != Some(&*change.expect_status) {
         return Applied::StatusMoved;
     }
     if let Some((status, reason)) = change.set_status {

@@ -45,7 +45,7 @@ impl Reaper {
             agent.facts.live_processes = outcomes[t][a].survivors;
             agent.facts.live_writers = 0;
             if let Some(status) = decisions[t][a].new_status() {
-                agent.facts.status = status.to_string();
+                agent.facts.status = status.into();
                 agent.facts.class = StatusClass::Terminal;
             }
         }

@@ -169,7 +169,7 @@ impl Rewrite for TaskEdit<'_> {
                 applied.push(Applied::Missing);
                 continue;
             };
-            if statuses[at].as_deref() != Some(change.expect_status.as_str()) {
+            if statuses[at].as_deref() != Some(&*change.expect_status) {
                 applied.push(Applied::StatusMoved);
                 continue;
             }

@@ -84,7 +84,7 @@ pub fn mirror_changes(root: &Value, transitions: &[DbTransition], now: &str) -> 
                 .as_str()?;
             (classify_status(current) == StatusClass::Active).then(|| AgentChange {
                 id: t.id.as_str().into(),
-                expect_status: current.to_string(),
+                expect_status: current.into(),
                 set_status: Some((t.status, t.reason)),
                 cleanup: None,
                 now: now.into(),
@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(changes.len(), 1);
         // Compare-and-set on what the JSON says (it lags the DB's `working`).
         assert_eq!(&*changes[0].id, "a-1");
-        assert_eq!(changes[0].expect_status, "running");
+        assert_eq!(&*changes[0].expect_status, "running");
         assert_eq!(
             changes[0].set_status,
             Some(("failed", Some("session_not_found")))
