@@ -26,8 +26,8 @@ pub enum ModelError {
 /// Ids come from registries written by agents, so they are untrusted: only
 /// `[A-Za-z0-9_.-]`, not starting with `.` or `-` (so never `..`, never an option).
 ///
-/// Shared (`Arc<str>`): a pass clones an agent's id into its evidence, its report and the
-/// pass-wide checks, and 40,000 agents' copies were megabytes.
+/// Shared (`Arc<str>`): a pass clones an agent's id into its evidence, its registry change and
+/// the pass-wide checks, and 40,000 agents' copies were megabytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgentId(std::sync::Arc<str>);
 
