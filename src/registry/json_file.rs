@@ -4,7 +4,7 @@ use super::cas::{CAS_ROUNDS, Rewrite, UpdateOutcome, WholeValue, edit_in_place};
 use super::error::RegistryError;
 use super::seen;
 use super::torn::find_torn_tail;
-use locked::{Locked, cut_to, end_of_bytes, keep_ours_after_cut, pad, reserve};
+use locked::{Locked, cut_to, end_of_bytes, keep_ours_after_cut, reserve, write_padded};
 use rustix::fs::{FlockOperation, OFlags, fcntl_getfl, fcntl_setfl, flock};
 use rustix::io::Errno;
 use serde_json::Value;
@@ -181,11 +181,7 @@ fn repair_torn(
         // document kept again when the cut landed after another writer's whole dump.
         let kept = &bytes[..torn.keep];
         let keep = torn.keep as u64;
-        let write_kept = |old_len: u64| {
-            file.write_all_at(kept, 0)
-                .and_then(|()| pad(file, keep, old_len))
-                .and_then(|()| cut_to(file, keep))
-        };
+        let write_kept = |old_len: u64| write_padded(file, kept, old_len);
         cut_to(file, keep)
             .and_then(|()| keep_ours_after_cut(file, path, end_of_bytes(kept), keep, write_kept))
             .and_then(|()| file.sync_all())
@@ -486,11 +482,7 @@ fn read_parsed(
 /// and ours written again when the cut tore an unlocked writer's document.
 fn write_in_place(file: &File, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let len = bytes.len() as u64;
-    let write = |old_len: u64| {
-        file.write_all_at(bytes, 0)
-            .and_then(|()| pad(file, len, old_len))
-            .and_then(|()| cut_to(file, len))
-    };
+    let write = |old_len: u64| write_padded(file, bytes, old_len);
     reserve(file, len)?;
     write(0)?;
     keep_ours_after_cut(file, path, end_of_bytes(bytes), len, write)?;

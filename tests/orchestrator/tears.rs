@@ -161,12 +161,16 @@ fn cut_short(bytes: &[u8], registry: &Path, sandbox: &Path) -> Option<Final> {
         return None;
     }
     let versions = recorded(sandbox);
-    let (doc_by, doc) = versions
+    // Any pair: versions of both writers may share the prefix.
+    let (doc_by, doc, cut_by) = versions
         .iter()
-        .find(|(_, v)| v.len() > bytes.len() && v.starts_with(bytes))?;
-    let (cut_by, _) = versions
-        .iter()
-        .find(|(role, v)| role != doc_by && v.len() == bytes.len())?;
+        .filter(|(_, v)| v.len() > bytes.len() && v.starts_with(bytes))
+        .find_map(|(doc_by, doc)| {
+            versions
+                .iter()
+                .find(|(role, v)| role != doc_by && v.len() == bytes.len())
+                .map(|(cut_by, _)| (doc_by, doc, cut_by))
+        })?;
     let reaper = SeenVersions::with_budget(64 << 20).versions_with_persisted(registry);
     if reaper.iter().any(|t| t.len == bytes.len() as u64) {
         return None;

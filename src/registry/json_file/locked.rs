@@ -160,6 +160,15 @@ pub(super) fn keep_ours_after_cut(
     Ok(())
 }
 
+/// Writes `bytes` over the start of `file`, spaces after them up to `old_len`, then cuts
+/// to their length (ours from memory; [`Locked`]'s write copies from its sidecar).
+pub(super) fn write_padded(file: &File, bytes: &[u8], old_len: u64) -> std::io::Result<()> {
+    let len = bytes.len() as u64;
+    file.write_all_at(bytes, 0)
+        .and_then(|()| pad(file, len, old_len))
+        .and_then(|()| cut_to(file, len))
+}
+
 /// The last bytes of the `len` bytes of ours in `file` that [`cut_tore_theirs`] compares.
 pub(super) fn end_of(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
     let n = len.min(END_COMPARED);
@@ -266,7 +275,7 @@ fn copy_at(from: &File, to: &File, len: u64) -> std::io::Result<()> {
 }
 
 /// Spaces from `from` up to `to` (nothing when `to <= from`).
-pub(super) fn pad(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+fn pad(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     if to <= from {
         return Ok(());
     }

@@ -325,8 +325,7 @@ fn a_cut_that_tore_another_writers_document_is_told_apart() {
 /// ours. A whole document of another writer after the cut is left as it is.
 #[test]
 fn after_a_cut_that_tore_theirs_ours_is_written_again() {
-    use super::locked::{cut_to, end_of_bytes, keep_ours_after_cut, pad};
-    use std::os::unix::fs::FileExt;
+    use super::locked::{end_of_bytes, keep_ours_after_cut, write_padded};
     let dir = tempfile::tempdir().unwrap();
     let ours = "{\n  \"py_count\": 52,\n  \"rs_count\": 6\n}";
     let theirs = "{\n  \"py_count\": 53,\n  \"rs_count\": 6,\n  \"pad\": \"xxxxxxxx\"\n}";
@@ -338,11 +337,7 @@ fn after_a_cut_that_tore_theirs_ours_is_written_again() {
             .write(true)
             .open(&path)
             .unwrap();
-        let write_ours = |old_len: u64| {
-            file.write_all_at(ours.as_bytes(), 0)
-                .and_then(|()| pad(&file, len, old_len))
-                .and_then(|()| cut_to(&file, len))
-        };
+        let write_ours = |old_len: u64| write_padded(&file, ours.as_bytes(), old_len);
         keep_ours_after_cut(&file, &path, end_of_bytes(ours.as_bytes()), len, write_ours).unwrap();
         std::fs::read_to_string(&path).unwrap()
     };
