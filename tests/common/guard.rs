@@ -232,8 +232,9 @@ impl Run {
         false
     }
 
+    /// `sig` to the binary while its pid is its own (see `common::pinned::signal_child`).
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+        crate::common::pinned::signal_child(&self.child, sig);
     }
 
     /// Waits for the exit; kills the binary and fails the test if it hangs past `limit`.

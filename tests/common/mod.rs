@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub mod moto;
+pub mod pinned;
 pub mod shared;
 #[allow(unused_imports)]
 pub use shared::{fixture_workspace, fixtures_dir, orchestrator_src, shared_or_skip};

@@ -44,8 +44,14 @@ impl Daemon {
         wait_until(WAIT, || self.log_text().contains(needle))
     }
 
+    /// `sig` to the daemon, which must still run (a reaped child's pid may be another
+    /// process's by now: see `common::pinned`).
     fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+        assert!(
+            crate::common::pinned::signal_child(&self.child, sig),
+            "the daemon exited before {sig}\n{}",
+            self.log_text()
+        );
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {

@@ -1,6 +1,7 @@
 //! procs against real tmux servers (private sockets) and real processes.
 
 use crate::common::alive;
+use crate::common::pinned::KillOnDrop;
 use agent_reaper::model::AgentId;
 use agent_reaper::procs::evidence::fresh_sets;
 use agent_reaper::procs::openfiles::{file_id, writers_of};
@@ -19,25 +20,6 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// SIGKILLs whatever test processes (and their descendants) are still alive when a test
-/// ends, even on panic: a leaked `sleep` would hold the test harness's stdout open.
-#[derive(Default)]
-struct Pids(Vec<i32>);
-
-impl Drop for Pids {
-    fn drop(&mut self) {
-        let table = ProcTable::scan().unwrap_or_default();
-        for pid in table.descendants_and_self(self.0.iter().copied()) {
-            if alive(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
     }
 }
 
@@ -166,7 +148,7 @@ fn term_ignoring_process_is_sigkilled() {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
-    let _guard = Pids(vec![pid]);
+    let _guard = KillOnDrop::new([pid]);
     // Reap it as it dies, like its real parent would; otherwise it lingers as our zombie.
     let reaper = std::thread::spawn(move || child.wait());
     wait_for("trap installed", 10, || ready.exists());
@@ -192,7 +174,7 @@ fn term_ignoring_process_is_sigkilled() {
 #[test]
 fn three_level_tree_in_tmux_is_stopped_and_session_killed() {
     let srv = Server::new();
-    let _pids = Pids::default();
+    let _pids = KillOnDrop::default();
     // `; :` keeps each shell from exec'ing its last command, so the tree stays three deep.
     srv.new_session("agent_tree-1", "sh -c 'sh -c \"sleep 300; :\"; :'");
     let pane = srv.pane_pids("agent_tree-1")[0];
@@ -207,7 +189,7 @@ fn three_level_tree_in_tmux_is_stopped_and_session_killed() {
     });
     let tree = descendants(&table, pane);
     assert!(tree.len() >= 3, "{tree:?}");
-    let _pids = Pids(tree.clone());
+    let _pids = KillOnDrop::new(tree.clone());
 
     let set = agent_processes(&table, &[pane], &id("tree-1"));
     assert_eq!(set.iter().map(|k| k.pid).collect::<Vec<_>>(), tree);
@@ -275,7 +257,7 @@ fn a_double_forked_writer_of_the_log_is_in_the_set_and_processes_naming_it_are_n
         spawn(&["tail", "-f", &bak]),
     ];
     let by: Vec<i32> = bystanders.iter().map(|c| c.id() as i32).collect();
-    let mut guard = Pids(by.clone());
+    let mut guard = KillOnDrop::new(by.clone());
     let log_id = agent_reaper::procs::openfiles::file_id(&log).unwrap();
     let mut table = ProcTable::scan().unwrap();
     let mut writers = Default::default();
@@ -291,7 +273,9 @@ fn a_double_forked_writer_of_the_log_is_in_the_set_and_processes_naming_it_are_n
     });
     let escaped = read_pid(&escapee_pid).unwrap();
     let escaped_child = table.children_of(escaped)[0];
-    guard.0.extend([escaped, escaped_child, pane]);
+    for pid in [escaped, escaped_child, pane] {
+        guard.push(pid);
+    }
     assert!(!descendants(&table, pane).contains(&escaped));
 
     let snap = srv.client.snapshot().unwrap();
@@ -358,7 +342,7 @@ fn the_environment_names_the_pane_after_its_session_ended_but_not_once_cleared()
     });
     let (kept_pid, cleared_pid) = (read_pid(&kept).unwrap(), read_pid(&cleared).unwrap());
     let other_pane = srv.pane_pids("work")[0];
-    let mut guard = Pids(vec![kept_pid, cleared_pid, other_pane]);
+    let mut guard = KillOnDrop::new([kept_pid, cleared_pid, other_pane]);
     // What the daemon remembers while the session lives.
     let snap = srv.client.snapshot().unwrap();
     let session = &snap.sessions["agent_env-1"];
@@ -374,7 +358,7 @@ fn the_environment_names_the_pane_after_its_session_ended_but_not_once_cleared()
             .collect(),
     };
     let pane = session.live_pane_pids()[0];
-    guard.0.push(pane);
+    guard.push(pane);
     // The session ends; the helpers are orphans now.
     assert_eq!(
         srv.client.kill_session("agent_env-1").unwrap(),
@@ -453,7 +437,7 @@ fn parent_agent_token_is_not_in_the_set_and_survives() {
         .iter()
         .map(|c| c.id() as i32)
         .collect();
-    let _pids = Pids(all.clone());
+    let _pids = KillOnDrop::new(all.clone());
     let mut table = ProcTable::scan().unwrap();
     wait_for("the three shells to start their sleeps", 10, || {
         table = ProcTable::scan().unwrap();
@@ -500,7 +484,7 @@ fn append_holder_is_a_writer_and_reader_is_not() {
     };
     let mut writer = hold(">>", w);
     let mut reader = hold("<", r);
-    let _pids = Pids(vec![writer.id() as i32, reader.id() as i32]);
+    let _pids = KillOnDrop::new([writer.id() as i32, reader.id() as i32]);
     wait_for("the append open", 10, || w.exists());
     let (wid, rid) = (file_id(w).unwrap(), file_id(r).unwrap());
     let wpid = writer.id() as i32;
@@ -514,4 +498,31 @@ fn append_holder_is_a_writer_and_reader_is_not() {
     let _ = reader.kill();
     let _ = writer.wait();
     let _ = reader.wait();
+}
+
+/// The tests' own cleanup signals only the processes it pinned: one still running is
+/// killed, and after one has exited and been reaped nothing is sent to its old pid.
+#[test]
+fn test_cleanup_kills_only_the_processes_it_pinned() {
+    use crate::common::pinned::{Pinned, signal_child};
+    use nix::sys::signal::Signal;
+    use std::os::unix::process::ExitStatusExt;
+    let mut running = Command::new("sleep").arg("60").spawn().unwrap();
+    let pinned = Pinned::new(running.id() as i32);
+    assert!(pinned.is_running());
+    pinned.kill();
+    assert_eq!(running.wait().unwrap().signal(), Some(9));
+    assert!(!pinned.is_running(), "an exited process is not running");
+
+    let mut done = Command::new("true").spawn().unwrap();
+    let pinned = Pinned::new(done.id() as i32);
+    assert!(done.wait().unwrap().success());
+    assert!(!pinned.is_running());
+    assert!(
+        !signal_child(&done, Signal::SIGTERM),
+        "a reaped child's pid is not signalled"
+    );
+    let mut live = Command::new("sleep").arg("60").spawn().unwrap();
+    assert!(signal_child(&live, Signal::SIGTERM));
+    assert_eq!(live.wait().unwrap().signal(), Some(15));
 }

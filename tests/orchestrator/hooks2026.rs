@@ -457,7 +457,10 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_blocks_no_cleanup() {
     // The daemon: a hook hanging for a minute holds up no other agent's cleanup.
     config("60s", &hang);
     // Declared first, dropped last: the hook groups the daemon leaves hanging go too.
-    let _hooks = KillHookGroups(pids.clone());
+    let _hooks = KillHookGroups {
+        log: pids.clone(),
+        script: hang.clone(),
+    };
     let daemon = w.h.spawn_daemon(|c| {
         c.env("SHELL", "/bin/bash");
     });
@@ -520,17 +523,32 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_blocks_no_cleanup() {
     );
 }
 
-/// Kills the hook process groups a test left hanging (their leaders' pids, logged by the hook).
-struct KillHookGroups(PathBuf);
+/// Kills the hook process groups a test left hanging (their leaders' pids, logged by the
+/// hook). A group is signalled only while it still holds the hook's own processes (its
+/// script, or the `sleep 3600` it started): once a group is gone, its id can be another
+/// test's process group (see `common::pinned`).
+struct KillHookGroups {
+    log: PathBuf,
+    script: PathBuf,
+}
 
 impl Drop for KillHookGroups {
     fn drop(&mut self) {
-        for line in fs::read_to_string(&self.0).unwrap_or_default().lines() {
+        let table = agent_reaper::procs::ProcTable::scan().unwrap_or_default();
+        let script = self.script.to_string_lossy();
+        for line in fs::read_to_string(&self.log).unwrap_or_default().lines() {
             if let Some(Ok(pgid)) = line.split(' ').nth(1).map(str::parse::<i32>) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pgid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let ours = table
+                    .group_members(pgid)
+                    .iter()
+                    .filter_map(|&pid| table.get(pid))
+                    .any(|p| p.cmdline.iter().any(|a| *a == *script || a == "3600"));
+                if ours {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
         }
     }

@@ -2,6 +2,7 @@
 //! evidence (pane tree, session, environment, open logs), and every bystander lives.
 
 use super::*;
+use crate::common::pinned::KillOnDrop;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
@@ -53,21 +54,6 @@ fn wait_pid(path: &Path) -> i32 {
     read_pids(path)[0]
 }
 
-/// SIGKILLs what a test started through tmux or setsid (outside any `Reap`), even on panic.
-struct KillOnDrop(Vec<i32>);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            if alive(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
 #[test]
 fn every_bystander_survives_while_the_agents_own_processes_stop() {
     let s = Sandbox::new();
@@ -112,7 +98,7 @@ fn every_bystander_survives_while_the_agents_own_processes_stop() {
         .iter()
         .map(|f| wait_pid(f))
         .collect();
-    let _guard = KillOnDrop(own.clone());
+    let _guard = KillOnDrop::new(own.clone());
     s.run_ok(&["once"]);
     for pid in &own {
         assert!(!alive(*pid), "B's process {pid} survived");
@@ -242,10 +228,10 @@ fn a_continuous_forker_is_stopped_with_every_fork() {
     )
     .len()
         > 5));
-    let _guard = KillOnDrop(session_members(pane));
+    let _guard = KillOnDrop::new(session_members(pane));
     s.run_ok(&["once"]);
     let left = session_members(pane);
-    let _guard2 = KillOnDrop(left.clone());
+    let _guard2 = KillOnDrop::new(left.clone());
     assert!(left.is_empty(), "left behind: {left:?}");
     let record = &agent(&s, 0)["auto_cleanup_result"];
     assert_eq!(record["verified_no_zombies"], true, "{record:#}");
@@ -271,7 +257,7 @@ fn a_setsid_double_forker_holding_the_log_is_stopped() {
         ),
     );
     let holder = wait_pid(&pid_f);
-    let _guard = KillOnDrop(vec![holder]);
+    let _guard = KillOnDrop::new([holder]);
     s.run_ok(&["once"]);
     assert!(!alive(holder), "the process holding the log survived");
     let record = &agent(&s, 0)["auto_cleanup_result"];
@@ -308,7 +294,7 @@ fn a_helper_orphaned_before_the_cleaning_pass_is_found_by_its_environment() {
         &format!("echo $$ > {}; sleep 600", work_f.display()),
     );
     let (kept, cleared, work) = (wait_pid(&kept_f), wait_pid(&cleared_f), wait_pid(&work_f));
-    let _guard = KillOnDrop(vec![kept, cleared, work]);
+    let _guard = KillOnDrop::new([kept, cleared, work]);
     // A pass while it runs: the reaper remembers its session.
     s.run_ok(&["once"]);
     assert_eq!(agent(&s, 0)["status"], "working");
