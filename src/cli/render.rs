@@ -35,17 +35,15 @@ fn agent_block(task: &TaskReport, agent: &AgentReport, out: &mut String, show_do
         status,
         agent.class.as_str()
     );
-    let lines: Vec<String> = if show_done {
-        agent.done.iter().map(|e| e.to_string()).collect()
+    // Written as they come (no line of its own each: 40,000 agents' events are 160,000).
+    if show_done {
+        for event in &agent.done {
+            let _ = writeln!(out, "      {event}");
+        }
     } else {
-        agent
-            .actions
-            .iter()
-            .map(|a| action_text(&task.dir, a))
-            .collect()
-    };
-    for line in lines {
-        let _ = writeln!(out, "      {line}");
+        for action in &agent.actions {
+            let _ = writeln!(out, "      {}", action_text(&task.dir, action));
+        }
     }
     if let Some(w) = &agent.waiting {
         let _ = writeln!(out, "      waiting: {w}");
