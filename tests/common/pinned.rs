@@ -1,7 +1,8 @@
 //! Test processes pinned when a test learns their pids, so that its cleanup signals only
 //! those very processes. A pid noted earlier and signalled later can by then be another
-//! test's process (CI machines run with pid_max 32768, and a test run spawns thousands):
-//! a `kill(pid)` at the end of one test once SIGTERMed a parallel test's `once`.
+//! test's process (CI machines run with pid_max 32768, and a test run spawns thousands).
+//! The likely cause of a rehearsal's one red test: its `once` ended by a SIGTERM that none of
+//! its own processes sent.
 
 use agent_reaper::procs::ProcTable;
 use agent_reaper::procs::table::read_stat;
