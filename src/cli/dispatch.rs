@@ -130,15 +130,20 @@ fn progress_printer() -> Option<Box<dyn FnMut(usize, usize) + Send>> {
 /// agents: 145 ms from the pass's end to the output's, most of it freeing).
 fn print(report: PassReport, json: bool, text: fn(&PassReport) -> String) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        out.write_all(b"\n")?;
+    let written = if json {
+        serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
     } else {
-        out.write_all(text(&report).as_bytes())?;
+        out.write_all(text(&report).as_bytes())
     }
-    out.flush()?;
+    .and_then(|()| out.flush());
     std::mem::forget(report);
-    Ok(())
+    match written {
+        // A reader that stopped early (`| head`) has all it wanted: not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {
