@@ -19,14 +19,14 @@ pub fn parse(bytes: &[u8]) -> serde_json::Result<LeanRegistry> {
     Ok(registry)
 }
 
-/// [`parse`] as the bytes are read from `reader` (buffer it): for a text too large to hold
-/// beside what is parsed from it. The entries' vector grows as they come.
+/// [`parse`] as the bytes are read from `reader`: for a text too large to hold beside what
+/// is parsed from it. Only a window of the text is held (see `windowed`); the entries'
+/// vector grows as they come.
 pub fn parse_reader(reader: impl std::io::Read) -> serde_json::Result<LeanRegistry> {
-    let mut de = serde_json::Deserializer::from_reader(reader);
-    let registry = RegistrySeed { agents_hint: 0 }.deserialize(&mut de)?;
-    de.end()?;
-    Ok(registry)
+    windowed::parse(reader)
 }
+
+mod windowed;
 
 /// About how many `agents` entries `bytes` holds: its `"id"` strings, at most one per 9
 /// bytes (`{"id":1},`, the shortest entry with an id). The entries' vector is sized from
@@ -120,6 +120,57 @@ impl<'de> Deserialize<'de> for MaybeStr {
             }
             fn visit_unit<E: de::Error>(self) -> Result<MaybeStr, E> {
                 Ok(MaybeStr(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `auto_cleanup_result.success` when it is a bool, as `record.get("success")` on the
+/// whole value reads it (the last `success` member wins), without building the record: a
+/// record lists what was checked and archived, most of a cleaned registry's text.
+struct CleanupSuccess(Option<bool>);
+
+impl<'de> Deserialize<'de> for CleanupSuccess {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CleanupSuccess;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CleanupSuccess, A::Error> {
+                let mut success = None;
+                while let Some(key) = map.next_key::<MaybeStr>()? {
+                    if key.0.as_deref() == Some("success") {
+                        success = map.next_value::<Value>()?.as_bool();
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(CleanupSuccess(success))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CleanupSuccess, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(CleanupSuccess(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<CleanupSuccess, E> {
+                Ok(CleanupSuccess(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<CleanupSuccess, E> {
+                Ok(CleanupSuccess(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<CleanupSuccess, E> {
+                Ok(CleanupSuccess(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<CleanupSuccess, E> {
+                Ok(CleanupSuccess(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<CleanupSuccess, E> {
+                Ok(CleanupSuccess(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<CleanupSuccess, E> {
+                Ok(CleanupSuccess(None))
             }
         }
         d.deserialize_any(V)
@@ -227,8 +278,7 @@ impl<'de> Deserialize<'de> for LeanAgent {
                         Key::CompletedAt => a.completed_at = map.next_value::<MaybeStr>()?.0,
                         Key::TerminatedAt => a.terminated_at = map.next_value::<MaybeStr>()?.0,
                         Key::AutoCleanupResult => {
-                            let record = map.next_value::<Value>()?;
-                            a.cleanup_success = record.get("success").and_then(Value::as_bool);
+                            a.cleanup_success = map.next_value::<CleanupSuccess>()?.0;
                         }
                         Key::TrackedFiles => {
                             let t = map.next_value::<Value>()?;
@@ -272,9 +322,40 @@ impl<'de> Deserialize<'de> for LeanAgent {
 mod tests {
     use super::*;
 
-    /// The lean read must see what the full read sees, whatever shape an agent wrote.
+    /// A reader that hands out `step` bytes per read: every boundary a window can meet.
+    struct Trickle<'a> {
+        text: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.text.len());
+            buf[..n].copy_from_slice(&self.text[..n]);
+            self.text = &self.text[n..];
+            Ok(n)
+        }
+    }
+
+    /// What `parse_reader` makes of `text` read `step` bytes at a time.
+    fn streamed(text: &str, step: usize) -> serde_json::Result<LeanRegistry> {
+        parse_reader(Trickle {
+            text: text.as_bytes(),
+            step,
+        })
+    }
+
+    /// The lean read must see what the full read sees, whatever shape an agent wrote, and
+    /// read as it streams in, in pieces of any size.
     fn same_as_full(text: &str) {
         let lean = parse(text.as_bytes()).expect("lean parse");
+        for step in [1, 2, 7, 1 << 20] {
+            assert_eq!(
+                streamed(text, step).expect("streamed"),
+                lean,
+                "{step}: {text}"
+            );
+        }
         let full = from_value(&serde_json::from_str::<Value>(text).unwrap());
         assert_eq!(lean, full, "{text}");
         assert_eq!(
@@ -320,6 +401,10 @@ mod tests {
             r#"{"agents":[{"id":"a","auto_cleanup_result":{"success":true,"errors":[]}},
                           {"id":"b","auto_cleanup_result":"yes"},
                           {"id":"c","auto_cleanup_result":{"success":"true"}},
+                          {"id":"c2","auto_cleanup_result":{"success":true,"success":null}},
+                          {"id":"c3","auto_cleanup_result":{"success":false,"x":{"success":true}}},
+                          {"id":"c4","auto_cleanup_result":{"checked":["a"],"success":true}},
+                          {"id":"c5","auto_cleanup_result":[{"success":true}]},
                           {"id":"d","tracked_files":{"log_file":"logs/d.jsonl"}},
                           {"id":"e","tracked_files":["logs/e.jsonl"]}]}"#,
             r#"{"active_count":2.0,"agents":null}"#,
@@ -333,6 +418,55 @@ mod tests {
     fn a_registry_that_is_not_an_object_is_left_to_the_full_read() {
         for text in ["[]", "\"x\"", "3", "{\"agents\":[", ""] {
             assert!(parse(text.as_bytes()).is_err(), "{text}");
+            assert!(streamed(text, 1).is_err(), "{text}");
         }
+    }
+
+    /// Read in pieces, a text the whole-text parse refuses is refused too (never a registry
+    /// made of the pieces that parse), and one it reads is read the same.
+    #[test]
+    fn a_registry_streamed_in_pieces_is_read_as_the_whole_text_is() {
+        let big_entry = format!(
+            r#"{{"id":"big","status":"completed","note":"{}\"}}]\\","x":[{{"y":"]"}}]}}"#,
+            "z".repeat(600 * 1024)
+        );
+        for text in [
+            r#"{}"#.to_string(),
+            r#" { "agents" : [ ] , "active_count" : 0 } "#.to_string(),
+            r#"{"ag\u0065nts":[{"id":"esc\"aped","status":"working"}],"active_count":1}"#
+                .to_string(),
+            r#"{"agents":[{"id":"a"}],"agents":{"x":1},"active_count":1,"active_count":2}"#
+                .to_string(),
+            r#"{"agents":{"x":1},"agents":[{"id":"b","status":"failed"}]}"#.to_string(),
+            format!(r#"{{"task":"T","agents":[{big_entry},{{"id":"after"}}],"n":[1,2]}}"#),
+        ] {
+            same_as_full(&text);
+        }
+        for bad in [
+            r#"{"agents":[{"id":"a"}{"id":"b"}]}"#,
+            r#"{"agents":[{"id":"a"},]}"#,
+            r#"{"agents":[{"id":"a"}] "active_count":1}"#,
+            r#"{"agents":[{"id":"a"}]} x"#,
+            r#"{"agents":[{"id":"a"]}"#,
+            r#"{"agents":[tru]}"#,
+            r#"{"x":{"y":1},}"#,
+            r#"{1:2}"#,
+            "{\"agents\":[{\"id\":\"a\u{1}\"}]}",
+            r#"{"agents":["open]}"#,
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+            for step in [1, 3, 1 << 20] {
+                assert!(streamed(bad, step).is_err(), "{step}: {bad}");
+            }
+        }
+        // Deeper than the pieces are parsed: refused, though the whole-text parse reads it
+        // (the caller then caches nothing; it never reads a registry differently).
+        let deep = format!(
+            r#"{{"agents":[{{"id":"d","x":{}1{}}}]}}"#,
+            "[".repeat(120),
+            "]".repeat(120)
+        );
+        assert!(parse(deep.as_bytes()).is_ok());
+        assert!(streamed(&deep, 1 << 20).is_err());
     }
 }

@@ -139,7 +139,7 @@ pub fn parse_registry(
     let opened = open_registry(&dir, TASK_REGISTRY, max_bytes)?;
     let mut bytes = Digesting::new(opened.reader, max_bytes, racy(now, opened.id.mtime));
     let root = if opened.id.size >= READ_ALONE_ABOVE {
-        lean::parse_reader(std::io::BufReader::with_capacity(1 << 16, &mut bytes))
+        lean::parse_reader(&mut bytes)
     } else {
         let mut text = Vec::with_capacity(opened.id.size as usize + 1);
         bytes.read_to_end(&mut text).ok()?;
