@@ -576,3 +576,28 @@ fn a_hard_linked_archive_costs_that_agent_only() {
         "{agents}"
     );
 }
+
+/// `plan | head` and the like: a reader that closed the pipe before the report was written
+/// ends the command quietly, with success, in text and in JSON (it was a panic, exit 101).
+#[test]
+fn a_reader_that_stops_early_is_no_error() {
+    let s = Sandbox::new();
+    finished_agent(&s);
+    for args in [&["plan"][..], &["plan", "--json"], &["status"]] {
+        let mut child = s
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Gone before the pass has even started: every write meets a closed pipe.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("error"),
+            "{args:?}: {err}"
+        );
+    }
+}
