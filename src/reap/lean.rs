@@ -7,6 +7,27 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::Value;
 use std::fmt;
 
+/// A visitor's methods for the scalars (bool, number, null) it reads as `$none`.
+macro_rules! scalars_read_as {
+    ($ty:ty, $none:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$ty, E> {
+            Ok($none)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$ty, E> {
+            Ok($none)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$ty, E> {
+            Ok($none)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$ty, E> {
+            Ok($none)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<$ty, E> {
+            Ok($none)
+        }
+    };
+}
+
 /// Parses registry bytes; `Err` when they are not a JSON object (the caller then reads the
 /// file the full, tolerant way, which names the problem).
 pub fn parse(bytes: &[u8]) -> serde_json::Result<LeanRegistry> {
@@ -106,21 +127,7 @@ impl<'de> Deserialize<'de> for MaybeStr {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(MaybeStr(None))
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeStr, E> {
-                Ok(MaybeStr(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeStr, E> {
-                Ok(MaybeStr(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeStr, E> {
-                Ok(MaybeStr(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeStr, E> {
-                Ok(MaybeStr(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<MaybeStr, E> {
-                Ok(MaybeStr(None))
-            }
+            scalars_read_as!(MaybeStr, MaybeStr(None));
         }
         d.deserialize_any(V)
     }
@@ -154,22 +161,8 @@ impl<'de> Deserialize<'de> for CleanupSuccess {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(CleanupSuccess(None))
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<CleanupSuccess, E> {
-                Ok(CleanupSuccess(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<CleanupSuccess, E> {
-                Ok(CleanupSuccess(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<CleanupSuccess, E> {
-                Ok(CleanupSuccess(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<CleanupSuccess, E> {
-                Ok(CleanupSuccess(None))
-            }
+            scalars_read_as!(CleanupSuccess, CleanupSuccess(None));
             fn visit_str<E: de::Error>(self, _: &str) -> Result<CleanupSuccess, E> {
-                Ok(CleanupSuccess(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<CleanupSuccess, E> {
                 Ok(CleanupSuccess(None))
             }
         }
@@ -237,22 +230,8 @@ impl<'de> DeserializeSeed<'de> for AgentsSeed {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(MaybeAgents(None))
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeAgents, E> {
-                Ok(MaybeAgents(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeAgents, E> {
-                Ok(MaybeAgents(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeAgents, E> {
-                Ok(MaybeAgents(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeAgents, E> {
-                Ok(MaybeAgents(None))
-            }
+            scalars_read_as!(MaybeAgents, MaybeAgents(None));
             fn visit_str<E: de::Error>(self, _: &str) -> Result<MaybeAgents, E> {
-                Ok(MaybeAgents(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<MaybeAgents, E> {
                 Ok(MaybeAgents(None))
             }
         }
@@ -295,22 +274,8 @@ impl<'de> Deserialize<'de> for LeanAgent {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(LeanAgent::default())
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LeanAgent, E> {
-                Ok(LeanAgent::default())
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LeanAgent, E> {
-                Ok(LeanAgent::default())
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LeanAgent, E> {
-                Ok(LeanAgent::default())
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LeanAgent, E> {
-                Ok(LeanAgent::default())
-            }
+            scalars_read_as!(LeanAgent, LeanAgent::default());
             fn visit_str<E: de::Error>(self, _: &str) -> Result<LeanAgent, E> {
-                Ok(LeanAgent::default())
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<LeanAgent, E> {
                 Ok(LeanAgent::default())
             }
         }
