@@ -35,29 +35,24 @@ pub(super) fn parse(reader: impl Read) -> Result<LeanRegistry> {
         return w.finish(out);
     }
     loop {
-        let end = w.value_end()?;
-        let key: Key = serde_json::from_slice(w.piece(end))?;
-        w.pos = end;
+        let key: Key = w.value(|b| serde_json::from_slice(b))?;
         w.skip_ws()?;
         w.expect(b':')?;
         w.skip_ws()?;
         match key {
             Key::Agents if w.peek()? == Some(b'[') => out.agents = Some(w.agents()?),
             Key::Agents => {
-                let end = w.value_end()?;
-                let mut de = serde_json::Deserializer::from_slice(w.piece(end));
-                out.agents = AgentsSeed(0).deserialize(&mut de)?.0;
-                w.pos = end;
+                out.agents = w.value(|bytes| {
+                    let mut de = serde_json::Deserializer::from_slice(bytes);
+                    let agents = AgentsSeed(0).deserialize(&mut de)?.0;
+                    de.end().map(|()| agents)
+                })?;
             }
             Key::ActiveCount => {
-                let end = w.value_end()?;
-                out.active_count = serde_json::from_slice::<Value>(w.piece(end))?.as_i64();
-                w.pos = end;
+                out.active_count = w.value(|b| serde_json::from_slice::<Value>(b))?.as_i64();
             }
             _ => {
-                let end = w.value_end()?;
-                serde_json::from_slice::<IgnoredAny>(w.piece(end))?;
-                w.pos = end;
+                w.value(|b| serde_json::from_slice::<IgnoredAny>(b))?;
             }
         }
         w.skip_ws()?;
@@ -134,9 +129,13 @@ impl<R: Read> Window<R> {
         Ok(())
     }
 
-    /// The text from `pos` to `end`.
-    fn piece(&self, end: usize) -> &[u8] {
-        &self.buf[self.pos..end]
+    /// The value starting at `pos`, parsed by `parse` from exactly its bytes; `pos` moves
+    /// past it.
+    fn value<T>(&mut self, parse: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+        let end = self.value_end()?;
+        let value = parse(&self.buf[self.pos..end])?;
+        self.pos = end;
+        Ok(value)
     }
 
     /// Where the value starting at `pos` ends (exclusive), reading as far as needed. Only
@@ -177,9 +176,7 @@ impl<R: Read> Window<R> {
             return Ok(agents);
         }
         loop {
-            let end = self.value_end()?;
-            agents.push(serde_json::from_slice(self.piece(end))?);
-            self.pos = end;
+            agents.push(self.value(|b| serde_json::from_slice(b))?);
             self.skip_ws()?;
             match self.next()? {
                 b',' => self.skip_ws()?,
