@@ -54,6 +54,19 @@ impl AgentView {
         self.id.session_name()
     }
 
+    /// Lets go of what only judging it needed, once its decision is final (after the
+    /// second look of a pass that acts): its logs' facts and identities, its panes and
+    /// processes. The actions hold the paths they act on; `evidence` and
+    /// `facts.live_processes` stay for the record. 40,000 agents' were 10 MB, held
+    /// through the file work and the registry edit.
+    pub fn release_judged(&mut self) {
+        self.facts.logs = Vec::new();
+        self.log_ids = Vec::new();
+        self.pane_pids = Vec::new();
+        self.processes = Vec::new();
+        self.seen_session = None;
+    }
+
     /// What the search for its processes looked at (for the record). Made when a record
     /// asks, from the evidence kept (fixed once observed): 40,000 agents' lists held from
     /// observation to record were 10 MB, and as many again in the records.
@@ -110,6 +123,7 @@ pub fn stream_end(task: &Dir, rel: &Path) -> StreamEnd {
 /// A log as found this round: which file, and when it was last written.
 #[derive(Debug, Clone)]
 pub struct LogStat {
+    /// Relative to the task folder (the names are the task's own; see [`FileFact::path`]).
     pub path: PathBuf,
     pub id: DevIno,
     pub mtime: Option<SystemTime>,
@@ -124,19 +138,9 @@ fn mtime_of(id: &crate::fs::FileId) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
-/// What is at `path` (one of the task's own names) if it is a regular file, looked at
-/// through the task handle without opening it: a FIFO or device costs nothing.
-fn stat_regular(task_dir: &Dir, task: &TaskDir, path: &Path) -> Result<Option<LogStat>, String> {
-    let Ok(rel) = path.strip_prefix(&task.dir) else {
-        return Err(format!(
-            "{}: not inside the task folder; left alone",
-            path.display()
-        ));
-    };
-    stat_rel(task, rel, |rel| task_dir.metadata(rel))
-}
-
-/// [`stat_regular`] of `rel` (below the task folder), with the look at it given.
+/// What is at `rel` (one of the task's own names, below the task folder) if it is a
+/// regular file, looked at through the task handle without opening it: a FIFO or device
+/// costs nothing. The look at it is given (the task handle, or its listed subfolders).
 fn stat_rel(
     task: &TaskDir,
     rel: &Path,
@@ -146,7 +150,7 @@ fn stat_rel(
     match look(rel) {
         Ok(None) => Ok(None),
         Ok(Some(entry)) if entry.kind == EntryKind::File => Ok(Some(LogStat {
-            path: path(),
+            path: rel.to_path_buf(),
             id: (entry.id.dev, entry.id.ino),
             mtime: mtime_of(&entry.id),
             nlink: entry.nlink,
@@ -561,7 +565,7 @@ pub fn refresh_logs(
     for (old, old_id) in view.facts.logs.iter().zip(&view.log_ids) {
         let Some(Ok(Some(log))) = task_dir
             .as_deref()
-            .map(|d| stat_regular(d, &view.task, &old.path))
+            .map(|d| stat_rel(&view.task, &old.path, |rel| d.metadata(rel)))
         else {
             continue;
         };

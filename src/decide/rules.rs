@@ -50,7 +50,10 @@ pub enum FileState {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileFact {
-    /// Shared with the actions on it (a clone is a count, not a copy of the path).
+    /// Relative to the task folder (the names are the task's own, made from the agent's
+    /// id), shared with the actions and events on it: a clone is a count, not a copy. The
+    /// task folder is joined where a whole path is shown (`plan --json`, the record): kept
+    /// whole, 40,000 agents' four paths were 8 MB more.
     pub path: Arc<Path>,
     pub state: FileState,
     pub mtime: Option<SystemTime>,
@@ -74,6 +77,7 @@ pub struct AgentFacts {
     pub stream_end: StreamEnd,
     /// The agent's logs that exist now.
     pub logs: Vec<FileFact>,
+    /// Its prompt file, relative to the task folder as the logs are.
     pub prompt: Option<Arc<Path>>,
 }
 

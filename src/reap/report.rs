@@ -72,21 +72,33 @@ impl AgentDetail {
     }
 }
 
+/// An agent of the task in folder `dir`, as `--json` prints it.
+struct AgentJson<'a> {
+    agent: &'a AgentReport,
+    dir: &'a Path,
+}
+
 /// As `--json` has always printed an agent: empty lists and absent values left out, except
-/// `actions`.
-impl Serialize for AgentReport {
+/// `actions` (their paths whole).
+impl Serialize for AgentJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let d: &AgentDetail = self;
+        let d: &AgentDetail = self.agent;
         let mut out = s.serialize_struct("AgentReport", 9)?;
-        out.serialize_field("id", &self.id)?;
-        out.serialize_field("status", &self.status)?;
+        out.serialize_field("id", &self.agent.id)?;
+        out.serialize_field("status", &self.agent.status)?;
         match &d.new_status {
             Some(new) => out.serialize_field("new_status", new)?,
             None => out.skip_field("new_status")?,
         }
-        out.serialize_field("class", &self.class)?;
-        out.serialize_field("actions", &d.actions)?;
+        out.serialize_field("class", &self.agent.class)?;
+        out.serialize_field(
+            "actions",
+            &Each(d.actions.iter().map(|action| ActionJson {
+                action,
+                dir: self.dir,
+            })),
+        )?;
         match &d.waiting {
             Some(w) => out.serialize_field("waiting", w)?,
             None => out.skip_field("waiting")?,
@@ -132,20 +144,85 @@ impl AgentReport {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A planned action as `--json` prints it: a file's path whole (actions hold it relative to
+/// the task folder `dir`, as the facts do).
+struct ActionJson<'a> {
+    action: &'a Action,
+    dir: &'a Path,
+}
+
+impl Serialize for ActionJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        match self.action {
+            Action::Archive { path } | Action::DeletePrompt { path } => {
+                let mut out = s.serialize_struct("Action", 2)?;
+                out.serialize_field("action", self.action.as_str())?;
+                out.serialize_field("path", &self.dir.join(path))?;
+                out.end()
+            }
+            other => other.serialize(s),
+        }
+    }
+}
+
+/// A sequence serialized from an iterator (made once, when serialized).
+struct Each<I>(I);
+
+impl<I> Serialize for Each<I>
+where
+    I: Iterator + Clone,
+    I::Item: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.clone())
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct TaskReport {
     pub task_id: String,
     pub dir: PathBuf,
     pub backend: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// What the pass did to the task as a whole.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub done: Vec<TaskEvent>,
     pub registry_written: bool,
     pub agents: Vec<AgentReport>,
+}
+
+/// Its fields in order, absent and empty ones left out as before; each agent's actions
+/// with their paths whole (see [`ActionJson`]).
+impl Serialize for TaskReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("TaskReport", 8)?;
+        out.serialize_field("task_id", &self.task_id)?;
+        out.serialize_field("dir", &self.dir)?;
+        out.serialize_field("backend", self.backend)?;
+        match &self.error {
+            Some(e) => out.serialize_field("error", e)?,
+            None => out.skip_field("error")?,
+        }
+        if self.warnings.is_empty() {
+            out.skip_field("warnings")?;
+        } else {
+            out.serialize_field("warnings", &self.warnings)?;
+        }
+        if self.done.is_empty() {
+            out.skip_field("done")?;
+        } else {
+            out.serialize_field("done", &self.done)?;
+        }
+        out.serialize_field("registry_written", &self.registry_written)?;
+        let dir = self.dir.as_path();
+        out.serialize_field(
+            "agents",
+            &Each(self.agents.iter().map(|agent| AgentJson { agent, dir })),
+        )?;
+        out.end()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

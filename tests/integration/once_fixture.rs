@@ -142,6 +142,22 @@ fn plan_and_status_change_nothing_and_name_every_action() {
         .sum();
     assert_eq!(agents, 27);
     assert_eq!(json["totals"]["zombies"], 1);
+    // Scripts act on the planned files: whole paths, inside their task folder, there now.
+    let mut file_actions = 0;
+    for task in json["tasks"].as_array().unwrap() {
+        let dir = std::path::Path::new(task["dir"].as_str().unwrap());
+        for agent in task["agents"].as_array().unwrap() {
+            for action in agent["actions"].as_array().unwrap() {
+                if let Some(path) = action["path"].as_str() {
+                    let path = std::path::Path::new(path);
+                    assert!(path.is_absolute() && path.starts_with(dir), "{action}");
+                    assert!(path.is_file(), "{action}");
+                    file_actions += 1;
+                }
+            }
+        }
+    }
+    assert!(file_actions > 0, "{json}");
 
     let status = s.run_ok(&["status"]);
     assert!(status.contains("TOTAL"), "{status}");

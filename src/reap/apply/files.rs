@@ -102,13 +102,18 @@ impl<'a> TaskFiles<'a> {
 
     /// `path` (below the task folder) as its folder's handle and its name.
     fn locate(&mut self, path: &Path) -> Result<(SrcDir, OsString), String> {
-        let rel = path.strip_prefix(&self.view.task.dir).map_err(|_| {
-            format!(
-                "{}: not inside the task folder {}; left alone",
-                path.display(),
-                self.view.task.dir.display()
-            )
-        })?;
+        // The facts' paths are relative to the task folder; a whole one must lie inside it.
+        let rel = match path.strip_prefix(&self.view.task.dir) {
+            Ok(rel) => rel,
+            Err(_) if path.is_relative() => path,
+            Err(_) => {
+                return Err(format!(
+                    "{}: not inside the task folder {}; left alone",
+                    path.display(),
+                    self.view.task.dir.display()
+                ));
+            }
+        };
         let name = rel
             .file_name()
             .ok_or_else(|| format!("{}: no file name; left alone", path.display()))?

@@ -71,6 +71,11 @@ impl Reaper {
                 self.look_again(views, &mut decisions, &waiting);
             }
         }
+        // The decisions are final: what judged the logs and found the processes goes
+        // before the file work and the registry edits, whose peak it would add to.
+        for agent in views.iter_mut().flat_map(|v| &mut v.agents) {
+            agent.release_judged();
+        }
         // 3. DB-backed tasks' transitions, one transaction per base; a DB held by another
         // writer skips its tasks this round.
         let skip = act::apply_db_transitions(
