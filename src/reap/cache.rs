@@ -126,6 +126,12 @@ impl CleanTasks {
         self.tasks.len()
     }
 
+    /// Its last confirmation found something present (tests: whether a pass judged it).
+    #[cfg(test)]
+    pub(crate) fn was_refused(&self, dir: &Path) -> bool {
+        self.rejected.contains_key(dir)
+    }
+
     pub fn get(&self, dir: &Path) -> Option<&CleanTask> {
         self.tasks.get(dir)
     }
@@ -276,11 +282,15 @@ fn judge(task: &TaskDir, max_bytes: u64, unseen: &dyn Fn(&AgentId) -> bool) -> O
 
 /// The tasks of this pass that may now be wholly cleaned: JSON registries read without a
 /// problem whose agents are cleaned, or finished with their cleanup done this pass
-/// (`judge` looks again before anything is cached), and no ambiguous id.
+/// (`judge` looks again before anything is cached), and no ambiguous id. `acted`: the pass
+/// carried its decisions out; a finished agent a pass only planned for is still to clean,
+/// and a look at its task would only be refused (`plan` over one task of 40,000 finished
+/// agents read and judged its 7 MB registry again: 374 ms).
 pub fn candidates<'v>(
     views: &'v [TaskView],
     decisions: &[Vec<Decision>],
     ambiguous: &BTreeMap<AgentId, String>,
+    acted: bool,
 ) -> Vec<&'v TaskDir> {
     views
         .iter()
@@ -291,7 +301,7 @@ pub fn candidates<'v>(
                 && v.warnings.is_empty()
                 && v.duplicates.is_empty()
                 && v.agents.iter().zip(d.iter()).all(|(a, d)| {
-                    matches!(d.class, AgentClass::Cleaned | AgentClass::Finished)
+                    (d.class == AgentClass::Cleaned || (acted && d.class == AgentClass::Finished))
                         && d.waiting.is_none()
                         && a.warnings.is_empty()
                         && !ambiguous.contains_key(&a.id)

@@ -416,7 +416,8 @@ impl Reaper {
             // Looked at once more, after this pass's own moves and writes (see `cache`),
             // and before the report is built: a fresh look at a large registry does not
             // stack on top of a report line for each of its agents.
-            let candidates = cache::candidates(&views, &decisions, &ambiguous);
+            let acted = outcomes.is_some();
+            let candidates = cache::candidates(&views, &decisions, &ambiguous, acted);
             let unseen = |id: &crate::model::AgentId| is_unseen(&tmux, &self.pane_map, id);
             self.clean_tasks
                 .confirm(&candidates, &keys, self.config.max_registry_size, &unseen);

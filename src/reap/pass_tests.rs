@@ -472,6 +472,37 @@ fn a_backlog_task_is_archived_and_recorded_whole() {
     );
 }
 
+/// A finished agent a pass only planned for is still to clean: `plan` does not read its
+/// registry again for the steady-state cache (only to be refused), `once` cleans it and
+/// then caches the task.
+#[test]
+fn only_a_pass_that_acted_looks_again_at_a_task_of_finished_agents() {
+    let b = Bench::new();
+    let id = "planned-120001-0a0b0c";
+    b.task(TASK, vec![b.agent(id, "completed", b.ago(HOUR))]);
+    b.file(
+        TASK,
+        &format!("progress/{id}_progress.jsonl"),
+        "p\n",
+        b.ago(HOUR),
+    );
+    let mut reaper = b.reaper();
+
+    let plan = reaper.run(Mode::Plan);
+    assert_eq!(agent_report(&plan, id).class, AgentClass::Finished);
+    assert!(
+        !reaper.clean_tasks.was_refused(&b.task_dir(TASK)),
+        "plan looked again at a task it left as it was"
+    );
+
+    let report = pass(&mut reaper);
+    assert_eq!(report.totals.cleaned, 1, "{:?}", report.errors);
+    assert!(
+        reaper.clean_tasks.get(&b.task_dir(TASK)).is_some(),
+        "the task once cleaned is cached"
+    );
+}
+
 /// A registry left unparsable by a write of ours cut short (its sidecar holds the whole
 /// new content) is restored from the sidecar, said so in the report and in `once`'s
 /// text, and its agents are then cleaned as usual.
