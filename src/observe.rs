@@ -1,5 +1,6 @@
 //! One round's snapshot of the world: registries, files, tmux and /proc, turned into `AgentFacts`.
 
+mod decided;
 pub mod entries;
 mod folders;
 mod quiet;
@@ -17,6 +18,7 @@ use crate::procs::{
     Evidence, ProcKey, ProcTable, SessionIdentity, SetContext, TmuxError, TmuxSnapshot, agent_set,
 };
 use crate::workspace::{LogKind, TaskDir, agent_file_rel, agent_files};
+pub use decided::DecidedAgent;
 use entries::{LeanAgent, LeanRegistry};
 pub use quiet::QuietAgent;
 use quiet::cleaned_status;
@@ -40,7 +42,7 @@ pub struct AgentView {
     pub evidence: Evidence,
     /// Its session as seen alive this round, for the pane map (boxed: most have none).
     pub seen_session: Option<Box<SessionIdentity>>,
-    /// The round's environment read looked for its sessions (see [`AgentView::checked`]).
+    /// The round's environment read looked for its sessions (see [`DecidedAgent::checked`]).
     pub env_read: bool,
     /// Identities of the logs in `facts.logs`, same order.
     pub log_ids: Vec<DevIno>,
@@ -53,34 +55,15 @@ impl AgentView {
     pub fn session_name(&self) -> String {
         self.id.session_name()
     }
-
-    /// Lets go of what only judging it needed, once its decision is final (after the
-    /// second look of a pass that acts): its logs' facts and identities, its panes and
-    /// processes. The actions hold the paths they act on; `evidence` and
-    /// `facts.live_processes` stay for the record. 40,000 agents' were 10 MB, held
-    /// through the file work and the registry edit.
-    pub fn release_judged(&mut self) {
-        self.facts.logs = Vec::new();
-        self.log_ids = Vec::new();
-        self.pane_pids = Vec::new();
-        self.processes = Vec::new();
-        self.seen_session = None;
-    }
-
-    /// What the search for its processes looked at (for the record). Made when a record
-    /// asks, from the evidence kept (fixed once observed): 40,000 agents' lists held from
-    /// observation to record were 10 MB, and as many again in the records.
-    pub fn checked(&self) -> Vec<String> {
-        self.evidence.checked(self.env_read)
-    }
 }
 
-/// One task as seen this round.
+/// One task as seen this round; its agents as viewed, then as decided
+/// ([`TaskView::decided`]).
 #[derive(Debug, Clone)]
-pub struct TaskView {
+pub struct TaskView<A = AgentView> {
     pub task: TaskDir,
     pub backend: Backend,
-    pub agents: Vec<AgentView>,
+    pub agents: Vec<A>,
     /// `active_count` as read, to tell whether the counter drifted.
     pub active_count: Option<i64>,
     /// `active_count` recomputed from the statuses read.

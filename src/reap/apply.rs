@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::decide::{Action, Decision};
 use crate::journal::Journal;
 use crate::model::format_timestamp;
-use crate::observe::{AgentView, TaskView};
+use crate::observe::{DecidedAgent, TaskView};
 use crate::reap::events::{PassEvent, StatusStore};
 use crate::reap::outcome::Outcome;
 use crate::reap::parallel::Pool;
@@ -26,7 +26,7 @@ pub use stop::{stop_agents, stop_orphans};
 /// Forgets the remembered sessions of agents that are cleaned with nothing left running,
 /// and (in a full pass that read every registry) of ids no registry lists any more.
 pub fn forget_cleaned(
-    views: &[TaskView],
+    views: &[TaskView<DecidedAgent>],
     decisions: &[Vec<Decision>],
     outcomes: &[Vec<Outcome>],
     full_pass: bool,
@@ -37,7 +37,7 @@ pub fn forget_cleaned(
         for (a, agent) in view.agents.iter().enumerate() {
             listed.insert(agent.id.as_str());
             let out = &outcomes[t][a];
-            let nothing_left = agent.facts.live_processes == 0 && out.survivors == 0;
+            let nothing_left = agent.live_processes == 0 && out.survivors == 0;
             let cleaned = decisions[t][a].class == crate::decide::AgentClass::Cleaned
                 || (out.recorded && out.errors.is_empty());
             if cleaned && nothing_left {
@@ -64,7 +64,7 @@ pub fn forget_cleaned(
 /// `prompt_pool`: the pass's threads for prompt deletions (see [`prompt_pool_threads`]).
 #[allow(clippy::too_many_arguments)]
 pub fn apply_task<'p>(
-    view: &'p TaskView,
+    view: &'p TaskView<DecidedAgent>,
     decisions: &'p [Decision],
     outcomes: &mut [Outcome],
     config: &'p Config,
@@ -193,7 +193,7 @@ pub fn prompt_pool_threads<'d>(decisions: impl Iterator<Item = &'d Decision>) ->
 /// within their folder and unlinks, which wait on the disk) run meanwhile on the pass's
 /// prompt threads; agents' files are disjoint.
 fn apply_files<'p>(
-    view: &'p TaskView,
+    view: &'p TaskView<DecidedAgent>,
     decisions: &'p [Decision],
     outcomes: &mut [Outcome],
     config: &'p Config,
@@ -286,8 +286,8 @@ fn apply_files<'p>(
 /// An agent's `auto_cleanup_result`, from what this pass did to it (`out`) and the
 /// archives of its logs an earlier pass made (`earlier`). Stopped agents had their facts
 /// refreshed after the stop, so this holds for both.
-fn cleanup_record(agent: &AgentView, out: &Outcome, earlier: &[PathBuf]) -> CleanupRecord {
-    let no_zombies = agent.facts.live_processes == 0 && out.survivors == 0 && out.reaped;
+fn cleanup_record(agent: &DecidedAgent, out: &Outcome, earlier: &[PathBuf]) -> CleanupRecord {
+    let no_zombies = agent.live_processes == 0 && out.survivors == 0 && out.reaped;
     CleanupRecord {
         success: out.errors.is_empty() && no_zombies,
         tmux_session_killed: out.session_killed,
@@ -333,7 +333,7 @@ fn path_string(p: &Path) -> String {
 /// `reap::mirror`); quiet agents among them get their mirror restored too.
 pub fn update_global(
     path: &Path,
-    (views, outcomes): (&[TaskView], &[Vec<Outcome>]),
+    (views, outcomes): (&[TaskView<DecidedAgent>], &[Vec<Outcome>]),
     live: Option<&HashSet<Box<str>>>,
     base: &Path,
     opts: &UpdateOptions,
@@ -390,7 +390,7 @@ pub fn update_global(
 /// of a base whose DB another writer held past the timeout.
 pub fn apply_db_transitions(
     state_dbs: &HashMap<PathBuf, BaseDb>,
-    views: &[TaskView],
+    views: &[TaskView<DecidedAgent>],
     decisions: &[Vec<Decision>],
     outcomes: &mut [Vec<Outcome>],
     opts: &UpdateOptions,

@@ -10,7 +10,7 @@ mod tests;
 use super::read::FileKey;
 use crate::decide::{AgentClass, Decision};
 use crate::model::{AgentId, Backend};
-use crate::observe::{PendingAgent, TaskView, task_view};
+use crate::observe::{DecidedAgent, PendingAgent, TaskView, task_view};
 use crate::workspace::TaskDir;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -287,7 +287,7 @@ fn judge(task: &TaskDir, max_bytes: u64, unseen: &dyn Fn(&AgentId) -> bool) -> O
 /// and a look at its task would only be refused (`plan` over one task of 40,000 finished
 /// agents read and judged its 7 MB registry again: 374 ms).
 pub fn candidates<'v>(
-    views: &'v [TaskView],
+    views: &'v [TaskView<DecidedAgent>],
     decisions: &[Vec<Decision>],
     ambiguous: &BTreeMap<AgentId, String>,
     acted: bool,

@@ -4,8 +4,8 @@ use crate::config::Config;
 use crate::decide::{Action, Decision, Policy, SessionFact, decide, decide_orphan};
 use crate::model::{Backend, StatusClass};
 use crate::observe::{
-    self, AgentView, PendingAgent, TaskView, TmuxView, World, agent_view, refresh_logs,
-    scan_writers, task_view,
+    self, AgentView, DecidedAgent, PendingAgent, TaskView, TmuxView, World, agent_view,
+    refresh_logs, scan_writers, task_view,
 };
 use crate::procs::{LiveProcesses, ProcTable, ProcessSource, Tmux};
 use crate::reap::apply as act;
@@ -387,11 +387,15 @@ impl Reaper {
         };
         // Acting may revise the decisions (a second look after stops and settle waits).
         phases.mark("decide");
-        let (decisions, outcomes) = match mode {
-            Mode::Plan => (decisions, None),
+        let (views, decisions, outcomes) = match mode {
+            Mode::Plan => (
+                views.into_iter().map(TaskView::decided).collect(),
+                decisions,
+                None,
+            ),
             Mode::Execute { wait_for_settle } => {
-                let (decisions, outcomes) = self.act(
-                    &mut views,
+                let (views, decisions, outcomes) = self.act(
+                    views,
                     decisions,
                     (&table, &procs),
                     &mut report,
@@ -408,7 +412,7 @@ impl Reaper {
                 if let Err(e) = self.pane_map.save() {
                     report.errors.push(e.to_string());
                 }
-                (decisions, Some(outcomes))
+                (views, decisions, Some(outcomes))
             }
         };
         phases.mark("act");

@@ -2,7 +2,7 @@
 
 use crate::decide::{Action, AgentClass, Decision};
 use crate::model::{AgentId, StatusClass};
-use crate::observe::TaskView;
+use crate::observe::{DecidedAgent, TaskView};
 use crate::reap::events::{OrphanOutcome, PassEvent, TaskEvent};
 use crate::reap::outcome::Outcome;
 use serde::Serialize;
@@ -350,7 +350,7 @@ pub fn action_text(dir: &Path, action: &Action) -> String {
 /// report of 600,000 agents held them all beside it, 40 MB more at the pass's end).
 pub(super) fn fill_report(
     report: &mut PassReport,
-    views: Vec<TaskView>,
+    views: Vec<TaskView<DecidedAgent>>,
     decisions: Vec<Vec<Decision>>,
     outcomes: Option<Vec<Vec<Outcome>>>,
     ambiguous: &BTreeMap<AgentId, String>,

@@ -10,7 +10,7 @@ use crate::archive::store::{ArchiveError, Archived, Archiver, name_hash, sync_di
 use crate::config::Config;
 use crate::fs::{self, Dir, FsError, UnlinkOutcome};
 use crate::journal::{Journal, Step};
-use crate::observe::TaskView;
+use crate::observe::{DecidedAgent, TaskView};
 use crate::reap::events::{InTask, PassEvent};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -31,7 +31,7 @@ struct SrcDir {
 /// One task's file work in one pass (or one part of a large task's, on its own thread);
 /// folders are opened once and fsynced together.
 pub(super) struct TaskFiles<'a> {
-    view: &'a TaskView,
+    view: &'a TaskView<DecidedAgent>,
     config: &'a Config,
     task: Option<Result<Arc<Dir>, String>>,
     archiver: Option<Result<Archiver, String>>,
@@ -46,7 +46,7 @@ pub(super) struct TaskFiles<'a> {
 
 impl<'a> TaskFiles<'a> {
     pub(super) fn new(
-        view: &'a TaskView,
+        view: &'a TaskView<DecidedAgent>,
         config: &'a Config,
         listing: Option<Arc<HashSet<u64>>>,
     ) -> Self {
@@ -360,7 +360,7 @@ impl<'a> TaskFiles<'a> {
     /// compression, `compress` turned on later), before the record lists what is on disk.
     pub(super) fn compress_leftovers(
         &mut self,
-        agent: &crate::observe::AgentView,
+        agent: &DecidedAgent,
         journal: Option<&Mutex<Journal>>,
         out: &mut Outcome,
     ) {
@@ -399,7 +399,7 @@ impl<'a> TaskFiles<'a> {
     /// backlog's pass spent a tenth of its time on.
     pub(super) fn archives_of(
         &mut self,
-        agent: &crate::observe::AgentView,
+        agent: &DecidedAgent,
         this_pass: &[Arc<Path>],
     ) -> Vec<PathBuf> {
         let logs = crate::workspace::agent_files(&self.view.task, &agent.id).logs;
@@ -450,7 +450,10 @@ impl<'a> TaskFiles<'a> {
 
 /// The archive folder's name hashes (see [`Archiver::name_hashes`]); `None` when it cannot
 /// be listed (then each name is looked up).
-pub(super) fn archive_listing(view: &TaskView, config: &Config) -> Option<HashSet<u64>> {
+pub(super) fn archive_listing(
+    view: &TaskView<DecidedAgent>,
+    config: &Config,
+) -> Option<HashSet<u64>> {
     TaskFiles::new(view, config, None)
         .archiver()
         .ok()?

@@ -3,17 +3,25 @@
 
 use super::*;
 
+/// What acting returns: the tasks with their agents as decided, the decisions as revised
+/// while acting and, per task and agent, what happened.
+pub(super) type Acted = (
+    Vec<TaskView<DecidedAgent>>,
+    Vec<Vec<Decision>>,
+    Vec<Vec<Outcome>>,
+);
+
 impl Reaper {
-    /// Carries out the decisions; returns them as revised while acting and, per task and
-    /// agent, what happened.
+    /// Carries out the decisions; returns the tasks with their agents as decided, the
+    /// decisions as revised while acting and, per task and agent, what happened.
     pub(super) fn act(
         &mut self,
-        views: &mut [TaskView],
+        mut views: Vec<TaskView>,
         mut decisions: Vec<Vec<Decision>>,
         (table, procs): (&ProcTable, &crate::procs::SetContext<'_>),
         report: &mut PassReport,
         wait_for_settle: bool,
-    ) -> (Vec<Vec<Decision>>, Vec<Vec<Outcome>>) {
+    ) -> Acted {
         let now = self.clock.now();
         let policy = self.policy();
         let mut outcomes: Vec<Vec<Outcome>> = views
@@ -22,7 +30,7 @@ impl Reaper {
             .collect();
         // 1. Stop every agent that needs it, all at once.
         let stopped = act::stop_agents(
-            views,
+            &views,
             &decisions,
             procs,
             (self.tmux.as_ref(), self.processes.as_ref()),
@@ -49,10 +57,10 @@ impl Reaper {
                 agent.facts.class = StatusClass::Terminal;
             }
         }
-        self.look_again(views, &mut decisions, &stopped);
+        self.look_again(&mut views, &mut decisions, &stopped);
         if wait_for_settle {
             let wait =
-                youngest_settle_wait(views, &decisions, self.config.settle, self.clock.now());
+                youngest_settle_wait(&views, &decisions, self.config.settle, self.clock.now());
             if !wait.is_zero() {
                 self.clock.sleep(wait);
                 let waiting: Vec<(usize, usize)> = views
@@ -68,14 +76,14 @@ impl Reaper {
                             .map(move |a| (t, a))
                     })
                     .collect();
-                self.look_again(views, &mut decisions, &waiting);
+                self.look_again(&mut views, &mut decisions, &waiting);
             }
         }
         // The decisions are final: what judged the logs and found the processes goes
         // before the file work and the registry edits, whose peak it would add to.
-        for agent in views.iter_mut().flat_map(|v| &mut v.agents) {
-            agent.release_judged();
-        }
+        let decided: Vec<TaskView<DecidedAgent>> =
+            views.into_iter().map(TaskView::decided).collect();
+        let views = &decided[..];
         // 3. DB-backed tasks' transitions, one transaction per base; a DB held by another
         // writer skips its tasks this round.
         let skip = act::apply_db_transitions(
@@ -111,7 +119,7 @@ impl Reaper {
                 report.errors.push(e);
             }
         }
-        (decisions, outcomes)
+        (decided, decisions, outcomes)
     }
 
     /// Re-stats the logs of `which` agents (one writers scan for all) and decides again:
@@ -155,7 +163,7 @@ impl Reaper {
     /// its registry was written or the error.
     fn apply_tasks(
         &mut self,
-        views: &[TaskView],
+        views: &[TaskView<DecidedAgent>],
         decisions: &[Vec<Decision>],
         outcomes: &mut [Vec<Outcome>],
         now: SystemTime,
