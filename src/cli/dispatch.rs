@@ -129,14 +129,18 @@ fn progress_printer() -> Option<Box<dyn FnMut(usize, usize) + Send>> {
 /// large pass's report is a million small allocations the kernel takes back at once (40,000
 /// agents: 145 -> 110 ms from the pass's end to the output's, with the agent lines written
 /// as they come in `render`).
-fn print(report: PassReport, json: bool, text: fn(&PassReport) -> String) -> Result<()> {
+fn print(
+    report: PassReport,
+    json: bool,
+    text: fn(&PassReport, &mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = if json {
         serde_json::to_writer_pretty(&mut out, &report)
             .map_err(std::io::Error::from)
             .and_then(|()| out.write_all(b"\n"))
     } else {
-        out.write_all(text(&report).as_bytes())
+        text(&report, &mut out)
     }
     .and_then(|()| out.flush());
     std::mem::forget(report);

@@ -5,6 +5,56 @@ use crate::reap::pass::{AgentReport, PassReport, TaskReport, action_text};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+/// Text written out as it is made, a chunk at a time, not held whole: 40,000 agents' `once`
+/// text is 17 MB, and the string that held it had grown to 33 MB, the pass's largest
+/// allocation. The helpers below write lines into `buf`; [`Chunked::written`] hands it on
+/// once it holds a chunk.
+struct Chunked<'w> {
+    buf: String,
+    out: &'w mut dyn std::io::Write,
+    /// The first write that failed (a reader gone): nothing more is written.
+    failed: Option<std::io::Error>,
+}
+
+/// Bytes gathered before they are written.
+const CHUNK: usize = 64 * 1024;
+
+impl<'w> Chunked<'w> {
+    fn new(out: &'w mut dyn std::io::Write) -> Self {
+        Chunked {
+            buf: String::with_capacity(CHUNK + 1024),
+            out,
+            failed: None,
+        }
+    }
+
+    /// Writes `buf` out once it holds a chunk; whether writing still goes on.
+    fn written(&mut self) -> bool {
+        if self.buf.len() >= CHUNK {
+            self.write_out();
+        }
+        self.failed.is_none()
+    }
+
+    fn write_out(&mut self) {
+        if self.failed.is_none()
+            && let Err(e) = self.out.write_all(self.buf.as_bytes())
+        {
+            self.failed = Some(e);
+        }
+        self.buf.clear();
+    }
+
+    /// Writes what is left; the first failure, if any.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.write_out();
+        match self.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
 fn header(report: &PassReport, out: &mut String) {
     let bases: Vec<_> = report
         .bases
@@ -135,24 +185,28 @@ fn shell_words(argv: &[String]) -> String {
 }
 
 /// `plan`: every action per task and agent. Agents with nothing to do are listed by class only.
-pub fn plan(report: &PassReport) -> String {
-    let mut out = String::new();
-    header(report, &mut out);
+pub fn plan(report: &PassReport, to: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut chunked = Chunked::new(to);
+    header(report, &mut chunked.buf);
     let mut quiet: BTreeMap<&str, usize> = BTreeMap::new();
-    for task in &report.tasks {
-        task_head(task, &mut out);
+    'tasks: for task in &report.tasks {
+        task_head(task, &mut chunked.buf);
         for agent in &task.agents {
             if agent.actions.is_empty() && agent.waiting.is_none() && agent.warnings.is_empty() {
                 *quiet.entry(agent.class.as_str()).or_default() += 1;
                 continue;
             }
-            agent_block(task, agent, &mut out, false);
+            agent_block(task, agent, &mut chunked.buf, false);
+            if !chunked.written() {
+                break 'tasks;
+            }
         }
     }
-    orphans(report, &mut out);
-    hooks(report, &mut out);
+    let out = &mut chunked.buf;
+    orphans(report, out);
+    hooks(report, out);
     if let Some(archives) = &report.archives {
-        crate::archive::retention::render_removals(archives, false, &mut out);
+        crate::archive::retention::render_removals(archives, false, out);
     }
     let actions: usize = report
         .tasks
@@ -170,14 +224,14 @@ pub fn plan(report: &PassReport) -> String {
         out,
         "\nPlan: {actions} action(s){idle}. Nothing was changed."
     );
-    out
+    chunked.finish()
 }
 
 /// `once`: what was done, then the summary line.
-pub fn once(report: &PassReport) -> String {
-    let mut out = String::new();
-    header(report, &mut out);
-    for task in &report.tasks {
+pub fn once(report: &PassReport, to: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut chunked = Chunked::new(to);
+    header(report, &mut chunked.buf);
+    'tasks: for task in &report.tasks {
         let busy: Vec<&AgentReport> = task
             .agents
             .iter()
@@ -195,15 +249,19 @@ pub fn once(report: &PassReport) -> String {
         {
             continue;
         }
-        task_head(task, &mut out);
+        task_head(task, &mut chunked.buf);
         for agent in busy {
-            agent_block(task, agent, &mut out, true);
+            agent_block(task, agent, &mut chunked.buf, true);
+            if !chunked.written() {
+                break 'tasks;
+            }
         }
     }
-    orphans(report, &mut out);
-    hooks(report, &mut out);
+    let out = &mut chunked.buf;
+    orphans(report, out);
+    hooks(report, out);
     if let Some(archives) = &report.archives {
-        crate::archive::retention::render_removals(archives, true, &mut out);
+        crate::archive::retention::render_removals(archives, true, out);
     }
     if let Some(upload) = report.upload.as_ref().filter(|u| !u.is_quiet()) {
         for p in &upload.problems {
@@ -230,13 +288,14 @@ pub fn once(report: &PassReport) -> String {
         t.settling,
         t.errors
     );
-    out
+    chunked.finish()
 }
 
 /// `status`: agents per task by class, then the agents that are not plain active/cleaned.
-pub fn status(report: &PassReport) -> String {
-    let mut out = String::new();
-    header(report, &mut out);
+pub fn status(report: &PassReport, to: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut chunked = Chunked::new(to);
+    let out = &mut chunked.buf;
+    header(report, out);
     let _ = write!(out, "\n{:<32} {:<8}", "TASK", "BACKEND");
     for c in AgentClass::ALL {
         let _ = write!(out, " {:>8}", c.as_str());
@@ -300,9 +359,128 @@ pub fn status(report: &PassReport) -> String {
             );
         }
     }
-    orphans(report, &mut out);
+    orphans(report, out);
     if let Some(archives) = &report.archives {
-        crate::archive::retention::render_sizes(archives, &mut out);
+        crate::archive::retention::render_sizes(archives, out);
     }
-    out
+    chunked.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reap::events::PassEvent;
+    use crate::reap::pass::Totals;
+    use crate::reap::report::AgentDetail;
+    use std::borrow::Cow;
+    use std::path::PathBuf;
+
+    /// One task of `n` cleaned agents, each with three archived logs.
+    fn report(n: usize) -> PassReport {
+        let agents = (0..n)
+            .map(|a| {
+                let done = ["logs", "progress", "findings"]
+                    .iter()
+                    .map(|kind| PassEvent::Archived {
+                        from: format!("{kind}/agent-{a:06}.jsonl").into(),
+                        to: format!("archive/agent-{a:06}.jsonl").into(),
+                    })
+                    .collect();
+                let detail = AgentDetail {
+                    done,
+                    ..AgentDetail::default()
+                };
+                AgentReport::new(
+                    format!("agent-{a:06}"),
+                    Cow::Borrowed("completed"),
+                    AgentClass::Finished,
+                    detail,
+                )
+            })
+            .collect();
+        PassReport {
+            mode: "once",
+            bases: vec![PathBuf::from("/w")],
+            tmux_error: None,
+            tasks: vec![TaskReport {
+                task_id: "TASK-1".into(),
+                dir: PathBuf::from("/w/TASK-1"),
+                backend: "json",
+                error: None,
+                warnings: Vec::new(),
+                done: Vec::new(),
+                registry_written: true,
+                agents,
+            }],
+            orphans: Vec::new(),
+            errors: Vec::new(),
+            totals: Totals::default(),
+            written_tasks: Vec::new(),
+            hooks: Vec::new(),
+            archives: None,
+            upload: None,
+        }
+    }
+
+    /// Takes `room` bytes, then fails as a pipe whose reader is gone; counts the writes.
+    struct Pipe {
+        room: usize,
+        taken: Vec<u8>,
+        writes: Vec<usize>,
+    }
+
+    impl std::io::Write for Pipe {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.writes.push(bytes.len());
+            if self.taken.len() + bytes.len() > self.room {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            self.taken.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `once` over many agents writes a chunk at a time, the whole text in order; a reader
+    /// gone stops the rendering at the first chunk it refuses.
+    #[test]
+    fn a_long_rendering_is_written_a_chunk_at_a_time_and_stops_at_a_closed_pipe() {
+        let report = report(3000);
+        let mut pipe = Pipe {
+            room: usize::MAX,
+            taken: Vec::new(),
+            writes: Vec::new(),
+        };
+        once(&report, &mut pipe).unwrap();
+        let text = String::from_utf8(pipe.taken).unwrap();
+        assert!(text.len() > 8 * CHUNK, "{} bytes", text.len());
+        assert!(pipe.writes.len() > 8, "{:?}", pipe.writes);
+        assert!(
+            pipe.writes.iter().all(|&n| n < 2 * CHUNK),
+            "{:?}",
+            pipe.writes
+        );
+        assert!(text.contains("agent-000000") && text.contains("agent-002999"));
+        assert!(text.find("agent-000001").unwrap() < text.find("agent-002998").unwrap());
+        assert!(
+            text.ends_with("0 error(s)\n"),
+            "{}",
+            &text[text.len() - 200..]
+        );
+
+        let mut closed = Pipe {
+            room: 0,
+            taken: Vec::new(),
+            writes: Vec::new(),
+        };
+        let err = once(&report, &mut closed).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            closed.writes.len(),
+            1,
+            "nothing more is written once a write fails"
+        );
+    }
 }

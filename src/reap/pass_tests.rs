@@ -533,7 +533,9 @@ fn registry_cut_short_is_restored_from_its_sidecar_and_reported() {
         "{agent:?}"
     );
     assert_eq!(b.entry(TASK, id)["auto_cleanup_result"]["success"], true);
-    let text = crate::cli::render::once(&report);
+    let mut text = Vec::new();
+    crate::cli::render::once(&report, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
     assert!(
         text.contains("\n  registry restored from its sidecar"),
         "{text}"
