@@ -137,12 +137,17 @@ impl SeenVersions {
     /// `O_EXCL|O_NOFOLLOW`, then rename). Best effort: losing it only loses the proof for a
     /// repair after a restart, so no fsync and a warning on failure.
     pub fn persist(&self, path: &Path) {
-        let versions = self.versions(path);
+        // Made from the versions in place, not from a copy of them: a registry's tails
+        // are up to 1 MB each, and a copy beside the text stood at a large edit's peak.
         let mut text = MAGIC.to_vec();
-        for v in versions.iter().take(VERSIONS_PERSISTED) {
-            text.extend_from_slice(format!("{} {}\n", v.len, v.suffix.len()).as_bytes());
-            text.extend_from_slice(&v.suffix);
-            text.push(b'\n');
+        {
+            let inner = self.inner.lock().expect("seen versions lock");
+            let versions = inner.by_path.get(path).map(|(_, v)| v.iter());
+            for v in versions.into_iter().flatten().take(VERSIONS_PERSISTED) {
+                text.extend_from_slice(format!("{} {}\n", v.len, v.suffix.len()).as_bytes());
+                text.extend_from_slice(&v.suffix);
+                text.push(b'\n');
+            }
         }
         if let Err(e) = replace_file(&seen_path(path), &text) {
             tracing::warn!(path = %seen_path(path).display(), error = %e,
