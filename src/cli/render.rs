@@ -184,6 +184,16 @@ fn shell_words(argv: &[String]) -> String {
         .join(" ")
 }
 
+/// What `plan` and `once` say after the tasks: orphan sessions, hooks, archive removals
+/// (`done`: made, else planned).
+fn after_tasks(report: &PassReport, out: &mut String, done: bool) {
+    orphans(report, out);
+    hooks(report, out);
+    if let Some(archives) = &report.archives {
+        crate::archive::retention::render_removals(archives, done, out);
+    }
+}
+
 /// `plan`: every action per task and agent. Agents with nothing to do are listed by class only.
 pub fn plan(report: &PassReport, to: &mut dyn std::io::Write) -> std::io::Result<()> {
     let mut chunked = Chunked::new(to);
@@ -203,11 +213,7 @@ pub fn plan(report: &PassReport, to: &mut dyn std::io::Write) -> std::io::Result
         }
     }
     let out = &mut chunked.buf;
-    orphans(report, out);
-    hooks(report, out);
-    if let Some(archives) = &report.archives {
-        crate::archive::retention::render_removals(archives, false, out);
-    }
+    after_tasks(report, out, false);
     let actions: usize = report
         .tasks
         .iter()
@@ -258,11 +264,7 @@ pub fn once(report: &PassReport, to: &mut dyn std::io::Write) -> std::io::Result
         }
     }
     let out = &mut chunked.buf;
-    orphans(report, out);
-    hooks(report, out);
-    if let Some(archives) = &report.archives {
-        crate::archive::retention::render_removals(archives, true, out);
-    }
+    after_tasks(report, out, true);
     if let Some(upload) = report.upload.as_ref().filter(|u| !u.is_quiet()) {
         for p in &upload.problems {
             let _ = writeln!(out, "upload: {p}");
@@ -370,10 +372,8 @@ pub fn status(report: &PassReport, to: &mut dyn std::io::Write) -> std::io::Resu
 mod tests {
     use super::*;
     use crate::reap::events::PassEvent;
-    use crate::reap::pass::Totals;
     use crate::reap::report::AgentDetail;
     use std::borrow::Cow;
-    use std::path::PathBuf;
 
     /// One task of `n` cleaned agents, each with three archived logs.
     fn report(n: usize) -> PassReport {
@@ -398,28 +398,7 @@ mod tests {
                 )
             })
             .collect();
-        PassReport {
-            mode: "once",
-            bases: vec![PathBuf::from("/w")],
-            tmux_error: None,
-            tasks: vec![TaskReport {
-                task_id: "TASK-1".into(),
-                dir: PathBuf::from("/w/TASK-1"),
-                backend: "json",
-                error: None,
-                warnings: Vec::new(),
-                done: Vec::new(),
-                registry_written: true,
-                agents,
-            }],
-            orphans: Vec::new(),
-            errors: Vec::new(),
-            totals: Totals::default(),
-            written_tasks: Vec::new(),
-            hooks: Vec::new(),
-            archives: None,
-            upload: None,
-        }
+        PassReport::of_one_task(agents)
     }
 
     /// Takes `room` bytes, then fails as a pipe whose reader is gone; counts the writes.

@@ -78,7 +78,7 @@ mod tests {
     }
     use crate::decide::AgentClass;
     use crate::procs::SessionInfo;
-    use crate::reap::pass::{AgentReport, OrphanReport, TaskReport, Totals};
+    use crate::reap::pass::{AgentReport, OrphanReport};
     use crate::reap::report::AgentDetail;
     use std::time::Duration;
 
@@ -112,28 +112,7 @@ mod tests {
     }
 
     fn report(agents: Vec<AgentReport>) -> PassReport {
-        PassReport {
-            mode: "once",
-            bases: Vec::new(),
-            tmux_error: None,
-            tasks: vec![TaskReport {
-                task_id: "TASK-1".into(),
-                dir: "/ws/TASK-1".into(),
-                backend: "json",
-                error: None,
-                warnings: Vec::new(),
-                done: Vec::new(),
-                registry_written: false,
-                agents,
-            }],
-            orphans: Vec::new(),
-            errors: Vec::new(),
-            totals: Totals::default(),
-            written_tasks: Vec::new(),
-            hooks: Vec::new(),
-            archives: None,
-            upload: None,
-        }
+        PassReport::of_one_task(agents)
     }
 
     #[test]

@@ -56,31 +56,20 @@ impl TaskView {
     /// The task with its agents as decided (see [`DecidedAgent`]). The views' vector is
     /// let go here, not reused for the smaller kept parts (which would hold its size).
     pub fn decided(self) -> TaskView<DecidedAgent> {
-        let TaskView {
-            task,
-            backend,
-            agents,
-            active_count,
-            expected_active,
-            warnings,
-            duplicates,
-            error,
-            quiet,
-        } = self;
-        let mut kept = Vec::with_capacity(agents.len());
-        for view in agents {
+        let mut kept = Vec::with_capacity(self.agents.len());
+        for view in self.agents {
             kept.push(DecidedAgent::from(view));
         }
         TaskView {
-            task,
-            backend,
+            task: self.task,
+            backend: self.backend,
             agents: kept,
-            active_count,
-            expected_active,
-            warnings,
-            duplicates,
-            error,
-            quiet,
+            active_count: self.active_count,
+            expected_active: self.expected_active,
+            warnings: self.warnings,
+            duplicates: self.duplicates,
+            error: self.error,
+            quiet: self.quiet,
         }
     }
 }

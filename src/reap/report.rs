@@ -275,6 +275,35 @@ pub struct PassReport {
     pub upload: Option<crate::archive::upload::UploadReport>,
 }
 
+#[cfg(test)]
+impl PassReport {
+    /// A `once` report of one task, `TASK-1` in `/ws/TASK-1`, with `agents` (tests).
+    pub(crate) fn of_one_task(agents: Vec<AgentReport>) -> PassReport {
+        PassReport {
+            mode: "once",
+            bases: Vec::new(),
+            tmux_error: None,
+            tasks: vec![TaskReport {
+                task_id: "TASK-1".into(),
+                dir: "/ws/TASK-1".into(),
+                backend: "json",
+                error: None,
+                warnings: Vec::new(),
+                done: Vec::new(),
+                registry_written: false,
+                agents,
+            }],
+            orphans: Vec::new(),
+            errors: Vec::new(),
+            totals: Totals::default(),
+            written_tasks: Vec::new(),
+            hooks: Vec::new(),
+            archives: None,
+            upload: None,
+        }
+    }
+}
+
 impl PassReport {
     /// The tasks as archive retention sees them (which are wholly cleaned, and whose logs).
     pub fn seen_tasks(&self) -> Vec<crate::archive::retention::SeenTask<'_>> {
