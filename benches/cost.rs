@@ -68,11 +68,10 @@ fn forty_thousand_in_one(cap: Duration) {
         Duration::from_secs(2),
         cap,
     );
-    write_tree(&tmp.path().join("floor"));
-    let floor = rename_unlink_floor(&tmp.path().join("floor"));
+    let floors = floors(tmp.path(), write_tree);
     floor_line(
         "120,000 logs moved, 40,000 prompts unlinked",
-        floor,
+        floors,
         Duration::from_secs(2),
     );
     rss_line(
@@ -172,10 +171,10 @@ fn ten_thousand_in_100(cap: Duration) {
         Duration::from_secs(1),
         cap,
     );
-    write_tree(&tmp.path().join("floor"));
+    let floors = floors(tmp.path(), write_tree);
     floor_line(
         "30,000 logs moved, 10,000 prompts unlinked",
-        rename_unlink_floor(&tmp.path().join("floor")),
+        floors,
         Duration::from_secs(1),
     );
     println!("  {}", first.summary());

@@ -4,7 +4,7 @@
 
 mod floor;
 #[allow(unused_imports)]
-pub use floor::{floor_line, rename_unlink_floor};
+pub use floor::{floor_line, floors};
 
 use serde_json::{Value, json};
 use std::fs;
