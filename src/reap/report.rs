@@ -72,6 +72,31 @@ impl AgentDetail {
     }
 }
 
+/// Member `key` of `out` when `list` has items; left out when it is empty.
+fn list_field<S: serde::ser::SerializeStruct, T: Serialize>(
+    out: &mut S,
+    key: &'static str,
+    list: &[T],
+) -> Result<(), S::Error> {
+    if list.is_empty() {
+        out.skip_field(key)
+    } else {
+        out.serialize_field(key, list)
+    }
+}
+
+/// Member `key` of `out` when `value` is there; left out when it is not.
+fn option_field<S: serde::ser::SerializeStruct, T: Serialize>(
+    out: &mut S,
+    key: &'static str,
+    value: &Option<T>,
+) -> Result<(), S::Error> {
+    match value {
+        Some(v) => out.serialize_field(key, v),
+        None => out.skip_field(key),
+    }
+}
+
 /// An agent of the task in folder `dir`, as `--json` prints it.
 struct AgentJson<'a> {
     agent: &'a AgentReport,
@@ -87,10 +112,7 @@ impl Serialize for AgentJson<'_> {
         let mut out = s.serialize_struct("AgentReport", 9)?;
         out.serialize_field("id", &self.agent.id)?;
         out.serialize_field("status", &self.agent.status)?;
-        match &d.new_status {
-            Some(new) => out.serialize_field("new_status", new)?,
-            None => out.skip_field("new_status")?,
-        }
+        option_field(&mut out, "new_status", &d.new_status)?;
         out.serialize_field("class", &self.agent.class)?;
         out.serialize_field(
             "actions",
@@ -99,25 +121,10 @@ impl Serialize for AgentJson<'_> {
                 dir: self.dir,
             })),
         )?;
-        match &d.waiting {
-            Some(w) => out.serialize_field("waiting", w)?,
-            None => out.skip_field("waiting")?,
-        }
-        if d.done.is_empty() {
-            out.skip_field("done")?;
-        } else {
-            out.serialize_field("done", &d.done)?;
-        }
-        if d.errors.is_empty() {
-            out.skip_field("errors")?;
-        } else {
-            out.serialize_field("errors", &d.errors)?;
-        }
-        if d.warnings.is_empty() {
-            out.skip_field("warnings")?;
-        } else {
-            out.serialize_field("warnings", &d.warnings)?;
-        }
+        option_field(&mut out, "waiting", &d.waiting)?;
+        list_field(&mut out, "done", &d.done)?;
+        list_field(&mut out, "errors", &d.errors)?;
+        list_field(&mut out, "warnings", &d.warnings)?;
         out.end()
     }
 }
@@ -201,20 +208,9 @@ impl Serialize for TaskReport {
         out.serialize_field("task_id", &self.task_id)?;
         out.serialize_field("dir", &self.dir)?;
         out.serialize_field("backend", self.backend)?;
-        match &self.error {
-            Some(e) => out.serialize_field("error", e)?,
-            None => out.skip_field("error")?,
-        }
-        if self.warnings.is_empty() {
-            out.skip_field("warnings")?;
-        } else {
-            out.serialize_field("warnings", &self.warnings)?;
-        }
-        if self.done.is_empty() {
-            out.skip_field("done")?;
-        } else {
-            out.serialize_field("done", &self.done)?;
-        }
+        option_field(&mut out, "error", &self.error)?;
+        list_field(&mut out, "warnings", &self.warnings)?;
+        list_field(&mut out, "done", &self.done)?;
         out.serialize_field("registry_written", &self.registry_written)?;
         let dir = self.dir.as_path();
         out.serialize_field(
