@@ -1,5 +1,6 @@
 //! agent-reaper: cleans up after Claude Orchestrator agents (library behind the binary).
 
+pub mod agent_file;
 pub mod archive;
 pub mod cli;
 pub(crate) mod config;

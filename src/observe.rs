@@ -7,6 +7,7 @@ mod quiet;
 pub mod tail;
 pub mod tracked;
 
+use crate::agent_file::{AgentFile, TaskPath};
 use crate::decide::{AgentFacts, FileFact, FileState, SessionFact, StreamEnd};
 use crate::fs::{Dir, EntryKind, Purpose};
 use crate::model::{AgentId, Backend, StatusClass, age, classify_status, parse_timestamp};
@@ -24,7 +25,7 @@ pub use quiet::QuietAgent;
 use quiet::cleaned_status;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tail::{LastLine, STREAM_TAIL_CAP, last_line};
@@ -106,8 +107,8 @@ pub fn stream_end(task: &Dir, rel: &Path) -> StreamEnd {
 /// A log as found this round: which file, and when it was last written.
 #[derive(Debug, Clone)]
 pub struct LogStat {
-    /// Relative to the task folder (the names are the task's own; see [`FileFact::path`]).
-    pub path: PathBuf,
+    /// Which of the agent's files (see [`FileFact::path`]).
+    pub path: TaskPath,
     pub id: DevIno,
     pub mtime: Option<SystemTime>,
     /// Hard links to it: more than one, and its writers are not evidence of the agent.
@@ -126,21 +127,26 @@ fn mtime_of(id: &crate::fs::FileId) -> Option<SystemTime> {
 /// costs nothing. The look at it is given (the task handle, or its listed subfolders).
 fn stat_rel(
     task: &TaskDir,
-    rel: &Path,
+    path: TaskPath,
+    buf: &mut String,
     look: impl FnOnce(&Path) -> Result<Option<crate::fs::Entry>, crate::fs::FsError>,
 ) -> Result<Option<LogStat>, String> {
-    let path = || task.dir.join(rel);
+    use std::fmt::Write as _;
+    buf.clear();
+    let _ = write!(buf, "{path}");
+    let rel = Path::new(buf.as_str());
+    let whole = || task.dir.join(rel);
     match look(rel) {
         Ok(None) => Ok(None),
         Ok(Some(entry)) if entry.kind == EntryKind::File => Ok(Some(LogStat {
-            path: rel.to_path_buf(),
+            path,
             id: (entry.id.dev, entry.id.ino),
             mtime: mtime_of(&entry.id),
             nlink: entry.nlink,
         })),
         Ok(Some(entry)) => Err(format!(
             "{}: is a {}, not a regular file; left alone",
-            path().display(),
+            whole().display(),
             entry.kind.describe()
         )),
         Err(e) if e.is_not_found() => Ok(None),
@@ -168,8 +174,8 @@ fn existing_logs(
 ) -> Vec<LogStat> {
     let mut out = Vec::new();
     for kind in LogKind::ALL {
-        let rel = agent_file_rel(buf, Some(kind), id);
-        match stat_rel(task, rel, |rel| folders.metadata(rel)) {
+        let file = AgentFile::new(id, Some(kind)).into();
+        match stat_rel(task, file, buf, |rel| folders.metadata(rel)) {
             Ok(Some(log)) => out.push(log),
             Ok(None) => {}
             Err(w) => warnings.push(w),
@@ -315,8 +321,9 @@ pub fn task_view(
             && let Some(status) = cleaned_status(&entry, db_backed)
             && unseen(&id)
             && matches!(
-                stat_rel(task, agent_file_rel(&mut name, None, &id), |rel| folders
-                    .metadata(rel)),
+                stat_rel(task, AgentFile::new(&id, None).into(), &mut name, |rel| {
+                    folders.metadata(rel)
+                }),
                 Ok(None)
             )
         {
@@ -477,7 +484,7 @@ pub fn agent_view(
     for log in logs {
         log_facts.push(FileFact {
             state: file_state(log.mtime, writers.get(&log.id), world.settle, world.now),
-            path: log.path.into(),
+            path: log.path,
             mtime: log.mtime,
         });
         log_ids.push(log.id);
@@ -489,7 +496,7 @@ pub fn agent_view(
     let prompt = task_dir
         .as_deref()
         .and_then(|d| {
-            stat_rel(&task, agent_file_rel(&mut name, None, &id), |rel| {
+            stat_rel(&task, AgentFile::new(&id, None).into(), &mut name, |rel| {
                 d.metadata(rel)
             })
             .ok()
@@ -516,7 +523,7 @@ pub fn agent_view(
         live_writers,
         stream_end: end,
         logs: log_facts,
-        prompt: prompt.map(Arc::from),
+        prompt,
         status,
     };
     AgentView {
@@ -545,11 +552,13 @@ pub fn refresh_logs(
     let mut ids = Vec::new();
     // A task folder that can no longer be opened as the same folder: no log is judged.
     let task_dir = view.task.handle().ok();
+    let mut buf = String::new();
     for (old, old_id) in view.facts.logs.iter().zip(&view.log_ids) {
-        let Some(Ok(Some(log))) = task_dir
-            .as_deref()
-            .map(|d| stat_rel(&view.task, &old.path, |rel| d.metadata(rel)))
-        else {
+        let Some(Ok(Some(log))) = task_dir.as_deref().map(|d| {
+            stat_rel(&view.task, old.path.clone(), &mut buf, |rel| {
+                d.metadata(rel)
+            })
+        }) else {
             continue;
         };
         let (id, mtime) = (log.id, log.mtime);

@@ -1,5 +1,6 @@
 //! Workspace layout: finding task folders, and joining untrusted names into paths that stay inside.
 
+pub use crate::agent_file::{FileOf, LogKind, agent_file_rel};
 use crate::fs;
 use crate::model::AgentId;
 use std::io;
@@ -166,16 +167,6 @@ pub fn global_registry(base: &Path) -> PathBuf {
     base.join(GLOBAL_REGISTRY)
 }
 
-/// Which of an agent's files a path is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogKind {
-    Stream,
-    Deploy,
-    Progress,
-    Findings,
-}
-
 /// The files the orchestrator writes for one agent, at their conventional places.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentFiles {
@@ -190,36 +181,6 @@ impl AgentFiles {
             .find(|(k, _)| *k == LogKind::Stream)
             .map(|(_, p)| p.as_path())
     }
-}
-
-impl LogKind {
-    /// Every kind, in the order an agent's logs are listed.
-    pub const ALL: [LogKind; 4] = [
-        LogKind::Stream,
-        LogKind::Deploy,
-        LogKind::Progress,
-        LogKind::Findings,
-    ];
-}
-
-/// One of an agent's files: a log, or (`None`) its prompt.
-pub type FileOf = Option<LogKind>;
-
-/// The name of the agent's file `which` relative to its task folder, written into `buf`
-/// (one buffer for many agents: no allocation per look).
-pub fn agent_file_rel<'b>(buf: &'b mut String, which: FileOf, id: &AgentId) -> &'b Path {
-    let (folder, before, after) = match which {
-        None => ("", "agent_prompt_", ".txt"),
-        Some(LogKind::Stream) => ("logs/", "", "_stream.jsonl"),
-        Some(LogKind::Deploy) => ("logs/", "deploy_", ".json"),
-        Some(LogKind::Progress) => ("progress/", "", "_progress.jsonl"),
-        Some(LogKind::Findings) => ("findings/", "", "_findings.jsonl"),
-    };
-    buf.clear();
-    for part in [folder, before, id.as_str(), after] {
-        buf.push_str(part);
-    }
-    Path::new(buf.as_str())
 }
 
 pub fn agent_files(task: &TaskDir, id: &AgentId) -> AgentFiles {

@@ -1,9 +1,8 @@
 //! The rules (DESIGN.md §2): from one agent's facts and `now`, the actions to take. Pure.
 
+use crate::agent_file::TaskPath;
 use crate::model::{Backend, StatusClass, age};
 use serde::Serialize;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The timings and switches the rules read.
@@ -54,7 +53,7 @@ pub struct FileFact {
     /// id), shared with the actions and events on it: a clone is a count, not a copy. The
     /// task folder is joined where a whole path is shown (`plan --json`, the record): kept
     /// whole, 40,000 agents' four paths were 8 MB more.
-    pub path: Arc<Path>,
+    pub path: TaskPath,
     pub state: FileState,
     pub mtime: Option<SystemTime>,
 }
@@ -78,7 +77,7 @@ pub struct AgentFacts {
     /// The agent's logs that exist now.
     pub logs: Vec<FileFact>,
     /// Its prompt file, relative to the task folder as the logs are.
-    pub prompt: Option<Arc<Path>>,
+    pub prompt: Option<TaskPath>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -114,10 +113,10 @@ pub enum Action {
         termination_reason: Option<&'static str>,
     },
     Archive {
-        path: Arc<Path>,
+        path: TaskPath,
     },
     DeletePrompt {
-        path: Arc<Path>,
+        path: TaskPath,
     },
     /// Write `auto_cleanup_result` and `auto_cleanup_timestamp`.
     RecordCleanup,

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::model::classify_status;
+use std::path::Path;
 
 const MIN: Duration = Duration::from_secs(60);
 

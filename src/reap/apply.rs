@@ -1,5 +1,6 @@
 //! Carrying out decisions: stopping agents, archiving logs, deleting prompts, writing registries.
 
+use crate::agent_file::TaskPath;
 use crate::config::Config;
 use crate::decide::{Action, Decision};
 use crate::journal::Journal;
@@ -212,7 +213,7 @@ fn apply_files<'p>(
         .then(|| files::archive_listing(view, config))
         .flatten()
         .map(std::sync::Arc::new);
-    let prompts: Vec<(usize, &'p Arc<Path>)> = decisions
+    let prompts: Vec<(usize, &'p TaskPath)> = decisions
         .iter()
         .enumerate()
         .flat_map(|(a, d)| {
@@ -310,10 +311,10 @@ fn cleanup_record(agent: &DecidedAgent, out: &Outcome, earlier: &[PathBuf]) -> C
 /// agent's logs already in its archive folder (a pass that died before recording, or one
 /// that archived a log while another still settled). Each is checked to be there now: the
 /// record lists what exists, not what was once attempted.
-fn archived_files(task_dir: &Path, this_pass: &[Arc<Path>], on_disk: &[PathBuf]) -> Vec<String> {
+fn archived_files(task_dir: &Path, this_pass: &[TaskPath], on_disk: &[PathBuf]) -> Vec<String> {
     let mut files: Vec<String> = this_pass
         .iter()
-        .map(|p| path_string(&task_dir.join(p)))
+        .map(|p| path_string(&p.whole(task_dir)))
         .collect();
     for path in on_disk {
         let listed = path_string(path);

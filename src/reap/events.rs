@@ -1,44 +1,49 @@
 //! What a pass did to one agent, as typed events, each rendered once: as text (`once`, the
 //! daemon's log lines), as JSON (`done[]` of `--json`) and as journald fields (`ACTION`).
 
+use crate::agent_file::TaskPath;
 use crate::decide::AgentClass;
 use serde::Serialize;
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+#[cfg(test)]
+use std::path::Path;
+use std::path::PathBuf;
 
-/// A path shown relative to its task folder (as the user reads it). The paths a pass
-/// acts on are kept relative already (see `decide::FileFact::path`), so this is an `Arc`
-/// clone of the one the agent's facts, actions and outcome hold: 16 bytes, which keeps
-/// every [`PassEvent`] at 48. 40,000 agents' events as rendered strings, beside the same
-/// paths in the record, were 10 MB.
-#[derive(Clone)]
+/// A path shown relative to its task folder (as the user reads it). The agent's own files
+/// are kept as [`TaskPath::Agent`] (its id, shared, and two tags): an event on one holds no
+/// text. 40,000 agents' events as rendered strings, beside the same paths in the record,
+/// were 10 MB; as shared paths, 17 MB with the archives' paths.
+#[derive(Clone, PartialEq, Eq)]
 pub struct InTask {
-    shown: Arc<Path>,
+    shown: TaskPath,
 }
 
 impl InTask {
-    /// `path` as shown from `task_dir`: relative when inside it (shared when it is already
-    /// relative), else whole.
-    pub fn new(path: Arc<Path>, task_dir: &Path) -> InTask {
-        match path.strip_prefix(task_dir) {
-            Ok(rel) if path.is_absolute() => InTask {
-                shown: Arc::from(rel),
-            },
-            _ => InTask { shown: path },
+    /// `path` (whole) as shown from `task_dir`: relative when inside it, else whole.
+    #[cfg(test)]
+    pub fn new(path: &Path, task_dir: &Path) -> InTask {
+        InTask {
+            shown: TaskPath::shown_from(path, task_dir),
         }
     }
 
     /// The path as shown (relative to the task folder when inside it).
-    pub fn shown(&self) -> &Path {
+    #[cfg(test)]
+    pub fn shown(&self) -> &TaskPath {
         &self.shown
+    }
+}
+
+impl From<TaskPath> for InTask {
+    fn from(shown: TaskPath) -> InTask {
+        InTask { shown }
     }
 }
 
 impl From<&str> for InTask {
     fn from(shown: &str) -> InTask {
         InTask {
-            shown: Arc::from(Path::new(shown)),
+            shown: TaskPath::from(shown),
         }
     }
 }
@@ -49,30 +54,21 @@ impl From<String> for InTask {
     }
 }
 
-/// Two are the same when they read the same.
-impl PartialEq for InTask {
-    fn eq(&self, other: &InTask) -> bool {
-        self.shown() == other.shown()
-    }
-}
-
-impl Eq for InTask {}
-
 impl fmt::Debug for InTask {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.shown(), f)
+        fmt::Debug::fmt(&self.shown, f)
     }
 }
 
 impl fmt::Display for InTask {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.shown().display(), f)
+        fmt::Display::fmt(&self.shown, f)
     }
 }
 
 impl Serialize for InTask {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.shown().display())
+        self.shown.serialize(s)
     }
 }
 
@@ -317,25 +313,32 @@ pub struct EventContext<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent_file::AgentFile;
 
     /// A pass keeps every event until its report is printed: 40,000 cleaned agents hold
-    /// four each, and each byte here is 160 KB there.
+    /// four each, and each byte here is 160 KB there. A path in one is the agent's id
+    /// (shared) and two tags, not text.
     #[test]
-    fn an_event_is_48_bytes_and_a_path_in_it_is_shared() {
-        assert!(std::mem::size_of::<PassEvent>() <= 48);
-        let rel: Arc<Path> = Arc::from(Path::new("logs/a_stream.jsonl"));
-        let shown = InTask::new(Arc::clone(&rel), Path::new("/w/TASK-1"));
-        assert!(
-            Arc::ptr_eq(&shown.shown, &rel),
-            "a relative path is shared, not copied"
+    fn an_event_is_small_and_a_path_in_it_holds_no_text() {
+        assert!(std::mem::size_of::<PassEvent>() <= 56);
+        let id = crate::model::AgentId::parse("a").unwrap();
+        let log = AgentFile::new(&id, Some(crate::agent_file::LogKind::Stream));
+        let event = PassEvent::Archived {
+            from: TaskPath::from(log.clone()).into(),
+            to: TaskPath::from(log.archived(false)).into(),
+        };
+        assert_eq!(
+            event.to_string(),
+            "archived logs/a_stream.jsonl -> archive/a_stream.jsonl"
         );
-        let whole = InTask::new(
-            Arc::from(Path::new("/w/TASK-1/logs/b")),
-            Path::new("/w/TASK-1"),
-        );
-        assert_eq!(whole.shown(), Path::new("logs/b"));
-        let outside = InTask::new(Arc::from(Path::new("/elsewhere/b")), Path::new("/w/TASK-1"));
-        assert_eq!(outside.shown(), Path::new("/elsewhere/b"));
+        let PassEvent::Archived { from, .. } = &event else {
+            unreachable!()
+        };
+        assert!(matches!(from.shown(), TaskPath::Agent(_)));
+        let whole = InTask::new(Path::new("/w/TASK-1/logs/b"), Path::new("/w/TASK-1"));
+        assert_eq!(whole.to_string(), "logs/b");
+        let outside = InTask::new(Path::new("/elsewhere/b"), Path::new("/w/TASK-1"));
+        assert_eq!(outside.to_string(), "/elsewhere/b");
     }
 
     fn every_event() -> Vec<PassEvent> {
@@ -423,7 +426,7 @@ mod tests {
     fn a_path_in_an_event_reads_from_its_task_folder_only() {
         let task = Path::new("/ws/TASK-1");
         let shown = |p: &str| {
-            let at = InTask::new(Arc::from(Path::new(p)), task);
+            let at = InTask::new(Path::new(p), task);
             let json = serde_json::to_value(&at).unwrap();
             assert_eq!(json, at.to_string(), "{p}");
             at.to_string()
@@ -438,7 +441,7 @@ mod tests {
             shown("/srv/archive/TASK-1/a.jsonl"),
             "/srv/archive/TASK-1/a.jsonl"
         );
-        let inside = InTask::new(Arc::from(Path::new("/ws/TASK-1/logs/a.jsonl")), task);
+        let inside = InTask::new(Path::new("/ws/TASK-1/logs/a.jsonl"), task);
         assert_eq!(inside, InTask::from("logs/a.jsonl"));
         assert_ne!(inside, InTask::from("/ws/TASK-1/logs/a.jsonl"));
     }

@@ -1,8 +1,7 @@
 //! What happened to one agent in a pass: filled while acting, read by the report.
 
+use crate::agent_file::TaskPath;
 use crate::reap::events::PassEvent;
-use std::path::Path;
-use std::sync::Arc;
 
 /// What happened to one agent this pass.
 #[derive(Debug, Clone)]
@@ -14,10 +13,10 @@ pub struct Outcome {
     pub defunct: Vec<String>,
     /// No defunct process waits on a living parent (see `StopReport::verified_no_zombies`).
     pub reaped: bool,
-    /// Where its logs are archived now, relative to the task folder when inside it (the
-    /// record joins it to the folder: 40,000 agents' absolute paths were 6 MB more), shared
-    /// with the events that say so.
-    pub archived: Vec<Arc<Path>>,
+    /// Where its logs are archived now: the agent's own files in the task's archive folder
+    /// (no text held; see [`TaskPath`]), else relative to the task folder when inside it.
+    /// The record joins them to the folder.
+    pub archived: Vec<TaskPath>,
     pub prompt_deleted: bool,
     pub recorded: bool,
     pub status_applied: Option<&'static str>,

@@ -1,5 +1,6 @@
 //! What a pass returns: per task and agent, what was decided, done and still awaited.
 
+use crate::agent_file::TaskPath;
 use crate::decide::{Action, AgentClass, Decision};
 use crate::model::{AgentId, StatusClass};
 use crate::observe::{DecidedAgent, TaskView};
@@ -165,7 +166,7 @@ impl Serialize for ActionJson<'_> {
             Action::Archive { path } | Action::DeletePrompt { path } => {
                 let mut out = s.serialize_struct("Action", 2)?;
                 out.serialize_field("action", self.action.as_str())?;
-                out.serialize_field("path", &self.dir.join(path))?;
+                out.serialize_field("path", &path.whole(self.dir))?;
                 out.end()
             }
             other => other.serialize(s),
@@ -352,7 +353,10 @@ impl PassReport {
 
 /// A planned action as `plan` prints it (paths relative to the task folder `dir`).
 pub fn action_text(dir: &Path, action: &Action) -> String {
-    let rel = |path: &Path| path.strip_prefix(dir).unwrap_or(path).display().to_string();
+    let rel = |path: &TaskPath| match path {
+        TaskPath::Other(p) => p.strip_prefix(dir).unwrap_or(p).display().to_string(),
+        file => file.to_string(),
+    };
     match action {
         Action::Stop { reason } => {
             format!("stop processes and tmux session ({})", reason.as_str())

@@ -3,6 +3,7 @@
 //! and deleting its prompt only if it is still the file that was checked.
 
 use super::Outcome;
+use crate::agent_file::{AgentFile, LogKind, TaskPath};
 use crate::archive::compress;
 use crate::archive::late::append_late_write_at;
 use crate::archive::outcome::AppendOutcome;
@@ -11,7 +12,7 @@ use crate::config::Config;
 use crate::fs::{self, Dir, FsError, UnlinkOutcome};
 use crate::journal::{Journal, Step};
 use crate::observe::{DecidedAgent, TaskView};
-use crate::reap::events::{InTask, PassEvent};
+use crate::reap::events::PassEvent;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -101,36 +102,40 @@ impl<'a> TaskFiles<'a> {
     }
 
     /// `path` (below the task folder) as its folder's handle and its name.
-    fn locate(&mut self, path: &Path) -> Result<(SrcDir, OsString), String> {
-        // The facts' paths are relative to the task folder; a whole one must lie inside it.
-        let rel = match path.strip_prefix(&self.view.task.dir) {
-            Ok(rel) => rel,
-            Err(_) if path.is_relative() => path,
-            Err(_) => {
-                return Err(format!(
-                    "{}: not inside the task folder {}; left alone",
-                    path.display(),
-                    self.view.task.dir.display()
-                ));
+    fn locate(&mut self, path: &TaskPath) -> Result<(SrcDir, OsString), String> {
+        let (parent, name) = match path {
+            TaskPath::Agent(file) => (Path::new(file.folder()), file.file_name()),
+            // Any other path must lie inside the task folder.
+            TaskPath::Other(path) => {
+                let rel = match path.strip_prefix(&self.view.task.dir) {
+                    Ok(rel) => rel,
+                    Err(_) if path.is_relative() => path,
+                    Err(_) => {
+                        return Err(format!(
+                            "{}: not inside the task folder {}; left alone",
+                            path.display(),
+                            self.view.task.dir.display()
+                        ));
+                    }
+                };
+                let name = rel
+                    .file_name()
+                    .ok_or_else(|| format!("{}: no file name; left alone", path.display()))?;
+                (rel.parent().unwrap_or(Path::new("")), name.to_os_string())
             }
         };
-        let name = rel
-            .file_name()
-            .ok_or_else(|| format!("{}: no file name; left alone", path.display()))?
-            .to_os_string();
-        let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
-        if let Some(dir) = self.dirs.get(&parent) {
+        if let Some(dir) = self.dirs.get(parent) {
             return Ok((dir.clone(), name));
         }
         let task = self.task()?;
         let dir = if parent.as_os_str().is_empty() {
             task
         } else {
-            Arc::new(task.open_dir(&parent).map_err(|e| e.to_string())?)
+            Arc::new(task.open_dir(parent).map_err(|e| e.to_string())?)
         };
         let identity = dir.identity().map_err(|e| e.to_string())?;
         let src = SrcDir { dir, identity };
-        self.dirs.insert(parent, src.clone());
+        self.dirs.insert(parent.to_path_buf(), src.clone());
         Ok((src, name))
     }
 
@@ -139,7 +144,7 @@ impl<'a> TaskFiles<'a> {
     /// record), appended to it through the journal, exactly once.
     pub(super) fn archive(
         &mut self,
-        path: &Arc<Path>,
+        path: &TaskPath,
         journal: Option<&Mutex<Journal>>,
         out: &mut Outcome,
     ) {
@@ -150,7 +155,7 @@ impl<'a> TaskFiles<'a> {
 
     fn try_archive(
         &mut self,
-        path: &Arc<Path>,
+        path: &TaskPath,
         journal: Option<&Mutex<Journal>>,
         out: &mut Outcome,
     ) -> Result<(), String> {
@@ -181,14 +186,13 @@ impl<'a> TaskFiles<'a> {
         match archive_journaled(archiver, &src, &name, journal) {
             Ok(done) => {
                 self.touch(&src.dir);
-                let to = self.stored(done.path());
+                let to = self.archive_of(path, done.path(), false);
                 out.done.push(PassEvent::Archived {
-                    from: self.in_task(path),
-                    to: self.in_task(&to),
+                    from: path.clone().into(),
+                    to: to.clone().into(),
                 });
-                let archived = self.maybe_compress(&name, journal, out);
-                out.archived
-                    .push(archived.map_or(to, |zst| self.stored(&zst)));
+                let archived = self.maybe_compress(path, &name, journal, out);
+                out.archived.push(archived.unwrap_or(to));
                 Ok(())
             }
             Err(ArchiveError::Taken { .. }) => self.append(path, &src.dir, &name, journal, out),
@@ -199,7 +203,7 @@ impl<'a> TaskFiles<'a> {
     /// Appends the bytes of `src_dir/name` to its archive and unlinks it (journaled).
     fn append(
         &mut self,
-        path: &Arc<Path>,
+        path: &TaskPath,
         src_dir: &Dir,
         name: &OsStr,
         journal: Option<&Mutex<Journal>>,
@@ -211,26 +215,25 @@ impl<'a> TaskFiles<'a> {
         let Some(journal_lock) = journal else {
             return Err(format!(
                 "{}: {} already holds this log's archive; appending to it needs the journal (a state dir); left for a later pass",
-                path.display(),
+                path,
                 target.display()
             ));
         };
         let mut journal = journal_lock.lock().expect("journal lock");
         match append_late_write_at(src_dir, name, adir, name, &mut journal) {
             Ok(AppendOutcome::Appended { bytes, rescued }) => {
-                let target = self.stored(&target);
+                let target = self.archive_of(path, &target, false);
                 out.done.push(PassEvent::Appended {
                     bytes: bytes + rescued,
-                    from: self.in_task(path),
-                    to: self.in_task(&target),
+                    from: path.clone().into(),
+                    to: target.clone().into(),
                 });
                 drop(journal);
-                let archived = self.maybe_compress(name, Some(journal_lock), out);
-                out.archived
-                    .push(archived.map_or(target, |zst| self.stored(&zst)));
+                let archived = self.maybe_compress(path, name, Some(journal_lock), out);
+                out.archived.push(archived.unwrap_or(target));
             }
             Ok(AppendOutcome::Changed) => out.done.push(PassEvent::AppendRetried {
-                path: self.in_task(path),
+                path: path.clone().into(),
             }),
             Err(e) => return Err(e.to_string()),
         }
@@ -241,7 +244,7 @@ impl<'a> TaskFiles<'a> {
     /// more zstd frame and unlinks it (journaled, `crate::archive::compress::frame`).
     fn append_frame(
         &mut self,
-        path: &Arc<Path>,
+        path: &TaskPath,
         src_dir: &Dir,
         name: &OsStr,
         zst: &OsStr,
@@ -255,23 +258,23 @@ impl<'a> TaskFiles<'a> {
         let Some(journal) = journal else {
             return Err(format!(
                 "{}: {} already holds this log's archive; appending to it needs the journal (a state dir); left for a later pass",
-                path.display(),
+                path,
                 target.display()
             ));
         };
         let mut journal = journal.lock().expect("journal lock");
         match compress::frame::append_frame(src_dir, name, adir, zst, level, &mut journal) {
             Ok(AppendOutcome::Appended { bytes, rescued }) => {
-                let target = self.stored(&target);
+                let target = self.archive_of(path, &target, true);
                 out.done.push(PassEvent::Appended {
                     bytes: bytes + rescued,
-                    from: self.in_task(path),
-                    to: self.in_task(&target),
+                    from: path.clone().into(),
+                    to: target.clone().into(),
                 });
                 out.archived.push(target);
             }
             Ok(AppendOutcome::Changed) => out.done.push(PassEvent::AppendRetried {
-                path: self.in_task(path),
+                path: path.clone().into(),
             }),
             Err(e) => return Err(e.to_string()),
         }
@@ -280,13 +283,15 @@ impl<'a> TaskFiles<'a> {
 
     /// With `compress` on and a kind listed in `compress_kinds`, compresses the archive
     /// `name` just made (or appended to) into `<name>.zst`; returns the `.zst`'s path when
-    /// it replaced the archive. A failure keeps the plain archive and is reported.
+    /// it replaced the archive. A failure keeps the plain archive and is reported. `log`:
+    /// the log archived as `name`.
     fn maybe_compress(
         &mut self,
+        log: &TaskPath,
         name: &OsStr,
         journal: Option<&Mutex<Journal>>,
         out: &mut Outcome,
-    ) -> Option<PathBuf> {
+    ) -> Option<TaskPath> {
         let wanted = self.config.compress
             && compress::kind_of(name).is_some_and(|k| self.config.compress_kinds.contains(&k));
         if !wanted {
@@ -303,8 +308,9 @@ impl<'a> TaskFiles<'a> {
                 bytes_in,
                 bytes_out,
             }) => {
+                let zst = self.archive_of(log, &zst, true);
                 out.done.push(PassEvent::Compressed {
-                    path: self.in_task(&self.stored(&zst)),
+                    path: zst.clone().into(),
                     bytes_in,
                     bytes_out,
                 });
@@ -314,7 +320,7 @@ impl<'a> TaskFiles<'a> {
                 let plain = adir.display(name);
                 drop(journal);
                 out.done.push(PassEvent::CompressRetried {
-                    path: self.in_task(&self.stored(&plain)),
+                    path: self.archive_of(log, &plain, false).into(),
                 });
                 None
             }
@@ -327,7 +333,7 @@ impl<'a> TaskFiles<'a> {
 
     /// Deletes the prompt file if it is a regular file with one link, judged on the very
     /// file unlinked (a file swapped in after a check is never deleted).
-    pub(super) fn delete_prompt(&mut self, path: &Path) -> Result<UnlinkOutcome, String> {
+    pub(super) fn delete_prompt(&mut self, path: &TaskPath) -> Result<UnlinkOutcome, String> {
         let (src, name) = self.locate(path)?;
         fs::unlink_regular(&src.dir, &name).map_err(|e| e.to_string())
     }
@@ -337,7 +343,7 @@ impl<'a> TaskFiles<'a> {
     /// agent's actions), so the outcome reads in the order of the actions.
     pub(super) fn record_prompt(
         &self,
-        path: &Arc<Path>,
+        path: &TaskPath,
         deleted: Result<UnlinkOutcome, String>,
         out: &mut Outcome,
         at: (usize, usize),
@@ -346,7 +352,7 @@ impl<'a> TaskFiles<'a> {
             Ok(UnlinkOutcome::Unlinked) => {
                 out.prompt_deleted = true;
                 let event = PassEvent::PromptDeleted {
-                    path: self.in_task(path),
+                    path: path.clone().into(),
                 };
                 out.done.insert(at.0.min(out.done.len()), event);
             }
@@ -367,26 +373,26 @@ impl<'a> TaskFiles<'a> {
         if !self.config.compress || journal.is_none() {
             return;
         }
-        let logs = crate::workspace::agent_files(&self.view.task, &agent.id).logs;
-        for (kind, log) in logs {
-            let Some(name) = log.file_name() else {
-                continue;
-            };
+        for kind in LogKind::ALL {
             if !self.config.compress_kinds.contains(&kind) {
                 continue;
             }
+            let log = TaskPath::from(AgentFile::new(&agent.id, Some(kind)));
+            let Some(name) = log.file_name() else {
+                continue;
+            };
             let Ok(archiver) = self.archiver() else {
                 return;
             };
-            let plain = archiver.existing(name).ok().flatten();
-            let zst = archiver.existing(&compress::zst_name(name)).ok().flatten();
+            let plain = archiver.existing(&name).ok().flatten();
+            let zst = archiver.existing(&compress::zst_name(&name)).ok().flatten();
             if let (Some(plain), None) = (plain, zst)
-                && let Some(zst) = self.maybe_compress(name, journal, out)
+                && let Some(zst) = self.maybe_compress(&log, &name, journal, out)
             {
                 // This pass's list names what is on disk now.
-                let plain = self.stored(&plain);
+                let plain = self.archive_of(&log, &plain, false);
                 for listed in out.archived.iter_mut().filter(|p| **p == plain) {
-                    *listed = self.stored(&zst);
+                    *listed = zst.clone();
                 }
             }
         }
@@ -400,7 +406,7 @@ impl<'a> TaskFiles<'a> {
     pub(super) fn archives_of(
         &mut self,
         agent: &DecidedAgent,
-        this_pass: &[Arc<Path>],
+        this_pass: &[TaskPath],
     ) -> Vec<PathBuf> {
         let logs = crate::workspace::agent_files(&self.view.task, &agent.id).logs;
         let listing = self.listing.clone();
@@ -414,7 +420,7 @@ impl<'a> TaskFiles<'a> {
         };
         logs.iter()
             .filter_map(|(_, log)| log.file_name())
-            .filter(|name| !this_pass.iter().any(|p| p.file_name() == Some(*name)))
+            .filter(|name| !this_pass.iter().any(|p| p.has_name(name)))
             .filter_map(|name| {
                 // What is on disk: the plain archive, else its compressed form.
                 let plain = listed(name)
@@ -422,11 +428,7 @@ impl<'a> TaskFiles<'a> {
                     .flatten();
                 plain.or_else(|| {
                     let zst = compress::zst_name(name);
-                    if !listed(&zst)
-                        || this_pass
-                            .iter()
-                            .any(|p| p.file_name() == Some(zst.as_os_str()))
-                    {
+                    if !listed(&zst) || this_pass.iter().any(|p| p.has_name(&zst)) {
                         return None;
                     }
                     archiver.existing(&zst).ok().flatten()
@@ -435,16 +437,21 @@ impl<'a> TaskFiles<'a> {
             .collect()
     }
 
-    /// An archive's path as an outcome keeps it: relative to the task folder when inside
-    /// it (see [`Outcome::archived`]).
-    fn stored(&self, path: &Path) -> Arc<Path> {
-        Arc::from(path.strip_prefix(&self.view.task.dir).unwrap_or(path))
-    }
-
-    /// A path as the user reads it (relative to the task folder when inside it), sharing
-    /// the path itself.
-    fn in_task(&self, path: &Arc<Path>) -> InTask {
-        InTask::new(Arc::clone(path), &self.view.task.dir)
+    /// Where the log `log` is archived as an outcome keeps it (see [`Outcome::archived`]):
+    /// the agent's own file in the task's archive folder (no text held), else the path
+    /// `whole`, relative to the task folder when inside it. `compressed`: the `.zst`.
+    fn archive_of(&self, log: &TaskPath, whole: &Path, compressed: bool) -> TaskPath {
+        match log {
+            TaskPath::Agent(file) if self.config.archive_dir.is_none() => {
+                let archived = file.archived(compressed);
+                debug_assert_eq!(
+                    TaskPath::from(archived.clone()).whole(&self.view.task.dir),
+                    whole
+                );
+                archived.into()
+            }
+            _ => TaskPath::shown_from(whole, &self.view.task.dir),
+        }
     }
 }
 
