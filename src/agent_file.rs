@@ -203,6 +203,19 @@ impl TaskPath {
         }
     }
 
+    /// The plain archive a compressed one (`<name>.zst`) was made from; itself otherwise.
+    pub fn uncompressed(&self) -> TaskPath {
+        match self {
+            TaskPath::Agent(file) if file.place == Place::ArchivedZst => {
+                TaskPath::Agent(file.archived(false))
+            }
+            TaskPath::Other(path) if path.extension() == Some("zst".as_ref()) => {
+                TaskPath::Other(Arc::from(path.with_extension("")))
+            }
+            plain => plain.clone(),
+        }
+    }
+
     /// Whether its file name is `name` (for an agent's file: compared in place).
     pub fn has_name(&self, name: &std::ffi::OsStr) -> bool {
         match self {
@@ -310,6 +323,16 @@ mod tests {
             "an archive keeps its log's name"
         );
         assert!(stream.has_name("agent-7_stream.jsonl".as_ref()));
+        let zst = TaskPath::from(stream.archived(true));
+        assert_eq!(zst.uncompressed(), TaskPath::from(stream.archived(false)));
+        assert_eq!(
+            TaskPath::from("/store/T/a.jsonl.zst").uncompressed(),
+            TaskPath::from("/store/T/a.jsonl")
+        );
+        assert_eq!(
+            TaskPath::from("archive/a.jsonl").uncompressed(),
+            TaskPath::from("archive/a.jsonl")
+        );
         assert!(
             stream
                 .archived(true)

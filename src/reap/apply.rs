@@ -108,7 +108,7 @@ pub fn apply_task<'p>(
         });
         change_of.push(a);
     }
-    if outcomes.iter().any(|o| !o.archived.is_empty()) {
+    if outcomes.iter().any(|o| o.archives_made() > 0) {
         crate::failpoint::hit_in(crate::failpoint::AFTER_ARCHIVE, &view.task.dir);
     }
     if db_backed {
@@ -270,7 +270,7 @@ fn apply_files<'p>(
         }
         earlier.push(if decision.actions.contains(&Action::RecordCleanup) {
             files.compress_leftovers(agent, journal, out);
-            files.archives_of(agent, &out.archived)
+            files.archives_of(agent, &out.archived())
         } else {
             Vec::new()
         });
@@ -293,10 +293,10 @@ fn cleanup_record(agent: &DecidedAgent, out: &Outcome, earlier: &[PathBuf]) -> C
         success: out.errors.is_empty() && no_zombies,
         tmux_session_killed: out.session_killed,
         prompt_file_deleted: out.prompt_deleted,
-        log_files_archived: !out.archived.is_empty(),
+        log_files_archived: out.archives_made() > 0,
         verified_no_zombies: no_zombies,
         errors: out.errors.clone(),
-        archived_files: archived_files(&agent.task.dir, &out.archived, earlier),
+        archived_files: archived_files(&agent.task.dir, &out.archived(), earlier),
         escalated_to_sigkill: out.escalated,
         defunct_processes: out.defunct.clone(),
         processes_checked: if out.checked.is_empty() {

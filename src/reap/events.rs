@@ -28,7 +28,6 @@ impl InTask {
     }
 
     /// The path as shown (relative to the task folder when inside it).
-    #[cfg(test)]
     pub fn shown(&self) -> &TaskPath {
         &self.shown
     }

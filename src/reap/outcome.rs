@@ -13,10 +13,6 @@ pub struct Outcome {
     pub defunct: Vec<String>,
     /// No defunct process waits on a living parent (see `StopReport::verified_no_zombies`).
     pub reaped: bool,
-    /// Where its logs are archived now: the agent's own files in the task's archive folder
-    /// (no text held; see [`TaskPath`]), else relative to the task folder when inside it.
-    /// The record joins them to the folder.
-    pub archived: Vec<TaskPath>,
     pub prompt_deleted: bool,
     pub recorded: bool,
     pub status_applied: Option<&'static str>,
@@ -36,7 +32,6 @@ impl Default for Outcome {
             survivors: 0,
             defunct: Vec::new(),
             reaped: true,
-            archived: Vec::new(),
             prompt_deleted: false,
             recorded: false,
             status_applied: None,
@@ -44,5 +39,39 @@ impl Default for Outcome {
             done: Vec::new(),
             errors: Vec::new(),
         }
+    }
+}
+
+impl Outcome {
+    /// Where this pass archived its logs, as they are now: the archive each move or append
+    /// made, or the `.zst` a compression made of it (a compression of an earlier pass's
+    /// archive is not this pass's). Read from the events, not kept beside them: the agent's
+    /// own files in the task's archive folder hold no text (see [`TaskPath`]), others are
+    /// relative to the task folder when inside it; the record joins them to the folder.
+    pub fn archived(&self) -> Vec<TaskPath> {
+        let mut archived: Vec<TaskPath> = Vec::new();
+        for event in &self.done {
+            match event {
+                PassEvent::Archived { to, .. } | PassEvent::Appended { to, .. } => {
+                    archived.push(to.shown().clone())
+                }
+                PassEvent::Compressed { path, .. } => {
+                    let plain = path.shown().uncompressed();
+                    if let Some(listed) = archived.iter_mut().find(|p| **p == plain) {
+                        *listed = path.shown().clone();
+                    }
+                }
+                _ => {}
+            }
+        }
+        archived
+    }
+
+    /// How many of its logs this pass archived (or appended to their archives).
+    pub fn archives_made(&self) -> usize {
+        self.done
+            .iter()
+            .filter(|e| matches!(e, PassEvent::Archived { .. } | PassEvent::Appended { .. }))
+            .count()
     }
 }

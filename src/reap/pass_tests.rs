@@ -72,6 +72,10 @@ fn finished_agent_is_stopped_archived_and_recorded_once() {
     assert_eq!(record["tmux_session_killed"], true);
     assert_eq!(record["verified_no_zombies"], true);
     assert_eq!(record["archived_files"].as_array().unwrap().len(), 1);
+    // The record still counts the logs whose writers were looked for, after the pass let
+    // their identities go (`DecidedAgent::logs_watched`).
+    let checked = record["processes_checked"].to_string();
+    assert!(checked.contains("writers of 1 log(s)"), "{record}");
     assert_eq!((report.totals.stopped, report.totals.cleaned), (1, 1));
     // `--json` carries the events by name, with their fields.
     let json = serde_json::to_value(&report).unwrap();

@@ -439,7 +439,7 @@ pub(super) fn fill_report(
                 .as_mut()
                 .map(|o| o.next().expect("one outcome per agent"))
             {
-                totals.files_archived += out.archived.len();
+                totals.files_archived += out.archives_made();
                 totals.prompts_deleted += usize::from(out.prompt_deleted);
                 totals.stopped += usize::from(out.stopped);
                 totals.cleaned += usize::from(out.recorded && out.errors.is_empty());

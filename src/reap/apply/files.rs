@@ -191,8 +191,7 @@ impl<'a> TaskFiles<'a> {
                     from: path.clone().into(),
                     to: to.clone().into(),
                 });
-                let archived = self.maybe_compress(path, &name, journal, out);
-                out.archived.push(archived.unwrap_or(to));
+                self.maybe_compress(path, &name, journal, out);
                 Ok(())
             }
             Err(ArchiveError::Taken { .. }) => self.append(path, &src.dir, &name, journal, out),
@@ -229,8 +228,7 @@ impl<'a> TaskFiles<'a> {
                     to: target.clone().into(),
                 });
                 drop(journal);
-                let archived = self.maybe_compress(path, name, Some(journal_lock), out);
-                out.archived.push(archived.unwrap_or(target));
+                self.maybe_compress(path, name, Some(journal_lock), out);
             }
             Ok(AppendOutcome::Changed) => out.done.push(PassEvent::AppendRetried {
                 path: path.clone().into(),
@@ -269,9 +267,8 @@ impl<'a> TaskFiles<'a> {
                 out.done.push(PassEvent::Appended {
                     bytes: bytes + rescued,
                     from: path.clone().into(),
-                    to: target.clone().into(),
+                    to: target.into(),
                 });
-                out.archived.push(target);
             }
             Ok(AppendOutcome::Changed) => out.done.push(PassEvent::AppendRetried {
                 path: path.clone().into(),
@@ -282,25 +279,26 @@ impl<'a> TaskFiles<'a> {
     }
 
     /// With `compress` on and a kind listed in `compress_kinds`, compresses the archive
-    /// `name` just made (or appended to) into `<name>.zst`; returns the `.zst`'s path when
-    /// it replaced the archive. A failure keeps the plain archive and is reported. `log`:
-    /// the log archived as `name`.
+    /// `name` just made (or appended to) into `<name>.zst`; its event says so (and puts the
+    /// `.zst` in the plain archive's place in [`Outcome::archived`]). A failure keeps the
+    /// plain archive and is reported. `log`: the log archived as `name`.
     fn maybe_compress(
         &mut self,
         log: &TaskPath,
         name: &OsStr,
         journal: Option<&Mutex<Journal>>,
         out: &mut Outcome,
-    ) -> Option<TaskPath> {
+    ) {
         let wanted = self.config.compress
             && compress::kind_of(name).is_some_and(|k| self.config.compress_kinds.contains(&k));
-        if !wanted {
-            return None;
-        }
         // Without a journal a crash mid-way could not be settled: stay plain.
-        let journal = journal?;
+        let (true, Some(journal)) = (wanted, journal) else {
+            return;
+        };
         let level = self.config.compress_level;
-        let adir = self.archiver().ok()?.open().ok()?;
+        let Some(adir) = self.archiver().ok().and_then(|a| a.open().ok()) else {
+            return;
+        };
         let mut journal = journal.lock().expect("journal lock");
         match compress::compress_archived(adir, name, level, &mut journal) {
             Ok(compress::Compressed::Done {
@@ -308,13 +306,11 @@ impl<'a> TaskFiles<'a> {
                 bytes_in,
                 bytes_out,
             }) => {
-                let zst = self.archive_of(log, &zst, true);
                 out.done.push(PassEvent::Compressed {
-                    path: zst.clone().into(),
+                    path: self.archive_of(log, &zst, true).into(),
                     bytes_in,
                     bytes_out,
                 });
-                Some(zst)
             }
             Ok(compress::Compressed::Changed) => {
                 let plain = adir.display(name);
@@ -322,12 +318,8 @@ impl<'a> TaskFiles<'a> {
                 out.done.push(PassEvent::CompressRetried {
                     path: self.archive_of(log, &plain, false).into(),
                 });
-                None
             }
-            Err(e) => {
-                out.errors.push(format!("kept uncompressed: {e}"));
-                None
-            }
+            Err(e) => out.errors.push(format!("kept uncompressed: {e}")),
         }
     }
 
@@ -386,14 +378,10 @@ impl<'a> TaskFiles<'a> {
             };
             let plain = archiver.existing(&name).ok().flatten();
             let zst = archiver.existing(&compress::zst_name(&name)).ok().flatten();
-            if let (Some(plain), None) = (plain, zst)
-                && let Some(zst) = self.maybe_compress(&log, &name, journal, out)
-            {
-                // This pass's list names what is on disk now.
-                let plain = self.archive_of(&log, &plain, false);
-                for listed in out.archived.iter_mut().filter(|p| **p == plain) {
-                    *listed = zst.clone();
-                }
+            // Its event puts the `.zst` in place of a plain archive this pass made
+            // (`Outcome::archived`): the record names what is on disk now.
+            if let (Some(_), None) = (plain, zst) {
+                self.maybe_compress(&log, &name, journal, out);
             }
         }
     }
