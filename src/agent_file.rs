@@ -286,13 +286,9 @@ impl serde::Serialize for TaskPath {
 mod tests {
     use super::*;
 
-    fn id(raw: &str) -> AgentId {
-        AgentId::parse(raw).unwrap()
-    }
-
     #[test]
     fn an_agent_file_reads_as_the_path_the_orchestrator_writes_and_holds_no_text() {
-        let a = id("agent-7");
+        let a = AgentId::parse("agent-7").unwrap();
         let mut buf = String::new();
         for which in LogKind::ALL.map(Some).into_iter().chain([None]) {
             let file = AgentFile::new(&a, which);

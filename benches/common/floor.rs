@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// folders take the filesystem's rename lock, so one thread moves them as fast as more.
 const UNLINK_THREADS: usize = 4;
 /// The prompt threads of a pass acting on a large backlog (`reap::apply::PROMPT_THREADS`).
-const PROMPT_THREADS: usize = 16;
+const PROMPT_THREADS: usize = 4;
 
 /// Moves every log of every task under `base` into the task's `archive/` and unlinks every
 /// prompt, with nothing else (no check, no fsync, no registry): a lower bound for what

@@ -154,26 +154,49 @@ pub fn run_capped(mut cmd: Command, cap: Duration) -> Run {
         std::io::Read::read_to_string(&mut err, &mut s).ok();
         s
     });
+    // The child's own peak, read while it runs: `ru_maxrss` of a child spawned with
+    // `CLONE_VM` (posix_spawn, as `Command` does) starts from this bench's own high-water
+    // mark at the exec, so it charged the child with the tree this bench built (99 MB for
+    // the 40k case whatever the binary did). `VmHWM` is the exec'd image's own; it only
+    // rises, so the last reading before the exit is the peak (to within the poll).
+    let hwm = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (hwm, running) = (hwm.clone(), running.clone());
+        std::thread::spawn(move || {
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                // A zombie has no `VmHWM` line: 0, not kept.
+                let now = vm_hwm_kib(pid as u32);
+                hwm.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut status = 0;
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        let _ = tx.send((r, status, usage.ru_maxrss as u64, Instant::now()));
+        let _ = tx.send((r, status, Instant::now()));
     });
+    let peak = |hwm: &std::sync::atomic::AtomicU64| {
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        hwm.load(std::sync::atomic::Ordering::Relaxed)
+    };
     let (took, peak, success) = match rx.recv_timeout(cap) {
-        Ok((_, status, maxrss, end)) => (
+        Ok((_, status, end)) => (
             Some(end - start),
-            maxrss,
+            peak(&hwm),
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         ),
         Err(_) => {
-            let hwm = vm_hwm_kib(pid as u32);
+            let last = peak(&hwm).max(vm_hwm_kib(pid as u32));
             let _ = child.kill();
             let _ = rx.recv();
-            (None, hwm, false)
+            (None, last, false)
         }
     };
+    let _ = watcher.join();
     std::mem::forget(child); // reaped by wait4 above
     Run {
         took,

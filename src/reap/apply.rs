@@ -170,9 +170,14 @@ const PROMPT_CHUNK: usize = 16;
 /// Threads for one task's prompt deletions at most, and for the pass's prompt pool. An
 /// unlink waits on the disk (inode eviction, and a synchronous discard where the
 /// filesystem is mounted `discard`), and those waits overlap across threads (40,000
-/// unlinks on this disk kind: 4.4 s on one thread, 2.0 s on four, 1.5 s on sixteen;
-/// `/work/prof/unl.py`).
-const PROMPT_THREADS: usize = 16;
+/// unlinks alone on this disk kind: 4.4 s on one thread, 2.0 s on four, 1.5 s on
+/// sixteen; `/work/prof/unl.py`). Beside the moves into the archive, four do better than
+/// sixteen: the rename-aside, look and unlink of each prompt are kernel time on the same
+/// two cores, and sixteen threads contending for the task folder's lock spin on it while
+/// the move thread waits for a core (40,000 finished agents, `once`: 3.33-3.55 s with
+/// four, 4.03-4.11 s with sixteen; 10,000 in 100 tasks: 0.77 s and 0.81 s;
+/// `/work/prof/med.sh` and the cost bench).
+const PROMPT_THREADS: usize = 4;
 
 /// The threads of the pass's prompt pool for these decisions: none below one chunk's worth
 /// of prompts to delete (each task then deletes its own), at most `PROMPT_THREADS`.
