@@ -189,7 +189,7 @@ impl<'a> TaskFiles<'a> {
                 let to = self.archive_of(path, done.path(), false);
                 out.done.push(PassEvent::Archived {
                     from: path.clone().into(),
-                    to: to.clone().into(),
+                    to: to.into(),
                 });
                 self.maybe_compress(path, &name, journal, out);
                 Ok(())
@@ -225,7 +225,7 @@ impl<'a> TaskFiles<'a> {
                 out.done.push(PassEvent::Appended {
                     bytes: bytes + rescued,
                     from: path.clone().into(),
-                    to: target.clone().into(),
+                    to: target.into(),
                 });
                 drop(journal);
                 self.maybe_compress(path, name, Some(journal_lock), out);
