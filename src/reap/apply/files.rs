@@ -396,7 +396,8 @@ impl<'a> TaskFiles<'a> {
         agent: &DecidedAgent,
         this_pass: &[TaskPath],
     ) -> Vec<PathBuf> {
-        let logs = crate::workspace::agent_files(&self.view.task, &agent.id).logs;
+        // The logs' names only (no whole path made per agent).
+        let names = LogKind::ALL.map(|kind| AgentFile::new(&agent.id, Some(kind)).file_name());
         let listing = self.listing.clone();
         let listed = |name: &OsStr| {
             listing
@@ -406,8 +407,8 @@ impl<'a> TaskFiles<'a> {
         let Ok(archiver) = self.archiver() else {
             return Vec::new();
         };
-        logs.iter()
-            .filter_map(|(_, log)| log.file_name())
+        names
+            .iter()
             .filter(|name| !this_pass.iter().any(|p| p.has_name(name)))
             .filter_map(|name| {
                 // What is on disk: the plain archive, else its compressed form.
