@@ -70,7 +70,7 @@ pub enum Place {
 /// One of an agent's files by its id (shared with the agent's [`AgentId`]), which file and
 /// where: the path follows from these. 40,000 agents' log and archive paths kept as text
 /// were 17 MB of a pass's peak.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AgentFile {
     id: Arc<str>,
     which: FileOf,
@@ -100,6 +100,47 @@ impl AgentFile {
 
     pub fn which(&self) -> FileOf {
         self.which
+    }
+
+    /// The agent's id text.
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// Which file and where, as one number below [`AgentFile::CODES`] (for
+    /// [`crate::packed::PackedList`]).
+    pub fn code(&self) -> u8 {
+        let which = match self.which {
+            None => 0,
+            Some(kind) => 1 + LogKind::ALL.iter().position(|k| *k == kind).unwrap_or(0) as u8,
+        };
+        let place = match self.place {
+            Place::Own => 0,
+            Place::Archived => 1,
+            Place::ArchivedZst => 2,
+        };
+        which * 3 + place
+    }
+
+    /// How many codes there are.
+    pub const CODES: u8 = (1 + LogKind::ALL.len() as u8) * 3;
+
+    /// The file `code` (see [`AgentFile::code`]) of the agent `id`.
+    pub fn from_code(id: &Arc<str>, code: u8) -> AgentFile {
+        let which = match code / 3 {
+            0 => None,
+            k => Some(LogKind::ALL[usize::from(k - 1) % LogKind::ALL.len()]),
+        };
+        let place = match code % 3 {
+            0 => Place::Own,
+            1 => Place::Archived,
+            _ => Place::ArchivedZst,
+        };
+        AgentFile {
+            id: id.clone(),
+            which,
+            place,
+        }
     }
 
     pub fn place(&self) -> Place {
@@ -285,6 +326,24 @@ impl serde::Serialize for TaskPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_file_and_place_has_its_own_code_and_reads_back_from_it() {
+        let a = AgentId::parse("agent-7").unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for which in LogKind::ALL.map(Some).into_iter().chain([None]) {
+            let own = AgentFile::new(&a, which);
+            for file in [own.clone(), own.archived(false), own.archived(true)] {
+                let code = file.code();
+                assert!(
+                    code < AgentFile::CODES && seen.insert(code),
+                    "{file}: {code}"
+                );
+                assert_eq!(AgentFile::from_code(&a.shared(), code), file);
+            }
+        }
+        assert_eq!(seen.len(), usize::from(AgentFile::CODES));
+    }
 
     #[test]
     fn an_agent_file_reads_as_the_path_the_orchestrator_writes_and_holds_no_text() {

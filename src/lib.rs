@@ -13,6 +13,7 @@ pub mod journal;
 pub(crate) mod logging;
 pub mod model;
 pub(crate) mod observe;
+pub(crate) mod packed;
 pub mod procs;
 pub(crate) mod reap;
 pub mod registry;

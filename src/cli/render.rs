@@ -92,7 +92,7 @@ fn agent_block(task: &TaskReport, agent: &AgentReport, out: &mut String, show_do
         }
     } else {
         for action in &agent.actions {
-            let _ = writeln!(out, "      {}", action_text(&task.dir, action));
+            let _ = writeln!(out, "      {}", action_text(&task.dir, &action));
         }
     }
     if let Some(w) = &agent.waiting {
@@ -348,7 +348,7 @@ pub fn status(report: &PassReport, to: &mut dyn std::io::Write) -> std::io::Resu
                     .actions
                     .iter()
                     .find(|a| matches!(a, Action::Stop { .. } | Action::SetStatus { .. }))
-                    .map(|a| action_text(&task.dir, a))
+                    .map(|a| action_text(&task.dir, &a))
                     .unwrap_or_default()
             });
             let _ = writeln!(

@@ -32,12 +32,12 @@ pub(super) fn log_report(report: &PassReport, dry_run: bool) {
                     logging::planned_action(
                         &whose,
                         action.as_str(),
-                        &action_text(&task.dir, action),
+                        &action_text(&task.dir, &action),
                     );
                 }
             } else {
                 for event in &agent.done {
-                    logging::pass_event(&whose, event);
+                    logging::pass_event(&whose, &event);
                 }
             }
             for e in &agent.errors {

@@ -1,6 +1,6 @@
 //! The rules (DESIGN.md §2): from one agent's facts and `now`, the actions to take. Pure.
 
-use crate::agent_file::TaskPath;
+use crate::agent_file::{AgentFile, TaskPath};
 use crate::model::{Backend, StatusClass, age};
 use serde::Serialize;
 use std::time::{Duration, SystemTime};
@@ -122,6 +122,97 @@ pub enum Action {
     RecordCleanup,
 }
 
+/// The usual actions as one byte over the agent's id: an archive or prompt deletion of one
+/// of its own files, the record.
+impl crate::packed::Pack for Action {
+    fn pack(&self) -> Option<(u8, Option<&std::sync::Arc<str>>)> {
+        match self {
+            Action::Archive {
+                path: TaskPath::Agent(file),
+            } => Some((file.code(), Some(file.id()))),
+            Action::DeletePrompt {
+                path: TaskPath::Agent(file),
+            } => Some((AgentFile::CODES + file.code(), Some(file.id()))),
+            Action::RecordCleanup => Some((2 * AgentFile::CODES, None)),
+            Action::Stop { reason } => {
+                let at = STOP_REASONS.iter().position(|r| r == reason)?;
+                Some((2 * AgentFile::CODES + 1 + at as u8, None))
+            }
+            Action::SetStatus {
+                status,
+                termination_reason,
+            } => Some((
+                SET_STATUS_CODES + status_change_code(status, *termination_reason)?,
+                None,
+            )),
+            _ => None,
+        }
+    }
+
+    fn unpack(code: u8, id: Option<&std::sync::Arc<str>>) -> Action {
+        let file = |code| TaskPath::Agent(AgentFile::from_code(id.expect("a file's agent"), code));
+        match code {
+            c if c < AgentFile::CODES => Action::Archive { path: file(c) },
+            c if c < 2 * AgentFile::CODES => Action::DeletePrompt {
+                path: file(c - AgentFile::CODES),
+            },
+            c if c == 2 * AgentFile::CODES => Action::RecordCleanup,
+            c if c < SET_STATUS_CODES => Action::Stop {
+                reason: STOP_REASONS[usize::from(c - 2 * AgentFile::CODES - 1)],
+            },
+            c => {
+                let (status, termination_reason) = status_change_of(c - SET_STATUS_CODES);
+                Action::SetStatus {
+                    status,
+                    termination_reason,
+                }
+            }
+        }
+    }
+}
+
+const STOP_REASONS: [StopReason; 3] = [
+    StopReason::Finished,
+    StopReason::InactivityTimeout,
+    StopReason::ProcessExited,
+];
+
+/// The first code of a status change.
+const SET_STATUS_CODES: u8 = 2 * AgentFile::CODES + 1 + STOP_REASONS.len() as u8;
+
+/// A status change the rules make as a number below [`STATUS_CHANGES`] (for packed actions
+/// and events).
+pub fn status_change_code(status: &str, reason: Option<&str>) -> Option<u8> {
+    let at = SET_STATUSES
+        .iter()
+        .position(|(s, r)| *s == status && *r == reason)?;
+    Some(at as u8)
+}
+
+/// The status change `code` stands for (see [`status_change_code`]).
+pub fn status_change_of(code: u8) -> (&'static str, Option<&'static str>) {
+    SET_STATUSES[usize::from(code) % SET_STATUSES.len()]
+}
+
+/// How many status changes [`status_change_code`] numbers.
+pub const STATUS_CHANGES: u8 = SET_STATUSES.len() as u8;
+
+/// The status changes the rules make (any other is kept whole).
+/// (`for_backend` makes each `terminated` one `failed` for a DB-backed task.)
+const SET_STATUSES: [(&str, Option<&str>); 8] = [
+    ("completed", None),
+    ("failed", None),
+    ("terminated", Some("session_not_found")),
+    ("terminated", Some("process_exited")),
+    ("terminated", Some("inactivity_timeout")),
+    ("failed", Some("session_not_found")),
+    ("failed", Some("process_exited")),
+    ("failed", Some("inactivity_timeout")),
+];
+
+/// An agent's actions, in order (the usual ones packed, see [`crate::packed`]).
+pub type Actions = crate::packed::PackedList<Action>;
+
 impl Action {
     /// Its name: the JSON `action` tag and the journald `ACTION` of a dry run.
     pub fn as_str(&self) -> &'static str {
@@ -179,7 +270,7 @@ impl AgentClass {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
     pub class: AgentClass,
-    pub actions: Vec<Action>,
+    pub actions: Actions,
     /// Why nothing (more) happens now.
     pub waiting: Option<String>,
     /// When a look again could change the answer (the daemon schedules it); `None` when
@@ -192,7 +283,7 @@ impl Decision {
     fn wait(class: AgentClass, why: impl Into<String>) -> Self {
         Decision {
             class,
-            actions: Vec::new(),
+            actions: Actions::new(),
             waiting: Some(why.into()),
             recheck: None,
         }
@@ -201,7 +292,7 @@ impl Decision {
     /// The status this decision sets, if it sets one.
     pub fn new_status(&self) -> Option<&'static str> {
         self.actions.iter().find_map(|a| match a {
-            Action::SetStatus { status, .. } => Some(*status),
+            Action::SetStatus { status, .. } => Some(status),
             _ => None,
         })
     }
@@ -277,7 +368,8 @@ fn decide_terminal(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Deci
                     class: AgentClass::Finished,
                     actions: vec![Action::Stop {
                         reason: StopReason::Finished,
-                    }],
+                    }]
+                    .into(),
                     waiting: None,
                     recheck: None,
                 }
@@ -297,11 +389,12 @@ fn decide_terminal(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Deci
             class: AgentClass::Finished,
             actions: vec![Action::Stop {
                 reason: StopReason::Finished,
-            }],
+            }]
+            .into(),
             waiting: None,
             recheck: None,
         },
-        SessionFact::Gone { .. } => cleanup(facts, policy, AgentClass::Finished, Vec::new()),
+        SessionFact::Gone { .. } => cleanup(facts, policy, AgentClass::Finished, Actions::new()),
     }
 }
 
@@ -330,7 +423,7 @@ fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decisi
             } else {
                 return Decision {
                     class: AgentClass::Active,
-                    actions: Vec::new(),
+                    actions: Actions::new(),
                     waiting: None,
                     recheck: None,
                 };
@@ -343,7 +436,8 @@ fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decisi
                         status: "terminated",
                         termination_reason: Some(termination),
                     },
-                ],
+                ]
+                .into(),
                 waiting: None,
                 recheck: None,
             }
@@ -361,14 +455,15 @@ fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decisi
                             status: "terminated",
                             termination_reason: Some("inactivity_timeout"),
                         },
-                    ],
+                    ]
+                    .into(),
                     waiting: None,
                     recheck: None,
                 }
             } else {
                 Decision {
                     class: AgentClass::Active,
-                    actions: Vec::new(),
+                    actions: Actions::new(),
                     waiting: None,
                     recheck: None,
                 }
@@ -391,7 +486,8 @@ fn decide_active(facts: &AgentFacts, policy: &Policy, now: SystemTime) -> Decisi
                 vec![Action::SetStatus {
                     status,
                     termination_reason,
-                }],
+                }]
+                .into(),
             )
         }
     }
@@ -402,11 +498,8 @@ fn cleanup(
     facts: &AgentFacts,
     policy: &Policy,
     class: AgentClass,
-    mut actions: Vec<Action>,
+    mut actions: Actions,
 ) -> Decision {
-    // At most an archive per log, the prompt and the record: sized once (a decision is
-    // kept for the whole pass, 40,000 of them grown by doubling held 5 MB unused).
-    actions.reserve_exact(facts.logs.len() + 2);
     let mut settling = Vec::new();
     for log in &facts.logs {
         match &log.state {
@@ -464,13 +557,16 @@ pub fn decide_orphan(activity: Option<SystemTime>, policy: &Policy, now: SystemT
 /// after `decide`, so `plan` shows what `once` writes.
 pub fn for_backend(backend: Backend, mut decision: Decision) -> Decision {
     if backend == Backend::Sqlite {
-        for action in &mut decision.actions {
-            if let Action::SetStatus { status, .. } = action
-                && *status == "terminated"
-            {
-                *status = "failed";
-            }
-        }
+        decision.actions = decision.actions.map(|action| match action {
+            Action::SetStatus {
+                status: "terminated",
+                termination_reason,
+            } => Action::SetStatus {
+                status: "failed",
+                termination_reason,
+            },
+            other => other,
+        });
     }
     decision
 }

@@ -321,7 +321,8 @@ fn zombie(status: &'static str, reason: Option<&'static str>) -> Decision {
                 termination_reason: reason,
             },
             Action::RecordCleanup,
-        ],
+        ]
+        .into(),
         waiting: None,
         recheck: None,
     }
@@ -341,4 +342,64 @@ fn the_sqlite_generation_marks_dead_and_stuck_agents_failed_and_keeps_the_reason
         for_backend(Backend::Sqlite, zombie("completed", None)),
         zombie("completed", None)
     );
+}
+
+/// The actions the rules make for an agent take a byte each (a pass holds every agent's
+/// until its report is out); any action reads back as it was, in order.
+#[test]
+fn the_rules_actions_pack_to_a_byte_and_every_action_reads_back() {
+    let id = crate::model::AgentId::parse("agent-3").unwrap();
+    let mut made = vec![Action::Stop {
+        reason: StopReason::ProcessExited,
+    }];
+    for (status, reason) in [
+        ("completed", None),
+        ("failed", None),
+        ("terminated", Some("session_not_found")),
+        ("terminated", Some("process_exited")),
+        ("terminated", Some("inactivity_timeout")),
+    ] {
+        made.push(Action::SetStatus {
+            status,
+            termination_reason: reason,
+        });
+        let failed = for_backend(
+            Backend::Sqlite,
+            Decision {
+                class: AgentClass::Zombie,
+                actions: vec![made.last().unwrap().clone()].into(),
+                waiting: None,
+                recheck: None,
+            },
+        );
+        assert_eq!(failed.actions.kept_whole(), 0, "{failed:?}");
+    }
+    for which in crate::agent_file::LogKind::ALL.map(Some) {
+        let path = TaskPath::from(crate::agent_file::AgentFile::new(&id, which));
+        made.push(Action::Archive { path });
+    }
+    made.push(Action::DeletePrompt {
+        path: TaskPath::from(crate::agent_file::AgentFile::new(&id, None)),
+    });
+    made.push(Action::RecordCleanup);
+    for reason in [StopReason::Finished, StopReason::InactivityTimeout] {
+        made.push(Action::Stop { reason });
+    }
+    let list = Actions::from(made.clone());
+    assert_eq!(list, made);
+    let usual = Actions::from(made[6..11].to_vec());
+    assert_eq!(usual.kept_whole(), 0, "{usual:?}");
+    // A path not the agent's own file, and a status change the rules never make: whole.
+    let odd = vec![
+        Action::Archive {
+            path: TaskPath::from("logs/other.jsonl"),
+        },
+        Action::SetStatus {
+            status: "cancelled",
+            termination_reason: None,
+        },
+        Action::RecordCleanup,
+    ];
+    let list = Actions::from(odd.clone());
+    assert_eq!((list.kept_whole(), list.to_vec()), (2, odd));
 }

@@ -90,7 +90,7 @@ pub fn apply_task<'p>(
                 Action::SetStatus {
                     status,
                     termination_reason,
-                } => set_status = Some((*status, *termination_reason)),
+                } => set_status = Some((status, termination_reason)),
                 Action::RecordCleanup => record = true,
                 Action::Archive { .. } | Action::DeletePrompt { .. } | Action::Stop { .. } => {}
             }
@@ -208,7 +208,7 @@ fn apply_files<'p>(
 ) -> Vec<Vec<PathBuf>> {
     let asking = decisions
         .iter()
-        .flat_map(|d| &d.actions)
+        .flat_map(|d| d.actions.iter())
         .filter(|a| matches!(a, Action::RecordCleanup | Action::Archive { .. }))
         .count();
     // Many archives and records each ask what the archive folder holds (a compressed
@@ -218,7 +218,7 @@ fn apply_files<'p>(
         .then(|| files::archive_listing(view, config))
         .flatten()
         .map(std::sync::Arc::new);
-    let prompts: Vec<(usize, &'p TaskPath)> = decisions
+    let prompts: Vec<(usize, TaskPath)> = decisions
         .iter()
         .enumerate()
         .flat_map(|(a, d)| {
@@ -240,7 +240,10 @@ fn apply_files<'p>(
                 prompt_pool.run(move || {
                     let mut files = files::TaskFiles::new(view, config, None);
                     part.into_iter()
-                        .map(|(a, path)| (a, path, files.delete_prompt(path)))
+                        .map(|(a, path)| {
+                            let deleted = files.delete_prompt(&path);
+                            (a, path, deleted)
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -262,7 +265,7 @@ fn apply_files<'p>(
         .enumerate()
     {
         for action in &decision.actions {
-            match action {
+            match &action {
                 // One archive per log: a log whose archive exists is appended to it.
                 Action::Archive { path } => files.archive(path, journal, out),
                 Action::DeletePrompt { path } if inline => {
@@ -282,7 +285,7 @@ fn apply_files<'p>(
     }
     for pending in deleting {
         for (a, path, deleted) in pending.wait() {
-            files.record_prompt(path, deleted, &mut outcomes[a], slots[a]);
+            files.record_prompt(&path, deleted, &mut outcomes[a], slots[a]);
         }
     }
     files::sync_all([&mut files]);
@@ -418,7 +421,7 @@ pub fn apply_db_transitions(
                     Action::SetStatus {
                         status,
                         termination_reason,
-                    } => Some((*status, *termination_reason)),
+                    } => Some((status, termination_reason)),
                     _ => None,
                 }) else {
                     continue;

@@ -1,7 +1,7 @@
 //! What a pass did to one agent, as typed events, each rendered once: as text (`once`, the
 //! daemon's log lines), as JSON (`done[]` of `--json`) and as journald fields (`ACTION`).
 
-use crate::agent_file::TaskPath;
+use crate::agent_file::{AgentFile, Place, TaskPath};
 use crate::decide::AgentClass;
 use serde::Serialize;
 use std::fmt;
@@ -165,6 +165,76 @@ impl PassEvent {
         }
     }
 }
+
+/// The usual events as one byte over the agent's id: a log of its own moved into the task's
+/// archive under its own name, its prompt deleted, a status change the rules make, a status
+/// kept.
+impl crate::packed::Pack for PassEvent {
+    fn pack(&self) -> Option<(u8, Option<&std::sync::Arc<str>>)> {
+        match self {
+            PassEvent::Archived { from, to } => match (from.shown(), to.shown()) {
+                (TaskPath::Agent(from), TaskPath::Agent(to))
+                    if from.place() == Place::Own && *to == from.archived(false) =>
+                {
+                    Some((from.code(), Some(from.id())))
+                }
+                _ => None,
+            },
+            PassEvent::PromptDeleted {
+                path: InTask {
+                    shown: TaskPath::Agent(file),
+                },
+            } => Some((AgentFile::CODES + file.code(), Some(file.id()))),
+            PassEvent::Marked { status, reason } => Some((
+                MARKED + crate::decide::status_change_code(status, *reason)?,
+                None,
+            )),
+            PassEvent::StatusKept { store } => Some((
+                STATUS_KEPT
+                    + match store {
+                        StatusStore::Registry => 0,
+                        StatusStore::StateDb => 1,
+                    },
+                None,
+            )),
+            _ => None,
+        }
+    }
+
+    fn unpack(code: u8, id: Option<&std::sync::Arc<str>>) -> PassEvent {
+        let file = |code| AgentFile::from_code(id.expect("a file's agent"), code);
+        match code {
+            c if c < AgentFile::CODES => {
+                let from = file(c);
+                PassEvent::Archived {
+                    to: TaskPath::Agent(from.archived(false)).into(),
+                    from: TaskPath::Agent(from).into(),
+                }
+            }
+            c if c < MARKED => PassEvent::PromptDeleted {
+                path: TaskPath::Agent(file(c - AgentFile::CODES)).into(),
+            },
+            c if c < STATUS_KEPT => {
+                let (status, reason) = crate::decide::status_change_of(c - MARKED);
+                PassEvent::Marked { status, reason }
+            }
+            c => PassEvent::StatusKept {
+                store: if c == STATUS_KEPT {
+                    StatusStore::Registry
+                } else {
+                    StatusStore::StateDb
+                },
+            },
+        }
+    }
+}
+
+/// The first code of a status change, then of a status kept (two).
+const MARKED: u8 = 2 * AgentFile::CODES;
+const STATUS_KEPT: u8 = MARKED + crate::decide::STATUS_CHANGES;
+
+/// What a pass did to one agent, in order (the usual events packed, see [`crate::packed`]).
+pub type Events = crate::packed::PackedList<PassEvent>;
 
 /// The text `once` prints and the daemon logs.
 impl fmt::Display for PassEvent {
@@ -338,6 +408,49 @@ mod tests {
         assert_eq!(whole.to_string(), "logs/b");
         let outside = InTask::new(Path::new("/elsewhere/b"), Path::new("/w/TASK-1"));
         assert_eq!(outside.to_string(), "/elsewhere/b");
+    }
+
+    /// The events of an agent cleaned the usual way take a byte each; any event, packed or
+    /// not, reads back as it was, in order.
+    #[test]
+    fn the_usual_events_pack_to_a_byte_and_every_event_reads_back() {
+        let id = crate::model::AgentId::parse("agent-9").unwrap();
+        let mut usual = Vec::new();
+        for kind in crate::agent_file::LogKind::ALL {
+            let log = AgentFile::new(&id, Some(kind));
+            usual.push(PassEvent::Archived {
+                from: TaskPath::from(log.clone()).into(),
+                to: TaskPath::from(log.archived(false)).into(),
+            });
+        }
+        usual.push(PassEvent::PromptDeleted {
+            path: TaskPath::from(AgentFile::new(&id, None)).into(),
+        });
+        usual.push(PassEvent::Marked {
+            status: "terminated",
+            reason: Some("session_not_found"),
+        });
+        let list = Events::from(usual.clone());
+        assert_eq!(list.kept_whole(), 0, "{list:?}");
+        assert_eq!(list, usual);
+        let mut all = every_event();
+        all.insert(2, usual[0].clone());
+        // Archived elsewhere (`archive_dir`), or under another name: kept whole.
+        all.push(PassEvent::Archived {
+            from: TaskPath::from(AgentFile::new(
+                &id,
+                Some(crate::agent_file::LogKind::Stream),
+            ))
+            .into(),
+            to: "/elsewhere/agent-9_stream.jsonl".into(),
+        });
+        all.push(usual[4].clone());
+        let list = Events::from(all.clone());
+        assert_eq!(list.to_vec(), all);
+        assert_eq!(
+            serde_json::to_value(&list).unwrap(),
+            serde_json::to_value(&all).unwrap()
+        );
     }
 
     fn every_event() -> Vec<PassEvent> {

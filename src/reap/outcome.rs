@@ -1,7 +1,7 @@
 //! What happened to one agent in a pass: filled while acting, read by the report.
 
 use crate::agent_file::TaskPath;
-use crate::reap::events::PassEvent;
+use crate::reap::events::{Events, PassEvent};
 
 /// What happened to one agent this pass.
 #[derive(Debug, Clone)]
@@ -19,7 +19,7 @@ pub struct Outcome {
     /// What the last search for its processes looked at (empty: the observation's).
     pub checked: Vec<String>,
     /// What was done, in order.
-    pub done: Vec<PassEvent>,
+    pub done: Events,
     pub errors: Vec<String>,
 }
 
@@ -36,7 +36,7 @@ impl Default for Outcome {
             recorded: false,
             status_applied: None,
             checked: Vec::new(),
-            done: Vec::new(),
+            done: Events::new(),
             errors: Vec::new(),
         }
     }

@@ -126,7 +126,7 @@ fn a_log_still_written_is_archived_only_after_its_writer_is_stopped() {
     assert_eq!(b.procs.signalled(), [tee.pid]);
     assert!(
         matches!(
-            agent.done[..],
+            agent.done.to_vec()[..],
             [
                 PassEvent::Stopped { processes: 1, .. },
                 PassEvent::Archived { .. }
@@ -191,7 +191,7 @@ fn a_process_ignoring_sigterm_is_killed_and_the_record_says_so() {
     let agent = agent_report(&report, id);
     assert!(agent.errors.is_empty(), "{:?}", agent.errors);
     assert_eq!(
-        agent.done[0],
+        agent.done.to_vec()[0],
         PassEvent::Stopped {
             processes: 1,
             joined: 0,

@@ -173,7 +173,7 @@ fn stale_agent_is_stopped_with_its_tree_and_marked_for_inactivity() {
     assert_eq!(agent.class, AgentClass::Stale);
     assert!(agent.errors.is_empty(), "{:?}", agent.errors);
     assert_eq!(
-        agent.done[0],
+        agent.done.to_vec()[0],
         PassEvent::Stopped {
             processes: 2,
             joined: 0,
@@ -225,7 +225,10 @@ fn settling_log_is_left_then_archived_once_the_clock_passes_settle() {
     let second = pass(&mut reaper);
     let agent = agent_report(&second, id);
     assert_eq!(agent.class, AgentClass::Finished);
-    assert!(matches!(agent.done[..], [PassEvent::Archived { .. }]));
+    assert!(matches!(
+        agent.done.to_vec()[..],
+        [PassEvent::Archived { .. }]
+    ));
     assert!(!log.exists());
     assert_eq!(b.entry(TASK, id)["auto_cleanup_result"]["success"], true);
 }
@@ -247,7 +250,7 @@ fn once_waits_for_settle_through_the_clock() {
 
     let agent = agent_report(&report, id);
     assert!(
-        matches!(agent.done[..], [PassEvent::Archived { .. }]),
+        matches!(agent.done.to_vec()[..], [PassEvent::Archived { .. }]),
         "{agent:?}"
     );
     let waited = b.ago(Duration::ZERO).duration_since(now).unwrap();
@@ -266,7 +269,7 @@ fn late_bytes_are_appended_to_the_one_archive() {
     let mut reaper = b.reaper();
     let first = pass(&mut reaper);
     assert!(matches!(
-        agent_report(&first, id).done[..],
+        agent_report(&first, id).done.to_vec()[..],
         [PassEvent::Archived { .. }]
     ));
 
@@ -341,7 +344,7 @@ fn a_cleaned_agent_whose_log_reappears_is_handled_among_quiet_ones() {
     assert_eq!(listed, ids);
     assert_eq!(second.totals.agents_seen, 3);
     assert!(matches!(
-        agent_report(&second, ids[1]).done[..],
+        agent_report(&second, ids[1]).done.to_vec()[..],
         [PassEvent::Appended { bytes: 11, .. }]
     ));
     for quiet in [ids[0], ids[2]] {
@@ -533,7 +536,7 @@ fn registry_cut_short_is_restored_from_its_sidecar_and_reported() {
     assert!(!registry.with_extension("json.reaper").exists());
     let agent = agent_report(&report, id);
     assert!(
-        matches!(agent.done[..], [PassEvent::Archived { .. }]),
+        matches!(agent.done.to_vec()[..], [PassEvent::Archived { .. }]),
         "{agent:?}"
     );
     assert_eq!(b.entry(TASK, id)["auto_cleanup_result"]["success"], true);

@@ -1,10 +1,10 @@
 //! What a pass returns: per task and agent, what was decided, done and still awaited.
 
 use crate::agent_file::TaskPath;
-use crate::decide::{Action, AgentClass, Decision};
+use crate::decide::{Action, Actions, AgentClass, Decision};
 use crate::model::{AgentId, StatusClass};
 use crate::observe::{DecidedAgent, TaskView};
-use crate::reap::events::{OrphanOutcome, PassEvent, TaskEvent};
+use crate::reap::events::{Events, OrphanOutcome, TaskEvent};
 use crate::reap::outcome::Outcome;
 use serde::Serialize;
 use std::borrow::Cow;
@@ -27,22 +27,22 @@ pub struct AgentReport {
 #[derive(Debug, Clone, Default)]
 pub struct AgentDetail {
     pub new_status: Option<String>,
-    pub actions: Vec<Action>,
+    pub actions: Actions,
     pub waiting: Option<String>,
     /// When another look could change the answer (the daemon schedules it).
     pub recheck: Option<Duration>,
     /// What the pass did, in order (`--json`: objects tagged by `event`).
-    pub done: Vec<PassEvent>,
+    pub done: Events,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
 }
 
 static NO_DETAIL: AgentDetail = AgentDetail {
     new_status: None,
-    actions: Vec::new(),
+    actions: Actions::new(),
     waiting: None,
     recheck: None,
-    done: Vec::new(),
+    done: Events::new(),
     errors: Vec::new(),
     warnings: Vec::new(),
 };
@@ -123,7 +123,11 @@ impl Serialize for AgentJson<'_> {
             })),
         )?;
         option_field(&mut out, "waiting", &d.waiting)?;
-        list_field(&mut out, "done", &d.done)?;
+        if d.done.is_empty() {
+            out.skip_field("done")?;
+        } else {
+            out.serialize_field("done", &d.done)?;
+        }
         list_field(&mut out, "errors", &d.errors)?;
         list_field(&mut out, "warnings", &d.warnings)?;
         out.end()
@@ -155,14 +159,14 @@ impl AgentReport {
 /// A planned action as `--json` prints it: a file's path whole (actions hold it relative to
 /// the task folder `dir`, as the facts do).
 struct ActionJson<'a> {
-    action: &'a Action,
+    action: Action,
     dir: &'a Path,
 }
 
 impl Serialize for ActionJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        match self.action {
+        match &self.action {
             Action::Archive { path } | Action::DeletePrompt { path } => {
                 let mut out = s.serialize_struct("Action", 2)?;
                 out.serialize_field("action", self.action.as_str())?;
@@ -484,7 +488,7 @@ pub(crate) fn quiet_decision(id: &AgentId, ambiguous: &BTreeMap<AgentId, String>
         Some(why) => Decision::ambiguous(why),
         None => Decision {
             class: AgentClass::Cleaned,
-            actions: Vec::new(),
+            actions: Actions::new(),
             waiting: None,
             recheck: None,
         },
