@@ -56,30 +56,78 @@ impl Evidence {
 
     /// What a search for this agent's processes looks at, for the record.
     pub fn checked(&self, env_read: bool) -> Vec<String> {
+        checked_lines(
+            self.pane_count(),
+            if env_read { &self.sessions } else { &[] },
+            self.logs.len(),
+            &self.id,
+        )
+    }
+
+    /// Its pane processes, now or remembered, each once.
+    fn pane_count(&self) -> usize {
         let panes: HashSet<i32> = self
             .panes
             .iter()
             .chain(self.sessions.iter().flat_map(|s| &s.panes))
             .map(|k| k.pid)
             .collect();
-        let mut out = vec![format!(
-            "pane tree, process groups and sessions of {} pane(s)",
-            panes.len()
-        )];
-        if env_read {
-            for s in &self.sessions {
-                out.push(format!(
-                    "environment naming tmux server {} (pid {}) session ${}",
-                    s.server.socket.display(),
-                    s.server.pid,
-                    s.session_id
-                ));
-            }
-        }
-        out.push(format!("writers of {} log(s)", self.logs.len()));
-        out.push(format!("argv holding \"Agent ID: {}\"", self.id));
-        out
+        panes.len()
     }
+
+    /// What a record needs of it once the stopping is over (see [`Searched`]).
+    pub fn searched(self, env_read: bool) -> Searched {
+        Searched {
+            panes: self.pane_count() as u32,
+            logs: self.logs.len() as u32,
+            sessions: if env_read {
+                self.sessions.into_boxed_slice()
+            } else {
+                Box::default()
+            },
+        }
+    }
+}
+
+/// What a search for one agent's processes looked at, for its record's
+/// `processes_checked`: counts, and the sessions whose environment was read. The evidence
+/// itself (log identities, pane keys) served the stopping: 40,000 agents' evidence held
+/// through the registry edit was 7 MB.
+#[derive(Debug, Clone, Default)]
+pub struct Searched {
+    panes: u32,
+    logs: u32,
+    sessions: Box<[SessionIdentity]>,
+}
+
+impl Searched {
+    /// As [`Evidence::checked`] said it, for the agent `id`.
+    pub fn checked(&self, id: &AgentId) -> Vec<String> {
+        checked_lines(self.panes as usize, &self.sessions, self.logs as usize, id)
+    }
+}
+
+/// The lines of a record's `processes_checked`.
+fn checked_lines(
+    panes: usize,
+    sessions: &[SessionIdentity],
+    logs: usize,
+    id: &AgentId,
+) -> Vec<String> {
+    let mut out = vec![format!(
+        "pane tree, process groups and sessions of {panes} pane(s)"
+    )];
+    for s in sessions {
+        out.push(format!(
+            "environment naming tmux server {} (pid {}) session ${}",
+            s.server.socket.display(),
+            s.server.pid,
+            s.session_id
+        ));
+    }
+    out.push(format!("writers of {logs} log(s)"));
+    out.push(format!("argv holding \"Agent ID: {id}\""));
+    out
 }
 
 /// What holds for every agent of one round: the table and who may never be in a set.

@@ -278,3 +278,32 @@ fn agent_id_token_boundaries() {
     assert!(!names_agent_id("spawned by\tAgent ID: a-1", "a-1"));
     assert!(!names_agent_id("père Agent ID: a-1", "a-1"));
 }
+
+/// A record made after the stopping says what the search looked at as the evidence did:
+/// the panes once each (remembered ones too), the sessions only when their environment was
+/// read, the logs' count and the id.
+#[test]
+fn what_a_record_keeps_of_the_search_says_what_the_evidence_said() {
+    let mut ev = Evidence::new(AgentId::parse("agent-4").unwrap());
+    ev.panes = vec![key(20), key(21)];
+    ev.logs = vec![(1, 2), (1, 3), (1, 4)];
+    ev.sessions = vec![SessionIdentity {
+        server: server(),
+        session_id: 7,
+        pane_ids: vec![3],
+        panes: vec![key(20), key(22)],
+    }];
+    for env_read in [true, false] {
+        let said = ev.checked(env_read);
+        assert_eq!(
+            ev.clone().searched(env_read).checked(&ev.id),
+            said,
+            "env_read {env_read}"
+        );
+        assert_eq!(
+            said[0],
+            "pane tree, process groups and sessions of 3 pane(s)"
+        );
+        assert_eq!(said.len(), if env_read { 4 } else { 3 }, "{said:?}");
+    }
+}

@@ -20,6 +20,22 @@ pub(crate) fn io_threads() -> usize {
         .max(1)
 }
 
+/// `f` of every item, in order, on this thread, letting go of `items`' vector as they are
+/// used: they are taken from its end and the vector moved into a quarter of its size
+/// whenever three quarters are used (a vector is let go only whole). One task's 40,000
+/// pending agents (7 MB) were held until the last of their views (29 MB) was made.
+pub(crate) fn map_letting_go<T, R>(mut items: Vec<T>, mut f: impl FnMut(T) -> R) -> Vec<R> {
+    let mut out = Vec::with_capacity(items.len());
+    while let Some(item) = items.pop() {
+        out.push(f(item));
+        if items.capacity() > 64 && items.len() <= items.capacity() / 4 {
+            items.shrink_to_fit();
+        }
+    }
+    out.reverse();
+    out
+}
+
 /// `f` of every item, on up to `threads` threads (each a contiguous run of items), in the
 /// items' order. One item or one thread: on this thread. A panic on a worker is raised
 /// again here.
@@ -116,6 +132,20 @@ impl<R> Pending<R> {
 
 #[cfg(test)]
 mod tests {
+    /// Items are taken from the end while their vector shrinks: each is mapped once, and
+    /// the results come back in the items' order.
+    #[test]
+    fn letting_go_maps_every_item_once_in_order() {
+        let items: Vec<String> = (0..10_000).map(|n| n.to_string()).collect();
+        let mut calls = 0;
+        let out = super::map_letting_go(items, |x| {
+            calls += 1;
+            x.parse::<u32>().unwrap() * 2
+        });
+        assert_eq!(out, (0..10_000).map(|x| x * 2).collect::<Vec<_>>());
+        assert_eq!(calls, 10_000);
+        assert!(super::map_letting_go(Vec::<u8>::new(), |x| x).is_empty());
+    }
     use super::*;
 
     #[test]

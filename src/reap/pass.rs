@@ -319,10 +319,7 @@ impl Reaper {
         let looked =
             super::parallel::map_ordered(tasks, super::parallel::io_threads(), |(task, agents)| {
                 let _held = task.handle();
-                agents
-                    .into_iter()
-                    .map(|p| agent_view(p, &world, &writers))
-                    .collect::<Vec<AgentView>>()
+                super::parallel::map_letting_go(agents, |p| agent_view(p, &world, &writers))
             });
         for (view, agents) in views.iter_mut().zip(looked) {
             view.agents = agents;
@@ -350,15 +347,27 @@ impl Reaper {
         observe::remember_panes(&views, &ambiguous, &mut self.pane_map);
         phases.mark("look");
         let decisions: Vec<Vec<Decision>> = views
-            .iter()
+            .iter_mut()
             .map(|v| {
+                let backend = v.backend;
                 v.agents
-                    .iter()
-                    .map(|a| match ambiguous.get(&a.id) {
-                        Some(why) => Decision::ambiguous(why),
-                        None => {
-                            crate::decide::for_backend(v.backend, decide(&a.facts, &policy, now))
+                    .iter_mut()
+                    .map(|a| {
+                        let decision = match ambiguous.get(&a.id) {
+                            Some(why) => Decision::ambiguous(why),
+                            None => {
+                                crate::decide::for_backend(backend, decide(&a.facts, &policy, now))
+                            }
+                        };
+                        if decision.waiting.is_none()
+                            && !decision
+                                .actions
+                                .iter()
+                                .any(|x| matches!(x, Action::Stop { .. }))
+                        {
+                            a.let_go_of_judged_logs();
                         }
+                        decision
                     })
                     .collect()
             })

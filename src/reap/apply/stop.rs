@@ -45,8 +45,8 @@ fn own_cgroups(
     source.agent_cgroups(&agent.pane_pids, &set, &others)
 }
 
-/// Stops every agent whose decision says so; returns their (task, agent) indexes.
-/// Processes first (rescanning for newcomers), then the sessions, then one fresh look
+/// Stops every agent whose decision says so; returns their (task, agent) indexes and what
+/// happened to each (the other agents' outcomes are made after the views go). Processes first (rescanning for newcomers), then the sessions, then one fresh look
 /// after the last signal: only that look may say nothing of an agent is left.
 pub fn stop_agents(
     views: &[TaskView],
@@ -54,8 +54,7 @@ pub fn stop_agents(
     procs: &SetContext<'_>,
     (tmux, source): (&dyn Tmux, &dyn ProcessSource),
     config: &Config,
-    outcomes: &mut [Vec<Outcome>],
-) -> Vec<(usize, usize)> {
+) -> Vec<((usize, usize), Outcome)> {
     let mut which = Vec::new();
     let mut requests = Vec::new();
     let mut evidence: Vec<&Evidence> = Vec::new();
@@ -75,7 +74,7 @@ pub fn stop_agents(
         }
     }
     if which.is_empty() {
-        return which;
+        return Vec::new();
     }
     let policy = StopPolicy {
         term_steps: config.term_grace.clone(),
@@ -107,8 +106,8 @@ pub fn stop_agents(
     let kills = kill_sessions(tmux, &names);
     // The fresh look after the last signal (kill-session's SIGHUP included).
     let last_look = rescan();
-    for (i, (&(t, a), report)) in which.iter().zip(&reports).enumerate() {
-        let out = &mut outcomes[t][a];
+    let mut outcomes = vec![Outcome::default(); which.len()];
+    for (i, (out, report)) in outcomes.iter_mut().zip(&reports).enumerate() {
         out.stopped = true;
         out.escalated = Some(report.escalated_to_sigkill);
         out.checked = evidence[i].checked(read_env);
@@ -164,8 +163,7 @@ pub fn stop_agents(
         }
     }
     for ((i, name), kill) in sessions.iter().zip(kills) {
-        let (t, a) = which[*i];
-        let out = &mut outcomes[t][a];
+        let out = &mut outcomes[*i];
         match kill {
             Ok(KillSession::Killed) => {
                 out.session_killed = true;
@@ -183,7 +181,7 @@ pub fn stop_agents(
             Err(e) => out.errors.push(format!("kill-session {name}: {e}")),
         }
     }
-    which
+    which.into_iter().zip(outcomes).collect()
 }
 
 /// Stops the orphan sessions marked `stop`: their panes' process trees (as for an agent),
