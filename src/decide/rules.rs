@@ -123,7 +123,8 @@ pub enum Action {
 }
 
 /// The usual actions as one byte over the agent's id: an archive or prompt deletion of one
-/// of its own files, the record.
+/// of its own files, the record, a stop, a status change the rules make. Codes: the
+/// files' archives, their deletions, the record, the stops, the status changes.
 impl crate::packed::Pack for Action {
     fn pack(&self) -> Option<(u8, Option<&std::sync::Arc<str>>)> {
         match self {
