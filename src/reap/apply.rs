@@ -233,10 +233,11 @@ fn apply_files<'p>(
     // with each task's unlinks on the task's own thread (`/work/prof/ab.sh 10k 5 sync`).
     let prompt_threads = (prompts.len() / PROMPT_CHUNK).min(PROMPT_THREADS);
     let deleting: Vec<_> = if prompt_threads > 1 {
-        prompts
-            .chunks(prompts.len().div_ceil(prompt_threads))
-            .map(|part| {
-                let part = part.to_vec();
+        let per_thread = prompts.len().div_ceil(prompt_threads);
+        let mut prompts = prompts.into_iter();
+        (0..prompt_threads)
+            .map(|_| {
+                let part: Vec<_> = prompts.by_ref().take(per_thread).collect();
                 prompt_pool.run(move || {
                     let mut files = files::TaskFiles::new(view, config, None);
                     part.into_iter()
