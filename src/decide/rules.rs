@@ -298,6 +298,13 @@ impl Decision {
         })
     }
 
+    /// Whether it stops the agent's processes and session.
+    pub fn stops(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| matches!(a, Action::Stop { .. }))
+    }
+
     /// Nothing is done for an ambiguous id (two tasks list it, or its session name is
     /// shared): whose agent it is cannot be told.
     pub fn ambiguous(why: &str) -> Self {

@@ -179,8 +179,9 @@ const PROMPT_CHUNK: usize = 16;
 /// `/work/prof/med.sh` and the cost bench).
 const PROMPT_THREADS: usize = 4;
 
-/// The threads of the pass's prompt pool for these decisions: none below one chunk's worth
-/// of prompts to delete (each task then deletes its own), at most `PROMPT_THREADS`.
+/// The prompt threads for these decisions (a task's, or the pass's pool): none below one
+/// chunk's worth of prompts to delete (each task then deletes its own), at most
+/// `PROMPT_THREADS`.
 pub fn prompt_pool_threads<'d>(decisions: impl Iterator<Item = &'d Decision>) -> usize {
     let prompts = decisions
         .flat_map(|d| &d.actions)
@@ -218,21 +219,21 @@ fn apply_files<'p>(
         .then(|| files::archive_listing(view, config))
         .flatten()
         .map(std::sync::Arc::new);
-    let prompts: Vec<(usize, TaskPath)> = decisions
-        .iter()
-        .enumerate()
-        .flat_map(|(a, d)| {
-            d.actions.iter().filter_map(move |x| match x {
-                Action::DeletePrompt { path } => Some((a, path)),
-                _ => None,
-            })
-        })
-        .collect();
     // Even beside the other tasks' threads: on aged files (a discard per unlink) 100 tasks
     // of 100 agents took 1.18 s with these deletions on threads beside each task's, 1.28 s
     // with each task's unlinks on the task's own thread (`/work/prof/ab.sh 10k 5 sync`).
-    let prompt_threads = (prompts.len() / PROMPT_CHUNK).min(PROMPT_THREADS);
+    let prompt_threads = prompt_pool_threads(decisions.iter());
     let deleting: Vec<_> = if prompt_threads > 1 {
+        let prompts: Vec<(usize, TaskPath)> = decisions
+            .iter()
+            .enumerate()
+            .flat_map(|(a, d)| {
+                d.actions.iter().filter_map(move |x| match x {
+                    Action::DeletePrompt { path } => Some((a, path)),
+                    _ => None,
+                })
+            })
+            .collect();
         let per_thread = prompts.len().div_ceil(prompt_threads);
         let mut prompts = prompts.into_iter();
         (0..prompt_threads)

@@ -359,12 +359,8 @@ impl Reaper {
                                 crate::decide::for_backend(backend, decide(&a.facts, &policy, now))
                             }
                         };
-                        if decision.waiting.is_none()
-                            && !decision
-                                .actions
-                                .iter()
-                                .any(|x| matches!(x, Action::Stop { .. }))
-                        {
+                        // Only stopped and waiting agents are looked at again.
+                        if decision.waiting.is_none() && !decision.stops() {
                             a.let_go_of_judged_logs();
                         }
                         decision

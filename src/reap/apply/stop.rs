@@ -3,7 +3,7 @@
 
 use super::Outcome;
 use crate::config::Config;
-use crate::decide::{Action, Decision, SessionFact};
+use crate::decide::{Decision, SessionFact};
 use crate::observe::TaskView;
 use crate::procs::evidence::fresh_sets_from;
 use crate::procs::openfiles::DevIno;
@@ -46,8 +46,9 @@ fn own_cgroups(
 }
 
 /// Stops every agent whose decision says so; returns their (task, agent) indexes and what
-/// happened to each (the other agents' outcomes are made after the views go). Processes first (rescanning for newcomers), then the sessions, then one fresh look
-/// after the last signal: only that look may say nothing of an agent is left.
+/// happened to each (the other agents' outcomes are made after the views go). Processes
+/// first (rescanning for newcomers), then the sessions, then one fresh look after the last
+/// signal: only that look may say nothing of an agent is left.
 pub fn stop_agents(
     views: &[TaskView],
     decisions: &[Vec<Decision>],
@@ -60,11 +61,7 @@ pub fn stop_agents(
     let mut evidence: Vec<&Evidence> = Vec::new();
     for (t, view) in views.iter().enumerate() {
         for (a, agent) in view.agents.iter().enumerate() {
-            if decisions[t][a]
-                .actions
-                .iter()
-                .any(|x| matches!(x, Action::Stop { .. }))
-            {
+            if decisions[t][a].stops() {
                 which.push((t, a));
                 let mut request = StopRequest::new(agent.id.clone(), agent.processes.clone());
                 request.cgroups = own_cgroups(source, procs, agent);
